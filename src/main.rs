@@ -1,1 +1,53 @@
-fn main() {}
+//! shardgate: a PostgreSQL proxy. Clients connect as to one database; shardgate pools
+//! server connections (and, as later issues land, splits reads and writes, routes by
+//! shard key, and merges cross-shard results).
+
+mod app;
+mod app_tls;
+mod demo;
+mod metrics;
+mod proxy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shardgate",
+    version,
+    about = "A PostgreSQL proxy: pooling, read/write splitting, sharding"
+)]
+struct Cli {
+    /// Config file [default: $SHARDGATE_CONFIG, else ./proxy.yaml]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config file: print every problem with its key path.
+    Check,
+    /// Start a local 2-shard topology with replicas and the proxy in front of it.
+    Demo,
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .or_else(|| std::env::var_os("SHARDGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("proxy.yaml"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    app::init_logging();
+    match cli.command {
+        Some(Command::Check) => app::check(&config_path(&cli)),
+        Some(Command::Demo) => demo::run(),
+        None => app::run_from_file(&config_path(&cli)),
+    }
+}

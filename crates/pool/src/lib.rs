@@ -1,1 +1,12 @@
-//! placeholder
+//! Backend connections for shardgate: logging in to PostgreSQL servers (SCRAM, md5,
+//! password, trust), pooling them per (node, user), checkout with a deadline, and
+//! reconnect backoff. It never parses client traffic and never decides routing.
+#![deny(unsafe_code)]
+
+mod conn;
+mod error;
+mod pool;
+
+pub use conn::{BackendKey, Credentials, ServerConn};
+pub use error::{BackendError, PoolError};
+pub use pool::{NodePool, PoolStats, PooledConn, ServerParams};

@@ -1,0 +1,20 @@
+//! SQL understanding for the proxy: splitting a simple-query string into statements, reading the
+//! leading keywords and comments (routing hints) of a statement, and recognising the statements
+//! that change session state a transaction pooler must track. It never talks to a server and
+//! never rewrites SQL: it only reports byte ranges and facts about the text it was given.
+//!
+//! Everything here rests on one PostgreSQL-aware scanner ([`split_statements`] and friends) that
+//! agrees with the server's `scan.l` on where literals, quoted identifiers, dollar quotes and
+//! (nested) comments end. It works on raw bytes, since a client's text need not be UTF-8, never
+//! panics on any input, and does not allocate while scanning: it runs on every Query message.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod keywords;
+mod lexer;
+mod session;
+
+pub use keywords::{leading_keywords, Keywords, MAX_KEYWORDS, MAX_KEYWORD_LEN};
+pub use lexer::{comments, for_each_statement, split_statements, LexOptions};
+pub use session::{session_command, session_command_with, SessionCommand};

@@ -1,0 +1,113 @@
+//! Cancel requests: each client gets its own BackendKeyData; a CancelRequest carrying
+//! it is forwarded to the server connection running that client's query, and to
+//! nothing else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
+use shardgate_config::NodeAddr;
+use shardgate_pool::BackendKey;
+use shardgate_wire::StartupRequest;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Where a client's query currently runs, if anywhere.
+#[derive(Debug, Default)]
+pub(crate) struct CancelSlot {
+    target: Mutex<Option<(NodeAddr, BackendKey)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CancelSlot {
+    pub(crate) fn set(&self, addr: &NodeAddr, key: BackendKey) {
+        *lock(&self.target) = Some((addr.clone(), key));
+    }
+
+    pub(crate) fn clear(&self) {
+        *lock(&self.target) = None;
+    }
+}
+
+/// All live clients' keys.
+#[derive(Debug)]
+pub(crate) struct CancelRegistry {
+    next_pid: AtomicI32,
+    clients: Mutex<HashMap<i32, (i32, Arc<CancelSlot>)>>,
+}
+
+/// Removes a client's key when its session ends.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    pub(crate) key: BackendKey,
+    pub(crate) slot: Arc<CancelSlot>,
+    registry: Arc<CancelRegistry>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.registry.clients).remove(&self.key.pid);
+    }
+}
+
+impl CancelRegistry {
+    pub(crate) fn new() -> Arc<CancelRegistry> {
+        Arc::new(CancelRegistry {
+            next_pid: AtomicI32::new(1),
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn register(self: &Arc<Self>) -> Registration {
+        // Wraps after 2^31 clients; a collision with a still-live pid is skipped.
+        let slot = Arc::new(CancelSlot::default());
+        let secret: i32 = rand::random();
+        let mut clients = lock(&self.clients);
+        let pid = loop {
+            let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
+            if pid != 0 && !clients.contains_key(&pid) {
+                break pid;
+            }
+        };
+        clients.insert(pid, (secret, slot.clone()));
+        Registration {
+            key: BackendKey { pid, secret },
+            slot,
+            registry: self.clone(),
+        }
+    }
+
+    /// Forwards a client's CancelRequest. Unknown keys are ignored silently, as
+    /// PostgreSQL does. Not cancel safe in a meaningful way; run it in its own task.
+    pub(crate) async fn cancel(&self, pid: i32, secret: i32) {
+        let target = {
+            let clients = lock(&self.clients);
+            match clients.get(&pid) {
+                Some((s, slot)) if *s == secret => lock(&slot.target).clone(),
+                _ => None,
+            }
+        };
+        let Some((addr, key)) = target else {
+            tracing::debug!(pid, "cancel request for no running query");
+            return;
+        };
+        let mut buf = BytesMut::with_capacity(16);
+        StartupRequest::Cancel {
+            pid: key.pid,
+            secret: key.secret,
+        }
+        .encode(&mut buf);
+        match TcpStream::connect((addr.host.as_str(), addr.port)).await {
+            Ok(mut s) => {
+                if let Err(e) = s.write_all(&buf).await {
+                    tracing::warn!(node = %addr, error = %e, "forwarding cancel request failed");
+                }
+            }
+            Err(e) => tracing::warn!(node = %addr, error = %e, "forwarding cancel request failed"),
+        }
+    }
+}

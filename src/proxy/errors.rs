@@ -1,0 +1,122 @@
+//! The client edge's error type and the one place that turns any error into the
+//! PostgreSQL ErrorResponse a client sees.
+
+use shardgate_pool::{BackendError, PoolError};
+use shardgate_wire::{ErrorFields, WireError};
+
+use super::sqlstate;
+
+/// Everything that can end or interrupt a client's request.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientError {
+    /// The client's socket failed or closed: nobody to answer.
+    #[error("client connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid message from client: {0}")]
+    Wire(#[from] WireError),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("password authentication failed for user \"{user}\"")]
+    AuthFailed { user: String },
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
+    #[error("database \"{0}\" does not exist")]
+    UnknownDatabase(String),
+    #[error("sorry, too many clients already")]
+    TooManyClients,
+    #[error("terminating connection due to administrator command")]
+    Shutdown,
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl ClientError {
+    /// The ErrorResponse for this error, and whether the session can go on after it.
+    /// None when the client cannot be told anything (its socket is gone).
+    pub(crate) fn to_response(&self) -> Option<(ErrorFields, bool)> {
+        let fatal = |code: &str, msg: String| Some((ErrorFields::new("FATAL", code, msg), false));
+        match self {
+            ClientError::Io(_) | ClientError::Tls(_) => None,
+            ClientError::Wire(e) => fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid frontend message: {e}"),
+            ),
+            ClientError::Protocol(what) => fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("protocol violation: {what}"),
+            ),
+            ClientError::AuthFailed { .. } => fatal(sqlstate::INVALID_PASSWORD, self.to_string()),
+            ClientError::NoUser => fatal(sqlstate::INVALID_AUTHORIZATION, self.to_string()),
+            ClientError::UnknownDatabase(_) => {
+                fatal(sqlstate::INVALID_CATALOG_NAME, self.to_string())
+            }
+            ClientError::TooManyClients => fatal(sqlstate::TOO_MANY_CONNECTIONS, self.to_string()),
+            ClientError::Shutdown => fatal(sqlstate::ADMIN_SHUTDOWN, self.to_string()),
+            ClientError::Pool(e) => {
+                let code = match e {
+                    PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
+                    PoolError::Closed { .. } => sqlstate::ADMIN_SHUTDOWN,
+                    PoolError::BackingOff { .. } => sqlstate::UNABLE_TO_CONNECT,
+                    PoolError::Backend(b) => return backend_response(b, true),
+                };
+                let hint = match e {
+                    PoolError::Timeout { .. } => {
+                        "Raise pool.size or pool.checkout_timeout_ms, or shorten transactions."
+                    }
+                    _ => {
+                        "Check that the PostgreSQL server is running and reachable from shardgate."
+                    }
+                };
+                Some((
+                    ErrorFields::new("ERROR", code, format!("shardgate: {e}")).with(b'H', hint),
+                    true,
+                ))
+            }
+            ClientError::Backend(b) => backend_response(b, false),
+        }
+    }
+}
+
+/// Errors from a server: its own ErrorResponse passes through untouched; connection
+/// failures become 08xxx. `at_checkout` errors leave the client session usable.
+fn backend_response(e: &BackendError, at_checkout: bool) -> Option<(ErrorFields, bool)> {
+    let severity = if at_checkout { "ERROR" } else { "FATAL" };
+    let fields = match e {
+        BackendError::Server { fields, .. } if at_checkout => {
+            // A server refusing shardgate's login: keep its code and text, and say who logged in.
+            let mut f = fields.clone();
+            if let Some(m) = f.fields.iter_mut().find(|(c, _)| *c == b'M') {
+                m.1 = format!("shardgate could not log in to the server: {}", m.1);
+            }
+            f.fields.retain(|(c, _)| *c != b'S' && *c != b'V');
+            f.fields.insert(0, (b'S', "ERROR".to_owned()));
+            f.fields.insert(1, (b'V', "ERROR".to_owned()));
+            f
+        }
+        BackendError::Server { fields, .. } => fields.clone(),
+        BackendError::Connect { .. } | BackendError::ConnectTimeout { .. } => ErrorFields::new(
+            severity,
+            sqlstate::UNABLE_TO_CONNECT,
+            format!("shardgate: {e}"),
+        )
+        .with(
+            b'H',
+            "Check that the PostgreSQL server is running and reachable from shardgate.",
+        ),
+        BackendError::UnsupportedAuth { .. } | BackendError::Scram { .. } => ErrorFields::new(
+            severity,
+            sqlstate::SERVER_REJECTED,
+            format!("shardgate: {e}"),
+        ),
+        _ => ErrorFields::new(
+            severity,
+            sqlstate::CONNECTION_FAILURE,
+            format!("shardgate: {e}"),
+        ),
+    };
+    Some((fields, at_checkout))
+}

@@ -1,0 +1,407 @@
+//! What is in flight on a server connection, kept without IO: client frames are
+//! translated for the server (prepared statements renamed, re-prepared or answered
+//! locally), and server frames are matched against what each client message expects,
+//! so that synthetic replies land in exactly the right place of the response stream
+//! and the session knows when the server connection is idle again.
+//!
+//! Both directions forward runs of frames they need not touch straight from the read
+//! buffer; only rewritten or dropped frames break a run.
+
+use std::collections::{HashSet, VecDeque};
+
+use bytes::BytesMut;
+use shardgate_config::PoolMode;
+use shardgate_wire::{backend, frontend, peek_header, FrontendRef};
+
+use super::errors::ClientError;
+use super::params::{Effects, SessionParams};
+use super::statements::{ClientStatements, Prepared};
+
+/// Largest server message shardgate buffers whole. Servers are trusted, but not with
+/// the proxy's memory.
+pub(crate) const SERVER_MAX_MESSAGE: usize = 1 << 30;
+
+/// A reply shardgate produces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Synthetic {
+    ParseComplete,
+    CloseComplete,
+}
+
+/// What the server will answer to one forwarded client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A client Parse; if it named a statement, its internal id on the server.
+    Parse(Option<u128>),
+    /// shardgate's own Parse re-creating a statement: its ParseComplete is dropped.
+    HiddenParse(u128),
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    /// Ends at ReadyForQuery.
+    Sync,
+    /// A simple Query or FunctionCall: ends at ReadyForQuery, errors do not skip.
+    Query,
+    Synthetic(Synthetic),
+}
+
+/// Per-connection bookkeeping of one client.
+#[derive(Debug)]
+pub(crate) struct Flight {
+    expect: VecDeque<Expect>,
+    /// Extended-protocol messages forwarded since the last Sync.
+    unsynced: bool,
+    /// An ErrorResponse arrived since the last ReadyForQuery.
+    had_error: bool,
+    /// Transaction status from the last ReadyForQuery.
+    pub(crate) tx_status: u8,
+}
+
+impl Default for Flight {
+    fn default() -> Self {
+        Flight {
+            expect: VecDeque::with_capacity(8),
+            unsynced: false,
+            had_error: false,
+            tx_status: b'I',
+        }
+    }
+}
+
+/// The result of translating buffered client frames.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Translated {
+    /// Bytes of the client buffer covered by whole frames that were handled.
+    pub(crate) consumed: usize,
+    /// Forward `input[..consumed]` as is; otherwise send the translated buffer.
+    pub(crate) direct: bool,
+    /// The client sent Terminate (not forwarded; nothing after it is handled).
+    pub(crate) terminate: bool,
+}
+
+/// The result of handling buffered server frames.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Relayed {
+    pub(crate) consumed: usize,
+    /// Forward `input[..consumed]` to the client as is; otherwise `out` holds it all.
+    pub(crate) direct: bool,
+    /// Number of ReadyForQuery messages seen.
+    pub(crate) cycles_ended: u32,
+    pub(crate) effects: Effects,
+}
+
+/// The parts of a server connection the translation touches.
+pub(crate) struct ServerSide<'a> {
+    pub(crate) prepared: &'a mut HashSet<u128>,
+}
+
+impl Flight {
+    /// Nothing in flight: every forwarded message has been answered.
+    pub(crate) fn idle(&self) -> bool {
+        self.expect.is_empty() && !self.unsynced
+    }
+
+    /// Translates whole client frames at the start of `input`, appending to `to_server`
+    /// what must be sent (unless the result is `direct`) and to `to_client` any reply
+    /// shardgate gives itself.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn translate(
+        &mut self,
+        input: &[u8],
+        max_len: usize,
+        mode: PoolMode,
+        statements: &mut ClientStatements,
+        params: &mut SessionParams,
+        server: ServerSide<'_>,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<Translated, ClientError> {
+        let rename = mode == PoolMode::Transaction;
+        let (mut pos, mut run_start) = (0usize, 0usize);
+        let mut terminate = false;
+        while let Some(h) = peek_header(&input[pos..], max_len)? {
+            if input.len() - pos < h.len {
+                break;
+            }
+            let frame = &input[pos..pos + h.len];
+            let msg = FrontendRef::decode(h.tag, &frame[5..])?;
+            // None: forward the frame as is. Some: it was handled (rewritten or answered).
+            let mut handled = false;
+            match msg {
+                FrontendRef::Query { sql } => {
+                    params.observe(sql);
+                    self.expect.push_back(Expect::Query);
+                }
+                FrontendRef::FunctionCall(_) => self.expect.push_back(Expect::Query),
+                FrontendRef::Parse(p) => {
+                    params.observe(p.query);
+                    self.unsynced = true;
+                    if rename && !p.name.is_empty() {
+                        handled = true;
+                        let prepared = Prepared::new(&p);
+                        let id = prepared.id;
+                        to_server.extend_from_slice(&input[run_start..pos]);
+                        if server.prepared.contains(&id) {
+                            self.expect
+                                .push_back(Expect::Synthetic(Synthetic::ParseComplete));
+                        } else {
+                            to_server.extend_from_slice(&prepared.parse);
+                            server.prepared.insert(id);
+                            self.expect.push_back(Expect::Parse(Some(id)));
+                        }
+                        statements.insert(p.name, prepared);
+                    } else {
+                        self.expect.push_back(Expect::Parse(None));
+                    }
+                }
+                FrontendRef::Bind(b) => {
+                    self.unsynced = true;
+                    if let Some(prep) = tracked(rename, statements, b.statement) {
+                        handled = true;
+                        to_server.extend_from_slice(&input[run_start..pos]);
+                        self.ensure_prepared(prep, server.prepared, to_server);
+                        frontend::bind_renamed(b.portal, &prep.name, b.rest(), to_server);
+                    }
+                    self.expect.push_back(Expect::Bind);
+                }
+                FrontendRef::Describe { kind, name } => {
+                    self.unsynced = true;
+                    if kind == b'S' {
+                        if let Some(prep) = tracked(rename, statements, name) {
+                            handled = true;
+                            to_server.extend_from_slice(&input[run_start..pos]);
+                            self.ensure_prepared(prep, server.prepared, to_server);
+                            frontend::describe(b'S', &prep.name, to_server);
+                        }
+                    }
+                    self.expect.push_back(Expect::Describe);
+                }
+                FrontendRef::Execute { .. } => {
+                    self.unsynced = true;
+                    self.expect.push_back(Expect::Execute);
+                }
+                FrontendRef::Close { kind, name } => {
+                    self.unsynced = true;
+                    if kind == b'S' && rename && !name.is_empty() {
+                        // Server-side statements are shared; only the client's name goes.
+                        handled = true;
+                        to_server.extend_from_slice(&input[run_start..pos]);
+                        statements.remove(name);
+                        self.expect
+                            .push_back(Expect::Synthetic(Synthetic::CloseComplete));
+                    } else {
+                        self.expect.push_back(Expect::Close);
+                    }
+                }
+                FrontendRef::Sync => {
+                    self.unsynced = false;
+                    self.expect.push_back(Expect::Sync);
+                }
+                FrontendRef::Flush
+                | FrontendRef::CopyData(_)
+                | FrontendRef::CopyDone
+                | FrontendRef::CopyFail { .. } => {}
+                FrontendRef::Terminate => {
+                    to_server.extend_from_slice(&input[run_start..pos]);
+                    run_start = pos;
+                    terminate = true;
+                    break;
+                }
+                FrontendRef::Password(_) => {
+                    return Err(ClientError::Protocol(
+                        "password message outside authentication",
+                    ))
+                }
+            }
+            pos += h.len;
+            if handled {
+                run_start = pos;
+            }
+        }
+        self.emit_ready_synthetics(to_client);
+        let direct = run_start == 0 && to_server.is_empty();
+        if !direct {
+            to_server.extend_from_slice(&input[run_start..pos]);
+        }
+        Ok(Translated {
+            consumed: if terminate { input.len() } else { pos },
+            direct,
+            terminate,
+        })
+    }
+
+    fn ensure_prepared(
+        &mut self,
+        prep: &Prepared,
+        server_prepared: &mut HashSet<u128>,
+        to_server: &mut BytesMut,
+    ) {
+        if server_prepared.insert(prep.id) {
+            to_server.extend_from_slice(&prep.parse);
+            self.expect.push_back(Expect::HiddenParse(prep.id));
+        }
+    }
+
+    /// Synthetic replies whose turn has come (everything before them was answered).
+    fn emit_ready_synthetics(&mut self, to_client: &mut BytesMut) {
+        while let Some(Expect::Synthetic(s)) = self.expect.front().copied() {
+            self.expect.pop_front();
+            match s {
+                Synthetic::ParseComplete => backend::parse_complete(to_client),
+                Synthetic::CloseComplete => backend::close_complete(to_client),
+            }
+        }
+    }
+
+    /// Handles whole server frames at the start of `input`. Frames for the client are
+    /// forwarded from `input` (`direct`) or copied into `to_client` when a frame is
+    /// dropped or a synthetic reply must be inserted.
+    pub(crate) fn relay(
+        &mut self,
+        input: &[u8],
+        params: &mut SessionParams,
+        statements: &mut ClientStatements,
+        server: ServerSide<'_>,
+        to_client: &mut BytesMut,
+    ) -> Result<Relayed, ClientError> {
+        let copying_from_start = !to_client.is_empty();
+        let (mut pos, mut run_start) = (0usize, 0usize);
+        let mut result = Relayed::default();
+        while let Some(h) = peek_header(&input[pos..], SERVER_MAX_MESSAGE)? {
+            if input.len() - pos < h.len {
+                break;
+            }
+            let body = &input[pos + 5..pos + h.len];
+            let forward = self.on_server_message(
+                h.tag,
+                body,
+                params,
+                statements,
+                server.prepared,
+                &mut result,
+            );
+            let end = pos + h.len;
+            if !forward {
+                to_client.extend_from_slice(&input[run_start..pos]);
+                run_start = end;
+            }
+            if matches!(self.expect.front(), Some(Expect::Synthetic(_))) {
+                to_client.extend_from_slice(&input[run_start..end]);
+                run_start = end;
+                self.emit_ready_synthetics(to_client);
+            }
+            pos = end;
+        }
+        result.consumed = pos;
+        result.direct = !copying_from_start && run_start == 0;
+        if !result.direct {
+            to_client.extend_from_slice(&input[run_start..pos]);
+        }
+        Ok(result)
+    }
+
+    /// Returns whether the frame goes to the client.
+    fn on_server_message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        params: &mut SessionParams,
+        statements: &mut ClientStatements,
+        server_prepared: &mut HashSet<u128>,
+        result: &mut Relayed,
+    ) -> bool {
+        let Some(head) = self.expect.front().copied() else {
+            // Notices, notifications, parameter changes: asynchronous, always forwarded.
+            return true;
+        };
+        match tag {
+            b'Z' => {
+                let status = body.first().copied().unwrap_or(b'I');
+                self.tx_status = status;
+                // Everything up to and including the Sync/Query this answers is done.
+                while let Some(e) = self.expect.pop_front() {
+                    if matches!(e, Expect::Sync | Expect::Query) {
+                        break;
+                    }
+                }
+                let effects = params.end_cycle(status, std::mem::take(&mut self.had_error));
+                if effects.statements_dropped {
+                    statements.clear();
+                    server_prepared.clear();
+                }
+                result.effects.statements_dropped |= effects.statements_dropped;
+                result.effects.server_reset |= effects.server_reset;
+                result.cycles_ended += 1;
+                true
+            }
+            b'E' => {
+                self.had_error = true;
+                if head != Expect::Query {
+                    // The server skips to the next Sync: so do the expectations.
+                    while let Some(e) = self.expect.front().copied() {
+                        if e == Expect::Sync {
+                            break;
+                        }
+                        if let Expect::Parse(Some(id)) | Expect::HiddenParse(id) = e {
+                            server_prepared.remove(&id);
+                        }
+                        self.expect.pop_front();
+                    }
+                }
+                true
+            }
+            b'C' => {
+                if params.watching() {
+                    params.observe_command_tag(body);
+                }
+                if head == Expect::Execute {
+                    self.expect.pop_front();
+                }
+                true
+            }
+            b'1' => match head {
+                Expect::HiddenParse(_) => {
+                    self.expect.pop_front();
+                    false
+                }
+                Expect::Parse(_) => {
+                    self.expect.pop_front();
+                    true
+                }
+                _ => true,
+            },
+            b'2' | b'3' | b'T' | b'n' | b'I' | b's' => {
+                let done = matches!(
+                    (tag, head),
+                    (b'2', Expect::Bind)
+                        | (b'3', Expect::Close)
+                        | (b'T' | b'n', Expect::Describe)
+                        | (b'I' | b's', Expect::Execute)
+                );
+                if done {
+                    self.expect.pop_front();
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The client's statement behind `name`, when shardgate renames it.
+fn tracked<'s>(
+    rename: bool,
+    statements: &'s ClientStatements,
+    name: &[u8],
+) -> Option<&'s Prepared> {
+    if rename && !name.is_empty() {
+        statements.get(name)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+#[path = "flight_tests.rs"]
+mod tests;

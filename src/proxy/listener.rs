@@ -1,0 +1,258 @@
+//! Accepting clients: one task per connection, the client limit, SSL/GSSENC
+//! negotiation, cancel requests, and a graceful stop that lets transactions finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use shardgate_wire::{backend, StartupRequest};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::errors::ClientError;
+use super::params::SessionParams;
+use super::session::Session;
+use super::startup::{authenticate, greeting, read_startup};
+use super::Shared;
+
+/// How long SIGTERM waits for sessions holding a server connection.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client must finish startup and authentication within this.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Accepts clients until shutdown is signalled, then waits (bounded) for the
+/// sessions still running. Cancel safe only in the sense that dropping it stops accepting.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let tasks = tokio_util_tracker::Tracker::default();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let shared = shared.clone();
+                let guard = tasks.enter();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    handle(stream, shared).await;
+                    tracing::trace!(%peer, "client disconnected");
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        sessions = tasks.count(),
+        "stopped accepting; waiting for sessions to finish"
+    );
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            sessions = tasks.count(),
+            "drain timeout; closing remaining sessions"
+        );
+    }
+}
+
+async fn handle(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let Ok(slot) = shared.client_slots.clone().try_acquire_owned() else {
+        reject_plain(stream, ClientError::TooManyClients).await;
+        return;
+    };
+    shared.metrics.clients.inc();
+    let result = negotiate(stream, &shared).await;
+    shared.metrics.clients.dec();
+    drop(slot);
+    if let Err(e) = result {
+        match &e {
+            ClientError::Io(_) => tracing::debug!(error = %e, "client connection ended"),
+            _ => tracing::info!(error = %e, "client session ended with an error"),
+        }
+    }
+}
+
+/// Tells a client why it is turned away, best effort.
+async fn reject_plain(mut stream: TcpStream, error: ClientError) {
+    if let Some((fields, _)) = error.to_response() {
+        let mut out = BytesMut::new();
+        backend::error_response(&fields, &mut out);
+        let _ = stream.write_all(&out).await;
+    }
+}
+
+/// SSLRequest / GSSENCRequest / CancelRequest, then the session on the plain or TLS
+/// stream.
+async fn negotiate(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), ClientError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        let req = tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut stream, &mut buf))
+            .await
+            .map_err(|_| ClientError::Protocol("startup timed out"))??;
+        match req {
+            None => return Ok(()),
+            Some(StartupRequest::Cancel { pid, secret }) => {
+                shared.cancel.cancel(pid, secret).await;
+                return Ok(());
+            }
+            Some(StartupRequest::GssEncRequest) => stream.write_all(b"N").await?,
+            Some(StartupRequest::SslRequest) => match &shared.tls {
+                Some(acceptor) => {
+                    if !buf.is_empty() {
+                        // Bytes after SSLRequest would bypass TLS (CVE-2021-23214).
+                        return Err(ClientError::Protocol("data received before TLS handshake"));
+                    }
+                    stream.write_all(b"S").await?;
+                    let tls = acceptor.accept(stream).await.map_err(ClientError::Tls)?;
+                    return start(tls, buf, shared).await;
+                }
+                None => stream.write_all(b"N").await?,
+            },
+            Some(StartupRequest::Startup { params, .. }) => {
+                return login_and_run(stream, buf, shared, params).await
+            }
+        }
+    }
+}
+
+/// The startup message on an already-encrypted stream.
+async fn start<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut buf: BytesMut,
+    shared: &Arc<Shared>,
+) -> Result<(), ClientError> {
+    let req = tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut stream, &mut buf))
+        .await
+        .map_err(|_| ClientError::Protocol("startup timed out"))??;
+    match req {
+        None => Ok(()),
+        Some(StartupRequest::Startup { params, .. }) => {
+            login_and_run(stream, buf, shared, params).await
+        }
+        Some(_) => Err(ClientError::Protocol(
+            "unexpected request after TLS handshake",
+        )),
+    }
+}
+
+async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut buf: BytesMut,
+    shared: &Arc<Shared>,
+    params: Vec<(String, String)>,
+) -> Result<(), ClientError> {
+    let snapshot = shared.snapshot.load_full();
+    let auth = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        authenticate(&mut stream, &mut buf, shared, &snapshot, params),
+    )
+    .await
+    .map_err(|_| ClientError::Protocol("authentication timed out"));
+    let startup = match auth.and_then(|r| r) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some((fields, _)) = e.to_response() {
+                let mut out = BytesMut::new();
+                backend::error_response(&fields, &mut out);
+                let _ = stream.write_all(&out).await;
+            }
+            return Err(e);
+        }
+    };
+    let Some(pool) = snapshot.primary_pools.get(&startup.user).cloned() else {
+        return Err(ClientError::AuthFailed { user: startup.user });
+    };
+    let server_params = match pool.server_params(snapshot.checkout_timeout()).await {
+        Ok(p) => p,
+        Err(e) => {
+            let e = ClientError::Pool(e);
+            if let Some((mut fields, _)) = e.to_response() {
+                // No server to greet the client with: the connection cannot start.
+                if let Some(s) = fields
+                    .fields
+                    .iter_mut()
+                    .find(|(c, _)| *c == b'S' || *c == b'V')
+                {
+                    s.1 = "FATAL".to_owned();
+                }
+                let mut out = BytesMut::new();
+                backend::error_response(&fields, &mut out);
+                let _ = stream.write_all(&out).await;
+            }
+            return Err(e);
+        }
+    };
+    let registration = shared.cancel.register();
+    let mut out = BytesMut::with_capacity(512);
+    greeting(&server_params, &startup.params, registration.key, &mut out);
+    stream.write_all(&out).await?;
+    let params = SessionParams::from_startup(&startup.params);
+    Session::new(
+        stream,
+        buf,
+        shared.clone(),
+        startup.user,
+        params,
+        registration,
+    )
+    .run()
+    .await
+}
+
+/// A tiny task tracker (count + wait for zero) so shutdown can drain sessions.
+mod tokio_util_tracker {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    #[derive(Debug, Default, Clone)]
+    pub(crate) struct Tracker(Arc<Inner>);
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Inner {
+        count: AtomicUsize,
+        zero: Notify,
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct Guard(Arc<Inner>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.0.zero.notify_waiters();
+            }
+        }
+    }
+
+    impl Tracker {
+        pub(crate) fn enter(&self) -> Guard {
+            self.0.count.fetch_add(1, Ordering::AcqRel);
+            Guard(self.0.clone())
+        }
+
+        pub(crate) fn count(&self) -> usize {
+            self.0.count.load(Ordering::Acquire)
+        }
+
+        pub(crate) async fn wait(&self) {
+            loop {
+                let notified = self.0.zero.notified();
+                if self.count() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+}

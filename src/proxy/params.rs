@@ -1,0 +1,243 @@
+//! Per-client session state (startup parameters and SETs done outside transactions),
+//! tracked so that it can be re-applied on whichever server connection the client
+//! gets next, and never seen by another client.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use shardgate_sql::{for_each_statement, session_command, LexOptions, SessionCommand};
+
+/// Startup parameters that are protocol plumbing, not session settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
+
+/// What a completed cycle (up to ReadyForQuery) asks the session to do besides SETs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Effects {
+    /// DISCARD ALL or DEALLOCATE ALL ran: every prepared statement is gone.
+    pub(crate) statements_dropped: bool,
+    /// DISCARD ALL ran: the server connection is back at its defaults.
+    pub(crate) server_reset: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SessionParams {
+    /// From the startup packet, as quoted SQL literals.
+    startup: BTreeMap<String, String>,
+    /// From SET, as the client wrote the value.
+    sets: BTreeMap<String, String>,
+    fingerprint: u64,
+    /// Seen since the last ReadyForQuery.
+    pending: Vec<SessionCommand>,
+    /// Seen inside a still-open transaction block.
+    in_transaction: Vec<SessionCommand>,
+    /// The last CommandComplete of the cycle was ROLLBACK (only tracked while something is pending).
+    last_was_rollback: bool,
+}
+
+/// A SQL string literal, quoted the way PostgreSQL reads it with standard_conforming_strings.
+fn quote_literal(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('\'');
+    for c in v.chars() {
+        if c == '\'' {
+            s.push('\'');
+        }
+        s.push(c);
+    }
+    s.push('\'');
+    s
+}
+
+/// Quotes a setting name as an identifier when it is not a plain lowercase (dotted) name.
+fn quote_name(name: &str) -> String {
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+    if plain && !name.is_empty() {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+impl SessionParams {
+    pub(crate) fn from_startup(params: &[(String, String)]) -> SessionParams {
+        let mut startup = BTreeMap::new();
+        for (k, v) in params {
+            if NOT_SETTINGS.contains(&k.as_str()) {
+                continue;
+            }
+            startup.insert(k.to_ascii_lowercase(), quote_literal(v));
+        }
+        let mut p = SessionParams {
+            startup,
+            ..SessionParams::default()
+        };
+        p.refingerprint();
+        p
+    }
+
+    /// Changes whenever the effective settings change; equal fingerprints mean a server
+    /// connection already carries this client's settings.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    fn refingerprint(&mut self) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.startup.hash(&mut h);
+        self.sets.hash(&mut h);
+        // 0 is reserved for "server defaults".
+        self.fingerprint = h.finish() | 1;
+    }
+
+    /// SQL that turns a server connection's settings into this client's.
+    pub(crate) fn sync_sql(&self) -> String {
+        let mut sql = String::from("RESET ALL");
+        for (name, value) in self
+            .startup
+            .iter()
+            .filter(|(k, _)| !self.sets.contains_key(*k))
+        {
+            sql.push_str(&format!(";SET {} TO {}", quote_name(name), value));
+        }
+        for (name, value) in &self.sets {
+            sql.push_str(&format!(";SET {} TO {}", quote_name(name), value));
+        }
+        sql
+    }
+
+    /// Looks for session commands in a simple-protocol Query or a Parse.
+    pub(crate) fn observe(&mut self, sql: &[u8]) {
+        // Fast reject: every tracked command starts with one of these letters.
+        if !sql.iter().any(|b| matches!(b | 0x20, b's' | b'r' | b'd')) {
+            return;
+        }
+        let pending = &mut self.pending;
+        for_each_statement(sql, LexOptions::default(), |range| {
+            if let Some(cmd) = session_command(&sql[range]) {
+                if cmd != SessionCommand::Local {
+                    pending.push(cmd);
+                }
+            }
+        });
+    }
+
+    /// Whether CommandComplete tags matter this cycle.
+    pub(crate) fn watching(&self) -> bool {
+        !self.pending.is_empty() || !self.in_transaction.is_empty()
+    }
+
+    pub(crate) fn observe_command_tag(&mut self, tag: &[u8]) {
+        self.last_was_rollback = tag.starts_with(b"ROLLBACK");
+    }
+
+    /// Called at each ReadyForQuery with its status and whether the cycle saw an error.
+    pub(crate) fn end_cycle(&mut self, status: u8, had_error: bool) -> Effects {
+        let rollback = std::mem::take(&mut self.last_was_rollback);
+        if self.pending.is_empty() && self.in_transaction.is_empty() {
+            return Effects::default();
+        }
+        if had_error && status == b'I' {
+            // Outside a block an error undoes the whole implicit transaction.
+            self.pending.clear();
+            self.in_transaction.clear();
+            return Effects::default();
+        }
+        if status != b'I' {
+            let pending = std::mem::take(&mut self.pending);
+            self.in_transaction.extend(pending);
+            return Effects::default();
+        }
+        let mut cmds = std::mem::take(&mut self.in_transaction);
+        cmds.append(&mut self.pending);
+        if rollback {
+            return Effects::default();
+        }
+        let mut effects = Effects::default();
+        for cmd in cmds {
+            match cmd {
+                SessionCommand::Set { name, value } => {
+                    self.sets.insert(name, value);
+                }
+                SessionCommand::Reset { name } => {
+                    self.sets.remove(&name);
+                }
+                SessionCommand::ResetAll => self.sets.clear(),
+                SessionCommand::DiscardAll => {
+                    self.sets.clear();
+                    effects.statements_dropped = true;
+                    effects.server_reset = true;
+                }
+                SessionCommand::Deallocate { name: None } => effects.statements_dropped = true,
+                SessionCommand::Deallocate { name: Some(_) }
+                | SessionCommand::Discard
+                | SessionCommand::Local => {}
+            }
+        }
+        self.refingerprint();
+        effects
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup() -> SessionParams {
+        SessionParams::from_startup(&[
+            ("user".into(), "app".into()),
+            ("application_name".into(), "it's".into()),
+        ])
+    }
+
+    #[test]
+    fn set_outside_transaction_applies_at_ready() {
+        let mut p = startup();
+        let before = p.fingerprint();
+        p.observe(b"SET statement_timeout = '5s'");
+        assert_eq!(p.fingerprint(), before);
+        p.end_cycle(b'I', false);
+        assert_ne!(p.fingerprint(), before);
+        assert_eq!(
+            p.sync_sql(),
+            "RESET ALL;SET application_name TO 'it''s';SET statement_timeout TO '5s'"
+        );
+    }
+
+    #[test]
+    fn rolled_back_or_failed_sets_are_dropped() {
+        let mut p = startup();
+        let before = p.fingerprint();
+        p.observe(b"BEGIN; SET search_path TO x");
+        p.end_cycle(b'T', false);
+        p.observe_command_tag(b"ROLLBACK");
+        p.end_cycle(b'I', false);
+        assert_eq!(p.fingerprint(), before);
+        p.observe(b"SET search_path TO x; SELECT 1/0");
+        p.end_cycle(b'I', true);
+        assert_eq!(p.fingerprint(), before);
+    }
+
+    #[test]
+    fn committed_transaction_sets_apply_and_reset_all_clears() {
+        let mut p = startup();
+        let before = p.fingerprint();
+        p.observe(b"SET TimeZone = 'UTC'");
+        p.end_cycle(b'T', false);
+        p.observe_command_tag(b"COMMIT");
+        p.end_cycle(b'I', false);
+        assert_ne!(p.fingerprint(), before);
+        p.observe(b"RESET ALL");
+        p.end_cycle(b'I', false);
+        assert_eq!(p.fingerprint(), before);
+    }
+
+    #[test]
+    fn discard_all_drops_statements() {
+        let mut p = startup();
+        p.observe(b"discard all");
+        let e = p.end_cycle(b'I', false);
+        assert!(e.statements_dropped && e.server_reset);
+    }
+}

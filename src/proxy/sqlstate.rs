@@ -1,0 +1,20 @@
+//! SQLSTATE codes shardgate itself reports. Backend errors pass through with their own codes.
+
+/// 08P01: the client broke the protocol.
+pub(crate) const PROTOCOL_VIOLATION: &str = "08P01";
+/// 08006: the server connection failed or was lost.
+pub(crate) const CONNECTION_FAILURE: &str = "08006";
+/// 08001: shardgate could not establish a server connection.
+pub(crate) const UNABLE_TO_CONNECT: &str = "08001";
+/// 28P01: wrong password or unknown user (never says which).
+pub(crate) const INVALID_PASSWORD: &str = "28P01";
+/// 28000: the client sent no usable authorization (e.g. no user name).
+pub(crate) const INVALID_AUTHORIZATION: &str = "28000";
+/// 3D000: the database does not exist.
+pub(crate) const INVALID_CATALOG_NAME: &str = "3D000";
+/// 53300: too many connections, or no server connection free in time.
+pub(crate) const TOO_MANY_CONNECTIONS: &str = "53300";
+/// 57P01: shutting down.
+pub(crate) const ADMIN_SHUTDOWN: &str = "57P01";
+/// 08004: the server rejected the connection (e.g. backend login failed).
+pub(crate) const SERVER_REJECTED: &str = "08004";

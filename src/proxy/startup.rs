@@ -1,0 +1,162 @@
+//! A client's first moments: SSLRequest/GSSENCRequest negotiation, CancelRequest,
+//! the StartupMessage, authentication (SCRAM-SHA-256, md5, trust), and the
+//! ParameterStatus/BackendKeyData/ReadyForQuery greeting.
+
+use bytes::BytesMut;
+use shardgate_auth::{random_md5_salt, verify_md5, ScramServer, SCRAM_SHA_256};
+use shardgate_config::AuthMethod;
+use shardgate_wire::{
+    backend, decode_password_message, decode_sasl_initial_response, parse_startup, split_frame,
+    tag, StartupRequest, MAX_STARTUP_LEN,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::errors::ClientError;
+use super::{Shared, Snapshot};
+
+/// What the client asked for at startup, once it has authenticated.
+#[derive(Debug)]
+pub(crate) struct Startup {
+    pub(crate) user: String,
+    pub(crate) params: Vec<(String, String)>,
+}
+
+/// The first request on a fresh connection. Cancel safe (partial bytes stay in `buf`).
+pub(crate) async fn read_startup<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Option<StartupRequest>, ClientError> {
+    loop {
+        if let Some(req) = parse_startup(buf)? {
+            return Ok(Some(req));
+        }
+        if buf.len() > MAX_STARTUP_LEN {
+            return Err(ClientError::Protocol("startup packet too long"));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+async fn read_password_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, ClientError> {
+    loop {
+        if let Some(frame) = split_frame(buf, MAX_STARTUP_LEN)? {
+            if frame.tag != tag::PASSWORD {
+                return Err(ClientError::Protocol("expected a password message"));
+            }
+            return Ok(frame.body);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut BytesMut,
+) -> Result<(), ClientError> {
+    stream.write_all(out).await?;
+    out.clear();
+    Ok(())
+}
+
+/// Authenticates the client named in `params`. On success the client has been sent
+/// AuthenticationOk but not yet the greeting. Not cancel safe.
+pub(crate) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    snapshot: &Snapshot,
+    params: Vec<(String, String)>,
+) -> Result<Startup, ClientError> {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = get("user")
+        .filter(|u| !u.is_empty())
+        .ok_or(ClientError::NoUser)?;
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    let entry = snapshot.users.get(&user);
+    let method = entry.map(|e| e.config.auth).unwrap_or(AuthMethod::Scram);
+    let mut out = BytesMut::with_capacity(256);
+    let authenticated = match method {
+        AuthMethod::Trust => entry.is_some(),
+        AuthMethod::Md5 => {
+            let salt = random_md5_salt();
+            backend::auth_md5(salt, &mut out);
+            send(stream, &mut out).await?;
+            let body = read_password_frame(stream, buf).await?;
+            let response = decode_password_message(&body)?;
+            match entry {
+                Some(e) => verify_md5(&user, &e.config.password, salt, response),
+                None => false,
+            }
+        }
+        AuthMethod::Scram => {
+            let secret = match entry {
+                Some(e) => e.scram.clone(),
+                None => shardgate_auth::ScramSecret::mock(&user, &shared.mock_key),
+            };
+            backend::auth_sasl(&[SCRAM_SHA_256], &mut out);
+            send(stream, &mut out).await?;
+            let body = read_password_frame(stream, buf).await?;
+            let (mechanism, data) = decode_sasl_initial_response(&body)?;
+            if mechanism != SCRAM_SHA_256 {
+                return Err(ClientError::Protocol("unsupported SASL mechanism"));
+            }
+            let mut server = ScramServer::new(secret);
+            let first = server
+                .client_first(data.unwrap_or_default())
+                .map_err(|_| ClientError::Protocol("malformed SCRAM client-first-message"))?;
+            backend::auth_sasl_continue(&first, &mut out);
+            send(stream, &mut out).await?;
+            let body = read_password_frame(stream, buf).await?;
+            match server.client_final(&body) {
+                Ok(final_msg) if entry.is_some() => {
+                    backend::auth_sasl_final(&final_msg, &mut out);
+                    true
+                }
+                Ok(_) | Err(shardgate_auth::AuthError::InvalidProof) => false,
+                Err(_) => {
+                    return Err(ClientError::Protocol(
+                        "malformed SCRAM client-final-message",
+                    ))
+                }
+            }
+        }
+    };
+    if !authenticated {
+        return Err(ClientError::AuthFailed { user });
+    }
+    if database != snapshot.config.database {
+        return Err(ClientError::UnknownDatabase(database));
+    }
+    backend::auth_ok(&mut out);
+    send(stream, &mut out).await?;
+    Ok(Startup { user, params })
+}
+
+/// ParameterStatus (the server's, overridden by what the client asked for),
+/// BackendKeyData (shardgate's own key for this client) and ReadyForQuery.
+pub(crate) fn greeting(
+    server_params: &[(String, String)],
+    client_params: &[(String, String)],
+    key: shardgate_pool::BackendKey,
+    out: &mut BytesMut,
+) {
+    for (name, value) in server_params {
+        let value = client_params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(value);
+        backend::parameter_status(name, value, out);
+    }
+    backend::backend_key_data(key.pid, key.secret, out);
+    backend::ready_for_query(b'I', out);
+}

@@ -1,0 +1,68 @@
+//! Named prepared statements in transaction mode: a client's names map to internal
+//! names derived from the SQL text and parameter types, so any server connection can
+//! run them and identical statements of different clients share one server-side Parse.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use bytes::{Bytes, BytesMut};
+use shardgate_wire::{frontend, ParseRef};
+use xxhash_rust::xxh3::Xxh3;
+
+/// Length of an internal name: "sg_" + 32 hex digits.
+const NAME_LEN: usize = 35;
+
+/// One client statement, as shardgate re-creates it on server connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    /// Identity of (SQL, parameter types); also what server connections remember.
+    pub(crate) id: u128,
+    pub(crate) name: [u8; NAME_LEN],
+    /// The complete Parse frame under the internal name, replayed on other servers.
+    pub(crate) parse: Bytes,
+}
+
+impl Prepared {
+    pub(crate) fn new(parse: &ParseRef<'_>) -> Prepared {
+        let mut h = Xxh3::new();
+        h.update(&(parse.query.len() as u64).to_le_bytes());
+        h.update(parse.query);
+        h.update(parse.param_types.raw());
+        let id = h.digest128();
+        let mut name = [0u8; NAME_LEN];
+        // Writing 35 bytes of ASCII into a 35-byte buffer cannot fail.
+        let _ = write!(&mut name[..], "sg_{id:032x}");
+        let mut frame = BytesMut::with_capacity(parse.query.len() + NAME_LEN + 16);
+        frontend::parse_raw_types(&name, parse.query, parse.param_types.raw(), &mut frame);
+        Prepared {
+            id,
+            name,
+            parse: frame.freeze(),
+        }
+    }
+}
+
+/// The named statements one client has prepared.
+#[derive(Debug, Default)]
+pub(crate) struct ClientStatements {
+    by_name: HashMap<Bytes, Prepared>,
+}
+
+impl ClientStatements {
+    pub(crate) fn insert(&mut self, client_name: &[u8], prepared: Prepared) {
+        self.by_name
+            .insert(Bytes::copy_from_slice(client_name), prepared);
+    }
+
+    pub(crate) fn get(&self, client_name: &[u8]) -> Option<&Prepared> {
+        self.by_name.get(client_name)
+    }
+
+    pub(crate) fn remove(&mut self, client_name: &[u8]) {
+        self.by_name.remove(client_name);
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
