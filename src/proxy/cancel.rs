@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 /// Where a client's query currently runs, if anywhere.
 #[derive(Debug, Default)]
 pub(crate) struct CancelSlot {
-    target: Mutex<Option<(NodeAddr, BackendKey)>>,
+    target: Mutex<Option<(Arc<NodeAddr>, BackendKey)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -24,8 +24,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CancelSlot {
-    pub(crate) fn set(&self, addr: &NodeAddr, key: BackendKey) {
-        *lock(&self.target) = Some((addr.clone(), key));
+    pub(crate) fn set(&self, addr: &Arc<NodeAddr>, key: BackendKey) {
+        *lock(&self.target) = Some((Arc::clone(addr), key));
     }
 
     pub(crate) fn clear(&self) {

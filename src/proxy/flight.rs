@@ -44,6 +44,9 @@ enum Expect {
     /// A simple Query or FunctionCall: ends at ReadyForQuery, errors do not skip.
     Query,
     Synthetic(Synthetic),
+    /// The client ended a COPY here (CopyDone/CopyFail): no reply of its own, it only
+    /// tells which Syncs the server ignored in copy-in mode.
+    CopyEnd,
 }
 
 /// Per-connection bookkeeping of one client.
@@ -56,6 +59,9 @@ pub(crate) struct Flight {
     had_error: bool,
     /// Transaction status from the last ReadyForQuery.
     pub(crate) tx_status: u8,
+    /// The server is in copy-in mode and the client has not ended it: the server
+    /// ignores Syncs meanwhile, so they expect no ReadyForQuery.
+    copy_in: bool,
 }
 
 impl Default for Flight {
@@ -65,6 +71,7 @@ impl Default for Flight {
             unsynced: false,
             had_error: false,
             tx_status: b'I',
+            copy_in: false,
         }
     }
 }
@@ -194,14 +201,18 @@ impl Flight {
                         self.expect.push_back(Expect::Close);
                     }
                 }
+                FrontendRef::Sync if self.copy_in => {}
                 FrontendRef::Sync => {
                     self.unsynced = false;
                     self.expect.push_back(Expect::Sync);
                 }
-                FrontendRef::Flush
-                | FrontendRef::CopyData(_)
-                | FrontendRef::CopyDone
-                | FrontendRef::CopyFail { .. } => {}
+                FrontendRef::CopyDone | FrontendRef::CopyFail { .. } => {
+                    self.copy_in = false;
+                    if !self.expect.is_empty() {
+                        self.expect.push_back(Expect::CopyEnd);
+                    }
+                }
+                FrontendRef::Flush | FrontendRef::CopyData(_) => {}
                 FrontendRef::Terminate => {
                     to_server.extend_from_slice(&input[run_start..pos]);
                     run_start = pos;
@@ -315,7 +326,38 @@ impl Flight {
             // Notices, notifications, parameter changes: asynchronous, always forwarded.
             return true;
         };
+        let forward = self.expect_server_message(
+            tag,
+            head,
+            body,
+            params,
+            statements,
+            server_prepared,
+            result,
+        );
+        while self.expect.front() == Some(&Expect::CopyEnd) {
+            self.expect.pop_front();
+        }
+        forward
+    }
+
+    /// `on_server_message` for a frame that answers `head`.
+    #[allow(clippy::too_many_arguments)]
+    fn expect_server_message(
+        &mut self,
+        tag: u8,
+        head: Expect,
+        body: &[u8],
+        params: &mut SessionParams,
+        statements: &mut ClientStatements,
+        server_prepared: &mut HashSet<u128>,
+        result: &mut Relayed,
+    ) -> bool {
         match tag {
+            b'G' => {
+                self.enter_copy_in(head);
+                true
+            }
             b'Z' => {
                 let status = body.first().copied().unwrap_or(b'I');
                 self.tx_status = status;
@@ -337,6 +379,8 @@ impl Flight {
             }
             b'E' => {
                 self.had_error = true;
+                // An error ends copy-in mode; the client's next Sync is answered again.
+                self.copy_in = false;
                 if head != Expect::Query {
                     // The server skips to the next Sync: so do the expectations.
                     while let Some(e) = self.expect.front().copied() {
@@ -385,6 +429,36 @@ impl Flight {
                 true
             }
             _ => true,
+        }
+    }
+}
+
+impl Flight {
+    /// The server answered `head` with CopyInResponse. Syncs the client sent after it
+    /// but before ending the COPY are ignored by the server (libpq and tokio-postgres
+    /// send one right after Execute), so they expect nothing.
+    fn enter_copy_in(&mut self, head: Expect) {
+        self.copy_in = true;
+        let mut end = 1;
+        while end < self.expect.len() && self.expect[end] != Expect::CopyEnd {
+            end += 1;
+        }
+        if end < self.expect.len() {
+            // The client already ended the COPY: from here its Syncs count again.
+            self.copy_in = false;
+        }
+        let mut i = 1;
+        while i < end {
+            if self.expect[i] == Expect::Sync {
+                self.expect.remove(i);
+                end -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        if head == Expect::Execute && !self.expect.contains(&Expect::Sync) {
+            // The extended-protocol COPY still needs a Sync from the client.
+            self.unsynced = true;
         }
     }
 }

@@ -1,1 +1,250 @@
-//! Unit tests for the flight bookkeeping.
+//! Unit tests for the flight bookkeeping: what reaches the server, what reaches the
+//! client, and in which order, without any IO.
+
+use std::collections::HashSet;
+
+use bytes::BytesMut;
+use shardgate_config::PoolMode;
+use shardgate_wire::{backend, frontend, scan_frames, DEFAULT_MAX_MESSAGE_LEN};
+
+use super::*;
+
+struct Harness {
+    flight: Flight,
+    statements: ClientStatements,
+    params: SessionParams,
+    prepared: HashSet<u128>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            flight: Flight::default(),
+            statements: ClientStatements::default(),
+            params: SessionParams::default(),
+            prepared: HashSet::new(),
+        }
+    }
+
+    /// Returns (bytes for the server, bytes for the client, translation result).
+    fn client(&mut self, input: &[u8]) -> (Vec<u8>, Vec<u8>, Translated) {
+        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+        let t = self
+            .flight
+            .translate(
+                input,
+                DEFAULT_MAX_MESSAGE_LEN,
+                PoolMode::Transaction,
+                &mut self.statements,
+                &mut self.params,
+                ServerSide {
+                    prepared: &mut self.prepared,
+                },
+                &mut to_server,
+                &mut to_client,
+            )
+            .expect("translate");
+        let sent = if t.direct {
+            input[..t.consumed].to_vec()
+        } else {
+            to_server.to_vec()
+        };
+        (sent, to_client.to_vec(), t)
+    }
+
+    /// Returns the bytes the client receives.
+    fn server(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut to_client = BytesMut::new();
+        let r = self
+            .flight
+            .relay(
+                input,
+                &mut self.params,
+                &mut self.statements,
+                ServerSide {
+                    prepared: &mut self.prepared,
+                },
+                &mut to_client,
+            )
+            .expect("relay");
+        assert_eq!(r.consumed, input.len(), "all whole frames consumed");
+        if r.direct {
+            input[..r.consumed].to_vec()
+        } else {
+            to_client.to_vec()
+        }
+    }
+}
+
+/// The tags of the frames in a byte stream.
+fn tags(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    scan_frames(bytes, usize::MAX, |h, _| {
+        out.push(h.tag as char);
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("frames");
+    out
+}
+
+/// Statement names mentioned in Parse/Bind frames sent to the server.
+fn names_sent(bytes: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    scan_frames(bytes, usize::MAX, |h, body| {
+        if h.tag == b'P' {
+            names.push(cstr(body));
+        } else if h.tag == b'B' {
+            let portal_end = body.iter().position(|b| *b == 0).unwrap_or(0);
+            names.push(cstr(&body[portal_end + 1..]));
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("frames");
+    names
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|x| *x == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn request(name: &[u8], with_parse: bool) -> BytesMut {
+    let mut b = BytesMut::new();
+    if with_parse {
+        frontend::parse(name, b"SELECT $1::int", &[23], &mut b);
+    }
+    frontend::bind(b"", name, &[0], &[Some(b"7".as_slice())], &[0], &mut b);
+    frontend::execute(b"", 0, &mut b);
+    frontend::sync(&mut b);
+    b
+}
+
+fn reply(tags: &str) -> BytesMut {
+    let mut b = BytesMut::new();
+    for t in tags.chars() {
+        match t {
+            '1' => backend::parse_complete(&mut b),
+            '2' => backend::bind_complete(&mut b),
+            '3' => backend::close_complete(&mut b),
+            'C' => backend::command_complete("SELECT 1", &mut b),
+            'Z' => backend::ready_for_query(b'I', &mut b),
+            'E' => backend::error_response(
+                &shardgate_wire::ErrorFields::new("ERROR", "42601", "syntax error"),
+                &mut b,
+            ),
+            other => panic!("no canned reply for {other}"),
+        }
+    }
+    b
+}
+
+#[test]
+fn simple_query_is_forwarded_untouched() {
+    let mut h = Harness::new();
+    let mut q = BytesMut::new();
+    frontend::query(b"SELECT 1", &mut q);
+    let (sent, to_client, t) = h.client(&q);
+    assert!(t.direct);
+    assert_eq!(sent, q.to_vec());
+    assert!(to_client.is_empty());
+    assert!(!h.flight.idle());
+    let r = reply("CZ");
+    assert_eq!(h.server(&r), r.to_vec());
+    assert!(h.flight.idle());
+}
+
+#[test]
+fn named_parse_is_renamed_and_replies_pass_through() {
+    let mut h = Harness::new();
+    let (sent, to_client, t) = h.client(&request(b"s1", true));
+    assert!(!t.direct);
+    assert!(to_client.is_empty());
+    let names = names_sent(&sent);
+    assert_eq!(names.len(), 2);
+    assert!(
+        names[0].starts_with("sg_") && names[0] == names[1],
+        "{names:?}"
+    );
+    assert_eq!(tags(&h.server(&reply("12CZ"))), "12CZ");
+    assert!(h.flight.idle());
+}
+
+#[test]
+fn parse_already_on_server_is_answered_locally_in_order() {
+    let mut h = Harness::new();
+    h.client(&request(b"s1", true));
+    h.server(&reply("12CZ"));
+    // Another client name, same SQL: the server already has it.
+    let (sent, to_client, _) = h.client(&request(b"other", true));
+    assert_eq!(tags(&sent), "BES");
+    assert_eq!(tags(&to_client), "1");
+    assert_eq!(tags(&h.server(&reply("2CZ"))), "2CZ");
+    assert!(h.flight.idle());
+}
+
+#[test]
+fn statement_missing_on_server_is_prepared_and_its_reply_hidden() {
+    let mut h = Harness::new();
+    h.client(&request(b"s1", true));
+    h.server(&reply("12CZ"));
+    h.prepared.clear(); // the client now lands on a fresh server connection
+    let (sent, to_client, _) = h.client(&request(b"s1", false));
+    assert_eq!(tags(&sent), "PBES");
+    assert!(to_client.is_empty());
+    assert_eq!(tags(&h.server(&reply("12CZ"))), "2CZ");
+    assert!(h.flight.idle());
+}
+
+#[test]
+fn error_skips_to_sync_and_forgets_the_failed_parse() {
+    let mut h = Harness::new();
+    h.client(&request(b"s1", true));
+    assert_eq!(h.prepared.len(), 1);
+    assert_eq!(tags(&h.server(&reply("EZ"))), "EZ");
+    assert!(h.flight.idle());
+    assert!(
+        h.prepared.is_empty(),
+        "a Parse that failed is not on the server"
+    );
+}
+
+#[test]
+fn close_of_named_statement_is_answered_after_earlier_replies() {
+    let mut h = Harness::new();
+    h.client(&request(b"s1", true));
+    h.server(&reply("12CZ"));
+    let mut b = BytesMut::new();
+    frontend::bind(b"", b"s1", &[], &[], &[], &mut b);
+    frontend::execute(b"", 0, &mut b);
+    frontend::close(b'S', b"s1", &mut b);
+    frontend::sync(&mut b);
+    let (sent, to_client, _) = h.client(&b);
+    assert_eq!(tags(&sent), "BES", "the Close never reaches the server");
+    assert!(
+        to_client.is_empty(),
+        "CloseComplete waits for the earlier replies"
+    );
+    assert_eq!(tags(&h.server(&reply("2CZ"))), "2C3Z");
+    assert!(h.statements.get(b"s1").is_none());
+}
+
+#[test]
+fn partial_frames_wait_for_the_rest() {
+    let mut h = Harness::new();
+    let mut q = BytesMut::new();
+    frontend::query(b"SELECT 1", &mut q);
+    let (_, _, t) = h.client(&q[..q.len() - 1]);
+    assert_eq!(t.consumed, 0);
+    let (sent, _, t) = h.client(&q);
+    assert_eq!(t.consumed, q.len());
+    assert_eq!(sent, q.to_vec());
+}
+
+#[test]
+fn terminate_stops_translation() {
+    let mut h = Harness::new();
+    let mut b = BytesMut::new();
+    frontend::terminate(&mut b);
+    let (_, _, t) = h.client(&b);
+    assert!(t.terminate);
+}

@@ -118,8 +118,8 @@ async fn negotiate(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Cl
                 }
                 None => stream.write_all(b"N").await?,
             },
-            Some(StartupRequest::Startup { params, .. }) => {
-                return login_and_run(stream, buf, shared, params).await
+            Some(StartupRequest::Startup { minor, params }) => {
+                return login_and_run(stream, buf, shared, minor, params).await
             }
         }
     }
@@ -136,8 +136,8 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| ClientError::Protocol("startup timed out"))??;
     match req {
         None => Ok(()),
-        Some(StartupRequest::Startup { params, .. }) => {
-            login_and_run(stream, buf, shared, params).await
+        Some(StartupRequest::Startup { minor, params }) => {
+            login_and_run(stream, buf, shared, minor, params).await
         }
         Some(_) => Err(ClientError::Protocol(
             "unexpected request after TLS handshake",
@@ -149,8 +149,26 @@ async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     mut buf: BytesMut,
     shared: &Arc<Shared>,
-    params: Vec<(String, String)>,
+    minor: u16,
+    mut params: Vec<(String, String)>,
 ) -> Result<(), ClientError> {
+    // Protocol 3.0 only: a newer minor version or `_pq_.` options are answered the
+    // way PostgreSQL answers them, before authentication.
+    let unrecognized: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if minor > 0 || !unrecognized.is_empty() {
+        params.retain(|(k, _)| !k.starts_with("_pq_."));
+        let mut out = BytesMut::new();
+        shardgate_wire::BackendMessage::NegotiateProtocolVersion {
+            newest_minor: 0,
+            unrecognized,
+        }
+        .encode(&mut out);
+        stream.write_all(&out).await?;
+    }
     let snapshot = shared.snapshot.load_full();
     let auth = tokio::time::timeout(
         STARTUP_TIMEOUT,

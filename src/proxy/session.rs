@@ -284,6 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             max_len,
             cycle_started,
             shared,
+            registration,
             ..
         } = self;
         let Some(pooled) = server.as_mut() else {
@@ -345,7 +346,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(RelayEnd::ClientGone);
             }
             if *mode == PoolMode::Transaction && flight.idle() && flight.tx_status == b'I' {
-                release(server, shared);
+                release(server, shared, registration);
                 return Ok(RelayEnd::Released);
             }
             // Wait for either side.
@@ -382,7 +383,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         }
                     }
                     if *mode == PoolMode::Transaction && flight.idle() && flight.tx_status == b'I' {
-                        release(server, shared);
+                        release(server, shared, registration);
                         return Ok(RelayEnd::Released);
                     }
                 }
@@ -396,7 +397,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
-fn release(server: &mut Option<PooledConn>, shared: &Shared) {
+fn release(server: &mut Option<PooledConn>, shared: &Shared, registration: &Registration) {
+    // A later cancel from this client must not reach whoever gets the server next.
+    registration.slot.clear();
     if let Some(conn) = server.take() {
         conn.release();
         shared.metrics.transactions.inc();

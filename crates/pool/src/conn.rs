@@ -2,6 +2,7 @@
 //! per-connection state the proxy keeps (prepared statements, applied session state).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -46,7 +47,7 @@ pub struct ServerConn {
     /// Bytes read from the server and not yet processed.
     pub rbuf: BytesMut,
     pub key: BackendKey,
-    pub addr: NodeAddr,
+    pub addr: Arc<NodeAddr>,
     /// ParameterStatus values the server reported at startup, in its order.
     pub params: Vec<(String, String)>,
     /// Internal prepared-statement ids that exist on this connection.
@@ -60,7 +61,7 @@ impl ServerConn {
     /// Connects and logs in. Not cancel safe (a dropped future leaves a half-open socket,
     /// which is closed with it).
     pub async fn connect(
-        addr: &NodeAddr,
+        addr: &Arc<NodeAddr>,
         creds: &Credentials,
         timeout: Duration,
         id: u64,

@@ -39,7 +39,7 @@ struct Backoff {
 /// Server connections to one node, logged in as one user.
 #[derive(Debug)]
 pub struct NodePool {
-    addr: NodeAddr,
+    addr: Arc<NodeAddr>,
     creds: Credentials,
     size: u32,
     permits: Arc<Semaphore>,
@@ -59,7 +59,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl NodePool {
     pub fn new(addr: NodeAddr, creds: Credentials, size: u32) -> Arc<NodePool> {
         Arc::new(NodePool {
-            addr,
+            addr: Arc::new(addr),
             creds,
             size,
             permits: Arc::new(Semaphore::new(size as usize)),
@@ -71,7 +71,7 @@ impl NodePool {
         })
     }
 
-    pub fn addr(&self) -> &NodeAddr {
+    pub fn addr(&self) -> &Arc<NodeAddr> {
         &self.addr
     }
 

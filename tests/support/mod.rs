@@ -1,0 +1,287 @@
+//! Shared helpers for integration tests: run the real `shardgate` binary against a
+//! testkit topology, on free loopback ports, and connect to it.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shardgate_testkit::{free_port, Topology};
+
+/// A running shardgate process; killed on drop.
+pub struct Proxy {
+    pub port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+/// Options for the generated config.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    pub pool_mode: &'static str,
+    pub pool_size: u32,
+    pub checkout_timeout_ms: u64,
+    pub max_client_connections: u32,
+    /// Extra `users:` entries (YAML list items, indented by 2), besides the topology's user.
+    pub extra_users: String,
+    /// Extra top-level YAML appended verbatim.
+    pub extra_yaml: String,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            pool_mode: "transaction",
+            pool_size: 10,
+            checkout_timeout_ms: 5000,
+            max_client_connections: 10000,
+            extra_users: String::new(),
+            extra_yaml: String::new(),
+        }
+    }
+}
+
+impl Proxy {
+    pub fn start(topology: &Topology) -> Proxy {
+        Proxy::start_with(topology, ProxyOptions::default())
+    }
+
+    pub fn config_yaml(
+        topology: &Topology,
+        port: u16,
+        admin_port: u16,
+        o: &ProxyOptions,
+    ) -> String {
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\ndatabase: {db}\nusers:\n  - name: {user}\n    password: {password}\n{extra_users}pool:\n  mode: {mode}\n  size: {size}\n  checkout_timeout_ms: {timeout}\n  max_client_connections: {maxc}\n{shards}{extra}",
+            db = topology.database(),
+            user = topology.user(),
+            password = topology.password(),
+            extra_users = o.extra_users,
+            mode = o.pool_mode,
+            size = o.pool_size,
+            timeout = o.checkout_timeout_ms,
+            maxc = o.max_client_connections,
+            shards = topology.shards_yaml(),
+            extra = o.extra_yaml,
+        )
+    }
+
+    pub fn start_with(topology: &Topology, options: ProxyOptions) -> Proxy {
+        let port = free_port();
+        let admin_port = free_port();
+        Proxy::start_yaml(
+            &Proxy::config_yaml(topology, port, admin_port, &options),
+            port,
+            admin_port,
+        )
+    }
+
+    /// Starts the binary with this exact config text (which must listen on `port`).
+    pub fn start_yaml(yaml: &str, port: u16, admin_port: u16) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("proxy.yaml");
+        std::fs::File::create(&config_path)
+            .and_then(|mut f| f.write_all(yaml.as_bytes()))
+            .expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .arg("--config")
+            .arg(&config_path)
+            .env(
+                "SHARDGATE_LOG",
+                std::env::var("SHARDGATE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn shardgate");
+        let proxy = Proxy {
+            port,
+            admin_port,
+            config_path,
+            child: Some(child),
+            _dir: dir,
+        };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("shardgate did not start listening on {addr}");
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// libpq/tokio-postgres connection string for the topology's user.
+    pub fn conn_str(&self, topology: &Topology) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={} password={} dbname={}",
+            self.port,
+            topology.user(),
+            topology.password(),
+            topology.database()
+        )
+    }
+
+    /// postgresql:// URL for psql/pgbench.
+    pub fn url(&self, topology: &Topology) -> String {
+        format!(
+            "postgresql://{}:{}@127.0.0.1:{}/{}",
+            topology.user(),
+            topology.password(),
+            self.port,
+            topology.database()
+        )
+    }
+
+    pub async fn connect(&self, topology: &Topology) -> tokio_postgres::Client {
+        connect(&self.conn_str(topology))
+            .await
+            .expect("connect through shardgate")
+    }
+
+    /// Sends SIGTERM (graceful stop).
+    pub fn sigterm(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit status success.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// GET on the admin port; returns (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin_port, path)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection on a spawned task.
+pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A minimal blocking HTTP/1.0 GET against 127.0.0.1:port.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs a command-line tool (psql, pgbench) and returns (success, stdout, stderr).
+pub fn run_tool(cmd: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(cmd)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run tool");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Connects with tokio-postgres and forwards the connection's asynchronous messages
+/// (notices, notifications) to the returned channel while driving it.
+pub async fn connect_with_messages(
+    conn_str: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::AsyncMessage>,
+    ),
+    tokio_postgres::Error,
+> {
+    use futures_util::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            let _ = tx.send(message);
+        }
+    });
+    Ok((client, rx))
+}
+
+/// Connection string straight to a node, bypassing shardgate (for observing the server).
+pub fn direct_conn_str(topology: &Topology, node: &shardgate_testkit::Node) -> String {
+    format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={}",
+        node.port(),
+        topology.user(),
+        topology.password(),
+        topology.database()
+    )
+}
+
+/// Starts shardgate with the topology's user switched to `auth: trust`, so that raw
+/// protocol clients can connect without implementing SCRAM.
+pub fn start_trust(topology: &Topology, options: ProxyOptions) -> Proxy {
+    let port = free_port();
+    let admin_port = free_port();
+    let password_line = format!("    password: {}\n", topology.password());
+    let yaml = Proxy::config_yaml(topology, port, admin_port, &options).replacen(
+        &password_line,
+        &format!("{password_line}    auth: trust\n"),
+        1,
+    );
+    Proxy::start_yaml(&yaml, port, admin_port)
+}
+
+/// Raw-socket protocol helpers.
+pub mod raw;

@@ -1,0 +1,173 @@
+//! Hand-written PostgreSQL frontend bytes and a small reader of backend messages, for tests
+//! that must send what no real driver would (or look at exactly what comes back).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Protocol 3.0, as sent in a StartupMessage.
+const PROTOCOL_3_0: i32 = 196_608;
+
+/// A StartupMessage with these parameters.
+pub fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = PROTOCOL_3_0.to_be_bytes().to_vec();
+    for (name, value) in params {
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = i32::try_from(body.len() + 4)
+        .expect("small")
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A regular message: tag, a truthful length, body.
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&i32::try_from(body.len() + 4).expect("small").to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A simple Query message.
+pub fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    message(b'Q', &body)
+}
+
+/// The fields of an ErrorResponse/NoticeResponse body, in order.
+pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
+    let mut fields = Vec::new();
+    let mut rest = body;
+    while let Some((&code, tail)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        fields.push((code, String::from_utf8_lossy(&tail[..end]).into_owned()));
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    fields
+}
+
+/// One field of an ErrorResponse body (`b'C'` = SQLSTATE, `b'M'` = message, `b'S'` = severity).
+pub fn error_field(body: &[u8], code: u8) -> Option<String> {
+    error_fields(body)
+        .into_iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, v)| v)
+}
+
+/// A raw client connection.
+pub struct RawConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    pub async fn connect(addr: SocketAddr) -> RawConn {
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes bytes; a write error (the peer already closed) is ignored, since what matters
+    /// is what the peer answers.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// The next backend message `(tag, body)`, or None once the peer closed (or reset) the
+    /// connection. Panics if nothing decisive arrives within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<(u8, Vec<u8>)> {
+        tokio::time::timeout(timeout, self.next_unbounded())
+            .await
+            .expect("no message and no close within the timeout")
+    }
+
+    async fn next_unbounded(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                let total = usize::try_from(len).expect("server sent a negative length") + 1;
+                if self.buf.len() >= total {
+                    let tag = self.buf[0];
+                    let body = self.buf[5..total].to_vec();
+                    self.buf.drain(..total);
+                    return Some((tag, body));
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads messages until ReadyForQuery; returns them all (ReadyForQuery last). Panics if the
+    /// connection closes first.
+    pub async fn until_ready(&mut self, timeout: Duration) -> Vec<(u8, Vec<u8>)> {
+        let mut seen = Vec::new();
+        loop {
+            match self.next(timeout).await {
+                Some(m) => {
+                    let done = m.0 == b'Z';
+                    seen.push(m);
+                    if done {
+                        return seen;
+                    }
+                }
+                None => panic!("connection closed before ReadyForQuery; got {seen:?}"),
+            }
+        }
+    }
+
+    /// Whether the peer closes the connection within `timeout` (reading and discarding
+    /// anything it sends first); returns the messages seen before the close.
+    pub async fn closed_within(&mut self, timeout: Duration) -> Result<Vec<(u8, Vec<u8>)>, String> {
+        let mut seen = Vec::new();
+        let run = async {
+            while let Some(m) = self.next_unbounded().await {
+                seen.push(m);
+            }
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(()) => Ok(seen),
+            Err(_) => Err(format!("still open after {timeout:?}")),
+        }
+    }
+}
+
+/// Logs in a user that needs no password (`auth: trust` in shardgate's config) and reads the
+/// greeting up to ReadyForQuery.
+pub async fn login_trust(addr: SocketAddr, user: &str, database: &str) -> RawConn {
+    let mut conn = RawConn::connect(addr).await;
+    conn.send(&startup_message(&[("user", user), ("database", database)]))
+        .await;
+    let greeting = conn.until_ready(Duration::from_secs(10)).await;
+    let (tag, body) = &greeting[0];
+    assert_eq!(
+        (*tag, body.as_slice()),
+        (b'R', &[0u8, 0, 0, 0][..]),
+        "expected AuthenticationOk"
+    );
+    assert!(
+        greeting.iter().any(|(t, _)| *t == b'K'),
+        "expected BackendKeyData"
+    );
+    conn
+}
