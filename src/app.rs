@@ -9,6 +9,8 @@ use shardgate_config::{Config, ConfigError};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::admin_view::AdminView;
+use crate::decisions::DecisionLog;
 use crate::metrics::Metrics;
 use crate::proxy::{CancelRegistry, Shared, Snapshot};
 
@@ -132,17 +134,6 @@ pub(crate) enum StartError {
     Tls(String),
 }
 
-struct AdminView(Arc<Shared>);
-
-impl shardgate_admin::AdminSource for AdminView {
-    fn metrics_text(&self) -> String {
-        let snapshot = self.0.snapshot.load();
-        self.0
-            .metrics
-            .render(snapshot.primary_pools.values().map(|p| p.as_ref()))
-    }
-}
-
 /// Runs the proxy until `stop` turns true, then drains.
 pub(crate) async fn run(config: Config, stop: watch::Receiver<bool>) -> Result<(), StartError> {
     let listen = config.listen;
@@ -164,14 +155,18 @@ pub(crate) async fn run(config: Config, stop: watch::Receiver<bool>) -> Result<(
             source,
         })?;
     let max_clients = config.pool.max_client_connections as usize;
+    let metrics = Arc::new(Metrics::new());
+    let snapshot = Snapshot::build(config, 1, &metrics);
+    let monitors = crate::monitors::spawn_all(&snapshot, stop.clone());
     let shared = Arc::new(Shared {
-        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::build(config, 1))),
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         cancel: CancelRegistry::new(),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         shutdown: stop.clone(),
         client_slots: Arc::new(Semaphore::new(max_clients)),
         tls,
         mock_key: rand::random(),
+        decisions: Arc::new(DecisionLog::default()),
     });
     tracing::info!(%listen, admin = %admin_listen, "shardgate listening");
     let mut admin_stop = stop.clone();
@@ -183,10 +178,13 @@ pub(crate) async fn run(config: Config, stop: watch::Receiver<bool>) -> Result<(
         },
     ));
     crate::proxy::serve(listener, shared.clone()).await;
-    for pool in shared.snapshot.load().primary_pools.values() {
+    for pool in shared.snapshot.load().pools() {
         pool.close_idle();
     }
     let _ = admin_task.await;
+    for m in monitors {
+        let _ = m.await;
+    }
     tracing::info!("shardgate stopped");
     Ok(())
 }

@@ -2,10 +2,14 @@
 //! server connections (and, as later issues land, splits reads and writes, routes by
 //! shard key, and merges cross-shard results).
 
+mod admin_view;
 mod app;
 mod app_tls;
+mod decisions;
 mod demo;
+mod explain;
 mod metrics;
+mod monitors;
 mod proxy;
 
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! Prometheus metrics: counters updated on the hot path are lock-free atomics; pool
 //! gauges are read from the pools when scraped.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -11,13 +11,50 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use shardgate_pool::NodePool;
+use shardgate_router::Role;
+
+use crate::decisions::Kind;
+use crate::proxy::Snapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
     node: String,
     user: String,
     state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoutedLabels {
+    shard: String,
+    role: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    shard: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    shard: String,
+    node: String,
+    role: &'static str,
+}
+
+/// Counters for one shard, indexed by role (primary, replica) and request kind, so that
+/// counting a routed request is one atomic add with no label lookup.
+#[derive(Debug, Clone)]
+pub(crate) struct RoutedCounters {
+    by: [[Counter; 4]; 2],
+}
+
+impl RoutedCounters {
+    pub(crate) fn inc(&self, role: Role, kind: Kind) {
+        let r = usize::from(role == Role::Replica);
+        self.by[r][kind.index()].inc();
+    }
 }
 
 /// Everything /metrics reports.
@@ -28,6 +65,12 @@ pub(crate) struct Metrics {
     pub(crate) transactions: Counter,
     query_duration: Histogram,
     server_connections: Family<ServerLabels, Gauge>,
+    routed: Family<RoutedLabels, Counter>,
+    pub(crate) unparsed: Counter,
+    lag_bytes: Family<NodeLabels, Gauge>,
+    lag_seconds: Family<NodeLabels, Gauge<f64, AtomicU64>>,
+    routable: Family<RoleLabels, Gauge>,
+    lag_transitions: Family<NodeLabels, Gauge>,
 }
 
 impl Metrics {
@@ -56,12 +99,54 @@ impl Metrics {
             "Server connections per node, user and state (idle, active)",
             server_connections.clone(),
         );
+        let routed = Family::<RoutedLabels, Counter>::default();
+        registry.register(
+            "routed",
+            "Requests routed, by shard, node role and kind (read, write, transaction, unparsed)",
+            routed.clone(),
+        );
+        let unparsed = Counter::default();
+        registry.register(
+            "unparsed",
+            "Statements the SQL parser could not read (sent to the primary)",
+            unparsed.clone(),
+        );
+        let lag_bytes = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "replica_lag_bytes",
+            "Primary WAL position minus the replica's replay position",
+            lag_bytes.clone(),
+        );
+        let lag_seconds = Family::<NodeLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "replica_lag_seconds",
+            "Replay time lag (0 while the replica has replayed everything)",
+            lag_seconds.clone(),
+        );
+        let routable = Family::<RoleLabels, Gauge>::default();
+        registry.register(
+            "node_routable",
+            "1 if the node may receive requests of its role",
+            routable.clone(),
+        );
+        let lag_transitions = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "replica_transitions",
+            "Times a replica was excluded or re-admitted",
+            lag_transitions.clone(),
+        );
         Metrics {
             registry,
             clients,
             transactions,
             query_duration,
             server_connections,
+            routed,
+            unparsed,
+            lag_bytes,
+            lag_seconds,
+            routable,
+            lag_transitions,
         }
     }
 
@@ -69,9 +154,64 @@ impl Metrics {
         self.query_duration.observe(d.as_secs_f64());
     }
 
-    /// Prometheus text exposition, with pool gauges read now.
-    pub(crate) fn render<'a>(&self, pools: impl Iterator<Item = &'a NodePool>) -> String {
-        for pool in pools {
+    /// Counter handles for one shard (made once per config version).
+    pub(crate) fn routed_counters(&self, shard: &str) -> RoutedCounters {
+        let make = |role: &'static str, kind: Kind| {
+            self.routed
+                .get_or_create(&RoutedLabels {
+                    shard: shard.to_owned(),
+                    role,
+                    kind: kind.as_str(),
+                })
+                .clone()
+        };
+        RoutedCounters {
+            by: [
+                Kind::ALL.map(|k| make("primary", k)),
+                Kind::ALL.map(|k| make("replica", k)),
+            ],
+        }
+    }
+
+    /// Prometheus text exposition, with pool and replica gauges read now.
+    pub(crate) fn render(&self, snapshot: &Snapshot) -> String {
+        for (shard, node) in snapshot.nodes() {
+            let labels = NodeLabels {
+                shard: shard.name.to_string(),
+                node: node.addr.to_string(),
+            };
+            match &node.health {
+                Some(h) => {
+                    let st = h.status();
+                    self.lag_bytes
+                        .get_or_create(&labels)
+                        .set(st.lag_bytes.unwrap_or(0) as i64);
+                    self.lag_seconds
+                        .get_or_create(&labels)
+                        .set(st.lag_ms.unwrap_or(0) as f64 / 1000.0);
+                    self.lag_transitions
+                        .get_or_create(&labels)
+                        .set(h.transitions() as i64);
+                    self.routable
+                        .get_or_create(&RoleLabels {
+                            shard: labels.shard.clone(),
+                            node: labels.node.clone(),
+                            role: "replica",
+                        })
+                        .set(i64::from(st.routable));
+                }
+                None => {
+                    self.routable
+                        .get_or_create(&RoleLabels {
+                            shard: labels.shard.clone(),
+                            node: labels.node.clone(),
+                            role: "primary",
+                        })
+                        .set(1);
+                }
+            }
+        }
+        for pool in snapshot.pools() {
             let active = pool.stats.active.load(Ordering::Relaxed) as i64;
             let open = pool.stats.open.load(Ordering::Relaxed) as i64;
             for (state, v) in [("active", active), ("idle", (open - active).max(0))] {

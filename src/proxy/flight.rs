@@ -11,6 +11,7 @@ use std::collections::{HashSet, VecDeque};
 
 use bytes::BytesMut;
 use shardgate_config::PoolMode;
+use shardgate_sql::Classifier;
 use shardgate_wire::{backend, frontend, peek_header, FrontendRef};
 
 use super::errors::ClientError;
@@ -47,6 +48,11 @@ enum Expect {
     /// The client ended a COPY here (CopyDone/CopyFail): no reply of its own, it only
     /// tells which Syncs the server ignored in copy-in mode.
     CopyEnd,
+    /// shardgate's own simple Query: every reply is dropped. A probe's DataRow carries
+    /// the primary's WAL insert position.
+    Hidden {
+        probe: bool,
+    },
 }
 
 /// Per-connection bookkeeping of one client.
@@ -62,6 +68,8 @@ pub(crate) struct Flight {
     /// The server is in copy-in mode and the client has not ended it: the server
     /// ignores Syncs meanwhile, so they expect no ReadyForQuery.
     copy_in: bool,
+    /// The LSN a running probe has read so far.
+    probe_lsn: Option<u64>,
 }
 
 impl Default for Flight {
@@ -72,6 +80,7 @@ impl Default for Flight {
             had_error: false,
             tx_status: b'I',
             copy_in: false,
+            probe_lsn: None,
         }
     }
 }
@@ -95,7 +104,17 @@ pub(crate) struct Relayed {
     pub(crate) direct: bool,
     /// Number of ReadyForQuery messages seen.
     pub(crate) cycles_ended: u32,
+    /// A read-your-writes probe finished: the LSN it read and the transaction status it
+    /// ran in (only an LSN read outside a transaction is after the commit).
+    pub(crate) probe: Option<(Option<u64>, u8)>,
     pub(crate) effects: Effects,
+}
+
+/// The client-side state the translation reads and updates.
+pub(crate) struct ClientSide<'a> {
+    pub(crate) statements: &'a mut ClientStatements,
+    pub(crate) params: &'a mut SessionParams,
+    pub(crate) classifier: &'a Classifier,
 }
 
 /// The parts of a server connection the translation touches.
@@ -118,12 +137,16 @@ impl Flight {
         input: &[u8],
         max_len: usize,
         mode: PoolMode,
-        statements: &mut ClientStatements,
-        params: &mut SessionParams,
+        client: ClientSide<'_>,
         server: ServerSide<'_>,
         to_server: &mut BytesMut,
         to_client: &mut BytesMut,
     ) -> Result<Translated, ClientError> {
+        let ClientSide {
+            statements,
+            params,
+            classifier,
+        } = client;
         let rename = mode == PoolMode::Transaction;
         let (mut pos, mut run_start) = (0usize, 0usize);
         let mut terminate = false;
@@ -146,7 +169,7 @@ impl Flight {
                     self.unsynced = true;
                     if rename && !p.name.is_empty() {
                         handled = true;
-                        let prepared = Prepared::new(&p);
+                        let prepared = Prepared::new(&p, classifier.classify(p.query));
                         let id = prepared.id;
                         to_server.extend_from_slice(&input[run_start..pos]);
                         if server.prepared.contains(&id) {
@@ -254,6 +277,18 @@ impl Flight {
         }
     }
 
+    /// Sends a query of shardgate's own after what was translated so far; the client
+    /// never sees its replies.
+    pub(crate) fn send_hidden(&mut self, sql: &[u8], probe: bool, to_server: &mut BytesMut) {
+        frontend::query(sql, to_server);
+        self.expect.push_back(Expect::Hidden { probe });
+    }
+
+    /// Whether every message sent so far ends a request (a probe may follow).
+    pub(crate) fn at_request_boundary(&self) -> bool {
+        !self.unsynced
+    }
+
     /// Synthetic replies whose turn has come (everything before them was answered).
     fn emit_ready_synthetics(&mut self, to_client: &mut BytesMut) {
         while let Some(Expect::Synthetic(s)) = self.expect.front().copied() {
@@ -353,6 +388,21 @@ impl Flight {
         server_prepared: &mut HashSet<u128>,
         result: &mut Relayed,
     ) -> bool {
+        if let Expect::Hidden { probe } = head {
+            match tag {
+                b'D' if probe => self.probe_lsn = first_column_lsn(body),
+                b'Z' => {
+                    let status = body.first().copied().unwrap_or(b'I');
+                    self.tx_status = status;
+                    self.expect.pop_front();
+                    if probe {
+                        result.probe = Some((self.probe_lsn.take(), status));
+                    }
+                }
+                _ => {}
+            }
+            return false;
+        }
         match tag {
             b'G' => {
                 self.enter_copy_in(head);
@@ -461,6 +511,17 @@ impl Flight {
             self.unsynced = true;
         }
     }
+}
+
+/// The first column of a DataRow, read as a pg_lsn ("16/B374D848").
+fn first_column_lsn(body: &[u8]) -> Option<u64> {
+    let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    if count < 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let text = std::str::from_utf8(body.get(6..6 + usize::try_from(len).ok()?)?).ok()?;
+    shardgate_pool::lag::parse_lsn(text)
 }
 
 /// The client's statement behind `name`, when shardgate renames it.

@@ -14,6 +14,7 @@ struct Harness {
     statements: ClientStatements,
     params: SessionParams,
     prepared: HashSet<u128>,
+    classifier: Classifier,
 }
 
 impl Harness {
@@ -23,6 +24,7 @@ impl Harness {
             statements: ClientStatements::default(),
             params: SessionParams::default(),
             prepared: HashSet::new(),
+            classifier: Classifier::new(64, &[]),
         }
     }
 
@@ -35,8 +37,11 @@ impl Harness {
                 input,
                 DEFAULT_MAX_MESSAGE_LEN,
                 PoolMode::Transaction,
-                &mut self.statements,
-                &mut self.params,
+                ClientSide {
+                    statements: &mut self.statements,
+                    params: &mut self.params,
+                    classifier: &self.classifier,
+                },
                 ServerSide {
                     prepared: &mut self.prepared,
                 },
@@ -247,4 +252,43 @@ fn terminate_stops_translation() {
     frontend::terminate(&mut b);
     let (_, _, t) = h.client(&b);
     assert!(t.terminate);
+}
+
+#[test]
+fn hidden_probe_replies_are_dropped_and_the_lsn_reported() {
+    let mut h = Harness::new();
+    let mut q = BytesMut::new();
+    frontend::query(b"INSERT INTO t VALUES (1)", &mut q);
+    let (_, _, _) = h.client(&q);
+    let mut probe = BytesMut::new();
+    h.flight
+        .send_hidden(b"SELECT pg_current_wal_insert_lsn()", true, &mut probe);
+    let mut r = BytesMut::new();
+    backend::command_complete("INSERT 0 1", &mut r);
+    backend::ready_for_query(b'I', &mut r);
+    backend::row_description_text(&["pg_current_wal_insert_lsn"], &mut r);
+    shardgate_wire::encode_data_row(&[Some(b"0/3000060".as_slice())], &mut r);
+    backend::command_complete("SELECT 1", &mut r);
+    backend::ready_for_query(b'I', &mut r);
+    let mut to_client = BytesMut::new();
+    let relayed = h
+        .flight
+        .relay(
+            &r,
+            &mut h.params,
+            &mut h.statements,
+            ServerSide {
+                prepared: &mut h.prepared,
+            },
+            &mut to_client,
+        )
+        .expect("relay");
+    let seen = if relayed.direct {
+        r[..relayed.consumed].to_vec()
+    } else {
+        to_client.to_vec()
+    };
+    assert_eq!(tags(&seen), "CZ");
+    assert_eq!(relayed.probe, Some((Some(0x3000060), b'I')));
+    assert!(h.flight.idle());
 }

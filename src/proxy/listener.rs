@@ -187,7 +187,7 @@ async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(e);
         }
     };
-    let Some(pool) = snapshot.primary_pools.get(&startup.user).cloned() else {
+    let Some(pool) = snapshot.shards[0].primary.pool(&startup.user).cloned() else {
         return Err(ClientError::AuthFailed { user: startup.user });
     };
     let server_params = match pool.server_params(snapshot.checkout_timeout()).await {

@@ -15,7 +15,8 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 pub(crate) struct Effects {
     /// DISCARD ALL or DEALLOCATE ALL ran: every prepared statement is gone.
     pub(crate) statements_dropped: bool,
-    /// DISCARD ALL ran: the server connection is back at its defaults.
+    /// DISCARD ALL ran, or a RESET put startup parameters back to the server
+    /// connection's own defaults rather than this client's: re-apply before reuse.
     pub(crate) server_reset: bool,
 }
 
@@ -161,9 +162,13 @@ impl SessionParams {
                     self.sets.insert(name, value);
                 }
                 SessionCommand::Reset { name } => {
+                    effects.server_reset |= self.startup.contains_key(&name);
                     self.sets.remove(&name);
                 }
-                SessionCommand::ResetAll => self.sets.clear(),
+                SessionCommand::ResetAll => {
+                    effects.server_reset |= !self.startup.is_empty();
+                    self.sets.clear();
+                }
                 SessionCommand::DiscardAll => {
                     self.sets.clear();
                     effects.statements_dropped = true;
@@ -231,6 +236,17 @@ mod tests {
         p.observe(b"RESET ALL");
         p.end_cycle(b'I', false);
         assert_eq!(p.fingerprint(), before);
+    }
+
+    #[test]
+    fn reset_of_startup_parameters_asks_for_reapply() {
+        let mut p = startup();
+        p.observe(b"RESET ALL");
+        assert!(p.end_cycle(b'I', false).server_reset);
+        p.observe(b"RESET application_name");
+        assert!(p.end_cycle(b'I', false).server_reset);
+        p.observe(b"RESET statement_timeout");
+        assert!(!p.end_cycle(b'I', false).server_reset);
     }
 
     #[test]

@@ -1,52 +1,76 @@
-//! One authenticated client: waits for requests, takes a server connection for each
-//! transaction (transaction mode) or for its whole life (session mode), relays both
-//! directions through [`Flight`], and gives the server back only when it is clean.
+//! One authenticated client: waits for requests, answers what it can itself, routes
+//! each request outside a transaction to a node, takes a server connection there for
+//! the transaction (transaction mode) or for its whole life (session mode), and gives
+//! the server back only when it is clean. The relaying itself is in `relay.rs`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use shardgate_config::PoolMode;
-use shardgate_pool::{BackendError, PooledConn};
-use shardgate_wire::{backend, peek_header, tag, FrontendRef};
+use shardgate_pool::PooledConn;
+use shardgate_router::{Reason, Role};
+use shardgate_sql::{Classification, TxnControl};
+use shardgate_wire::{backend, peek_header, tag, ErrorFields, FrontendRef};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::cancel::Registration;
 use super::errors::ClientError;
-use super::flight::{Flight, ServerSide};
+use super::flight::Flight;
+use super::local;
 use super::params::SessionParams;
+use super::request::{scan, Scanned};
+use super::routing::{choose, kind_of, Chosen, SessionRouting};
 use super::statements::{ClientStatements, Prepared};
+use super::topology::{NodeRuntime, Snapshot};
 use super::Shared;
+use crate::decisions::{Decision, Kind};
 
 /// Read buffers grow in steps of this much, so that reads are large.
-const READ_CHUNK: usize = 16 * 1024;
+pub(super) const READ_CHUNK: usize = 16 * 1024;
 
-/// How a stretch of relaying ended.
-enum RelayEnd {
-    /// The server went back to the pool (transaction mode, idle again).
-    Released,
-    /// The client is done (Terminate or EOF).
-    ClientGone,
+/// The read-your-writes probe, sent right behind a write in the same round trip.
+pub(super) const PROBE_SQL: &[u8] = b"SELECT pg_current_wal_insert_lsn()";
+
+/// A server connection held by the session, with what it was taken under.
+pub(super) struct Checkout {
+    pub(super) conn: PooledConn,
+    pub(super) node: Arc<NodeRuntime>,
+    pub(super) role: Role,
+    pub(super) shard: usize,
+    /// The config version the transaction started with; it finishes on it.
+    pub(super) snapshot: Arc<Snapshot>,
 }
 
 pub(crate) struct Session<S> {
-    client: S,
-    cbuf: BytesMut,
-    out: BytesMut,
-    sbuf: BytesMut,
-    shared: Arc<Shared>,
-    user: String,
-    mode: PoolMode,
-    max_len: usize,
-    flight: Flight,
-    statements: ClientStatements,
-    params: SessionParams,
-    server: Option<PooledConn>,
-    registration: Registration,
-    cycle_started: Option<Instant>,
+    pub(super) client: S,
+    pub(super) cbuf: BytesMut,
+    pub(super) out: BytesMut,
+    pub(super) sbuf: BytesMut,
+    pub(super) shared: Arc<Shared>,
+    pub(super) user: String,
+    pub(super) mode: PoolMode,
+    pub(super) max_len: usize,
+    pub(super) flight: Flight,
+    pub(super) statements: ClientStatements,
+    pub(super) params: SessionParams,
+    pub(super) server: Option<Checkout>,
+    pub(super) registration: Registration,
+    pub(super) cycle_started: Option<Instant>,
+    pub(super) routing: SessionRouting,
+    /// A lone BEGIN answered locally; sent ahead of the transaction's first request.
+    pub(super) deferred_begin: Option<Bytes>,
+    /// The unnamed statement's classification (Bind of "" routes by it).
+    pub(super) unnamed: Option<Arc<Classification>>,
+    /// The request being relayed still needs its read-your-writes probe.
+    pub(super) probe_pending: bool,
+    /// The buffered request was already planned when its server was taken.
+    pub(super) fresh_checkout: bool,
+    /// A request failed inside the held-back transaction: it is aborted.
+    pub(super) deferred_failed: bool,
 }
 
-fn reserve(buf: &mut BytesMut) {
+pub(super) fn reserve(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
@@ -77,6 +101,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             server: None,
             registration,
             cycle_started: None,
+            routing: SessionRouting::default(),
+            deferred_begin: None,
+            unnamed: None,
+            probe_pending: false,
+            fresh_checkout: false,
+            deferred_failed: false,
         }
     }
 
@@ -92,22 +122,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         self.registration.slot.clear();
-        if let Some(mut server) = self.server.take() {
+        if let Some(Checkout { mut conn, .. }) = self.server.take() {
             let clean = self.flight.idle() && self.flight.tx_status == b'I';
             if clean && self.mode == PoolMode::Session {
                 // A session-mode server leaves with the client's state: reset it.
-                match server.run_discarding("DISCARD ALL").await {
+                match conn.run_discarding("DISCARD ALL").await {
                     Ok(()) => {
-                        server.prepared.clear();
-                        server.state_fingerprint = 0;
-                        server.release();
+                        conn.prepared.clear();
+                        conn.state_fingerprint = 0;
+                        conn.release();
                     }
-                    Err(_) => server.discard(),
+                    Err(_) => conn.discard(),
                 }
             } else if clean {
-                server.release();
+                conn.release();
             } else {
-                server.discard();
+                conn.discard();
             }
         }
         let _ = self.client.shutdown().await;
@@ -123,13 +153,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if self.answer_prepare_locally().await? {
                     continue;
                 }
-                if !self.acquire().await? {
+                let snapshot = self.shared.snapshot.load_full();
+                let scanned = scan(
+                    &self.cbuf,
+                    self.max_len,
+                    &snapshot.classifier,
+                    &self.statements,
+                    self.unnamed.as_ref(),
+                )?;
+                if self.answer_locally(&scanned).await? {
+                    continue;
+                }
+                if !self.acquire(snapshot, scanned).await? {
                     continue;
                 }
             }
-            match self.relay().await? {
-                RelayEnd::Released => continue,
-                RelayEnd::ClientGone => return Ok(()),
+            if !self.relay().await? {
+                return Ok(());
             }
         }
     }
@@ -184,6 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             pos += h.len;
         };
+        let classifier = self.shared.snapshot.load().classifier.clone();
         let mut pos = 0;
         while pos < end {
             let Some(h) = peek_header(&self.cbuf[pos..], self.max_len)? else {
@@ -192,53 +233,244 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if let FrontendRef::Parse(p) =
                 FrontendRef::decode(h.tag, &self.cbuf[pos + 5..pos + h.len])?
             {
-                self.statements.insert(p.name, Prepared::new(&p));
+                let class = classifier.classify(p.query);
+                self.statements.insert(p.name, Prepared::new(&p, class));
                 backend::parse_complete(&mut self.out);
             }
             pos += h.len;
         }
         self.cbuf.advance(end);
         backend::ready_for_query(b'I', &mut self.out);
+        self.flush_out().await
+    }
+
+    /// shardgate's own settings, and BEGIN held back until the transaction's first
+    /// statement says whether it is read-only.
+    async fn answer_locally(&mut self, scanned: &Scanned) -> Result<bool, ClientError> {
+        let status = match (&self.deferred_begin, self.deferred_failed) {
+            (Some(_), true) => b'E',
+            (Some(_), false) => b'T',
+            (None, _) => self.flight.tx_status,
+        };
+        if let Some(cmd) = &scanned.shardgate {
+            self.consume_first_message()?;
+            local::answer_shardgate(cmd, &mut self.routing, status, &mut self.out);
+            return self.flush_out().await;
+        }
+        if self.mode != PoolMode::Transaction
+            || !self.shared.snapshot.load().policy.read_write_split
+        {
+            return Ok(false);
+        }
+        if self.deferred_begin.is_none() && scanned.lone_begin && self.flight.tx_status == b'I' {
+            let sql = self.consume_first_message()?;
+            self.deferred_begin = Some(sql);
+            local::answer_deferred_begin(&mut self.out);
+            return self.flush_out().await;
+        }
+        if self.deferred_begin.is_some() && self.first_message_is_query()? {
+            let end = match scanned.first_txn {
+                Some(TxnControl::Commit) if scanned.statements == 1 => Some(!self.deferred_failed),
+                Some(TxnControl::Rollback) if scanned.statements == 1 => Some(false),
+                _ => None,
+            };
+            if let Some(commit) = end {
+                self.consume_first_message()?;
+                self.deferred_begin = None;
+                self.deferred_failed = false;
+                local::answer_empty_transaction_end(commit, &mut self.out);
+                return self.flush_out().await;
+            }
+            if self.deferred_failed {
+                self.consume_first_message()?;
+                local::answer_aborted_transaction(&mut self.out);
+                return self.flush_out().await;
+            }
+        }
+        Ok(false)
+    }
+
+    fn first_message_is_query(&self) -> Result<bool, ClientError> {
+        Ok(matches!(peek_header(&self.cbuf, self.max_len)?, Some(h) if h.tag == tag::QUERY))
+    }
+
+    /// Drops the first buffered message, returning a simple Query's SQL text.
+    fn consume_first_message(&mut self) -> Result<Bytes, ClientError> {
+        let Some(h) = peek_header(&self.cbuf, self.max_len)? else {
+            return Ok(Bytes::new());
+        };
+        let frame = self.cbuf.split_to(h.len).freeze();
+        let sql = match FrontendRef::decode(h.tag, &frame[5..])? {
+            FrontendRef::Query { sql } => frame.slice_ref(sql),
+            _ => Bytes::new(),
+        };
+        Ok(sql)
+    }
+
+    async fn flush_out(&mut self) -> Result<bool, ClientError> {
         self.client.write_all(&self.out).await?;
         self.out.clear();
         Ok(true)
     }
 
-    /// Takes a server connection for the buffered request. False if that failed and
-    /// the client was told (its request is answered with the error).
-    async fn acquire(&mut self) -> Result<bool, ClientError> {
-        let snapshot = self.shared.snapshot.load();
-        let Some(pool) = snapshot.primary_pools.get(&self.user).cloned() else {
+    /// Routes the buffered request and takes a server connection on the chosen node.
+    /// False if that failed and the client was told (its request answered with the error).
+    async fn acquire(
+        &mut self,
+        snapshot: Arc<Snapshot>,
+        mut scanned: Scanned,
+    ) -> Result<bool, ClientError> {
+        let in_transaction = self.deferred_begin.is_some();
+        if in_transaction {
+            // The held-back BEGIN starts now: read-only only if the first statement says so.
+            let read_only = scanned.first_txn == Some(TxnControl::SetTransactionReadOnly);
+            scanned.view.begins = Some(read_only);
+        }
+        let chosen = if self.mode == PoolMode::Session {
+            Chosen {
+                shard: 0,
+                node: snapshot.shards[0].primary.clone(),
+                role: Role::Primary,
+                reason: Reason::SessionPooling,
+                kind: kind_of(&scanned, in_transaction),
+            }
+        } else {
+            match choose(
+                &snapshot,
+                &self.user,
+                &scanned,
+                &mut self.routing,
+                in_transaction,
+            ) {
+                Ok(c) => c,
+                Err(fields) => {
+                    self.reject_request(fields).await?;
+                    return Ok(false);
+                }
+            }
+        };
+        self.record(
+            &snapshot,
+            chosen.shard,
+            &chosen.node,
+            chosen.role,
+            chosen.reason,
+            chosen.kind,
+            &scanned,
+        );
+        let Some(pool) = chosen.node.pool(&self.user).cloned() else {
             return Err(ClientError::AuthFailed {
                 user: self.user.clone(),
             });
         };
-        match pool.checkout(snapshot.checkout_timeout()).await {
-            Ok(conn) => {
-                self.registration.slot.set(&conn.addr, conn.key);
-                self.server = Some(conn);
-                Ok(true)
-            }
+        let conn = match pool.checkout(snapshot.checkout_timeout()).await {
+            Ok(conn) => conn,
             Err(e) => {
-                self.reject_request(ClientError::Pool(e)).await?;
-                Ok(false)
+                if let (Some(h), shardgate_pool::PoolError::Backend(_)) = (&chosen.node.health, &e)
+                {
+                    h.mark_failed(&e.to_string());
+                }
+                let e = ClientError::Pool(e);
+                match e.to_response() {
+                    Some((fields, true)) => {
+                        tracing::warn!(user = %self.user, error = %e, "request failed before reaching a server");
+                        self.reject_request(fields).await?;
+                        return Ok(false);
+                    }
+                    _ => return Err(e),
+                }
             }
+        };
+        self.registration.slot.set(&conn.addr, conn.key);
+        self.note_routed(&snapshot, &scanned, chosen.role, in_transaction);
+        self.unnamed = scanned.unnamed.take();
+        if let Some(begin) = self.deferred_begin.take() {
+            self.flight.send_hidden(&begin, false, &mut self.sbuf);
         }
+        self.fresh_checkout = true;
+        self.server = Some(Checkout {
+            conn,
+            node: chosen.node,
+            role: chosen.role,
+            shard: chosen.shard,
+            snapshot,
+        });
+        Ok(true)
+    }
+
+    /// What a routed request changes in the session: stickiness, whether the open
+    /// transaction wrote, and whether a read-your-writes probe must follow it.
+    pub(super) fn note_routed(
+        &mut self,
+        snapshot: &Snapshot,
+        scanned: &Scanned,
+        role: Role,
+        in_transaction: bool,
+    ) {
+        if scanned.sticky {
+            self.routing.sticky = true;
+        }
+        let in_txn = in_transaction || scanned.view.begins.is_some();
+        if scanned.view.write && in_txn {
+            self.routing.txn_wrote = true;
+        }
+        let tracks = snapshot.policy.read_your_writes
+            && snapshot.policy.read_write_split
+            && role == Role::Primary
+            && self.mode == PoolMode::Transaction
+            && snapshot.shards.iter().any(|s| !s.replicas.is_empty());
+        self.probe_pending = tracks
+            && ((scanned.view.write && !in_txn)
+                || ((self.routing.txn_wrote || scanned.view.write) && scanned.ends_transaction));
+    }
+
+    /// Counts and logs a routing decision and keeps it for `/api/decisions`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record(
+        &self,
+        snapshot: &Snapshot,
+        shard: usize,
+        node: &NodeRuntime,
+        role: Role,
+        reason: Reason,
+        kind: Kind,
+        scanned: &Scanned,
+    ) {
+        snapshot.routed[shard].inc(role, kind);
+        if !scanned.view.parsed {
+            self.shared.metrics.unparsed.inc();
+        }
+        let class = scanned.class.clone().filter(|c| c.write.is_some());
+        let decision = Decision::new(
+            u64::from(self.registration.key.pid as u32),
+            snapshot.version,
+            scanned.sql.bytes(&self.cbuf),
+            kind,
+            snapshot.shards[shard].name.clone(),
+            node.addr.clone(),
+            role,
+            reason,
+            class,
+        );
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(
+                session = decision.session,
+                node = %decision.node,
+                role = ?role,
+                kind = kind.as_str(),
+                reason = %decision.reason_text(),
+                sql = %decision.sql(),
+                "routed"
+            );
+        }
+        self.shared.decisions.record(decision);
     }
 
     /// Answers the buffered request with an error, skipping the client's messages up to
     /// the end of that request as PostgreSQL would, then ReadyForQuery.
-    async fn reject_request(&mut self, error: ClientError) -> Result<(), ClientError> {
-        tracing::warn!(user = %self.user, error = %error, "request failed before reaching a server");
-        let Some((fields, survives)) = error.to_response() else {
-            return Err(error);
-        };
-        if !survives {
-            return Err(error);
-        }
+    pub(super) async fn reject_request(&mut self, fields: ErrorFields) -> Result<(), ClientError> {
         backend::error_response(&fields, &mut self.out);
         loop {
-            // Skip until a Query, FunctionCall or Sync ends the request.
             let mut ended = false;
             while let Some(h) = peek_header(&self.cbuf, self.max_len)? {
                 if self.cbuf.len() < h.len {
@@ -262,153 +494,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
-        backend::ready_for_query(self.flight.tx_status, &mut self.out);
-        self.client.write_all(&self.out).await?;
-        self.out.clear();
+        let status = if self.deferred_begin.is_some() {
+            self.deferred_failed = true;
+            b'E'
+        } else {
+            self.flight.tx_status
+        };
+        backend::ready_for_query(status, &mut self.out);
+        self.flush_out().await?;
         Ok(())
     }
-
-    /// Relays between the client and its server connection until the connection can
-    /// go back to the pool or the client leaves. Not cancel safe.
-    async fn relay(&mut self) -> Result<RelayEnd, ClientError> {
-        let Session {
-            client,
-            cbuf,
-            out,
-            sbuf,
-            server,
-            flight,
-            statements,
-            params,
-            mode,
-            max_len,
-            cycle_started,
-            shared,
-            registration,
-            ..
-        } = self;
-        let Some(pooled) = server.as_mut() else {
-            return Ok(RelayEnd::Released);
-        };
-        let conn: &mut shardgate_pool::ServerConn = pooled;
-        loop {
-            if flight.idle() && !cbuf.is_empty() {
-                if conn.state_fingerprint != params.fingerprint() {
-                    conn.run_discarding(&params.sync_sql())
-                        .await
-                        .or_else(|e| match e {
-                            // The settings themselves failed: the client set them, so it hears
-                            // about it on its next statement; the connection is still usable.
-                            BackendError::Server { .. } => {
-                                tracing::warn!(error = %e, "re-applying client settings failed");
-                                Ok(())
-                            }
-                            other => Err(other),
-                        })?;
-                    conn.state_fingerprint = params.fingerprint();
-                }
-                if cycle_started.is_none() {
-                    *cycle_started = Some(Instant::now());
-                }
-            }
-            let t = flight.translate(
-                cbuf,
-                *max_len,
-                *mode,
-                statements,
-                params,
-                ServerSide {
-                    prepared: &mut conn.prepared,
-                },
-                sbuf,
-                out,
-            )?;
-            if t.direct {
-                if t.consumed > 0 {
-                    conn.stream
-                        .write_all(&cbuf[..t.consumed])
-                        .await
-                        .map_err(|source| server_io(conn, source))?;
-                }
-            } else if !sbuf.is_empty() {
-                conn.stream
-                    .write_all(sbuf)
-                    .await
-                    .map_err(|source| server_io(conn, source))?;
-                sbuf.clear();
-            }
-            cbuf.advance(t.consumed);
-            if !out.is_empty() {
-                client.write_all(out).await?;
-                out.clear();
-            }
-            if t.terminate {
-                return Ok(RelayEnd::ClientGone);
-            }
-            if *mode == PoolMode::Transaction && flight.idle() && flight.tx_status == b'I' {
-                release(server, shared, registration);
-                return Ok(RelayEnd::Released);
-            }
-            // Wait for either side.
-            reserve(&mut conn.rbuf);
-            reserve(cbuf);
-            tokio::select! {
-                n = conn.stream.read_buf(&mut conn.rbuf) => {
-                    let n = n.map_err(|source| server_io(conn, source))?;
-                    if n == 0 {
-                        return Err(ClientError::Backend(BackendError::Closed { addr: conn.addr.clone() }));
-                    }
-                    let r = flight.relay(
-                        &conn.rbuf,
-                        params,
-                        statements,
-                        ServerSide { prepared: &mut conn.prepared },
-                        out,
-                    )?;
-                    if r.direct {
-                        if r.consumed > 0 {
-                            client.write_all(&conn.rbuf[..r.consumed]).await?;
-                        }
-                    } else {
-                        client.write_all(out).await?;
-                        out.clear();
-                    }
-                    conn.rbuf.advance(r.consumed);
-                    if r.cycles_ended > 0 {
-                        conn.state_fingerprint = if r.effects.server_reset { 0 } else { params.fingerprint() };
-                        if flight.idle() {
-                            if let Some(start) = cycle_started.take() {
-                                shared.metrics.observe_query(start.elapsed());
-                            }
-                        }
-                    }
-                    if *mode == PoolMode::Transaction && flight.idle() && flight.tx_status == b'I' {
-                        release(server, shared, registration);
-                        return Ok(RelayEnd::Released);
-                    }
-                }
-                n = client.read_buf(cbuf) => {
-                    if n? == 0 {
-                        return Ok(RelayEnd::ClientGone);
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn release(server: &mut Option<PooledConn>, shared: &Shared, registration: &Registration) {
-    // A later cancel from this client must not reach whoever gets the server next.
-    registration.slot.clear();
-    if let Some(conn) = server.take() {
-        conn.release();
-        shared.metrics.transactions.inc();
-    }
-}
-
-fn server_io(conn: &shardgate_pool::ServerConn, source: std::io::Error) -> ClientError {
-    ClientError::Backend(BackendError::Io {
-        addr: conn.addr.clone(),
-        source,
-    })
 }

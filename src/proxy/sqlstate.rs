@@ -18,3 +18,5 @@ pub(crate) const TOO_MANY_CONNECTIONS: &str = "53300";
 pub(crate) const ADMIN_SHUTDOWN: &str = "57P01";
 /// 08004: the server rejected the connection (e.g. backend login failed).
 pub(crate) const SERVER_REJECTED: &str = "08004";
+/// 57P03: no node can serve the request right now (no routable replica).
+pub(crate) const CANNOT_CONNECT_NOW: &str = "57P03";

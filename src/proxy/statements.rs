@@ -4,8 +4,11 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use shardgate_sql::Classification;
 use shardgate_wire::{frontend, ParseRef};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -20,10 +23,14 @@ pub(crate) struct Prepared {
     pub(crate) name: [u8; NAME_LEN],
     /// The complete Parse frame under the internal name, replayed on other servers.
     pub(crate) parse: Bytes,
+    /// Where the query text is inside `parse`.
+    pub(crate) query: Range<usize>,
+    /// How the query routes (classified once, at Parse).
+    pub(crate) class: Arc<Classification>,
 }
 
 impl Prepared {
-    pub(crate) fn new(parse: &ParseRef<'_>) -> Prepared {
+    pub(crate) fn new(parse: &ParseRef<'_>, class: Arc<Classification>) -> Prepared {
         let mut h = Xxh3::new();
         h.update(&(parse.query.len() as u64).to_le_bytes());
         h.update(parse.query);
@@ -34,10 +41,14 @@ impl Prepared {
         let _ = write!(&mut name[..], "sg_{id:032x}");
         let mut frame = BytesMut::with_capacity(parse.query.len() + NAME_LEN + 16);
         frontend::parse_raw_types(&name, parse.query, parse.param_types.raw(), &mut frame);
+        // Frame layout: tag, length, name, NUL, query, NUL, parameter types.
+        let start = 5 + NAME_LEN + 1;
         Prepared {
             id,
             name,
             parse: frame.freeze(),
+            query: start..start + parse.query.len(),
+            class,
         }
     }
 }

@@ -1,20 +1,41 @@
-//! shardgate's HTTP admin API (axum): health and Prometheus metrics now; topology,
-//! routing decisions and reload later. It reads proxy state through [`AdminSource`]
-//! and never touches client traffic.
+//! shardgate's HTTP admin API (axum): health, Prometheus metrics, the topology with
+//! each replica's lag and routability, recent routing decisions, and what a statement
+//! would be routed to. It reads proxy state through [`AdminSource`] and never touches
+//! client traffic.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use serde_json::Value;
 
 /// What the admin API needs from the proxy.
 pub trait AdminSource: Send + Sync + 'static {
     /// Prometheus text exposition.
     fn metrics_text(&self) -> String;
+    /// `GET /api/topology`: config version, shards, nodes with role, health, lag, reason.
+    fn topology(&self) -> Value;
+    /// `GET /api/decisions?limit=N`: the most recent routing decisions, newest first.
+    fn decisions(&self, limit: usize) -> Value;
+    /// `GET /api/route?sql=...`: the decision that statement would get now.
+    fn route(&self, sql: &str) -> Value;
+}
+
+/// Decisions returned when `limit` is not given.
+const DEFAULT_DECISIONS: usize = 100;
+
+#[derive(serde::Deserialize)]
+struct LimitParams {
+    limit: Option<usize>,
+}
+
+#[derive(serde::Deserialize)]
+struct RouteParams {
+    sql: Option<String>,
 }
 
 type Source = Arc<dyn AdminSource>;
@@ -24,6 +45,9 @@ pub fn router(source: Source) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/topology", get(topology))
+        .route("/api/decisions", get(decisions))
+        .route("/api/route", get(route))
         .with_state(source)
 }
 
@@ -40,6 +64,24 @@ async fn metrics(State(source): State<Source>) -> impl IntoResponse {
         )],
         source.metrics_text(),
     )
+}
+
+async fn topology(State(source): State<Source>) -> Json<Value> {
+    Json(source.topology())
+}
+
+async fn decisions(State(source): State<Source>, Query(p): Query<LimitParams>) -> Json<Value> {
+    Json(source.decisions(p.limit.unwrap_or(DEFAULT_DECISIONS)))
+}
+
+async fn route(State(source): State<Source>, Query(p): Query<RouteParams>) -> impl IntoResponse {
+    match p.sql {
+        Some(sql) if !sql.trim().is_empty() => (StatusCode::OK, Json(source.route(&sql))),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "missing query parameter: sql"})),
+        ),
+    }
 }
 
 /// Serves the admin API until `shutdown` completes.

@@ -12,6 +12,7 @@
 mod addr;
 mod error;
 mod pool;
+mod routing;
 mod shards;
 mod tls;
 mod tree;
@@ -28,6 +29,7 @@ use serde_yaml_ng::Value;
 pub use crate::addr::{NodeAddr, ParseNodeAddrError};
 pub use crate::error::{ConfigError, Problem};
 pub use crate::pool::{PoolConfig, PoolMode};
+pub use crate::routing::{LoadBalance, RoutingConfig, WhenNoReplica};
 pub use crate::shards::ShardConfig;
 pub use crate::tls::TlsConfig;
 pub use crate::users::{AuthMethod, UserConfig};
@@ -52,6 +54,7 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub pool: PoolConfig,
     pub shards: Vec<ShardConfig>,
+    pub routing: RoutingConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
 }
@@ -134,6 +137,7 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
     let users = table.required("users", problems, users::read);
     let pool = table.or_default("pool", PoolConfig::default(), problems, pool::read);
     let shards = table.required("shards", problems, shards::read);
+    let routing = table.or_default("routing", RoutingConfig::default(), problems, routing::read);
     let tls = table.optional("tls", problems, tls::read);
     table.finish(problems);
     Some(Config {
@@ -143,6 +147,7 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
         users: users?,
         pool: pool?,
         shards: shards?,
+        routing: routing?,
         tls: tls?,
     })
 }

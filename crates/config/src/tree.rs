@@ -221,6 +221,20 @@ pub(crate) fn secret_string(value: &Value, path: &str, problems: &mut Problems) 
     }
 }
 
+/// `true` or `false`.
+pub(crate) fn boolean(value: &Value, path: &str, problems: &mut Problems) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        other => {
+            problems.push(
+                path,
+                format!("expected true or false, got {}", describe(other)),
+            );
+            None
+        }
+    }
+}
+
 /// An integer in `min..=max`.
 pub(crate) fn integer(
     value: &Value,

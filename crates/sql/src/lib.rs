@@ -3,6 +3,10 @@
 //! that change session state a transaction pooler must track. It never talks to a server and
 //! never rewrites SQL: it only reports byte ranges and facts about the text it was given.
 //!
+//! On top of the scanner, [`Classifier`] decides whether a message may run on a replica. It uses
+//! sqlparser only to confirm reads and fails closed: anything it cannot prove read-only is a
+//! write.
+//!
 //! Everything here rests on one PostgreSQL-aware scanner ([`split_statements`] and friends) that
 //! agrees with the server's `scan.l` on where literals, quoted identifiers, dollar quotes and
 //! (nested) comments end. It works on raw bytes, since a client's text need not be UTF-8, never
@@ -11,10 +15,17 @@
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod ast;
+mod classification;
+mod classifier;
+mod guards;
 mod keywords;
 mod lexer;
 mod session;
+mod statement;
 
+pub use classification::{Classification, Hint, ShardgateCommand, TxnControl, WhyWrite};
+pub use classifier::Classifier;
 pub use keywords::{leading_keywords, Keywords, MAX_KEYWORDS, MAX_KEYWORD_LEN};
 pub use lexer::{comments, for_each_statement, split_statements, LexOptions};
 pub use session::{session_command, session_command_with, SessionCommand};

@@ -33,6 +33,23 @@ pub fn no_data(dst: &mut BytesMut) {
     write_frame(tag::NO_DATA, dst, |_| {});
 }
 
+/// RowDescription of text columns (type `text`, OID 25, text format), for results
+/// shardgate answers itself such as `SHOW shardgate.target`.
+pub fn row_description_text(names: &[&str], dst: &mut BytesMut) {
+    write_frame(tag::ROW_DESCRIPTION, dst, |d| {
+        d.put_i16(names.len() as i16);
+        for name in names {
+            put_cstr(d, name.as_bytes());
+            d.put_u32(0); // table OID
+            d.put_i16(0); // column number
+            d.put_u32(25); // text
+            d.put_i16(-1); // variable length
+            d.put_i32(-1); // no type modifier
+            d.put_i16(0); // text format
+        }
+    });
+}
+
 /// CommandComplete with a command tag such as `SELECT 3` or `SET`.
 pub fn command_complete(tag: &str, dst: &mut BytesMut) {
     write_frame(tag::COMMAND_COMPLETE, dst, |d| put_cstr(d, tag.as_bytes()));

@@ -71,6 +71,7 @@ fn expected_example() -> Config {
             primary: node("127.0.0.1", 5432),
             replicas: vec![node("127.0.0.1", 5433)],
         }],
+        routing: crate::RoutingConfig::default(),
         tls: Some(TlsConfig {
             cert: PathBuf::from("/path/cert.pem"),
             key: PathBuf::from("/path/key.pem"),
@@ -185,5 +186,33 @@ fn load_reports_unreadable_files_and_parses_readable_ones() {
     assert_eq!(
         Config::load(&shipped).ok(),
         Some(parse(include_str!("../../../../proxy.yaml")))
+    );
+}
+
+#[test]
+fn routing_section_parses_and_reports_problems() {
+    let base = "database: app\nusers: [{name: app, password: x}]\nshards: [{name: s0, primary: '127.0.0.1:5432'}]\n";
+    let c = parse(&format!(
+        "{base}routing:\n  read_write_split: false\n  max_replica_lag_bytes: 1024\n  max_replica_lag_ms: 50\n  lag_check_interval_ms: 100\n  when_no_replica: error\n  read_your_writes: false\n  write_functions: [audit_log, app.bump]\n  load_balance: round_robin\n"
+    ));
+    assert!(!c.routing.read_write_split);
+    assert_eq!(c.routing.max_replica_lag_bytes, 1024);
+    assert_eq!(c.routing.when_no_replica, crate::WhenNoReplica::Error);
+    assert_eq!(c.routing.write_functions, vec!["audit_log", "app.bump"]);
+    assert_eq!(c.routing.load_balance, crate::LoadBalance::RoundRobin);
+    let Err(ConfigError::Invalid { problems }) = Config::from_yaml_str(&format!(
+        "{base}routing:\n  read_write_split: maybe\n  when_no_replica: never\n  lag_check_interval_ms: 0\n  bogus: 1\n"
+    )) else {
+        panic!("expected problems");
+    };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "routing.read_write_split",
+            "routing.lag_check_interval_ms",
+            "routing.when_no_replica",
+            "routing.bogus"
+        ]
     );
 }

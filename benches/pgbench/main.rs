@@ -1,0 +1,221 @@
+//! End-to-end throughput and latency benchmark: pgbench against PostgreSQL directly, through
+//! shardgate and (when installed) through PgBouncer, on one throwaway testkit primary.
+//!
+//! Run with `cargo bench --bench pgbench`; see docs/benchmarks.md for what it measures and the
+//! goals. Targets take turns round by round, so drift on a shared machine (other builds, CPU
+//! frequency) spreads over all of them instead of biasing whichever ran last.
+
+mod pgbench;
+mod pgbouncer;
+mod report;
+mod shardgate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shardgate_testkit::{pg_bindir, TestkitError, Topology};
+
+use crate::pgbench::{Pgbench, RunOutcome, Target, Workload};
+use crate::report::Measurements;
+
+/// pgbench scale factor: 1,000,000 rows in pgbench_accounts, enough that `-S` does real index
+/// lookups yet fits in shared_buffers, so the benchmark measures the proxy, not the disk.
+const SCALE: &str = "10";
+/// Server connections per proxy (shardgate `pool.size`, PgBouncer `default_pool_size`).
+const POOL_SIZE: u32 = 20;
+/// Untimed run per target before measuring, so caches and pools are warm for round one.
+const WARMUP: Duration = Duration::from_secs(2);
+
+/// Everything that can stop the benchmark as a whole. A single failing pgbench run is not one
+/// of them: it is recorded and shown in the table (PgBouncer fails `-M prepared` by design).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BenchError {
+    #[error("testkit: {0}")]
+    Testkit(#[from] TestkitError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{var}={value:?}: {why}")]
+    Setting {
+        var: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("`{command}` failed: {detail}")]
+    Tool { command: String, detail: String },
+    #[error("{what} did not start: {detail}")]
+    NotReady { what: &'static str, detail: String },
+}
+
+/// What to run, from the environment.
+#[derive(Debug)]
+struct Settings {
+    rounds: usize,
+    seconds: u64,
+    workloads: Vec<Workload>,
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings, BenchError> {
+        let rounds = env_number("SG_BENCH_ROUNDS", 3)?;
+        let seconds = env_number("SG_BENCH_SECONDS", 20)?;
+        let workloads = match std::env::var("SG_BENCH_WORKLOADS") {
+            Ok(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(|name| {
+                    Workload::from_name(name).ok_or_else(|| BenchError::Setting {
+                        var: "SG_BENCH_WORKLOADS",
+                        value: list.clone(),
+                        why: "expected a comma list of simple, extended, prepared, latency",
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Err(_) => Workload::ALL.to_vec(),
+        };
+        Ok(Settings {
+            rounds: usize::try_from(rounds).unwrap_or(usize::MAX),
+            seconds,
+            workloads,
+        })
+    }
+}
+
+/// A positive integer from `var`, or `default` when it is unset.
+fn env_number(var: &'static str, default: u64) -> Result<u64, BenchError> {
+    match std::env::var(var) {
+        Err(_) => Ok(default),
+        Ok(value) => match value.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(BenchError::Setting {
+                var,
+                value,
+                why: "expected a positive integer",
+            }),
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgbench benchmark failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), BenchError> {
+    let settings = Settings::from_env()?;
+    let bindir = pg_bindir()?;
+    let topology = Topology::builder()
+        // The default 32MB would not hold scale 10; more keeps `-S` in memory.
+        .conf("shared_buffers = '256MB'")
+        .conf("max_connections = 200")
+        .build()?;
+    let primary = &topology.shards[0].primary;
+    let pg_version = primary.sql("postgres", "SHOW server_version")?;
+    let pgbench = Pgbench::new(bindir.join("pgbench"), &topology);
+
+    eprintln!("initialising pgbench tables (scale {SCALE}) on the primary ...");
+    pgbench.initialise(primary.port(), SCALE)?;
+
+    let proxy = shardgate::Shardgate::start(&topology, POOL_SIZE)?;
+    let bouncer = match pgbouncer::find() {
+        Some(bin) => Some(pgbouncer::Pgbouncer::start(&bin, &topology, POOL_SIZE)?),
+        None => None,
+    };
+
+    let mut targets = vec![
+        Target::new("direct", primary.port()),
+        Target::new("shardgate", proxy.port()),
+    ];
+    if let Some(b) = &bouncer {
+        targets.push(Target::new("pgbouncer", b.port()));
+    }
+
+    print_header(&settings, &pg_version, bouncer.as_ref(), targets.len());
+    for target in &targets {
+        // Only to warm up; a failure here shows again, with its message, in the measured runs.
+        let _ = pgbench.run(target, Workload::Simple, WARMUP);
+    }
+
+    let mut measurements = Measurements::default();
+    let duration = Duration::from_secs(settings.seconds);
+    for &workload in &settings.workloads {
+        for round in 0..settings.rounds {
+            // Rotating the starting target each round keeps any one of them from always
+            // running right after the same neighbour.
+            for i in 0..targets.len() {
+                let target = &targets[(round + i) % targets.len()];
+                let outcome = pgbench.run(target, workload, duration);
+                log_run(workload, target, round, &outcome);
+                measurements.record(workload, target.name, outcome);
+            }
+        }
+    }
+    let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+    println!();
+    print!(
+        "{}",
+        report::table(&measurements, &settings.workloads, &names)
+    );
+    drop(bouncer);
+    drop(proxy);
+    Ok(())
+}
+
+fn print_header(
+    settings: &Settings,
+    pg_version: &str,
+    bouncer: Option<&pgbouncer::Pgbouncer>,
+    targets: usize,
+) {
+    let nproc = std::thread::available_parallelism().map_or(0, usize::from);
+    let runs = settings.workloads.len() * settings.rounds * targets;
+    println!("nproc: {nproc}");
+    println!("PostgreSQL: {pg_version}");
+    match bouncer {
+        Some(b) => println!("pgbouncer: {}", b.version()),
+        None => println!(
+            "pgbouncer: not installed, skipped (apt-get install pgbouncer to compare with it)"
+        ),
+    }
+    println!(
+        "scale {SCALE}, pool size {POOL_SIZE}, {} round(s) of {} s per workload and target; \
+         {runs} runs, about {} min",
+        settings.rounds,
+        settings.seconds,
+        (runs as u64 * settings.seconds).div_ceil(60)
+    );
+}
+
+fn log_run(workload: Workload, target: &Target, round: usize, outcome: &RunOutcome) {
+    match outcome {
+        Ok(s) => eprintln!(
+            "{:<9} {:<10} round {}: {:>10.1} tps, {:.3} ms",
+            workload.name(),
+            target.name,
+            round + 1,
+            s.tps,
+            s.latency_ms
+        ),
+        Err(why) => eprintln!(
+            "{:<9} {:<10} round {}: FAILED: {why}",
+            workload.name(),
+            target.name,
+            round + 1
+        ),
+    }
+}
+
+/// The first existing file called `name` in `$PATH` or in `extra` directories.
+pub(crate) fn find_executable(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}

@@ -1,0 +1,196 @@
+//! PgBouncer as the reference pooler: transaction mode, the same pool size as shardgate and the
+//! same SCRAM login, in front of the same primary.
+//!
+//! PgBouncer refuses to run as root, so when the benchmark is root it runs as the `postgres` OS
+//! user (which the testkit already needs) through `runuser`, with its files handed to that user.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shardgate_testkit::{free_port, Topology};
+
+use crate::{find_executable, BenchError};
+
+/// The unprivileged OS user PgBouncer runs as when we are root.
+const OS_USER: &str = "postgres";
+/// How long PgBouncer may take to listen, and to stop after SIGTERM.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// PgBouncer's (and runuser's) stderr, in the temp dir.
+const CONSOLE_LOG: &str = "console.log";
+/// Where PgBouncer writes its own process id.
+const PID_FILE: &str = "pgbouncer.pid";
+
+/// The installed PgBouncer, if any (Debian puts it in /usr/sbin, which a user's PATH may lack).
+pub(crate) fn find() -> Option<PathBuf> {
+    find_executable(
+        "pgbouncer",
+        &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"],
+    )
+}
+
+/// A running PgBouncer; stopped on drop.
+#[derive(Debug)]
+pub(crate) struct Pgbouncer {
+    port: u16,
+    version: String,
+    /// `runuser` when we are root, else PgBouncer itself.
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Pgbouncer {
+    pub(crate) fn start(
+        bin: &Path,
+        topology: &Topology,
+        pool_size: u32,
+    ) -> Result<Pgbouncer, BenchError> {
+        let version = version(bin)?;
+        let port = free_port();
+        let dir = tempfile::tempdir()?;
+        let ini = dir.path().join("pgbouncer.ini");
+        std::fs::write(
+            dir.path().join("userlist.txt"),
+            format!(
+                "\"{}\" \"{}\"\n",
+                topology.user().replace('"', "\"\""),
+                topology.password().replace('"', "\"\"")
+            ),
+        )?;
+        std::fs::write(&ini, ini_text(topology, dir.path(), port, pool_size))?;
+        // PgBouncer logs to stderr in the foreground; a file keeps the benchmark's own output
+        // readable and is shown if start-up fails.
+        let console = std::fs::File::create(dir.path().join(CONSOLE_LOG))?;
+        let child = if running_as_root()? {
+            run_checked(Command::new("chown").arg("-R").arg(OS_USER).arg(dir.path()))?;
+            Command::new("runuser")
+                .args(["-u", OS_USER, "--"])
+                .arg(bin)
+                .arg(&ini)
+                .stdin(Stdio::null())
+                .stderr(console)
+                .spawn()?
+        } else {
+            Command::new(bin)
+                .arg(&ini)
+                .stdin(Stdio::null())
+                .stderr(console)
+                .spawn()?
+        };
+        let mut bouncer = Pgbouncer {
+            port,
+            version,
+            child,
+            dir,
+        };
+        bouncer.wait_ready()?;
+        Ok(bouncer)
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Such as `PgBouncer 1.18.0`.
+    pub(crate) fn version(&self) -> &str {
+        &self.version
+    }
+
+    fn wait_ready(&mut self) -> Result<(), BenchError> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(BenchError::NotReady {
+                    what: "pgbouncer",
+                    detail: format!("exited with {status}; log: {}", self.log_tail()),
+                });
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(BenchError::NotReady {
+            what: "pgbouncer",
+            detail: format!("not listening on {addr}; log: {}", self.log_tail()),
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join(CONSOLE_LOG)).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+}
+
+impl Drop for Pgbouncer {
+    /// SIGTERM to PgBouncer itself (its pid file names it), then waits for our child to exit.
+    /// Signalling `runuser` instead would make it SIGKILL PgBouncer two seconds later and exit
+    /// without reaping it, and `Child::kill` on `runuser` would orphan PgBouncer.
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(self.dir.path().join(PID_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .unwrap_or_else(|| self.child.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ini_text(topology: &Topology, dir: &Path, port: u16, pool_size: u32) -> String {
+    let primary = topology.shards[0].primary.port();
+    format!(
+        "[databases]\n\
+         {db} = host=127.0.0.1 port={primary} dbname={db}\n\
+         [pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {port}\n\
+         unix_socket_dir =\n\
+         auth_type = scram-sha-256\n\
+         auth_file = {dir}/userlist.txt\n\
+         pidfile = {dir}/{PID_FILE}\n\
+         pool_mode = transaction\n\
+         default_pool_size = {pool_size}\n\
+         max_client_conn = 1000\n\
+         log_connections = 0\n\
+         log_disconnections = 0\n\
+         ignore_startup_parameters = extra_float_digits\n",
+        db = topology.database(),
+        dir = dir.display(),
+    )
+}
+
+fn version(bin: &Path) -> Result<String, BenchError> {
+    let text = run_checked(Command::new(bin).arg("--version"))?;
+    Ok(text.lines().next().unwrap_or_default().trim().to_owned())
+}
+
+fn running_as_root() -> Result<bool, BenchError> {
+    Ok(run_checked(Command::new("id").arg("-u"))?.trim() == "0")
+}
+
+/// Runs a short command and returns its stdout, or an error carrying its stderr.
+fn run_checked(cmd: &mut Command) -> Result<String, BenchError> {
+    let out = cmd.output()?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(BenchError::Tool {
+            command: format!("{cmd:?}"),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}

@@ -1,0 +1,157 @@
+//! Collecting run outcomes and printing the summary table: medians per workload and target,
+//! ratios against direct PostgreSQL, and whether shardgate meets the issue's goals.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::pgbench::{RunOutcome, Workload};
+
+/// The target every ratio is taken against.
+const BASELINE: &str = "direct";
+/// The target the goals apply to.
+const SUBJECT: &str = "shardgate";
+
+/// Every run's outcome, by workload name and target name, in the order they ran.
+#[derive(Debug, Default)]
+pub(crate) struct Measurements {
+    runs: BTreeMap<(&'static str, &'static str), Vec<RunOutcome>>,
+}
+
+impl Measurements {
+    pub(crate) fn record(&mut self, workload: Workload, target: &'static str, outcome: RunOutcome) {
+        self.runs
+            .entry((workload.name(), target))
+            .or_default()
+            .push(outcome);
+    }
+
+    fn summary(&self, workload: Workload, target: &str) -> Option<Summary> {
+        let runs = self.runs.get(&(workload.name(), target))?;
+        let ok: Vec<_> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let first_failure = runs.iter().find_map(|r| r.as_ref().err()).cloned();
+        Some(Summary {
+            tps: median(ok.iter().map(|s| s.tps).collect()),
+            latency_ms: median(ok.iter().map(|s| s.latency_ms).collect()),
+            round_tps: ok.iter().map(|s| s.tps).collect(),
+            failed: runs.len() - ok.len(),
+            runs: runs.len(),
+            first_failure,
+        })
+    }
+}
+
+/// The medians of one workload on one target.
+#[derive(Debug)]
+struct Summary {
+    tps: Option<f64>,
+    latency_ms: Option<f64>,
+    round_tps: Vec<f64>,
+    failed: usize,
+    runs: usize,
+    first_failure: Option<String>,
+}
+
+/// What shardgate must reach on a workload (from the issue).
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// Median TPS at least this fraction of direct.
+    TpsRatio(f64),
+    /// Median average latency at most this many microseconds above direct.
+    AddedLatencyMicros(f64),
+}
+
+fn goal(workload: Workload) -> Goal {
+    match workload {
+        Workload::Simple | Workload::Extended => Goal::TpsRatio(0.75),
+        Workload::Prepared => Goal::TpsRatio(0.55),
+        Workload::Latency => Goal::AddedLatencyMicros(30.0),
+    }
+}
+
+/// The table for `workloads` x `targets`, one line per pair that ran.
+pub(crate) fn table(m: &Measurements, workloads: &[Workload], targets: &[&str]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<9} {:<10} {:>11} {:>11} {:>10} {:>13}  {:<20} rounds (TPS)",
+        "workload", "target", "median TPS", "avg lat ms", "TPS/direct", "added lat us", "goal"
+    );
+    for &workload in workloads {
+        let baseline = m.summary(workload, BASELINE);
+        for &target in targets {
+            let Some(s) = m.summary(workload, target) else {
+                continue;
+            };
+            let ratio = ratio(s.tps, baseline.as_ref().and_then(|b| b.tps));
+            let added_us = match (s.latency_ms, baseline.as_ref().and_then(|b| b.latency_ms)) {
+                (Some(l), Some(b)) if workload == Workload::Latency => Some((l - b) * 1000.0),
+                _ => None,
+            };
+            let verdict = if target == SUBJECT {
+                verdict(goal(workload), ratio, added_us)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "{:<9} {:<10} {:>11} {:>11} {:>10} {:>13}  {:<20} {}",
+                workload.name(),
+                target,
+                fmt(s.tps, 1),
+                fmt(s.latency_ms, 3),
+                fmt(ratio, 2),
+                fmt(added_us, 1),
+                verdict,
+                rounds_note(&s)
+            );
+        }
+    }
+    out
+}
+
+fn ratio(tps: Option<f64>, baseline: Option<f64>) -> Option<f64> {
+    match (tps, baseline) {
+        (Some(t), Some(b)) if b > 0.0 => Some(t / b),
+        _ => None,
+    }
+}
+
+fn verdict(goal: Goal, ratio: Option<f64>, added_us: Option<f64>) -> String {
+    let (text, met) = match goal {
+        Goal::TpsRatio(min) => (format!(">={min:.2}x"), ratio.map(|r| r >= min)),
+        Goal::AddedLatencyMicros(max) => (format!("<=+{max:.0}us"), added_us.map(|a| a <= max)),
+    };
+    match met {
+        Some(true) => format!("{text} met"),
+        Some(false) => format!("{text} MISSED"),
+        None => format!("{text} n/a"),
+    }
+}
+
+fn rounds_note(s: &Summary) -> String {
+    let mut note = s
+        .round_tps
+        .iter()
+        .map(|t| format!("{t:.0}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some(why) = &s.first_failure {
+        let _ = write!(note, " FAILED {}/{}: {why}", s.failed, s.runs);
+    }
+    note.trim_start().to_owned()
+}
+
+fn fmt(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// The median, the mean of the middle two for an even count; `None` when empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}

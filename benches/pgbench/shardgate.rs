@@ -1,0 +1,95 @@
+//! The shardgate binary under test, built by cargo with the bench (release) profile and run
+//! with a generated config in front of the topology's primary.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shardgate_testkit::{free_port, Topology};
+
+use crate::BenchError;
+
+/// How long the proxy may take to listen.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running shardgate; killed on drop.
+#[derive(Debug)]
+pub(crate) struct Shardgate {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Shardgate {
+    /// Starts shardgate in transaction mode with `pool_size` server connections.
+    pub(crate) fn start(topology: &Topology, pool_size: u32) -> Result<Shardgate, BenchError> {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("proxy.yaml");
+        std::fs::write(&config, config_yaml(topology, port, admin_port, pool_size))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "SHARDGATE_LOG",
+                std::env::var("SHARDGATE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()?;
+        let mut proxy = Shardgate {
+            port,
+            child,
+            _dir: dir,
+        };
+        proxy.wait_ready()?;
+        Ok(proxy)
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn wait_ready(&mut self) -> Result<(), BenchError> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(BenchError::NotReady {
+                    what: "shardgate",
+                    detail: format!("exited with {status} (its log is above)"),
+                });
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(BenchError::NotReady {
+            what: "shardgate",
+            detail: format!("not listening on {addr} after {READY_TIMEOUT:?}"),
+        })
+    }
+}
+
+impl Drop for Shardgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_yaml(topology: &Topology, port: u16, admin_port: u16, pool_size: u32) -> String {
+    format!(
+        "listen: 127.0.0.1:{port}\n\
+         admin_listen: 127.0.0.1:{admin_port}\n\
+         database: {db}\n\
+         users:\n  - name: {user}\n    password: {password}\n\
+         pool:\n  mode: transaction\n  size: {pool_size}\n\
+         {shards}",
+        db = topology.database(),
+        user = topology.user(),
+        password = topology.password(),
+        shards = topology.shards_yaml(),
+    )
+}

@@ -1,0 +1,12 @@
+//! Routing decisions for shardgate, as a pure function: what a request is, what the
+//! session has done, and what the replicas look like go in; a target node and the
+//! reason for it come out. No sockets, no clock, no globals: the caller gathers the
+//! inputs (cheaply, on the stack) and proptest can drive every rule.
+
+mod reason;
+mod route;
+
+pub use reason::{format_lsn, HintTarget, Reason};
+pub use route::{
+    route, NoRoute, Policy, ReplicaView, RequestView, Role, Route, SessionView, TargetSetting,
+};

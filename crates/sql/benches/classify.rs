@@ -1,0 +1,44 @@
+//! Classifier timings: `cargo bench -p shardgate-sql --bench classify`. A plain loop over
+//! `Instant` (no criterion, to keep the dev tree lean); it reports the best of several rounds.
+
+use shardgate_sql::Classifier;
+use std::hint::black_box;
+use std::time::Instant;
+
+fn time(label: &str, iters: u32, mut f: impl FnMut()) {
+    let mut best = f64::MAX;
+    for _ in 0..7 {
+        let start = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        best = best.min(start.elapsed().as_nanos() as f64 / f64::from(iters));
+    }
+    println!("{label:<44} {best:>9.1} ns/iter");
+}
+
+fn main() {
+    let pgbench: &[u8] = b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;";
+    let update: &[u8] = b"UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 1;";
+    let join: &[u8] = b"/* shardgate: replica */ WITH r AS (SELECT a.id, sum(b.v) AS s FROM a \
+        JOIN b ON b.a_id = a.id WHERE a.created > now() - interval '1 day' GROUP BY a.id) \
+        SELECT * FROM r WHERE s > 10 ORDER BY s DESC LIMIT 20";
+    let c = Classifier::new(1024, &[]);
+    time("uncached (parse) pgbench select", 20_000, || {
+        black_box(c.classify_uncached(black_box(pgbench)));
+    });
+    time("uncached (keywords only) pgbench update", 200_000, || {
+        black_box(c.classify_uncached(black_box(update)));
+    });
+    time("uncached (parse) CTE + join + hint", 20_000, || {
+        black_box(c.classify_uncached(black_box(join)));
+    });
+    c.classify(pgbench);
+    time("cached pgbench select", 2_000_000, || {
+        black_box(c.classify(black_box(pgbench)));
+    });
+    c.classify(join);
+    time("cached CTE + join + hint", 2_000_000, || {
+        black_box(c.classify(black_box(join)));
+    });
+}

@@ -1,0 +1,154 @@
+//! The read/write classifier the router asks about every Query message: splits the message with
+//! the crate's lexer, classifies each statement, combines the answers (any write makes the whole
+//! message a write), and caches the result by the exact SQL bytes so that a repeated query costs
+//! one hash and one map lookup. It fails closed: whatever it cannot prove read-only is a write.
+
+use crate::classification::{find_hint, Classification, TxnControl, WhyWrite};
+use crate::guards::WriteFunctions;
+use crate::lexer::{for_each_statement, LexOptions};
+use crate::statement::{classify_statement, StatementFacts};
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Texts longer than this are classified every time instead of cached, so the cache's memory is
+/// bounded by `capacity * MAX_CACHED_LEN` rather than by what clients send.
+const MAX_CACHED_LEN: usize = 64 * 1024;
+
+/// Exact SQL bytes to their classification.
+type Cache = Mutex<LruCache<Box<[u8]>, Arc<Classification>>>;
+
+/// Classifies SQL text as read-only or write, with a bounded LRU cache keyed by the exact bytes.
+pub struct Classifier {
+    /// `None` when built with capacity 0.
+    cache: Option<Cache>,
+    functions: WriteFunctions,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (hits, misses) = self.cache_stats();
+        f.debug_struct("Classifier")
+            .field("functions", &self.functions)
+            .field("hits", &hits)
+            .field("misses", &misses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Classifier {
+    /// A classifier caching up to `cache_capacity` distinct texts (0 disables the cache).
+    /// `write_functions` adds function names, case-insensitive and possibly schema-qualified, to
+    /// the built-in list of functions that make a query a write.
+    pub fn new(cache_capacity: usize, write_functions: &[String]) -> Classifier {
+        Classifier {
+            cache: NonZeroUsize::new(cache_capacity).map(|n| Mutex::new(LruCache::new(n))),
+            functions: WriteFunctions::new(write_functions),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The classification of `sql`, from the cache when this exact text was seen recently.
+    pub fn classify(&self, sql: &[u8]) -> Arc<Classification> {
+        let Some(cache) = &self.cache else {
+            return Arc::new(self.classify_uncached(sql));
+        };
+        if let Some(hit) = lock(cache).get(sql) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Arc::clone(hit);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        // Classify outside the lock: parsing takes microseconds and other sessions' hits must
+        // not wait for it. Two sessions may race to classify the same text; both get the same
+        // answer.
+        let fresh = Arc::new(self.classify_uncached(sql));
+        if sql.len() <= MAX_CACHED_LEN {
+            lock(cache).put(sql.into(), Arc::clone(&fresh));
+        }
+        fresh
+    }
+
+    /// Classifies `sql` without touching the cache.
+    pub fn classify_uncached(&self, sql: &[u8]) -> Classification {
+        let mut out = Classification {
+            write: None,
+            txn: Vec::new(),
+            hint: find_hint(sql),
+            sticky_primary: false,
+            parsed: true,
+            statements: 0,
+            shardgate: None,
+        };
+        let mut pending_copy_stdin = false;
+        let mut shardgate_seen = false;
+        for_each_statement(sql, LexOptions::default(), |range| {
+            let facts = classify_statement(sql.get(range).unwrap_or_default(), &self.functions);
+            out.statements += 1;
+            absorb(
+                &mut out,
+                facts,
+                &mut pending_copy_stdin,
+                &mut shardgate_seen,
+            );
+        });
+        if out.statements > 1 && shardgate_seen {
+            // shardgate's commands are answered by the proxy and must come alone; mixed with
+            // other statements the message is refused the shortcut and goes to the primary.
+            out.shardgate = None;
+            out.write.get_or_insert(WhyWrite::Other(
+                "shardgate command in a multi-statement message",
+            ));
+        }
+        out
+    }
+
+    /// Cache hits and misses so far.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of an LRU; the map is still a
+/// valid map, and a proxy must not stop routing because of it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Folds one statement's facts into the message's classification.
+fn absorb(
+    out: &mut Classification,
+    facts: StatementFacts,
+    pending_copy_stdin: &mut bool,
+    shardgate_seen: &mut bool,
+) {
+    if *pending_copy_stdin {
+        // Any statement after `COPY ... FROM STDIN` in the same message: the server would
+        // expect copy data first, which the proxy cannot relay mid-message.
+        out.write = Some(WhyWrite::CopyFromStdinThenMore);
+    }
+    *pending_copy_stdin = facts.copy_from_stdin;
+    if out.write.is_none() {
+        out.write = facts.write;
+    }
+    if let Some(t) = facts.txn {
+        out.txn.push(t);
+        if facts.chained {
+            // The chained transaction keeps the old one's modes, which this text does not show;
+            // read-write is the answer that cannot send a write to a replica.
+            out.txn.push(TxnControl::Begin { read_only: false });
+        }
+    }
+    out.sticky_primary |= facts.sticky;
+    out.parsed &= facts.parsed;
+    if let Some(cmd) = facts.shardgate {
+        *shardgate_seen = true;
+        out.shardgate = Some(cmd);
+    }
+}

@@ -1,0 +1,301 @@
+//! Token-level facts about one statement that must not depend on sqlparser: it is known to misparse
+//! some PostgreSQL (`SELECT INTO t` reads as a plain SELECT, among others), so every fact that can
+//! turn a read into a write is also looked for in the raw tokens. Each check errs towards "write":
+//! a column that happens to be called `update` costs a replica, never correctness.
+
+use crate::lexer::{LexOptions, Lexer, TokenKind};
+
+/// Functions with side effects, or whose result depends on the session or node they run on.
+/// Matched by name anywhere in a statement, whatever schema qualifies them.
+const WRITE_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "currval",
+    "lastval",
+    "pg_notify",
+    "txid_current",
+    "txid_current_if_assigned",
+    "pg_current_xact_id",
+    "pg_current_xact_id_if_assigned",
+    "set_config",
+    "loread",
+    "lowrite",
+    "pg_export_snapshot",
+    "pg_create_restore_point",
+    "pg_switch_wal",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_logical_emit_message",
+    "pg_import_system_collations",
+    "pg_log_backend_memory_contexts",
+    "brin_summarize_new_values",
+    "brin_summarize_range",
+    "brin_desummarize_range",
+    "gin_clean_pending_list",
+    "pg_truncate_visibility_map",
+    "pg_stat_statements_reset",
+    "dblink",
+    "dblink_exec",
+    "dblink_send_query",
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+];
+
+/// Families of write functions; matched only when the name is called (followed by `(`), since
+/// prefixes like `lo_` are also plausible column names.
+const WRITE_FUNCTION_PREFIXES: &[&str] = &[
+    "pg_advisory_",
+    "pg_try_advisory_",
+    "lo_",
+    "pg_stat_reset",
+    "pg_create_",
+    "pg_drop_replication_slot",
+    "pg_replication_origin_",
+    "pg_replication_slot_",
+    "pg_copy_",
+    "pg_logical_slot_",
+];
+
+/// Session-level advisory locks outlive the transaction, so the session must stay on its node.
+const SESSION_ADVISORY_LOCKS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+/// The configured extra write functions: lowercased, schema dropped (a name in any schema
+/// counts, which can only make more statements writes).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WriteFunctions {
+    extra: Vec<Box<str>>,
+}
+
+impl WriteFunctions {
+    pub(crate) fn new(names: &[String]) -> Self {
+        let extra = names
+            .iter()
+            .filter_map(|n| {
+                let last = n.rsplit('.').next()?.trim().trim_matches('"');
+                (!last.is_empty()).then(|| last.to_ascii_lowercase().into_boxed_str())
+            })
+            .collect();
+        WriteFunctions { extra }
+    }
+
+    fn exact(&self, name: &[u8]) -> bool {
+        WRITE_FUNCTIONS
+            .iter()
+            .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
+            || self
+                .extra
+                .iter()
+                .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    fn prefix(name: &[u8]) -> bool {
+        WRITE_FUNCTION_PREFIXES.iter().any(|p| {
+            name.get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
+        })
+    }
+}
+
+/// What the token scan found in one statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Guards {
+    /// An `INTO` keyword (SELECT INTO, or the INSERT/MERGE of a CTE).
+    pub(crate) into: bool,
+    /// `FOR UPDATE | SHARE | NO KEY UPDATE | KEY SHARE`.
+    pub(crate) locking: bool,
+    /// `INSERT`, `UPDATE`, `DELETE` or `MERGE` outside a locking clause.
+    pub(crate) dml_word: bool,
+    /// The first write function named, lowercased.
+    pub(crate) write_function: Option<String>,
+    /// A session-level advisory lock function is called.
+    pub(crate) session_lock: bool,
+    /// Creates (`CREATE [GLOBAL|LOCAL] TEMP`, `INTO TEMP`) or names (`pg_temp`) a temporary table.
+    pub(crate) temp: bool,
+    /// `FROM` at parenthesis depth 0 (for COPY: `COPY ... FROM`).
+    pub(crate) from_top: bool,
+    /// `FROM STDIN` at parenthesis depth 0.
+    pub(crate) from_stdin: bool,
+    /// Set-operation keywords and the deepest parenthesis nesting, to refuse ASTs too deep to
+    /// walk or drop safely.
+    pub(crate) set_ops: usize,
+    pub(crate) max_depth: usize,
+}
+
+fn is(word: &[u8], kw: &str) -> bool {
+    word.eq_ignore_ascii_case(kw.as_bytes())
+}
+
+/// Scans `stmt` (comments skipped, literals opaque) for the facts in [`Guards`].
+pub(crate) fn scan(stmt: &[u8], fns: &WriteFunctions) -> Guards {
+    let mut g = Guards::default();
+    let mut depth = 0usize;
+    let mut prev: &[u8] = b"";
+    // A prefix-matched function name waiting to see whether a `(` follows.
+    let mut pending_call: Option<&[u8]> = None;
+    for tok in Lexer::new(stmt, LexOptions::default()).filter(|t| !t.is_comment()) {
+        let text = stmt.get(tok.start..tok.end).unwrap_or_default();
+        let is_open = tok.kind == TokenKind::Punct && text == b"(";
+        if let Some(name) = pending_call.take() {
+            if is_open {
+                note_function(&mut g, name);
+            }
+        }
+        let word = match tok.kind {
+            TokenKind::Word => text,
+            // `"nextval"(...)` calls nextval too.
+            TokenKind::QuotedIdent => text.get(1..text.len().saturating_sub(1)).unwrap_or(text),
+            TokenKind::Punct => {
+                match text {
+                    b"(" => {
+                        depth += 1;
+                        g.max_depth = g.max_depth.max(depth);
+                    }
+                    b")" => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+                prev = b"";
+                continue;
+            }
+            _ => {
+                prev = b"";
+                continue;
+            }
+        };
+        if tok.kind == TokenKind::Word {
+            scan_keyword(&mut g, prev, word, depth);
+        }
+        if fns.exact(word) {
+            note_function(&mut g, word);
+        } else if WriteFunctions::prefix(word) {
+            pending_call = Some(word);
+        }
+        prev = if tok.kind == TokenKind::Word {
+            word
+        } else {
+            b""
+        };
+    }
+    g
+}
+
+fn scan_keyword(g: &mut Guards, prev: &[u8], word: &[u8], depth: usize) {
+    if is(word, "INTO") {
+        g.into = true;
+    } else if is(prev, "FOR") && ["UPDATE", "SHARE", "NO", "KEY"].iter().any(|k| is(word, k)) {
+        g.locking = true;
+    } else if ["UPDATE", "INSERT", "DELETE", "MERGE"]
+        .iter()
+        .any(|k| is(word, k))
+    {
+        // `FOR NO KEY UPDATE` reaches here with `prev == KEY`: a lock, not DML.
+        if is(prev, "KEY") {
+            g.locking = true;
+        } else {
+            g.dml_word = true;
+        }
+    } else if is(word, "TEMP") || is(word, "TEMPORARY") {
+        if ["CREATE", "GLOBAL", "LOCAL", "INTO", "REPLACE"]
+            .iter()
+            .any(|k| is(prev, k))
+        {
+            g.temp = true;
+        }
+    } else if word.len() >= 7 && word.get(..7).is_some_and(|h| is(h, "pg_temp")) {
+        g.temp = true;
+    } else if ["UNION", "INTERSECT", "EXCEPT"].iter().any(|k| is(word, k)) {
+        g.set_ops += 1;
+    } else if depth == 0 && is(word, "FROM") {
+        g.from_top = true;
+    } else if depth == 0 && is(prev, "FROM") && is(word, "STDIN") {
+        g.from_stdin = true;
+    }
+}
+
+fn note_function(g: &mut Guards, name: &[u8]) {
+    if SESSION_ADVISORY_LOCKS
+        .iter()
+        .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
+    {
+        g.session_lock = true;
+    }
+    if g.write_function.is_none() {
+        g.write_function = Some(String::from_utf8_lossy(name).to_ascii_lowercase());
+    }
+}
+
+/// Whether `READ ONLY` appears among `stmt`'s words and `READ WRITE` does not (a transaction's
+/// modes: the conservative reading of a contradictory list is read-write).
+pub(crate) fn read_only_mode(stmt: &[u8]) -> bool {
+    let mut prev_read = false;
+    let (mut ro, mut rw) = (false, false);
+    for w in words(stmt) {
+        ro |= prev_read && is(w, "ONLY");
+        rw |= prev_read && is(w, "WRITE");
+        prev_read = is(w, "READ");
+    }
+    ro && !rw
+}
+
+/// Whether `AND CHAIN` (not `AND NO CHAIN`) ends a COMMIT or ROLLBACK.
+pub(crate) fn and_chain(stmt: &[u8]) -> bool {
+    let mut prev_and = false;
+    for w in words(stmt) {
+        if prev_and && is(w, "CHAIN") {
+            return true;
+        }
+        prev_and = is(w, "AND");
+    }
+    false
+}
+
+/// The bare words of `stmt` in order (comments skipped, other tokens dropped).
+pub(crate) fn words(stmt: &[u8]) -> impl Iterator<Item = &[u8]> {
+    Lexer::new(stmt, LexOptions::default())
+        .filter(|t| t.kind == TokenKind::Word)
+        .filter_map(move |t| stmt.get(t.start..t.end))
+}
+
+/// Sticky facts hidden in a `DO` body: a dollar-quoted or quoted string is scanned as SQL, since
+/// the plpgsql inside can create temp tables or take session advisory locks.
+pub(crate) fn scan_do_body(stmt: &[u8], fns: &WriteFunctions) -> Guards {
+    let mut out = Guards::default();
+    for tok in Lexer::new(stmt, LexOptions::default()) {
+        let body = match tok.kind {
+            TokenKind::DollarString | TokenKind::String => stmt.get(tok.start..tok.end),
+            _ => None,
+        };
+        let Some(body) = body else { continue };
+        // Strip the delimiters: `$tag$` or `'`.
+        let inner = match body.first() {
+            Some(b'$') => {
+                let tag = body
+                    .iter()
+                    .skip(1)
+                    .position(|&b| b == b'$')
+                    .map_or(0, |p| p + 2);
+                body.get(tag..body.len().saturating_sub(tag))
+                    .unwrap_or_default()
+            }
+            _ => body
+                .get(1..body.len().saturating_sub(1))
+                .unwrap_or_default(),
+        };
+        let g = scan(inner, fns);
+        out.temp |= g.temp;
+        out.session_lock |= g.session_lock;
+    }
+    out
+}

@@ -1,0 +1,105 @@
+//! What the admin API shows, built from the current snapshot: topology with replica
+//! health, recent decisions, and what a statement would be routed to.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+use shardgate_router::Role;
+
+use crate::proxy::{explain_route, Shared};
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Primary => "primary",
+        Role::Replica => "replica",
+    }
+}
+
+/// The proxy state behind the admin API.
+pub(crate) struct AdminView(pub(crate) Arc<Shared>);
+
+impl shardgate_admin::AdminSource for AdminView {
+    fn metrics_text(&self) -> String {
+        self.0.metrics.render(&self.0.snapshot.load())
+    }
+
+    fn topology(&self) -> Value {
+        let snapshot = self.0.snapshot.load();
+        let shards: Vec<Value> = snapshot
+            .shards
+            .iter()
+            .map(|shard| {
+                let mut nodes = vec![json!({
+                    "addr": shard.primary.addr.to_string(),
+                    "role": "primary",
+                    "healthy": true,
+                    "routable": true,
+                    "lag_bytes": 0,
+                    "lag_ms": 0,
+                    "reason": "primary",
+                    "checked_at": Value::Null,
+                })];
+                for replica in &shard.replicas {
+                    let st = replica.health.as_ref().map(|h| h.status());
+                    nodes.push(json!({
+                        "addr": replica.addr.to_string(),
+                        "role": "replica",
+                        "healthy": st.as_ref().map(|s| s.healthy).unwrap_or(false),
+                        "routable": st.as_ref().map(|s| s.routable).unwrap_or(false),
+                        "lag_bytes": st.as_ref().and_then(|s| s.lag_bytes),
+                        "lag_ms": st.as_ref().and_then(|s| s.lag_ms),
+                        "replay_lsn": st.as_ref().and_then(|s| s.replay_lsn).map(shardgate_router::format_lsn),
+                        "reason": st.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
+                        "checked_at": st.as_ref().and_then(|s| s.checked_at).map(rfc3339),
+                    }));
+                }
+                json!({"name": shard.name.as_ref(), "nodes": nodes})
+            })
+            .collect();
+        json!({"config_version": snapshot.version, "shards": shards})
+    }
+
+    fn decisions(&self, limit: usize) -> Value {
+        let list: Vec<Value> = self
+            .0
+            .decisions
+            .recent(limit)
+            .iter()
+            .map(|d| {
+                json!({
+                    "at": rfc3339(d.at),
+                    "session": d.session,
+                    "config_version": d.config_version,
+                    "sql": d.sql(),
+                    "kind": d.kind.as_str(),
+                    "shards": [d.shard.as_ref()],
+                    "node": d.node.to_string(),
+                    "role": role_name(d.role),
+                    "reason": d.reason_text(),
+                })
+            })
+            .collect();
+        json!({"decisions": list})
+    }
+
+    fn route(&self, sql: &str) -> Value {
+        let snapshot = self.0.snapshot.load();
+        let e = explain_route(&snapshot, None, sql);
+        json!({
+            "config_version": snapshot.version,
+            "sql": sql.chars().take(crate::decisions::SQL_PREFIX).collect::<String>(),
+            "kind": e.kind.as_str(),
+            "shards": [e.shard.as_ref()],
+            "node": e.node,
+            "role": e.role.map(role_name),
+            "reason": e.reason,
+            "parsed": e.class.parsed,
+            "statements": e.class.statements,
+        })
+    }
+}

@@ -1,0 +1,207 @@
+//! The last routing decisions, for `/api/decisions`: a fixed ring of 1,000 slots written
+//! under a short lock with no allocation (the SQL is copied into an inline buffer, the
+//! reason is a small enum rendered only when read).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use shardgate_config::NodeAddr;
+use shardgate_router::{Reason, Role};
+use shardgate_sql::Classification;
+
+/// How many decisions are kept.
+pub(crate) const CAPACITY: usize = 1000;
+/// How much of each statement is kept.
+pub(crate) const SQL_PREFIX: usize = 200;
+
+/// What kind of request a decision was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Read,
+    Write,
+    Transaction,
+    Unparsed,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 4] = [Kind::Read, Kind::Write, Kind::Transaction, Kind::Unparsed];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Read => "read",
+            Kind::Write => "write",
+            Kind::Transaction => "transaction",
+            Kind::Unparsed => "unparsed",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One recorded decision.
+#[derive(Debug, Clone)]
+pub(crate) struct Decision {
+    pub(crate) at: SystemTime,
+    pub(crate) session: u64,
+    pub(crate) config_version: u64,
+    sql: [u8; SQL_PREFIX],
+    sql_len: u8,
+    pub(crate) kind: Kind,
+    pub(crate) shard: Arc<str>,
+    pub(crate) node: Arc<NodeAddr>,
+    pub(crate) role: Role,
+    pub(crate) reason: Reason,
+    /// The classification behind a write, to say why.
+    pub(crate) class: Option<Arc<Classification>>,
+}
+
+impl Decision {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        session: u64,
+        config_version: u64,
+        sql: &[u8],
+        kind: Kind,
+        shard: Arc<str>,
+        node: Arc<NodeAddr>,
+        role: Role,
+        reason: Reason,
+        class: Option<Arc<Classification>>,
+    ) -> Decision {
+        let mut buf = [0u8; SQL_PREFIX];
+        let mut len = sql.len().min(SQL_PREFIX);
+        // Cut on a character boundary so the prefix stays valid UTF-8 where the SQL was.
+        while len > 0 && len < sql.len() && (sql[len] & 0xC0) == 0x80 {
+            len -= 1;
+        }
+        buf[..len].copy_from_slice(&sql[..len]);
+        Decision {
+            at: SystemTime::now(),
+            session,
+            config_version,
+            sql: buf,
+            sql_len: len as u8,
+            kind,
+            shard,
+            node,
+            role,
+            reason,
+            class,
+        }
+    }
+
+    pub(crate) fn sql(&self) -> String {
+        String::from_utf8_lossy(&self.sql[..self.sql_len as usize]).into_owned()
+    }
+
+    /// The reason as text, with the write's cause where there is one.
+    pub(crate) fn reason_text(&self) -> String {
+        match (&self.reason, &self.class) {
+            (Reason::Write, Some(c)) => match &c.write {
+                Some(why) => format!("write: {}", crate::explain::why_write(why)),
+                None => "write".to_owned(),
+            },
+            (r, _) => r.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    slots: Vec<Decision>,
+    next: usize,
+}
+
+/// The ring itself.
+#[derive(Debug, Default)]
+pub(crate) struct DecisionLog {
+    ring: Mutex<Ring>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl DecisionLog {
+    pub(crate) fn record(&self, d: Decision) {
+        let mut ring = lock(&self.ring);
+        if ring.slots.len() < CAPACITY {
+            ring.slots.push(d);
+        } else {
+            let i = ring.next;
+            ring.slots[i] = d;
+        }
+        ring.next = (ring.next + 1) % CAPACITY;
+    }
+
+    /// Newest first, at most `limit`.
+    pub(crate) fn recent(&self, limit: usize) -> Vec<Decision> {
+        let ring = lock(&self.ring);
+        let n = ring.slots.len();
+        (1..=n.min(limit))
+            .map(|k| ring.slots[(ring.next + CAPACITY - k) % CAPACITY % n.max(1)].clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardgate_router::Reason;
+
+    fn d(i: u64) -> Decision {
+        Decision::new(
+            i,
+            1,
+            b"SELECT 1",
+            Kind::Read,
+            Arc::from("s0"),
+            Arc::new(NodeAddr {
+                host: "127.0.0.1".into(),
+                port: 5432,
+            }),
+            Role::Primary,
+            Reason::Read,
+            None,
+        )
+    }
+
+    #[test]
+    fn keeps_the_newest_first_and_is_bounded() {
+        let log = DecisionLog::default();
+        for i in 0..2500 {
+            log.record(d(i));
+        }
+        let recent = log.recent(5000);
+        assert_eq!(recent.len(), CAPACITY);
+        assert_eq!(recent[0].session, 2499);
+        assert_eq!(recent[CAPACITY - 1].session, 1500);
+        let few = DecisionLog::default();
+        few.record(d(1));
+        few.record(d(2));
+        let r = few.recent(10);
+        assert_eq!(r.iter().map(|d| d.session).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn sql_is_truncated_on_a_character_boundary() {
+        let long = "é".repeat(150);
+        let dec = Decision::new(
+            1,
+            1,
+            long.as_bytes(),
+            Kind::Read,
+            Arc::from("s0"),
+            Arc::new(NodeAddr {
+                host: "h".into(),
+                port: 1,
+            }),
+            Role::Primary,
+            Reason::Read,
+            None,
+        );
+        assert_eq!(dec.sql(), "é".repeat(100));
+    }
+}

@@ -1,0 +1,181 @@
+//! Looking at a buffered request before it goes anywhere: its frames up to the Sync or
+//! Query that ends it, reduced to what routing needs. Nothing is consumed here.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+use shardgate_router::{HintTarget, RequestView};
+use shardgate_sql::{Classification, Classifier, Hint, ShardgateCommand, TxnControl};
+use shardgate_wire::{peek_header, FrontendRef};
+
+use super::errors::ClientError;
+use super::statements::ClientStatements;
+
+/// Where a request's SQL text is, without copying it.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum SqlText {
+    #[default]
+    None,
+    /// A range of the client buffer.
+    Buffer(Range<usize>),
+    /// A prepared statement's saved Parse frame and the query's range in it.
+    Statement(Bytes, Range<usize>),
+}
+
+impl SqlText {
+    pub(crate) fn bytes<'a>(&'a self, buf: &'a [u8]) -> &'a [u8] {
+        match self {
+            SqlText::None => b"",
+            SqlText::Buffer(r) => buf.get(r.clone()).unwrap_or_default(),
+            SqlText::Statement(b, r) => b.get(r.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// What a buffered request is.
+#[derive(Debug, Default)]
+pub(crate) struct Scanned {
+    pub(crate) view: RequestView,
+    /// The whole request is buffered (its Sync or Query is there).
+    pub(crate) complete: bool,
+    /// It commits or rolls back a transaction.
+    pub(crate) ends_transaction: bool,
+    /// It makes the session stick to the primary.
+    pub(crate) sticky: bool,
+    /// The text the decision log shows.
+    pub(crate) sql: SqlText,
+    /// The classification that made it a write (or the first one).
+    pub(crate) class: Option<Arc<Classification>>,
+    /// A lone simple Query that is shardgate's own SET/RESET/SHOW.
+    pub(crate) shardgate: Option<ShardgateCommand>,
+    /// A lone simple-protocol `BEGIN` with nothing else (may be deferred).
+    pub(crate) lone_begin: bool,
+    /// The first transaction-control statement, if the request starts with one.
+    pub(crate) first_txn: Option<TxnControl>,
+    /// Statements seen, over all Query/Parse messages.
+    pub(crate) statements: usize,
+    /// The last unnamed Parse's classification (for the session to remember).
+    pub(crate) unnamed: Option<Arc<Classification>>,
+}
+
+fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText) {
+    if s.class.is_none() {
+        s.class = Some(c.clone());
+        s.sql = sql.clone();
+    }
+    if c.write.is_some() && !s.view.write {
+        s.view.write = true;
+        s.class = Some(c.clone());
+        s.sql = sql;
+    }
+    if !c.parsed {
+        s.view.parsed = false;
+    }
+    if s.view.hint.is_none() {
+        s.view.hint = match &c.hint {
+            Some(Hint::Primary) => Some(HintTarget::Primary),
+            Some(Hint::Replica) => Some(HintTarget::Replica),
+            _ => None,
+        };
+    }
+    for t in &c.txn {
+        if s.first_txn.is_none() && s.statements == 0 {
+            s.first_txn = Some(*t);
+        }
+        match t {
+            TxnControl::Begin { read_only } if s.view.begins.is_none() => {
+                s.view.begins = Some(*read_only)
+            }
+            TxnControl::Commit | TxnControl::Rollback => s.ends_transaction = true,
+            _ => {}
+        }
+    }
+    s.sticky |= c.sticky_primary;
+    s.statements += c.statements;
+}
+
+/// Scans the request at the start of `buf`. `unnamed` is the session's unnamed
+/// statement from an earlier request, if any.
+pub(crate) fn scan(
+    buf: &[u8],
+    max_len: usize,
+    classifier: &Classifier,
+    statements: &ClientStatements,
+    unnamed: Option<&Arc<Classification>>,
+) -> Result<Scanned, ClientError> {
+    let mut s = Scanned {
+        view: RequestView {
+            parsed: true,
+            ..RequestView::default()
+        },
+        ..Scanned::default()
+    };
+    let mut unnamed = unnamed.cloned();
+    let mut pos = 0;
+    let mut messages = 0;
+    while let Some(h) = peek_header(&buf[pos..], max_len)? {
+        if buf.len() - pos < h.len {
+            break;
+        }
+        let body_start = pos + 5;
+        let msg = FrontendRef::decode(h.tag, &buf[body_start..pos + h.len])?;
+        messages += 1;
+        match msg {
+            FrontendRef::Query { sql } => {
+                let c = classifier.classify(sql);
+                let start = body_start;
+                merge(&mut s, &c, SqlText::Buffer(start..start + sql.len()));
+                if messages == 1 {
+                    s.shardgate = c.shardgate.clone();
+                    s.lone_begin = c.statements == 1
+                        && c.write.is_none()
+                        && matches!(c.txn.as_slice(), [TxnControl::Begin { read_only: false }]);
+                }
+                s.complete = true;
+                break;
+            }
+            FrontendRef::Parse(p) => {
+                let c = classifier.classify(p.query);
+                let start = p.query.as_ptr() as usize - buf.as_ptr() as usize;
+                merge(&mut s, &c, SqlText::Buffer(start..start + p.query.len()));
+                if p.name.is_empty() {
+                    unnamed = Some(c);
+                }
+            }
+            FrontendRef::Bind(b) => {
+                let c = if b.statement.is_empty() {
+                    unnamed.clone().map(|c| (c, SqlText::None))
+                } else {
+                    statements.get(b.statement).map(|p| {
+                        (
+                            p.class.clone(),
+                            SqlText::Statement(p.parse.clone(), p.query.clone()),
+                        )
+                    })
+                };
+                match c {
+                    Some((c, text)) => merge(&mut s, &c, text),
+                    // A statement shardgate does not know: the server will say so; be safe.
+                    None => s.view.write = true,
+                }
+            }
+            FrontendRef::Sync | FrontendRef::FunctionCall(_) => {
+                if matches!(msg, FrontendRef::FunctionCall(_)) {
+                    s.view.write = true;
+                }
+                s.complete = true;
+                break;
+            }
+            _ => {}
+        }
+        pos += h.len;
+    }
+    if !s.complete {
+        // The rest of the request is not here yet: it could write.
+        s.view.write = true;
+    }
+    s.unnamed = unnamed;
+    Ok(s)
+}

@@ -1,0 +1,202 @@
+//! Gathering routing inputs for a session's request, calling the pure router, and
+//! explaining the outcome (decision log, metrics, `/api/route`, errors).
+
+use std::sync::Arc;
+
+use shardgate_router::{route, Reason, ReplicaView, Role, SessionView, TargetSetting};
+use shardgate_sql::Classification;
+use shardgate_wire::ErrorFields;
+
+use super::request::Scanned;
+use super::sqlstate;
+use super::topology::{NodeRuntime, Snapshot};
+use crate::decisions::Kind;
+
+/// Routing state a session carries between requests.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SessionRouting {
+    pub(crate) target: TargetSetting,
+    pub(crate) sticky: bool,
+    /// WAL position of the session's last committed write (0: none).
+    pub(crate) ryw_lsn: u64,
+    /// The open transaction has written on the primary.
+    pub(crate) txn_wrote: bool,
+    /// Varies the replica choice between requests.
+    pub(crate) counter: u64,
+}
+
+impl SessionRouting {
+    fn view(&self) -> SessionView {
+        SessionView {
+            target: self.target,
+            sticky_primary: self.sticky,
+            ryw_lsn: self.ryw_lsn,
+        }
+    }
+}
+
+/// Where a request goes.
+pub(crate) struct Chosen {
+    pub(crate) shard: usize,
+    pub(crate) node: Arc<NodeRuntime>,
+    pub(crate) role: Role,
+    pub(crate) reason: Reason,
+    pub(crate) kind: Kind,
+}
+
+/// The request's kind for metrics and the decision log.
+pub(crate) fn kind_of(scanned: &Scanned, in_transaction: bool) -> Kind {
+    if !scanned.view.parsed {
+        Kind::Unparsed
+    } else if in_transaction || scanned.view.begins.is_some() {
+        Kind::Transaction
+    } else if scanned.view.write {
+        Kind::Write
+    } else {
+        Kind::Read
+    }
+}
+
+/// Picks the node for a request outside a transaction (one shard until sharding lands).
+/// Err is the ErrorResponse for `when_no_replica: error`.
+pub(crate) fn choose(
+    snapshot: &Snapshot,
+    user: &str,
+    scanned: &Scanned,
+    session: &mut SessionRouting,
+    in_transaction: bool,
+) -> Result<Chosen, ErrorFields> {
+    let shard_index = 0;
+    let shard = &snapshot.shards[shard_index];
+    let mut views = [ReplicaView::default(); 16];
+    let n = shard.replica_views(user, &mut views);
+    session.counter = session.counter.wrapping_add(1);
+    let tiebreak = match snapshot.policy.load_balance {
+        shardgate_config::LoadBalance::Random => rand::random(),
+        _ => session.counter,
+    };
+    match route(
+        scanned.view,
+        session.view(),
+        snapshot.policy,
+        &views[..n],
+        tiebreak,
+    ) {
+        Ok(r) => {
+            let node = match (r.role, r.replica) {
+                (Role::Replica, Some(i)) => shard.replicas[i].clone(),
+                _ => shard.primary.clone(),
+            };
+            Ok(Chosen {
+                shard: shard_index,
+                node,
+                role: r.role,
+                reason: r.reason,
+                kind: kind_of(scanned, in_transaction),
+            })
+        }
+        Err(_) => Err(no_replica_error(snapshot, shard_index)),
+    }
+}
+
+/// 57P03 naming each replica and why it is excluded.
+fn no_replica_error(snapshot: &Snapshot, shard_index: usize) -> ErrorFields {
+    let shard = &snapshot.shards[shard_index];
+    let why: Vec<String> = shard
+        .replicas
+        .iter()
+        .map(|r| {
+            let reason = r
+                .health
+                .as_ref()
+                .map(|h| h.status().reason)
+                .unwrap_or_else(|| "no health data".to_owned());
+            format!("{} {}", r.addr, reason)
+        })
+        .collect();
+    let detail = if why.is_empty() {
+        "the shard has no replicas".to_owned()
+    } else {
+        why.join("; ")
+    };
+    ErrorFields::new(
+        "ERROR",
+        sqlstate::CANNOT_CONNECT_NOW,
+        format!("shardgate: no routable replica in shard {} for a read", shard.name),
+    )
+    .with(b'D', detail)
+    .with(
+        b'H',
+        "Retry later, send the read to the primary with /* shardgate: primary */, or set routing.when_no_replica: primary.",
+    )
+}
+
+/// What `/api/route` answers: the decision a statement would get now from a fresh session.
+pub(crate) struct Explained {
+    pub(crate) kind: Kind,
+    pub(crate) shard: Arc<str>,
+    pub(crate) node: Option<String>,
+    pub(crate) role: Option<Role>,
+    pub(crate) reason: String,
+    pub(crate) class: Arc<Classification>,
+}
+
+pub(crate) fn explain_route(snapshot: &Snapshot, user: Option<&str>, sql: &str) -> Explained {
+    let class = snapshot.classifier.classify(sql.as_bytes());
+    let mut buf = bytes::BytesMut::new();
+    shardgate_wire::frontend::query(sql.as_bytes(), &mut buf);
+    let user = user
+        .map(str::to_owned)
+        .or_else(|| snapshot.config.users.first().map(|u| u.name.clone()))
+        .unwrap_or_default();
+    let scanned = match super::request::scan(
+        &buf,
+        usize::MAX,
+        &snapshot.classifier,
+        &Default::default(),
+        None,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            return Explained {
+                kind: Kind::Unparsed,
+                shard: snapshot.shards[0].name.clone(),
+                node: None,
+                role: None,
+                reason: e.to_string(),
+                class,
+            }
+        }
+    };
+    let mut session = SessionRouting::default();
+    match choose(snapshot, &user, &scanned, &mut session, false) {
+        Ok(c) => Explained {
+            kind: c.kind,
+            shard: snapshot.shards[c.shard].name.clone(),
+            node: Some(c.node.addr.to_string()),
+            role: Some(c.role),
+            reason: reason_text(c.reason, scanned.class.as_deref()),
+            class,
+        },
+        Err(fields) => Explained {
+            kind: kind_of(&scanned, false),
+            shard: snapshot.shards[0].name.clone(),
+            node: None,
+            role: None,
+            reason: format!(
+                "{}: {}",
+                fields.message().unwrap_or_default(),
+                fields.get(b'D').unwrap_or_default()
+            ),
+            class,
+        },
+    }
+}
+
+/// A reason as text, naming the cause of a write.
+pub(crate) fn reason_text(reason: Reason, class: Option<&Classification>) -> String {
+    match (reason, class.and_then(|c| c.write.as_ref())) {
+        (Reason::Write, Some(why)) => format!("write: {}", crate::explain::why_write(why)),
+        (r, _) => r.to_string(),
+    }
+}

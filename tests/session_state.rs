@@ -1,0 +1,241 @@
+//! Session state in transaction mode: with a pool of ONE server connection every client
+//! shares it, so any setting that leaks from one client to another shows up here.
+
+mod support;
+
+use std::time::Duration;
+
+use shardgate_testkit::Topology;
+use support::{Proxy, ProxyOptions};
+use tokio::time::timeout;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+const SETTINGS: [&str; 4] = [
+    "search_path",
+    "application_name",
+    "statement_timeout",
+    "TimeZone",
+];
+
+fn one_server(topo: &Topology) -> Proxy {
+    Proxy::start_with(
+        topo,
+        ProxyOptions {
+            pool_size: 1,
+            ..ProxyOptions::default()
+        },
+    )
+}
+
+async fn show(client: &Client, name: &str) -> String {
+    let sql = format!("SHOW {name}");
+    let row = timeout(Duration::from_secs(10), client.query_one(sql.as_str(), &[]))
+        .await
+        .expect("SHOW in time")
+        .expect("SHOW");
+    row.get(0)
+}
+
+async fn show_all(client: &Client) -> Vec<String> {
+    let mut values = Vec::new();
+    for name in SETTINGS {
+        values.push(show(client, name).await);
+    }
+    values
+}
+
+async fn exec(client: &Client, sql: &str) {
+    timeout(Duration::from_secs(10), client.batch_execute(sql))
+        .await
+        .expect("in time")
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+#[tokio::test]
+async fn sets_stay_with_their_client() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let a = proxy.connect(&topo).await;
+    let b = proxy.connect(&topo).await;
+    let defaults = show_all(&b).await;
+    assert_eq!(defaults[2], "0");
+
+    exec(&a, "SET search_path TO pg_catalog, public").await;
+    exec(&a, "SET application_name = 'client-a'").await;
+    // Extended protocol SET, too.
+    a.execute("SET statement_timeout = '42s'", &[])
+        .await
+        .expect("set");
+    exec(&a, "SET TimeZone TO 'Pacific/Chatham'").await;
+    let mine = vec![
+        "pg_catalog, public".to_owned(),
+        "client-a".to_owned(),
+        "42s".to_owned(),
+        "Pacific/Chatham".to_owned(),
+    ];
+    assert_ne!(mine[3], defaults[3]);
+    assert_eq!(show_all(&a).await, mine);
+    assert_eq!(show_all(&b).await, defaults, "B sees A's settings");
+    assert_eq!(show_all(&a).await, mine, "A lost its settings after B ran");
+    // Interleaved one statement at a time.
+    for name in SETTINGS {
+        let (x, y) = (show(&a, name).await, show(&b, name).await);
+        assert_ne!(x, y, "{name}");
+    }
+    // A's statement_timeout really applies to A only.
+    let err = a
+        .batch_execute("SET statement_timeout = '100ms'; SELECT pg_sleep(0.5)")
+        .await
+        .expect_err("times out");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
+    b.batch_execute("SELECT pg_sleep(0.3)")
+        .await
+        .expect("B has no timeout");
+}
+
+#[tokio::test]
+async fn startup_parameters_are_per_client() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let conn = proxy.conn_str(&topo);
+    let a = support::connect(&format!("{conn} application_name=alpha"))
+        .await
+        .expect("a");
+    let b = support::connect(&format!("{conn} application_name=beta"))
+        .await
+        .expect("b");
+    let c = proxy.connect(&topo).await;
+    for _ in 0..3 {
+        assert_eq!(show(&a, "application_name").await, "alpha");
+        assert_eq!(show(&b, "application_name").await, "beta");
+        assert_eq!(show(&c, "application_name").await, "");
+    }
+    // A SET overrides the startup value for that client only.
+    exec(&a, "SET application_name = 'alpha2'").await;
+    assert_eq!(show(&b, "application_name").await, "beta");
+    assert_eq!(show(&a, "application_name").await, "alpha2");
+}
+
+#[tokio::test]
+async fn rolled_back_sets_do_not_stick_committed_ones_do() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let a = proxy.connect(&topo).await;
+    let b = proxy.connect(&topo).await;
+
+    exec(&a, "BEGIN").await;
+    exec(&a, "SET search_path TO pg_catalog").await;
+    assert_eq!(show(&a, "search_path").await, "pg_catalog");
+    exec(&a, "ROLLBACK").await;
+    assert_eq!(show(&a, "search_path").await, "\"$user\", public");
+    assert_eq!(show(&b, "search_path").await, "\"$user\", public");
+
+    // A failed transaction's SET is undone even when it ends with COMMIT.
+    exec(&a, "BEGIN; SET search_path TO pg_catalog").await;
+    a.batch_execute("SELECT 1/0").await.expect_err("fails");
+    exec(&a, "COMMIT").await;
+    assert_eq!(show(&a, "search_path").await, "\"$user\", public");
+
+    exec(&a, "BEGIN; SET search_path TO pg_catalog, public; COMMIT").await;
+    exec(&a, "BEGIN").await;
+    exec(&a, "SET TimeZone TO 'Asia/Kolkata'").await;
+    exec(&a, "COMMIT").await;
+    assert_eq!(show(&b, "search_path").await, "\"$user\", public");
+    assert_eq!(show(&a, "search_path").await, "pg_catalog, public");
+    assert_eq!(show(&a, "TimeZone").await, "Asia/Kolkata");
+    assert_ne!(show(&b, "TimeZone").await, "Asia/Kolkata");
+}
+
+#[tokio::test]
+async fn reset_all_returns_to_the_clients_own_defaults() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let conn = proxy.conn_str(&topo);
+    let a = support::connect(&format!("{conn} application_name=alpha"))
+        .await
+        .expect("a");
+    let b = support::connect(&format!("{conn} application_name=beta"))
+        .await
+        .expect("b");
+    exec(
+        &a,
+        "SET application_name = 'x'; SET statement_timeout = '5s'",
+    )
+    .await;
+    exec(&a, "RESET ALL").await;
+    // As on a real server: RESET restores the value the session started with.
+    assert_eq!(show(&a, "application_name").await, "alpha");
+    assert_eq!(show(&a, "statement_timeout").await, "0");
+    assert_eq!(show(&b, "application_name").await, "beta");
+    assert_eq!(show(&a, "application_name").await, "alpha");
+
+    exec(&a, "SET application_name = 'y'").await;
+    exec(&a, "RESET application_name").await;
+    assert_eq!(show(&a, "application_name").await, "alpha");
+    exec(&b, "SELECT 1").await;
+    assert_eq!(show(&a, "application_name").await, "alpha");
+}
+
+#[tokio::test]
+async fn discard_all_resets_settings_and_drops_prepared_statements() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let conn = proxy.conn_str(&topo);
+    let a = support::connect(&format!("{conn} application_name=alpha"))
+        .await
+        .expect("a");
+    let b = proxy.connect(&topo).await;
+    let stmt = a.prepare("SELECT $1::int4 + 1").await.expect("prepare");
+    let b_stmt = b.prepare("SELECT $1::int4 + 1").await.expect("prepare b");
+    assert_eq!(
+        a.query_one(&stmt, &[&1i32])
+            .await
+            .expect("run")
+            .get::<_, i32>(0),
+        2
+    );
+    exec(&a, "SET statement_timeout = '7s'").await;
+    exec(&a, "DISCARD ALL").await;
+    assert_eq!(show(&a, "statement_timeout").await, "0");
+    assert_eq!(show(&a, "application_name").await, "alpha");
+    let err = a.query(&stmt, &[&1i32]).await.expect_err("statement gone");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
+    // B's statement with the same text on the same server still works.
+    let row = b
+        .query_one(&b_stmt, &[&2i32])
+        .await
+        .expect("b's statement survives");
+    assert_eq!(row.get::<_, i32>(0), 3);
+    // A can prepare again.
+    let again = a
+        .prepare("SELECT $1::int4 + 1")
+        .await
+        .expect("prepare again");
+    assert_eq!(
+        a.query_one(&again, &[&4i32])
+            .await
+            .expect("run")
+            .get::<_, i32>(0),
+        5
+    );
+}
+
+#[tokio::test]
+async fn set_local_does_not_leak() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let a = proxy.connect(&topo).await;
+    let b = proxy.connect(&topo).await;
+    exec(&a, "BEGIN").await;
+    exec(&a, "SET LOCAL statement_timeout = '3s'").await;
+    exec(&a, "SET LOCAL search_path TO pg_catalog").await;
+    assert_eq!(show(&a, "statement_timeout").await, "3s");
+    exec(&a, "COMMIT").await;
+    assert_eq!(show(&a, "statement_timeout").await, "0");
+    assert_eq!(show(&b, "statement_timeout").await, "0");
+    assert_eq!(show(&b, "search_path").await, "\"$user\", public");
+    exec(&a, "SET LOCAL statement_timeout = '3s'").await;
+    assert_eq!(show(&a, "statement_timeout").await, "0");
+    assert_eq!(show(&b, "statement_timeout").await, "0");
+}
