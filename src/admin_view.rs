@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use shardgate_router::Role;
 
 use crate::proxy::{explain_route, Shared};
+use crate::reload::{Outcome, Reloader};
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -21,7 +22,7 @@ fn role_name(role: Role) -> &'static str {
 }
 
 /// The proxy state behind the admin API.
-pub(crate) struct AdminView(pub(crate) Arc<Shared>);
+pub(crate) struct AdminView(pub(crate) Arc<Shared>, pub(crate) Arc<Reloader>);
 
 impl shardgate_admin::AdminSource for AdminView {
     fn metrics_text(&self) -> String {
@@ -85,6 +86,36 @@ impl shardgate_admin::AdminSource for AdminView {
             })
             .collect();
         json!({"decisions": list})
+    }
+
+    fn reload(&self) -> (u16, Value) {
+        match self.1.reload("POST /api/reload") {
+            Outcome::Applied {
+                version,
+                restart_required,
+            } => (
+                200,
+                json!({"config_version": version, "restart_required": restart_required}),
+            ),
+            Outcome::Refused { error, problems } => {
+                let problems: Vec<Value> = problems
+                    .iter()
+                    .map(|p| json!({"path": p.path, "message": p.message}))
+                    .collect();
+                (422, json!({"error": error, "problems": problems}))
+            }
+        }
+    }
+
+    fn config(&self) -> Value {
+        let snapshot = self.0.snapshot.load();
+        json!({
+            "config_version": snapshot.version,
+            "loaded_at": rfc3339(snapshot.loaded_at),
+            "path": self.1.path().map(|p| p.display().to_string()),
+            "file_sha256": self.1.file_sha256(),
+            "config": serde_json::to_value(snapshot.config.redacted()).unwrap_or(Value::Null),
+        })
     }
 
     fn route(&self, sql: &str) -> Value {

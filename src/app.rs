@@ -1,6 +1,6 @@
 //! Starting and stopping the proxy: config loading, listeners, signals.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,17 +13,19 @@ use crate::admin_view::AdminView;
 use crate::decisions::DecisionLog;
 use crate::metrics::Metrics;
 use crate::proxy::{CancelRegistry, Shared, Snapshot};
+use crate::reload::Reloader;
 
-pub(crate) fn init_logging() {
+/// Logs to stderr; `SHARDGATE_LOG` overrides `default` (e.g. `debug`, `shardgate=trace`).
+pub(crate) fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-fn print_config_error(path: &Path, e: &ConfigError) {
+pub(crate) fn print_config_error(path: &Path, e: &ConfigError) {
     match e {
         ConfigError::Read { .. } => eprintln!("error: {e}"),
         ConfigError::Invalid { problems } => {
@@ -62,12 +64,29 @@ pub(crate) fn check(path: &Path) -> ExitCode {
 
 /// `shardgate [--config PATH]`.
 pub(crate) fn run_from_file(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(source) => {
+            print_config_error(
+                path,
+                &ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                },
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::from_yaml_str(&String::from_utf8_lossy(&bytes)) {
         Ok(c) => c,
         Err(e) => {
             print_config_error(path, &e);
             return ExitCode::from(2);
         }
+    };
+    let source = Source {
+        path: Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())),
+        sha256: crate::reload::sha256_hex(&bytes),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -86,7 +105,7 @@ pub(crate) fn run_from_file(path: &Path) -> ExitCode {
             tracing::info!("stop signal received; shutting down gracefully");
             let _ = stop_tx.send(true);
         });
-        match run(config, stop_rx).await {
+        match run(config, source, stop_rx).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -135,13 +154,28 @@ pub(crate) enum StartError {
 }
 
 /// Runs the proxy until `stop` turns true, then drains.
-pub(crate) async fn run(config: Config, stop: watch::Receiver<bool>) -> Result<(), StartError> {
+/// Where a running config came from, for reloads and `/api/config`.
+pub(crate) struct Source {
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) sha256: String,
+}
+
+/// Runs the proxy until `stop` turns true, then drains.
+pub(crate) async fn run(
+    config: Config,
+    source: Source,
+    stop: watch::Receiver<bool>,
+) -> Result<(), StartError> {
     let listen = config.listen;
     let admin_listen = config.admin_listen;
+    let watch_file = config.reload.watch;
     let tls = match &config.tls {
         Some(t) => Some(crate::app_tls::acceptor(&t.cert, &t.key).map_err(StartError::Tls)?),
         None => None,
     };
+    // Before binding: once a client can connect, a SIGHUP must reload, not kill the
+    // process (the default action while no handler is installed).
+    let hangup = listen_for_hangup();
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -156,8 +190,7 @@ pub(crate) async fn run(config: Config, stop: watch::Receiver<bool>) -> Result<(
         })?;
     let max_clients = config.pool.max_client_connections as usize;
     let metrics = Arc::new(Metrics::new());
-    let snapshot = Snapshot::build(config, 1, &metrics);
-    let monitors = crate::monitors::spawn_all(&snapshot, stop.clone());
+    let snapshot = Snapshot::build(config, 1, &metrics, None);
     let shared = Arc::new(Shared {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         cancel: CancelRegistry::new(),
@@ -168,11 +201,16 @@ pub(crate) async fn run(config: Config, stop: watch::Receiver<bool>) -> Result<(
         mock_key: rand::random(),
         decisions: Arc::new(DecisionLog::default()),
     });
-    tracing::info!(%listen, admin = %admin_listen, "shardgate listening");
+    let reloader = Arc::new(Reloader::new(shared.clone(), source.path, source.sha256));
+    tokio::spawn(reload_on_sighup(reloader.clone(), stop.clone(), hangup));
+    if watch_file {
+        tokio::spawn(crate::watch::watch_file(reloader.clone(), stop.clone()));
+    }
+    tracing::info!(%listen, admin = %admin_listen, config_version = 1, "shardgate listening");
     let mut admin_stop = stop.clone();
     let admin_task = tokio::spawn(shardgate_admin::serve(
         admin,
-        Arc::new(AdminView(shared.clone())),
+        Arc::new(AdminView(shared.clone(), reloader.clone())),
         async move {
             let _ = admin_stop.wait_for(|s| *s).await;
         },
@@ -182,9 +220,58 @@ pub(crate) async fn run(config: Config, stop: watch::Receiver<bool>) -> Result<(
         pool.close_idle();
     }
     let _ = admin_task.await;
-    for m in monitors {
+    for m in reloader.stop() {
         let _ = m.await;
     }
     tracing::info!("shardgate stopped");
     Ok(())
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(unix)]
+type Hangup = std::io::Result<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+/// Installs the SIGHUP handler (from then on SIGHUP no longer terminates the process).
+#[cfg(unix)]
+fn listen_for_hangup() -> Hangup {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+}
+
+#[cfg(not(unix))]
+fn listen_for_hangup() -> Hangup {}
+
+/// SIGHUP reloads the config file.
+async fn reload_on_sighup(
+    reloader: Arc<Reloader>,
+    mut stop: watch::Receiver<bool>,
+    hangup: Hangup,
+) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = hangup else {
+            tracing::warn!("cannot listen for SIGHUP; reload through POST /api/reload");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let r = reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
+                }
+                _ = stopped(&mut stop) => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, hangup);
+        stopped(&mut stop).await;
+    }
 }

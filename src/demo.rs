@@ -73,7 +73,11 @@ pub(crate) fn run() -> ExitCode {
     eprintln!("  data under {}", topology.dir().display());
     let code = runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let proxy = tokio::spawn(crate::app::run(config, stop_rx));
+        let source = crate::app::Source {
+            path: None,
+            sha256: crate::reload::sha256_hex(text.as_bytes()),
+        };
+        let proxy = tokio::spawn(crate::app::run(config, source, stop_rx));
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         if proxy.is_finished() {
             return match proxy.await {

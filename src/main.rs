@@ -11,6 +11,9 @@ mod explain;
 mod metrics;
 mod monitors;
 mod proxy;
+mod reload;
+mod route_cli;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +40,11 @@ enum Command {
     Check,
     /// Start a local 2-shard topology with replicas and the proxy in front of it.
     Demo,
+    /// Show where a statement would be routed under a config, without running it.
+    Route {
+        /// The SQL statement.
+        sql: String,
+    },
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -48,10 +56,15 @@ fn config_path(cli: &Cli) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    app::init_logging();
+    let quiet = matches!(
+        cli.command,
+        Some(Command::Check) | Some(Command::Route { .. })
+    );
+    app::init_logging(if quiet { "warn" } else { "info" });
     match cli.command {
         Some(Command::Check) => app::check(&config_path(&cli)),
         Some(Command::Demo) => demo::run(),
+        Some(Command::Route { ref sql }) => route_cli::run(&config_path(&cli), sql),
         None => app::run_from_file(&config_path(&cli)),
     }
 }

@@ -43,6 +43,11 @@ struct RoleLabels {
     role: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// Counters for one shard, indexed by role (primary, replica) and request kind, so that
 /// counting a routed request is one atomic add with no label lookup.
 #[derive(Debug, Clone)]
@@ -71,6 +76,8 @@ pub(crate) struct Metrics {
     lag_seconds: Family<NodeLabels, Gauge<f64, AtomicU64>>,
     routable: Family<RoleLabels, Gauge>,
     lag_transitions: Family<NodeLabels, Gauge>,
+    reloads: Family<ResultLabels, Counter>,
+    config_version: Gauge,
 }
 
 impl Metrics {
@@ -135,7 +142,21 @@ impl Metrics {
             "Times a replica was excluded or re-admitted",
             lag_transitions.clone(),
         );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (applied, refused)",
+            reloads.clone(),
+        );
+        let config_version = Gauge::default();
+        registry.register(
+            "config_version",
+            "The config version in force",
+            config_version.clone(),
+        );
         Metrics {
+            reloads,
+            config_version,
             registry,
             clients,
             transactions,
@@ -152,6 +173,10 @@ impl Metrics {
 
     pub(crate) fn observe_query(&self, d: Duration) {
         self.query_duration.observe(d.as_secs_f64());
+    }
+
+    pub(crate) fn count_reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Counter handles for one shard (made once per config version).
@@ -175,6 +200,7 @@ impl Metrics {
 
     /// Prometheus text exposition, with pool and replica gauges read now.
     pub(crate) fn render(&self, snapshot: &Snapshot) -> String {
+        self.config_version.set(snapshot.version as i64);
         for (shard, node) in snapshot.nodes() {
             let labels = NodeLabels {
                 shard: shard.name.to_string(),

@@ -63,7 +63,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 &mut self.out,
             )?;
             let mut direct = t.direct;
-            if self.probe_pending && t.consumed > 0 && self.flight.at_request_boundary() {
+            if self.probe_pending
+                && !self.probe_after_idle
+                && t.consumed > 0
+                && self.flight.at_request_boundary()
+            {
                 if direct {
                     self.sbuf.extend_from_slice(&self.cbuf[..t.consumed]);
                     direct = false;
@@ -105,6 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         return Err(ClientError::Backend(BackendError::Closed { addr: conn.addr.clone() }));
                     }
                     self.forward_server_data().await?;
+                    self.send_probe_if_idle().await?;
                     if self.release_if_done() {
                         return Ok(true);
                     }
@@ -116,6 +121,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         }
+    }
+
+    /// Sends a held-back read-your-writes probe (see `probe_after_idle`) once the
+    /// server has answered everything, before the connection can be released. Not
+    /// cancel safe.
+    async fn send_probe_if_idle(&mut self) -> Result<(), ClientError> {
+        if !(self.probe_pending && self.probe_after_idle && self.flight.idle()) {
+            return Ok(());
+        }
+        let Some(checkout) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let conn = &mut *checkout.conn;
+        self.flight.send_hidden(PROBE_SQL, true, &mut self.sbuf);
+        self.probe_pending = false;
+        self.probe_after_idle = false;
+        let sent = conn.stream.write_all(&self.sbuf).await;
+        self.sbuf.clear();
+        sent.map_err(|source| server_io(conn, source))
     }
 
     fn whole_message_buffered(&self) -> Result<bool, ClientError> {

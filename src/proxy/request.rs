@@ -7,7 +7,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 use shardgate_router::{HintTarget, RequestView};
-use shardgate_sql::{Classification, Classifier, Hint, ShardgateCommand, TxnControl};
+use shardgate_sql::{Classification, Classifier, Hint, ShardgateCommand, TxnControl, WhyWrite};
 use shardgate_wire::{peek_header, FrontendRef};
 
 use super::errors::ClientError;
@@ -44,6 +44,9 @@ pub(crate) struct Scanned {
     pub(crate) ends_transaction: bool,
     /// It makes the session stick to the primary.
     pub(crate) sticky: bool,
+    /// It holds a COPY FROM: the server may enter copy-in mode, where any Query sent
+    /// behind the request (the read-your-writes probe) would abort the COPY.
+    pub(crate) copy_from: bool,
     /// The text the decision log shows.
     pub(crate) sql: SqlText,
     /// The classification that made it a write (or the first one).
@@ -88,11 +91,21 @@ fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText) {
             TxnControl::Begin { read_only } if s.view.begins.is_none() => {
                 s.view.begins = Some(*read_only)
             }
+            // `BEGIN; SET TRANSACTION READ ONLY` in one request: the transaction is
+            // read-only (a read-write one may turn read-only at any point, and the
+            // request holds no write, or it goes to the primary anyway).
+            TxnControl::SetTransactionReadOnly if s.view.begins == Some(false) => {
+                s.view.begins = Some(true)
+            }
             TxnControl::Commit | TxnControl::Rollback => s.ends_transaction = true,
             _ => {}
         }
     }
     s.sticky |= c.sticky_primary;
+    s.copy_from |= matches!(
+        c.write,
+        Some(WhyWrite::CopyFrom | WhyWrite::CopyFromStdinThenMore)
+    );
     s.statements += c.statements;
 }
 

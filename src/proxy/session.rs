@@ -64,6 +64,9 @@ pub(crate) struct Session<S> {
     pub(super) unnamed: Option<Arc<Classification>>,
     /// The request being relayed still needs its read-your-writes probe.
     pub(super) probe_pending: bool,
+    /// The probe waits until the server is idle again: the request holds a COPY FROM,
+    /// and a probe pipelined behind it would land inside copy-in mode.
+    pub(super) probe_after_idle: bool,
     /// The buffered request was already planned when its server was taken.
     pub(super) fresh_checkout: bool,
     /// A request failed inside the held-back transaction: it is aborted.
@@ -105,6 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             deferred_begin: None,
             unnamed: None,
             probe_pending: false,
+            probe_after_idle: false,
             fresh_checkout: false,
             deferred_failed: false,
         }
@@ -326,58 +330,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let read_only = scanned.first_txn == Some(TxnControl::SetTransactionReadOnly);
             scanned.view.begins = Some(read_only);
         }
-        let chosen = if self.mode == PoolMode::Session {
-            Chosen {
-                shard: 0,
-                node: snapshot.shards[0].primary.clone(),
-                role: Role::Primary,
-                reason: Reason::SessionPooling,
-                kind: kind_of(&scanned, in_transaction),
-            }
-        } else {
-            match choose(
-                &snapshot,
-                &self.user,
-                &scanned,
-                &mut self.routing,
-                in_transaction,
-            ) {
-                Ok(c) => c,
-                Err(fields) => {
-                    self.reject_request(fields).await?;
-                    return Ok(false);
+        let mut failed_replicas = 0;
+        let (chosen, conn) = loop {
+            let chosen = if self.mode == PoolMode::Session {
+                Chosen {
+                    shard: 0,
+                    node: snapshot.shards[0].primary.clone(),
+                    role: Role::Primary,
+                    reason: Reason::SessionPooling,
+                    kind: kind_of(&scanned, in_transaction),
                 }
-            }
-        };
-        self.record(
-            &snapshot,
-            chosen.shard,
-            &chosen.node,
-            chosen.role,
-            chosen.reason,
-            chosen.kind,
-            &scanned,
-        );
-        let Some(pool) = chosen.node.pool(&self.user).cloned() else {
-            return Err(ClientError::AuthFailed {
-                user: self.user.clone(),
-            });
-        };
-        let conn = match pool.checkout(snapshot.checkout_timeout()).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                if let (Some(h), shardgate_pool::PoolError::Backend(_)) = (&chosen.node.health, &e)
-                {
-                    h.mark_failed(&e.to_string());
-                }
-                let e = ClientError::Pool(e);
-                match e.to_response() {
-                    Some((fields, true)) => {
-                        tracing::warn!(user = %self.user, error = %e, "request failed before reaching a server");
+            } else {
+                match choose(
+                    &snapshot,
+                    &self.user,
+                    &scanned,
+                    &mut self.routing,
+                    in_transaction,
+                ) {
+                    Ok(c) => c,
+                    Err(fields) => {
                         self.reject_request(fields).await?;
                         return Ok(false);
                     }
-                    _ => return Err(e),
+                }
+            };
+            self.record(
+                &snapshot,
+                chosen.shard,
+                &chosen.node,
+                chosen.role,
+                chosen.reason,
+                chosen.kind,
+                &scanned,
+            );
+            let Some(pool) = chosen.node.pool(&self.user).cloned() else {
+                return Err(ClientError::AuthFailed {
+                    user: self.user.clone(),
+                });
+            };
+            match pool.checkout(snapshot.checkout_timeout()).await {
+                Ok(conn) => break (chosen, conn),
+                Err(e) => {
+                    let backend = matches!(e, shardgate_pool::PoolError::Backend(_));
+                    if let (Some(h), true) = (&chosen.node.health, backend) {
+                        h.mark_failed(&e.to_string());
+                        // Nothing reached a server yet and the replica is now excluded: route
+                        // the request again (another replica or the primary).
+                        if failed_replicas < snapshot.shards[chosen.shard].replicas.len() {
+                            failed_replicas += 1;
+                            continue;
+                        }
+                    }
+                    let e = ClientError::Pool(e);
+                    match e.to_response() {
+                        Some((fields, true)) => {
+                            tracing::warn!(user = %self.user, error = %e, "request failed before reaching a server");
+                            self.reject_request(fields).await?;
+                            return Ok(false);
+                        }
+                        _ => return Err(e),
+                    }
                 }
             }
         };
@@ -422,6 +435,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.probe_pending = tracks
             && ((scanned.view.write && !in_txn)
                 || ((self.routing.txn_wrote || scanned.view.write) && scanned.ends_transaction));
+        self.probe_after_idle = self.probe_pending && scanned.copy_from;
     }
 
     /// Counts and logs a routing decision and keeps it for `/api/decisions`.

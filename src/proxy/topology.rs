@@ -32,7 +32,15 @@ pub(crate) struct NodeRuntime {
 }
 
 impl NodeRuntime {
-    fn new(addr: &NodeAddr, config: &Config, replica: bool) -> Arc<NodeRuntime> {
+    /// A node for `config`, reusing what `previous` (the same address in the old
+    /// snapshot) already has: pools whose login is unchanged keep their connections
+    /// and are resized in place; a replica keeps its health (no re-warm-up).
+    fn build(
+        addr: &NodeAddr,
+        config: &Config,
+        replica: bool,
+        previous: Option<&NodeRuntime>,
+    ) -> Arc<NodeRuntime> {
         let pools = config
             .users
             .iter()
@@ -42,16 +50,33 @@ impl NodeRuntime {
                     password: u.password.clone(),
                     database: config.database.clone(),
                 };
-                (
-                    u.name.clone(),
-                    NodePool::new(addr.clone(), creds, config.pool.size),
-                )
+                let reused = previous
+                    .and_then(|p| p.pools.get(&u.name))
+                    .filter(|p| *p.credentials() == creds)
+                    .cloned();
+                let pool = match reused {
+                    Some(pool) => {
+                        if pool.size() != config.pool.size {
+                            pool.resize(config.pool.size);
+                        }
+                        pool
+                    }
+                    None => NodePool::new(addr.clone(), creds, config.pool.size),
+                };
+                (u.name.clone(), pool)
             })
             .collect();
+        let health = replica.then(|| {
+            previous
+                .and_then(|p| p.health.clone())
+                .unwrap_or_else(|| ReplicaHealth::new(addr.clone()))
+        });
         Arc::new(NodeRuntime {
-            addr: Arc::new(addr.clone()),
+            addr: previous
+                .map(|p| p.addr.clone())
+                .unwrap_or_else(|| Arc::new(addr.clone())),
             pools,
-            health: replica.then(|| ReplicaHealth::new(addr.clone())),
+            health,
         })
     }
 
@@ -95,8 +120,6 @@ impl ShardRuntime {
 /// that snapshot to the end.
 pub(crate) struct Snapshot {
     pub(crate) version: u64,
-    /// Reported by `/api/config` once reload lands.
-    #[allow(dead_code)]
     pub(crate) loaded_at: SystemTime,
     pub(crate) config: Config,
     pub(crate) users: HashMap<String, UserEntry>,
@@ -108,14 +131,27 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn build(config: Config, version: u64, metrics: &Metrics) -> Snapshot {
+    /// Builds a snapshot, reusing the nodes, pools, health and classifier of
+    /// `previous` where they are unchanged.
+    pub(crate) fn build(
+        config: Config,
+        version: u64,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let users = config
             .users
             .iter()
             .map(|u| {
+                // An unchanged password keeps its SCRAM secret (no key derivation per reload).
+                let scram = previous
+                    .and_then(|p| p.users.get(&u.name))
+                    .filter(|e| e.config.password == u.password)
+                    .map(|e| e.scram.clone())
+                    .unwrap_or_else(|| ScramSecret::generate(&u.password));
                 let entry = UserEntry {
                     config: u.clone(),
-                    scram: ScramSecret::generate(&u.password),
+                    scram,
                 };
                 (u.name.clone(), entry)
             })
@@ -123,14 +159,21 @@ impl Snapshot {
         let shards = config
             .shards
             .iter()
-            .map(|s| ShardRuntime {
-                name: Arc::from(s.name.as_str()),
-                primary: NodeRuntime::new(&s.primary, &config, false),
-                replicas: s
-                    .replicas
-                    .iter()
-                    .map(|r| NodeRuntime::new(r, &config, true))
-                    .collect(),
+            .map(|s| {
+                let old = |addr: &NodeAddr, replica: bool| {
+                    previous
+                        .and_then(|p| p.node(addr))
+                        .filter(|n| n.health.is_some() == replica)
+                };
+                ShardRuntime {
+                    name: Arc::from(s.name.as_str()),
+                    primary: NodeRuntime::build(&s.primary, &config, false, old(&s.primary, false)),
+                    replicas: s
+                        .replicas
+                        .iter()
+                        .map(|r| NodeRuntime::build(r, &config, true, old(r, true)))
+                        .collect(),
+                }
             })
             .collect();
         let r = &config.routing;
@@ -140,7 +183,12 @@ impl Snapshot {
             load_balance: r.load_balance,
             read_your_writes: r.read_your_writes,
         };
-        let classifier = Arc::new(Classifier::new(CLASSIFIER_CACHE, &r.write_functions));
+        let classifier = match previous {
+            Some(p) if p.config.routing.write_functions == r.write_functions => {
+                p.classifier.clone()
+            }
+            _ => Arc::new(Classifier::new(CLASSIFIER_CACHE, &r.write_functions)),
+        };
         let routed = config
             .shards
             .iter()
@@ -167,6 +215,13 @@ impl Snapshot {
         self.shards.iter().flat_map(|s| {
             std::iter::once((s, &s.primary)).chain(s.replicas.iter().map(move |r| (s, r)))
         })
+    }
+
+    /// The node at `addr`, in any shard.
+    pub(crate) fn node(&self, addr: &NodeAddr) -> Option<&NodeRuntime> {
+        self.nodes()
+            .map(|(_, n)| n.as_ref())
+            .find(|n| *n.addr == *addr)
     }
 
     /// Every pool of every node.

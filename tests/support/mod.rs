@@ -285,3 +285,194 @@ pub fn start_trust(topology: &Topology, options: ProxyOptions) -> Proxy {
 
 /// Raw-socket protocol helpers.
 pub mod raw;
+
+/// GET on the admin port without panicking (the admin listener may not be up yet):
+/// `None` when the connection or the read fails.
+pub fn try_http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+impl Proxy {
+    /// GET a JSON admin endpoint; panics unless it answers 200 with valid JSON.
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.admin_get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// The replica entries of shard 0 in `/api/topology`, if the admin API answers.
+    pub fn replica_nodes(&self) -> Option<Vec<serde_json::Value>> {
+        let (status, body) = try_http_get(self.admin_port, "/api/topology")?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let nodes = v["shards"][0]["nodes"].as_array()?;
+        Some(
+            nodes
+                .iter()
+                .filter(|n| n["role"] == "replica")
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+/// Polls `/api/topology` until at least `n` replicas of shard 0 are routable; panics with
+/// the last topology seen after `timeout`.
+pub async fn wait_routable(proxy: &Proxy, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let nodes = proxy.replica_nodes();
+        let routable = nodes
+            .as_ref()
+            .map_or(0, |ns| ns.iter().filter(|r| r["routable"] == true).count());
+        if routable >= n {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("{n} replicas not routable within {timeout:?}: {nodes:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls `cond` (every 20 ms) until it is true; returns how long that took, or `None` after
+/// `timeout`.
+pub async fn poll_until<F, Fut>(timeout: Duration, mut cond: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `sql` with the simple protocol and returns the `port` column of every row, in order
+/// (name the `inet_server_port()` column `port`).
+pub async fn ports(client: &tokio_postgres::Client, sql: &str) -> Vec<u16> {
+    let msgs = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    msgs.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                r.get("port")
+                    .unwrap_or_else(|| panic!("{sql}: no port column"))
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{sql}: bad port: {e}")),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one `port` of a single-row statement.
+pub async fn port(client: &tokio_postgres::Client, sql: &str) -> u16 {
+    let p = ports(client, sql).await;
+    assert_eq!(p.len(), 1, "{sql}: expected one row, got {p:?}");
+    p[0]
+}
+
+/// A minimal blocking HTTP/1.0 POST with an empty body against 127.0.0.1:port; returns
+/// (status, body).
+pub fn http_post(port: u16, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
+    // A reload validates and builds pools: allow it more than a GET.
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one Prometheus series (exact name with labels, e.g.
+/// `shardgate_config_reloads_total{result="refused"}`) in a `/metrics` text; `None` when absent.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+impl Proxy {
+    /// The process id, while the process is running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGHUP (reload the config file).
+    pub fn sighup(&self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg("-HUP")
+                .arg(child.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -HUP failed");
+        }
+    }
+
+    /// Replaces the config file's contents (the next reload reads them).
+    pub fn rewrite_config(&self, yaml: &str) {
+        std::fs::write(&self.config_path, yaml).expect("rewrite config");
+    }
+
+    /// `POST /api/reload`; returns the status and the JSON body.
+    pub fn reload(&self) -> (u16, serde_json::Value) {
+        let (status, body) = http_post(self.admin_port, "/api/reload");
+        let v = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("POST /api/reload: {e}: {status} {body}"));
+        (status, v)
+    }
+
+    /// `config_version` from `/api/config`.
+    pub fn config_version(&self) -> u64 {
+        let v = self.admin_json("/api/config");
+        v["config_version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("/api/config without config_version: {v}"))
+    }
+
+    /// One series from `/metrics` (see [`metric_value`]).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (status, text) = self.admin_get("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        metric_value(&text, series)
+    }
+}

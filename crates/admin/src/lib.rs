@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
 
@@ -23,6 +23,10 @@ pub trait AdminSource: Send + Sync + 'static {
     fn decisions(&self, limit: usize) -> Value;
     /// `GET /api/route?sql=...`: the decision that statement would get now.
     fn route(&self, sql: &str) -> Value;
+    /// `POST /api/reload`: 200 with the new version, or 422 with every problem.
+    fn reload(&self) -> (u16, Value);
+    /// `GET /api/config`: the config in force (passwords redacted), version, load time, file hash.
+    fn config(&self) -> Value;
 }
 
 /// Decisions returned when `limit` is not given.
@@ -48,6 +52,8 @@ pub fn router(source: Source) -> Router {
         .route("/api/topology", get(topology))
         .route("/api/decisions", get(decisions))
         .route("/api/route", get(route))
+        .route("/api/reload", post(reload))
+        .route("/api/config", get(config))
         .with_state(source)
 }
 
@@ -82,6 +88,25 @@ async fn route(State(source): State<Source>, Query(p): Query<RouteParams>) -> im
             Json(serde_json::json!({"error": "missing query parameter: sql"})),
         ),
     }
+}
+
+async fn reload(State(source): State<Source>) -> impl IntoResponse {
+    // Reloading reads a file and derives keys: keep it off the async workers.
+    let result = tokio::task::spawn_blocking(move || source.reload()).await;
+    match result {
+        Ok((status, body)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Json(body),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({"error": format!("reload task failed: {e}")})),
+        ),
+    }
+}
+
+async fn config(State(source): State<Source>) -> Json<Value> {
+    Json(source.config())
 }
 
 /// Serves the admin API until `shutdown` completes.

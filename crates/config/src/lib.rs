@@ -12,6 +12,7 @@
 mod addr;
 mod error;
 mod pool;
+mod reload;
 mod routing;
 mod shards;
 mod tls;
@@ -29,6 +30,7 @@ use serde_yaml_ng::Value;
 pub use crate::addr::{NodeAddr, ParseNodeAddrError};
 pub use crate::error::{ConfigError, Problem};
 pub use crate::pool::{PoolConfig, PoolMode};
+pub use crate::reload::ReloadConfig;
 pub use crate::routing::{LoadBalance, RoutingConfig, WhenNoReplica};
 pub use crate::shards::ShardConfig;
 pub use crate::tls::TlsConfig;
@@ -55,6 +57,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub shards: Vec<ShardConfig>,
     pub routing: RoutingConfig,
+    pub reload: ReloadConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
 }
@@ -138,6 +141,7 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
     let pool = table.or_default("pool", PoolConfig::default(), problems, pool::read);
     let shards = table.required("shards", problems, shards::read);
     let routing = table.or_default("routing", RoutingConfig::default(), problems, routing::read);
+    let reload = table.or_default("reload", ReloadConfig::default(), problems, reload::read);
     let tls = table.optional("tls", problems, tls::read);
     table.finish(problems);
     Some(Config {
@@ -148,6 +152,7 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
         pool: pool?,
         shards: shards?,
         routing: routing?,
+        reload: reload?,
         tls: tls?,
     })
 }

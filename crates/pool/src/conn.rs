@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use crate::error::BackendError;
 
 /// Who shardgate logs in to a backend as.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub user: String,
     pub password: String,

@@ -1,7 +1,7 @@
 //! The pool for one (node, user) pair: a bounded set of logged-in server connections,
 //! LIFO reuse, checkout with a deadline, and reconnect backoff after failures.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,9 @@ struct Backoff {
 pub struct NodePool {
     addr: Arc<NodeAddr>,
     creds: Credentials,
-    size: u32,
+    size: AtomicU32,
+    /// The node left the topology: connections close instead of returning.
+    retired: AtomicBool,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
     backoff: Mutex<Backoff>,
@@ -61,7 +63,8 @@ impl NodePool {
         Arc::new(NodePool {
             addr: Arc::new(addr),
             creds,
-            size,
+            size: AtomicU32::new(size),
+            retired: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(size as usize)),
             idle: Mutex::new(Vec::with_capacity(size as usize)),
             backoff: Mutex::new(Backoff::default()),
@@ -76,7 +79,49 @@ impl NodePool {
     }
 
     pub fn size(&self) -> u32 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// The credentials this pool logs in with (a reload reuses a pool only when they match).
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    /// Changes the number of server connections, keeping the open ones. Growing takes
+    /// effect at once; shrinking waits for connections in use to come back (needs a
+    /// tokio runtime).
+    pub fn resize(self: &Arc<Self>, new_size: u32) {
+        let old = self.size.swap(new_size, Ordering::AcqRel);
+        if new_size > old {
+            self.permits.add_permits((new_size - old) as usize);
+        } else if new_size < old {
+            let permits = self.permits.clone();
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many_owned(old - new_size).await {
+                    p.forget();
+                }
+                pool.trim_idle();
+            });
+        }
+    }
+
+    /// Closes idle connections beyond the pool size.
+    fn trim_idle(&self) {
+        let size = self.size() as usize;
+        let mut idle = lock(&self.idle);
+        let open = self.stats.open.load(Ordering::Relaxed);
+        let excess = open.saturating_sub(size).min(idle.len());
+        idle.drain(..excess);
+        self.stats.open.fetch_sub(excess, Ordering::Relaxed);
+    }
+
+    /// The node left the topology: close what is idle, and close the rest as it is
+    /// released. Returns how many connections are still in use.
+    pub fn retire(&self) -> usize {
+        self.retired.store(true, Ordering::Release);
+        self.close_idle();
+        self.stats.active.load(Ordering::Relaxed)
     }
 
     pub fn user(&self) -> &str {
@@ -110,7 +155,7 @@ impl NodePool {
                         return Err(PoolError::Timeout {
                             addr: self.addr.clone(),
                             waited_ms: timeout.as_millis() as u64,
-                            size: self.size,
+                            size: self.size(),
                         })
                     }
                 }
@@ -228,8 +273,15 @@ impl PooledConn {
     /// is at ReadyForQuery('I') with nothing in flight.
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
-            lock(&self.pool.idle).push(conn);
+            let pool = &self.pool;
+            pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+            let over = pool.stats.open.load(Ordering::Relaxed) > pool.size() as usize;
+            if over || pool.retired.load(Ordering::Acquire) {
+                pool.stats.open.fetch_sub(1, Ordering::Relaxed);
+                drop(conn);
+            } else {
+                lock(&pool.idle).push(conn);
+            }
         }
     }
 

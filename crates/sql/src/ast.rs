@@ -14,9 +14,11 @@ const RECURSION_LIMIT: usize = 50;
 /// Statements longer than this are not parsed: parse time grows with length, and a cache miss on
 /// a huge unique text would stall the proxy. They are classified as unparsed (writes).
 pub(crate) const MAX_PARSE_LEN: usize = 256 * 1024;
-/// Long `UNION` chains and deep nesting build trees that sqlparser's recursion limit does not
-/// bound (set operations are folded in a loop), and dropping or walking such a tree recurses.
-pub(crate) const MAX_SET_OPS: usize = 1000;
+/// Long operator chains (`1+1+...`, `a OR b OR ...`, `UNION ...`) build left-deep trees that
+/// sqlparser's recursion limit does not bound, since it folds them in a loop; dropping such a
+/// tree recurses once per level and overflowed a 2 MiB stack at about 30k levels. Statements with
+/// more operators than this are not parsed (they are rare, and become writes).
+pub(crate) const MAX_OPERATORS: usize = 4000;
 /// Our own walk's depth limit, a second line behind [`RECURSION_LIMIT`].
 const MAX_WALK_DEPTH: usize = 200;
 

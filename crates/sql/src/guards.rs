@@ -128,11 +128,33 @@ pub(crate) struct Guards {
     pub(crate) from_top: bool,
     /// `FROM STDIN` at parenthesis depth 0.
     pub(crate) from_stdin: bool,
-    /// Set-operation keywords and the deepest parenthesis nesting, to refuse ASTs too deep to
-    /// walk or drop safely.
-    pub(crate) set_ops: usize,
-    pub(crate) max_depth: usize,
+    /// Operators (symbols and keywords like `AND`, `UNION`): each can add a level to a left-deep
+    /// tree that sqlparser builds in a loop, past its recursion limit, and that tree's drop
+    /// recurses. Counting them bounds the depth of any tree we let sqlparser build.
+    pub(crate) operators: usize,
 }
+
+/// Keywords that combine two operands (or chain onto one) in an expression or query.
+const OPERATOR_WORDS: &[&str] = &[
+    "AND",
+    "OR",
+    "NOT",
+    "IS",
+    "ISNULL",
+    "NOTNULL",
+    "LIKE",
+    "ILIKE",
+    "SIMILAR",
+    "BETWEEN",
+    "IN",
+    "COLLATE",
+    "AT",
+    "OVERLAPS",
+    "OPERATOR",
+    "UNION",
+    "INTERSECT",
+    "EXCEPT",
+];
 
 fn is(word: &[u8], kw: &str) -> bool {
     word.eq_ignore_ascii_case(kw.as_bytes())
@@ -159,12 +181,11 @@ pub(crate) fn scan(stmt: &[u8], fns: &WriteFunctions) -> Guards {
             TokenKind::QuotedIdent => text.get(1..text.len().saturating_sub(1)).unwrap_or(text),
             TokenKind::Punct => {
                 match text {
-                    b"(" => {
-                        depth += 1;
-                        g.max_depth = g.max_depth.max(depth);
-                    }
+                    b"(" => depth += 1,
                     b")" => depth = depth.saturating_sub(1),
-                    _ => {}
+                    // Lists and qualified names are flat in the tree.
+                    b"," | b";" | b"." => {}
+                    _ => g.operators += 1,
                 }
                 prev = b"";
                 continue;
@@ -215,8 +236,8 @@ fn scan_keyword(g: &mut Guards, prev: &[u8], word: &[u8], depth: usize) {
         }
     } else if word.len() >= 7 && word.get(..7).is_some_and(|h| is(h, "pg_temp")) {
         g.temp = true;
-    } else if ["UNION", "INTERSECT", "EXCEPT"].iter().any(|k| is(word, k)) {
-        g.set_ops += 1;
+    } else if OPERATOR_WORDS.iter().any(|k| is(word, k)) {
+        g.operators += 1;
     } else if depth == 0 && is(word, "FROM") {
         g.from_top = true;
     } else if depth == 0 && is(prev, "FROM") && is(word, "STDIN") {

@@ -4,7 +4,7 @@
 //! `VALUES`, `TABLE`, `EXPLAIN`, a parenthesis) are parsed, and a read needs both the tree and the
 //! token guards to agree; any doubt is a write.
 
-use crate::ast::{parse_and_check, MAX_PARSE_LEN, MAX_SET_OPS};
+use crate::ast::{parse_and_check, MAX_OPERATORS, MAX_PARSE_LEN};
 use crate::classification::{ShardgateCommand, TxnControl, WhyWrite};
 use crate::guards::{and_chain, read_only_mode, scan, scan_do_body, Guards, WriteFunctions};
 use crate::keywords::{leading_keywords, Keywords};
@@ -105,7 +105,7 @@ fn maybe_read(first: &str, stmt: &[u8], fns: &WriteFunctions) -> StatementFacts 
         Ok(None)
     } else {
         match std::str::from_utf8(stmt) {
-            Ok(text) if text.len() <= MAX_PARSE_LEN && g.set_ops <= MAX_SET_OPS => {
+            Ok(text) if text.len() <= MAX_PARSE_LEN && g.operators <= MAX_OPERATORS => {
                 parse_and_check(text)
             }
             _ => Err(()),
@@ -265,7 +265,11 @@ fn show_name(stmt: &[u8]) -> Option<String> {
                 name.push_str(&text.to_ascii_lowercase());
             }
             TokenKind::QuotedIdent if t.terminated => {
-                name.push_str(&text.get(1..text.len() - 1)?.replace("\"\"", "\""));
+                name.push_str(
+                    &text
+                        .get(1..text.len().saturating_sub(1))?
+                        .replace("\"\"", "\""),
+                );
             }
             TokenKind::Punct if text == "." && !name.is_empty() => name.push('.'),
             _ => return None,

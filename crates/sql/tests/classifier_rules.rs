@@ -415,3 +415,15 @@ fn cache_hits_return_the_same_answer() {
     let none = Classifier::new(0, &[]);
     assert!(none.classify(b"SELECT 1").is_read());
 }
+
+#[test]
+fn long_operator_chains_fit_a_small_stack() {
+    // A left-deep tree as long as the parse-length cap allows, on a thread with a
+    // tokio-worker-sized stack: dropping or walking it must not overflow.
+    let sql = format!("SELECT 1 WHERE {}1 = 1", "1+".repeat(120_000));
+    let handle = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || classify(&sql).write)
+        .expect("spawn");
+    assert!(handle.join().is_ok());
+}

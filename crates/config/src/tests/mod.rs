@@ -72,6 +72,7 @@ fn expected_example() -> Config {
             replicas: vec![node("127.0.0.1", 5433)],
         }],
         routing: crate::RoutingConfig::default(),
+        reload: crate::ReloadConfig::default(),
         tls: Some(TlsConfig {
             cert: PathBuf::from("/path/cert.pem"),
             key: PathBuf::from("/path/key.pem"),

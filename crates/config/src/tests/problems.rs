@@ -48,7 +48,7 @@ fn unknown_keys_list_what_was_expected() {
     assert_one(
         &valid_with("sharding: {}"),
         "sharding",
-        "unknown key \"sharding\" (expected one of: listen, admin_listen, database, users, pool, shards, routing, tls)",
+        "unknown key \"sharding\" (expected one of: listen, admin_listen, database, users, pool, shards, routing, reload, tls)",
     );
     assert_one(
         &valid_with("tls: {cert: c, key: k, ca: x}"),

@@ -1,0 +1,543 @@
+//! Read/write splitting end to end: against one primary and two streaming replicas, every
+//! kind of write and every read-write transaction runs on the primary, plain reads and
+//! read-only transactions on a replica, and hints, `shardgate.target`, temp-table
+//! stickiness and `read_write_split: false` override that as documented. Where a
+//! statement ran is told by `inet_server_port()`.
+
+mod support;
+
+use std::time::Duration;
+
+use shardgate_testkit::Topology;
+use support::{port, ports, wait_routable, Proxy, ProxyOptions};
+use tokio::time::timeout;
+use tokio_postgres::error::SqlState;
+
+/// Bound on each whole test.
+const TEST_TIMEOUT: Duration = Duration::from_secs(40);
+
+struct Setup {
+    topology: Topology,
+    proxy: Proxy,
+    client: tokio_postgres::Client,
+    primary: u16,
+    replicas: Vec<u16>,
+}
+
+impl Setup {
+    fn is_replica(&self, port: u16) -> bool {
+        self.replicas.contains(&port)
+    }
+}
+
+/// One primary, two replicas, a proxy with `routing` (YAML lines indented by 2) and a
+/// client, once both replicas are routable.
+async fn setup(routing: &str) -> Setup {
+    let topology = Topology::builder().replicas(2).build().expect("topology");
+    let proxy = Proxy::start_with(
+        &topology,
+        ProxyOptions {
+            extra_yaml: format!("routing:\n  lag_check_interval_ms: 100\n{routing}"),
+            ..ProxyOptions::default()
+        },
+    );
+    wait_routable(&proxy, 2, Duration::from_secs(15)).await;
+    let client = proxy.connect(&topology).await;
+    let shard = &topology.shards[0];
+    let primary = shard.primary.port();
+    let replicas = shard.replicas.iter().map(|r| r.port()).collect();
+    Setup {
+        topology,
+        proxy,
+        client,
+        primary,
+        replicas,
+    }
+}
+
+const WHERE: &str = "inet_server_port() AS port";
+
+#[tokio::test]
+async fn reads_go_to_a_replica_and_each_kind_of_write_to_the_primary() {
+    timeout(TEST_TIMEOUT, async {
+        let s = setup("  write_functions: [bump]\n").await;
+        let c = &s.client;
+        for _ in 0..4 {
+            let p = port(c, &format!("SELECT {WHERE}")).await;
+            assert!(
+                s.is_replica(p),
+                "plain read ran on {p}, replicas {:?}",
+                s.replicas
+            );
+        }
+        let row = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .expect("read");
+        assert!(row.get::<_, bool>(0), "a plain read must run on a replica");
+
+        // DDL works (it would fail with 25006 on a replica).
+        c.batch_execute(
+            "CREATE TABLE t (id serial PRIMARY KEY, port int);
+             CREATE SEQUENCE seq;
+             CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS 'SELECT 1';
+             CREATE FUNCTION peek() RETURNS int LANGUAGE sql AS 'SELECT 2';",
+        )
+        .await
+        .expect("DDL through the proxy");
+
+        let writes = [
+            "INSERT INTO t (port) VALUES (inet_server_port()) RETURNING port".to_owned(),
+            "UPDATE t SET port = inet_server_port() RETURNING port".to_owned(),
+            format!("SELECT {WHERE} FOR UPDATE"),
+            format!("SELECT {WHERE} FROM t FOR SHARE"),
+            format!(
+                "WITH x AS (INSERT INTO t (port) VALUES (0) RETURNING 1) SELECT {WHERE} FROM x"
+            ),
+            format!("SELECT nextval('seq'), {WHERE}"),
+            format!("SELECT setval('seq', 10), {WHERE}"),
+            format!("SELECT pg_advisory_xact_lock(1), {WHERE}"),
+            format!("SELECT txid_current(), {WHERE}"),
+            format!("SELECT pg_notify('chan', 'x'), {WHERE}"),
+            format!("SELECT bump(), {WHERE}"),
+            "DELETE FROM t WHERE port = 0 RETURNING inet_server_port() AS port".to_owned(),
+        ];
+        for sql in &writes {
+            let got = ports(c, sql).await;
+            assert!(!got.is_empty(), "{sql}: no rows");
+            for p in got {
+                assert_eq!(p, s.primary, "{sql} ran on {p}, not the primary");
+            }
+        }
+
+        // An unlisted function stays a read (once the replicas have the function).
+        s.topology
+            .wait_replicas_caught_up(Duration::from_secs(10))
+            .expect("replicas caught up");
+        let reader = s.proxy.connect(&s.topology).await;
+        let p = port(&reader, &format!("SELECT peek(), {WHERE}")).await;
+        assert!(
+            s.is_replica(p),
+            "SELECT peek() ran on {p}: only bump() is a write function"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn do_copy_from_select_into_and_listen_run_on_the_primary() {
+    timeout(TEST_TIMEOUT, async {
+        let s = setup("").await;
+        let c = &s.client;
+        c.batch_execute("CREATE TABLE t (port int)")
+            .await
+            .expect("DDL");
+        // Each of these fails with 25006 on a replica, so success alone says "primary";
+        // the recorded ports say it again.
+        c.batch_execute("DO $$ BEGIN INSERT INTO t VALUES (inet_server_port()); END $$")
+            .await
+            .expect("DO");
+        let sink = c
+            .copy_in("COPY t (port) FROM STDIN")
+            .await
+            .expect("COPY FROM");
+        futures_util::pin_mut!(sink);
+        use futures_util::SinkExt;
+        sink.send(bytes::Bytes::from_static(b"7\n8\n"))
+            .await
+            .expect("copy data");
+        let copied = sink.finish().await.expect("COPY finish");
+        assert_eq!(copied, 2);
+        // COPY FROM STDIN over the simple protocol (psql's \copy).
+        let (ok, _, stderr) = support::run_tool(
+            "psql",
+            &[
+                &s.proxy.url(&s.topology),
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                "\\copy t (port) from program 'echo 9'",
+            ],
+            &[],
+        );
+        assert!(ok, "psql \\copy failed: {stderr}");
+        c.batch_execute("SELECT inet_server_port() AS port INTO t2")
+            .await
+            .expect("SELECT INTO");
+        c.batch_execute("LISTEN chan; UNLISTEN chan")
+            .await
+            .expect("LISTEN");
+        c.batch_execute("ANALYZE t").await.expect("ANALYZE");
+        c.batch_execute("VACUUM t").await.expect("VACUUM");
+
+        let direct = support::connect(&support::direct_conn_str(
+            &s.topology,
+            &s.topology.shards[0].primary,
+        ))
+        .await
+        .expect("direct connection to the primary");
+        let rows = direct
+            .query("SELECT port FROM t ORDER BY port", &[])
+            .await
+            .expect("read t on the primary");
+        let got: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(got, vec![7, 8, 9, i32::from(s.primary)]);
+        let into = direct
+            .query_one("SELECT port FROM t2", &[])
+            .await
+            .expect("read t2 on the primary");
+        assert_eq!(into.get::<_, i32>(0), i32::from(s.primary));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn transactions_are_pinned_and_never_move() {
+    timeout(TEST_TIMEOUT, async {
+        let mut s = setup("  load_balance: round_robin\n").await;
+        let c = &s.client;
+        let probe = format!("SELECT {WHERE}, pg_backend_pid()::text AS pid");
+        let in_txn = |begin: &'static str| {
+            let probe = probe.clone();
+            async move {
+                c.batch_execute(begin).await.expect(begin);
+                let mut seen = Vec::new();
+                for _ in 0..5 {
+                    let msgs = c.simple_query(&probe).await.expect("probe in transaction");
+                    for m in msgs {
+                        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                            let port: u16 = r.get("port").expect("port").parse().expect("port");
+                            let pid = r.get("pid").expect("pid").to_owned();
+                            seen.push((port, pid));
+                        }
+                    }
+                }
+                c.batch_execute("COMMIT").await.expect("COMMIT");
+                assert_eq!(seen.len(), 5);
+                assert!(
+                    seen.iter().all(|x| *x == seen[0]),
+                    "{begin}: the transaction moved: {seen:?}"
+                );
+                seen[0].0
+            }
+        };
+        assert_eq!(
+            in_txn("BEGIN").await,
+            s.primary,
+            "BEGIN pins to the primary"
+        );
+        let p = in_txn("BEGIN READ ONLY").await;
+        assert!(s.is_replica(p), "BEGIN READ ONLY ran on {p}");
+        let p = in_txn("BEGIN; SET TRANSACTION READ ONLY").await;
+        assert!(
+            s.is_replica(p),
+            "BEGIN; SET TRANSACTION READ ONLY ran on {p}"
+        );
+        let p = in_txn("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").await;
+        assert!(
+            s.is_replica(p),
+            "START TRANSACTION ... READ ONLY ran on {p}"
+        );
+
+        // BEGIN and SET TRANSACTION READ ONLY as separate requests.
+        c.batch_execute("BEGIN").await.expect("BEGIN");
+        c.batch_execute("SET TRANSACTION READ ONLY")
+            .await
+            .expect("SET TRANSACTION");
+        let first = port(c, &format!("SELECT {WHERE}")).await;
+        let second = port(c, &format!("SELECT {WHERE}")).await;
+        let ro: String = c
+            .query_one("SHOW transaction_read_only", &[])
+            .await
+            .expect("SHOW")
+            .get(0);
+        c.batch_execute("COMMIT").await.expect("COMMIT");
+        assert!(
+            s.is_replica(first),
+            "BEGIN / SET TRANSACTION READ ONLY ran on {first}"
+        );
+        assert_eq!((second, ro.as_str()), (first, "on"));
+
+        // A read-write transaction started by tokio-postgres (BEGIN, then reads and a write).
+        c.batch_execute("CREATE TABLE t (x int)")
+            .await
+            .expect("DDL");
+        let tx = s.client.transaction().await.expect("begin");
+        let one = |sql: &'static str| {
+            let tx = &tx;
+            async move { tx.query_one(sql, &[]).await.expect(sql).get::<_, i32>(0) }
+        };
+        let a = one("SELECT inet_server_port()").await;
+        let b = one("INSERT INTO t VALUES (1) RETURNING inet_server_port()").await;
+        let n: i64 = tx
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .expect("count")
+            .get(0);
+        tx.commit().await.expect("commit");
+        let primary = i32::from(s.primary);
+        assert_eq!((a, b, n), (primary, primary, 1));
+        let c = &s.client;
+
+        // A write inside BEGIN READ ONLY fails as on PostgreSQL, on a replica or not.
+        c.batch_execute("BEGIN READ ONLY")
+            .await
+            .expect("BEGIN READ ONLY");
+        let err = c
+            .batch_execute("INSERT INTO t VALUES (2)")
+            .await
+            .expect_err("write in RO txn");
+        assert_eq!(err.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+        c.batch_execute("ROLLBACK").await.expect("ROLLBACK");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn hints_and_the_shardgate_target_setting() {
+    timeout(TEST_TIMEOUT, async {
+        let s = setup("").await;
+        let c = &s.client;
+        let read = format!("SELECT {WHERE}");
+        let show = || async {
+            let msgs = c.simple_query("SHOW shardgate.target").await.expect("SHOW");
+            msgs.iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .expect("SHOW returns a row")
+        };
+
+        assert_eq!(
+            port(c, &format!("/* shardgate: primary */ {read}")).await,
+            s.primary
+        );
+        let p = port(c, &format!("/* shardgate: replica */ {read}")).await;
+        assert!(s.is_replica(p), "replica hint ran on {p}");
+        assert_eq!(show().await, "auto");
+
+        c.batch_execute("SET shardgate.target = 'primary'")
+            .await
+            .expect("SET primary");
+        assert_eq!(show().await, "primary");
+        for _ in 0..3 {
+            assert_eq!(port(c, &read).await, s.primary, "target primary");
+        }
+        // A hint beats the session setting.
+        let p = port(c, &format!("/* shardgate: replica */ {read}")).await;
+        assert!(
+            s.is_replica(p),
+            "replica hint under target=primary ran on {p}"
+        );
+
+        c.batch_execute("SET shardgate.target = 'replica'")
+            .await
+            .expect("SET replica");
+        assert_eq!(show().await, "replica");
+        for _ in 0..3 {
+            let p = port(c, &read).await;
+            assert!(s.is_replica(p), "target replica: read ran on {p}");
+        }
+
+        let err = c
+            .batch_execute("SET shardgate.target = 'bogus'")
+            .await
+            .expect_err("bogus target");
+        assert_eq!(err.code(), Some(&SqlState::INVALID_PARAMETER_VALUE));
+        assert_eq!(show().await, "replica", "a failed SET changes nothing");
+
+        c.batch_execute("RESET shardgate.target")
+            .await
+            .expect("RESET");
+        assert_eq!(show().await, "auto");
+        let p = port(c, &read).await;
+        assert!(s.is_replica(p), "auto read ran on {p}");
+
+        // None of SET/SHOW/RESET shardgate.target was routed to a server.
+        let decisions = s.proxy.admin_json("/api/decisions?limit=1000");
+        let list = decisions["decisions"].as_array().expect("decisions");
+        assert!(!list.is_empty());
+        let leaked: Vec<_> = list
+            .iter()
+            .filter(|d| d["sql"].as_str().unwrap_or("").contains("shardgate.target"))
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "shardgate.target reached a server: {leaked:?}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn temp_tables_and_session_advisory_locks_stick_to_the_primary() {
+    timeout(TEST_TIMEOUT, async {
+        let s = setup("").await;
+        let read = format!("SELECT {WHERE}");
+        let c = &s.client;
+        let p = port(c, &read).await;
+        assert!(s.is_replica(p), "before the temp table, a read ran on {p}");
+        c.batch_execute("CREATE TEMP TABLE tt (x int)")
+            .await
+            .expect("CREATE TEMP TABLE");
+        for _ in 0..5 {
+            assert_eq!(
+                port(c, &read).await,
+                s.primary,
+                "read after CREATE TEMP TABLE"
+            );
+        }
+
+        let other = s.proxy.connect(&s.topology).await;
+        let p = port(&other, &read).await;
+        assert!(s.is_replica(p), "another session is not sticky: ran on {p}");
+        let locked = port(&other, &format!("SELECT pg_advisory_lock(42), {WHERE}")).await;
+        assert_eq!(locked, s.primary);
+        for _ in 0..5 {
+            assert_eq!(
+                port(&other, &read).await,
+                s.primary,
+                "read after pg_advisory_lock"
+            );
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn split_disabled_sends_everything_to_the_primary() {
+    timeout(TEST_TIMEOUT, async {
+        let s = setup("  read_write_split: false\n").await;
+        let c = &s.client;
+        let read = format!("SELECT {WHERE}");
+        for _ in 0..5 {
+            assert_eq!(port(c, &read).await, s.primary);
+        }
+        let row = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .expect("read");
+        assert!(!row.get::<_, bool>(0));
+        assert_eq!(
+            port(c, &format!("/* shardgate: replica */ {read}")).await,
+            s.primary
+        );
+        c.batch_execute("BEGIN READ ONLY")
+            .await
+            .expect("BEGIN READ ONLY");
+        assert_eq!(port(c, &read).await, s.primary);
+        c.batch_execute("COMMIT").await.expect("COMMIT");
+        c.batch_execute("SET shardgate.target = 'replica'")
+            .await
+            .expect("SET");
+        assert_eq!(port(c, &read).await, s.primary);
+        let stmt = c.prepare(&read).await.expect("prepare");
+        let row = c.query_one(&stmt, &[]).await.expect("extended read");
+        assert_eq!(row.get::<_, i32>(0), i32::from(s.primary));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_multi_statement_query_with_a_write_goes_to_the_primary() {
+    timeout(TEST_TIMEOUT, async {
+        let s = setup("").await;
+        let c = &s.client;
+        c.batch_execute("CREATE TABLE t (x int)")
+            .await
+            .expect("DDL");
+        let got = ports(
+            c,
+            &format!("SELECT {WHERE}; INSERT INTO t VALUES (1); SELECT {WHERE}"),
+        )
+        .await;
+        assert_eq!(got, vec![s.primary, s.primary]);
+        // The write may come last: the whole string still goes to the primary.
+        let got = ports(c, &format!("SELECT {WHERE}; DELETE FROM t")).await;
+        assert_eq!(got, vec![s.primary]);
+
+        // All reads: one replica for the whole string.
+        let reader = s.proxy.connect(&s.topology).await;
+        let got = ports(
+            &reader,
+            &format!("SELECT {WHERE}; SELECT {WHERE}; SELECT {WHERE}"),
+        )
+        .await;
+        assert_eq!(got.len(), 3);
+        assert!(s.is_replica(got[0]), "all-read string ran on {got:?}");
+        assert!(
+            got.iter().all(|p| *p == got[0]),
+            "one string, one server: {got:?}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn extended_protocol_reads_go_to_a_replica_and_writes_to_the_primary() {
+    timeout(TEST_TIMEOUT, async {
+        let s = setup("").await;
+        let c = &s.client;
+        c.batch_execute("CREATE TABLE t (x int, port int)")
+            .await
+            .expect("DDL");
+        s.topology
+            .wait_replicas_caught_up(Duration::from_secs(10))
+            .expect("replicas caught up");
+        // Reads and writes in separate sessions: read-your-writes would send the writer's
+        // reads to the primary until the replicas replay its writes.
+        let reader = s.proxy.connect(&s.topology).await;
+        let read = reader
+            .prepare("SELECT $1::int + 1, inet_server_port()")
+            .await
+            .expect("prepare read");
+        let write = c
+            .prepare("INSERT INTO t VALUES ($1, inet_server_port()) RETURNING port")
+            .await
+            .expect("prepare write");
+        for i in 0..5i32 {
+            let row = reader.query_one(&read, &[&i]).await.expect("extended read");
+            assert_eq!(row.get::<_, i32>(0), i + 1);
+            let p = row.get::<_, i32>(1);
+            assert!(s.is_replica(p as u16), "extended read ran on {p}");
+            let row = c.query_one(&write, &[&i]).await.expect("extended write");
+            assert_eq!(row.get::<_, i32>(0), i32::from(s.primary));
+        }
+        // Unnamed statements (query with parameters, no prepare) too.
+        let row = reader
+            .query_one(
+                "SELECT count(*), inet_server_port() FROM t WHERE x >= $1",
+                &[&0i32],
+            )
+            .await
+            .expect("unnamed read");
+        assert!(s.is_replica(row.get::<_, i32>(1) as u16));
+        let n = c
+            .execute(
+                "UPDATE t SET port = inet_server_port() WHERE x >= $1",
+                &[&0i32],
+            )
+            .await
+            .expect("unnamed write");
+        assert_eq!(n, 5);
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM t WHERE port = $1",
+                &[&i32::from(s.primary)],
+            )
+            .await
+            .expect("count on the writer's session");
+        assert_eq!(row.get::<_, i64>(0), 5);
+    })
+    .await
+    .expect("test timed out");
+}
