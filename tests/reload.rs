@@ -263,12 +263,18 @@ async fn unrelated_reload_keeps_existing_server_connections() {
 #[test]
 fn reload_under_pgbench_load() {
     let topology = Topology::builder().replicas(1).build().expect("topology");
+    // Config `i` differs from config `i - 1` in the lag bound when `i` is odd and in the
+    // pool size when it is even.
     let options = |i: u32| ProxyOptions {
-        pool_size: if i % 2 == 0 { 10 } else { 20 },
+        pool_size: if (i / 2).is_multiple_of(2) { 10 } else { 20 },
         checkout_timeout_ms: 30_000,
         extra_yaml: format!(
             "routing:\n  max_replica_lag_bytes: {}\n  lag_check_interval_ms: 100\n",
-            if i % 2 == 0 { 16_777_216 } else { 8_388_608 }
+            if i.div_ceil(2).is_multiple_of(2) {
+                16_777_216
+            } else {
+                8_388_608
+            }
         ),
         ..ProxyOptions::default()
     };
@@ -402,10 +408,9 @@ async fn a_user_added_by_reload_can_log_in() {
             proxy.port,
             topology.database()
         );
-        let err = support::connect(&conn)
-            .await
-            .err()
-            .expect("unknown user logged in before the reload");
+        let Err(err) = support::connect(&conn).await else {
+            panic!("unknown user logged in before the reload");
+        };
         assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err:?}");
 
         let options = ProxyOptions {
