@@ -88,10 +88,7 @@ pub(crate) fn run_from_file(path: &Path) -> ExitCode {
         path: Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())),
         sha256: crate::reload::sha256_hex(&bytes),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -154,6 +151,27 @@ pub(crate) enum StartError {
 }
 
 /// Runs the proxy until `stop` turns true, then drains.
+/// The tokio runtime. `SHARDGATE_WORKERS=1` runs everything on one thread (no
+/// cross-thread wake-ups); otherwise one worker per core.
+pub(crate) fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = std::env::var("SHARDGATE_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0);
+    match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+}
+
 /// Where a running config came from, for reloads and `/api/config`.
 pub(crate) struct Source {
     pub(crate) path: Option<PathBuf>,

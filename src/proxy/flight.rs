@@ -284,6 +284,13 @@ impl Flight {
         self.expect.push_back(Expect::Hidden { probe });
     }
 
+    /// Everything sent ends a request and the server owes only replies: the client need
+    /// not be read until they come (pipelined data waits in the socket meanwhile). Not
+    /// during COPY IN, when the server waits for the client.
+    pub(crate) fn awaiting_replies_only(&self) -> bool {
+        !self.expect.is_empty() && !self.unsynced && !self.copy_in
+    }
+
     /// Whether every message sent so far ends a request (a probe may follow).
     pub(crate) fn at_request_boundary(&self) -> bool {
         !self.unsynced

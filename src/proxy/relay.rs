@@ -102,6 +102,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let conn = &mut *checkout.conn;
             reserve(&mut conn.rbuf);
             reserve(&mut self.cbuf);
+            // While the server owes only replies, read just the server: polling the client
+            // as well would cost a failed read per request.
+            let read_client = !self.flight.awaiting_replies_only();
             tokio::select! {
                 n = conn.stream.read_buf(&mut conn.rbuf) => {
                     let n = n.map_err(|source| server_io(conn, source))?;
@@ -110,16 +113,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                     self.forward_server_data().await?;
                     self.send_probe_if_idle().await?;
+                    self.forget_server_readiness();
                     if self.release_if_done() {
                         return Ok(true);
                     }
                 }
-                n = self.client.read_buf(&mut self.cbuf) => {
+                n = self.client.read_buf(&mut self.cbuf), if read_client => {
                     if n? == 0 {
                         return Ok(false);
                     }
                 }
             }
+        }
+    }
+
+    /// Once every reply has arrived the server sends nothing until asked (a late
+    /// notice or FATAL raises a new readiness event). Clearing readiness now saves the
+    /// failed read the next request would otherwise start with.
+    fn forget_server_readiness(&mut self) {
+        let Some(checkout) = self.server.as_mut() else {
+            return;
+        };
+        if self.flight.idle() && checkout.conn.rbuf.is_empty() {
+            let _ = checkout
+                .conn
+                .stream
+                .try_io(tokio::io::Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
         }
     }
 

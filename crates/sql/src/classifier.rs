@@ -1,11 +1,18 @@
 //! The read/write classifier the router asks about every Query message: splits the message with
 //! the crate's lexer, classifies each statement, combines the answers (any write makes the whole
-//! message a write), and caches the result by the exact SQL bytes so that a repeated query costs
-//! one hash and one map lookup. It fails closed: whatever it cannot prove read-only is a write.
+//! message a write), and caches the result so that a repeated query costs one lexer pass, one
+//! hash and one map lookup. It fails closed: whatever it cannot prove read-only is a write.
+//!
+//! The cache key is the text with its number and single-quoted string literals blanked out:
+//! clients that inline values (pgbench's simple mode, ORMs without bind parameters) send a new
+//! text per query, and a literal's value never decides whether a statement writes. Comments
+//! (hints), identifiers, keywords and dollar-quoted bodies (DO blocks are scanned) stay as they
+//! are, and SET/RESET/SHOW keep their exact text because shardgate's own settings carry their
+//! value in a literal.
 
 use crate::classification::{find_hint, Classification, TxnControl, WhyWrite};
 use crate::guards::WriteFunctions;
-use crate::lexer::{for_each_statement, LexOptions};
+use crate::lexer::{for_each_statement, LexOptions, Lexer, TokenKind};
 use crate::statement::{classify_statement, StatementFacts};
 use lru::LruCache;
 use std::num::NonZeroUsize;
@@ -16,8 +23,45 @@ use std::sync::{Arc, Mutex};
 /// bounded by `capacity * MAX_CACHED_LEN` rather than by what clients send.
 const MAX_CACHED_LEN: usize = 64 * 1024;
 
-/// Exact SQL bytes to their classification.
+/// Normalized SQL (see the module doc) to its classification.
 type Cache = Mutex<LruCache<Box<[u8]>, Arc<Classification>>>;
+
+/// Stands in for a blanked literal; cannot occur in SQL text outside a literal.
+const LITERAL_MARK: &[u8] = b"\x00";
+
+thread_local! {
+    /// Scratch space for cache keys, so a hit allocates nothing.
+    static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes the cache key for `sql` into `out` (see the module doc).
+fn cache_key(sql: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut lexer = Lexer::new(sql, LexOptions::default());
+    let first_word = lexer.clone().find(|t| !t.is_comment());
+    let exact = first_word.is_some_and(|t| {
+        t.kind == TokenKind::Word
+            && matches!(
+                sql.get(t.start..t.end)
+                    .map(|w| w.to_ascii_uppercase())
+                    .as_deref(),
+                Some(b"SET" | b"RESET" | b"SHOW")
+            )
+    });
+    if exact {
+        out.extend_from_slice(sql);
+        return;
+    }
+    let mut copied = 0;
+    for token in &mut lexer {
+        if matches!(token.kind, TokenKind::Number | TokenKind::String) && token.terminated {
+            out.extend_from_slice(sql.get(copied..token.start).unwrap_or_default());
+            out.extend_from_slice(LITERAL_MARK);
+            copied = token.end;
+        }
+    }
+    out.extend_from_slice(sql.get(copied..).unwrap_or_default());
+}
 
 /// Classifies SQL text as read-only or write, with a bounded LRU cache keyed by the exact bytes.
 pub struct Classifier {
@@ -52,24 +96,31 @@ impl Classifier {
         }
     }
 
-    /// The classification of `sql`, from the cache when this exact text was seen recently.
+    /// The classification of `sql`, from the cache when the same text up to literal values
+    /// was seen recently.
     pub fn classify(&self, sql: &[u8]) -> Arc<Classification> {
         let Some(cache) = &self.cache else {
             return Arc::new(self.classify_uncached(sql));
         };
-        if let Some(hit) = lock(cache).get(sql) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Arc::clone(hit);
+        if sql.len() > MAX_CACHED_LEN {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return Arc::new(self.classify_uncached(sql));
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        // Classify outside the lock: parsing takes microseconds and other sessions' hits must
-        // not wait for it. Two sessions may race to classify the same text; both get the same
-        // answer.
-        let fresh = Arc::new(self.classify_uncached(sql));
-        if sql.len() <= MAX_CACHED_LEN {
-            lock(cache).put(sql.into(), Arc::clone(&fresh));
-        }
-        fresh
+        KEY.with(|key| {
+            let mut key = key.borrow_mut();
+            cache_key(sql, &mut key);
+            if let Some(hit) = lock(cache).get(key.as_slice()) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Arc::clone(hit);
+            }
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            // Classify outside the lock: parsing takes microseconds and other sessions' hits
+            // must not wait for it. Two sessions may race to classify the same text; both get
+            // the same answer.
+            let fresh = Arc::new(self.classify_uncached(sql));
+            lock(cache).put(key.as_slice().into(), Arc::clone(&fresh));
+            fresh
+        })
     }
 
     /// Classifies `sql` without touching the cache.
@@ -150,5 +201,55 @@ fn absorb(
     if let Some(cmd) = facts.shardgate {
         *shardgate_seen = true;
         out.shardgate = Some(cmd);
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    fn key(sql: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        cache_key(sql.as_bytes(), &mut out);
+        out
+    }
+
+    #[test]
+    fn literals_are_blanked_and_the_rest_kept() {
+        assert_eq!(
+            key("SELECT a FROM t WHERE id = 42"),
+            key("SELECT a FROM t WHERE id = 7")
+        );
+        assert_eq!(
+            key("SELECT 'x' /* shardgate: replica */"),
+            key("SELECT 'yy' /* shardgate: replica */")
+        );
+        assert_ne!(
+            key("SELECT 1 /* shardgate: replica */"),
+            key("SELECT 1 /* shardgate: primary */")
+        );
+        assert_ne!(key("SELECT nextval('a')"), key("SELECT currval('a')"));
+        assert_ne!(
+            key("DO $$ CREATE TEMP TABLE x() $$"),
+            key("DO $$ SELECT 1 $$")
+        );
+        assert_ne!(
+            key("SET shardgate.target = 'primary'"),
+            key("SET shardgate.target = 'replica'")
+        );
+    }
+
+    #[test]
+    fn cached_answers_follow_the_shape_not_the_values() {
+        let c = Classifier::new(16, &[]);
+        assert!(c.classify(b"SELECT * FROM t WHERE id = 1").is_read());
+        assert!(c.classify(b"SELECT * FROM t WHERE id = 2").is_read());
+        assert_eq!(c.cache_stats(), (1, 1));
+        assert!(!c
+            .classify(b"SELECT * FROM t WHERE id = 2 FOR UPDATE")
+            .is_read());
+        let s = c.classify(b"SET shardgate.target = 'replica'");
+        let t = c.classify(b"SET shardgate.target = 'primary'");
+        assert_ne!(s.shardgate, t.shardgate);
     }
 }
