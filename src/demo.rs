@@ -12,7 +12,7 @@ const ADMIN: &str = "127.0.0.1:9930";
 
 fn demo_config(topology: &Topology) -> String {
     format!(
-        "listen: {LISTEN}\nadmin_listen: {ADMIN}\ndatabase: {db}\nusers:\n  - name: {user}\n    password: {password}\npool:\n  mode: transaction\n  size: 20\n{shards}",
+        "listen: {LISTEN}\nadmin_listen: {ADMIN}\ndatabase: {db}\nusers:\n  - name: {user}\n    password: {password}\npool:\n  mode: transaction\n  size: 20\n{shards}sharding:\n  logical_shards: 1024\n",
         db = topology.database(),
         user = topology.user(),
         password = topology.password(),

@@ -14,6 +14,7 @@ mod error;
 mod pool;
 mod reload;
 mod routing;
+mod sharding;
 mod shards;
 mod tls;
 mod tree;
@@ -32,6 +33,7 @@ pub use crate::error::{ConfigError, Problem};
 pub use crate::pool::{PoolConfig, PoolMode};
 pub use crate::reload::ReloadConfig;
 pub use crate::routing::{LoadBalance, RoutingConfig, WhenNoReplica};
+pub use crate::sharding::{ShardedTable, ShardingConfig, TableName};
 pub use crate::shards::ShardConfig;
 pub use crate::tls::TlsConfig;
 pub use crate::users::{AuthMethod, UserConfig};
@@ -56,6 +58,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub pool: PoolConfig,
     pub shards: Vec<ShardConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sharding: Option<ShardingConfig>,
     pub routing: RoutingConfig,
     pub reload: ReloadConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,6 +144,7 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
     let users = table.required("users", problems, users::read);
     let pool = table.or_default("pool", PoolConfig::default(), problems, pool::read);
     let shards = table.required("shards", problems, shards::read);
+    let sharding = sharding::read_section(&mut table, shards.as_deref(), problems);
     let routing = table.or_default("routing", RoutingConfig::default(), problems, routing::read);
     let reload = table.or_default("reload", ReloadConfig::default(), problems, reload::read);
     let tls = table.optional("tls", problems, tls::read);
@@ -151,6 +156,7 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
         users: users?,
         pool: pool?,
         shards: shards?,
+        sharding: sharding?,
         routing: routing?,
         reload: reload?,
         tls: tls?,

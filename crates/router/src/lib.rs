@@ -5,8 +5,10 @@
 
 mod reason;
 mod route;
+mod shard_map;
 
 pub use reason::{format_lsn, HintTarget, Reason};
 pub use route::{
     route, NoRoute, Policy, ReplicaView, RequestView, Role, Route, SessionView, TargetSetting,
 };
+pub use shard_map::{KeyError, KeyValue, ShardMap};

@@ -22,6 +22,7 @@ mod guards;
 mod keywords;
 mod lexer;
 mod session;
+pub mod shard_keys;
 mod statement;
 
 pub use classification::{Classification, Hint, ShardgateCommand, TxnControl, WhyWrite};
@@ -29,3 +30,4 @@ pub use classifier::Classifier;
 pub use keywords::{leading_keywords, Keywords, MAX_KEYWORDS, MAX_KEYWORD_LEN};
 pub use lexer::{comments, for_each_statement, split_statements, LexOptions};
 pub use session::{session_command, session_command_with, SessionCommand};
+pub use shard_keys::{analyze, InsertRows, KeyConstraint, KeySource, ShardAnalysis, ShardingSpec};

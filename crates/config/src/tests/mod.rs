@@ -2,6 +2,7 @@
 //! reference doc's example, serialisation and redaction. Problem reporting is in `problems.rs`.
 
 mod problems;
+mod sharding;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +72,7 @@ fn expected_example() -> Config {
             primary: node("127.0.0.1", 5432),
             replicas: vec![node("127.0.0.1", 5433)],
         }],
+        sharding: None,
         routing: crate::RoutingConfig::default(),
         reload: crate::ReloadConfig::default(),
         tls: Some(TlsConfig {

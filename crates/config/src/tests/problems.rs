@@ -46,9 +46,9 @@ fn unknown_keys_list_what_was_expected() {
         "unknown key \"sise\" (expected one of: mode, size, checkout_timeout_ms, max_client_connections)",
     );
     assert_one(
-        &valid_with("sharding: {}"),
-        "sharding",
-        "unknown key \"sharding\" (expected one of: listen, admin_listen, database, users, pool, shards, routing, reload, tls)",
+        &valid_with("sharing: {}"),
+        "sharing",
+        "unknown key \"sharing\" (expected one of: listen, admin_listen, database, users, pool, shards, sharding, routing, reload, tls)",
     );
     assert_one(
         &valid_with("tls: {cert: c, key: k, ca: x}"),
