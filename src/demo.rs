@@ -1,5 +1,7 @@
-//! `shardgate demo`: a local topology (2 shards, each a primary and one streaming
-//! replica) built by the testkit, with the proxy in front of it on 127.0.0.1:6432.
+//! `shardgate demo`: a local topology (by default 2 shards, each a primary and one
+//! streaming replica) built by the testkit, with the proxy in front of it on
+//! 127.0.0.1:6432. The generated config is written next to the data, so it can be
+//! edited and reloaded like any other.
 
 use std::process::ExitCode;
 
@@ -12,17 +14,28 @@ const ADMIN: &str = "127.0.0.1:9930";
 
 fn demo_config(topology: &Topology) -> String {
     format!(
-        "listen: {LISTEN}\nadmin_listen: {ADMIN}\ndatabase: {db}\nusers:\n  - name: {user}\n    password: {password}\npool:\n  mode: transaction\n  size: 20\n{shards}sharding:\n  logical_shards: 1024\n",
+        "listen: {LISTEN}\nadmin_listen: {ADMIN}\ndatabase: {db}\nusers:\n  - name: {user}\n    password: {password}\npool:\n  mode: transaction\n  size: 20\n{shards}{sharding}",
         db = topology.database(),
         user = topology.user(),
         password = topology.password(),
         shards = topology.shards_yaml(),
+        sharding = if topology.shards.len() > 1 { "sharding:\n  logical_shards: 1024\n" } else { "" },
     )
 }
 
-pub(crate) fn run() -> ExitCode {
-    eprintln!("shardgate demo: starting 2 shards, each a primary and 1 streaming replica...");
-    let topology = match Topology::builder().shards(2).replicas(1).build() {
+pub(crate) fn run(shards: usize, replicas: usize) -> ExitCode {
+    if shards == 0 {
+        eprintln!("error: --shards must be at least 1");
+        return ExitCode::from(2);
+    }
+    eprintln!(
+        "shardgate demo: starting {shards} shard(s), each a primary and {replicas} streaming replica(s)..."
+    );
+    let topology = match Topology::builder()
+        .shards(shards)
+        .replicas(replicas)
+        .build()
+    {
         Ok(t) => t,
         Err(TestkitError::NoPostgres(msg)) => {
             eprintln!("error: {msg}");
@@ -73,8 +86,9 @@ pub(crate) fn run() -> ExitCode {
     eprintln!("  data under {}", topology.dir().display());
     let code = runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let path = topology.dir().join("proxy.yaml");
         let source = crate::app::Source {
-            path: None,
+            path: std::fs::write(&path, &text).is_ok().then(|| path.clone()),
             sha256: crate::reload::sha256_hex(text.as_bytes()),
         };
         let proxy = tokio::spawn(crate::app::run(config, source, stop_rx));
@@ -98,7 +112,11 @@ pub(crate) fn run() -> ExitCode {
             topology.database()
         );
         println!();
-        println!("Admin: curl http://{ADMIN}/healthz   curl http://{ADMIN}/metrics");
+        println!("Admin: curl http://{ADMIN}/api/topology   curl http://{ADMIN}/api/decisions");
+        println!(
+            "Config: {} (edit it, then: curl -X POST http://{ADMIN}/api/reload)",
+            path.display()
+        );
         println!("Press Ctrl-C to stop and remove everything.");
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("stopping...");

@@ -38,8 +38,16 @@ struct Cli {
 enum Command {
     /// Validate a config file: print every problem with its key path.
     Check,
-    /// Start a local 2-shard topology with replicas and the proxy in front of it.
-    Demo,
+    /// Start a local topology (default: 2 shards, each a primary and 1 streaming replica)
+    /// and the proxy in front of it.
+    Demo {
+        /// Number of shards.
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        /// Streaming replicas per shard.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
     /// Show where a statement would be routed under a config, without running it.
     Route {
         /// The SQL statement.
@@ -63,7 +71,7 @@ fn main() -> ExitCode {
     app::init_logging(if quiet { "warn" } else { "info" });
     match cli.command {
         Some(Command::Check) => app::check(&config_path(&cli)),
-        Some(Command::Demo) => demo::run(),
+        Some(Command::Demo { shards, replicas }) => demo::run(shards, replicas),
         Some(Command::Route { ref sql }) => route_cli::run(&config_path(&cli), sql),
         None => app::run_from_file(&config_path(&cli)),
     }

@@ -148,6 +148,7 @@ impl Flight {
             classifier,
         } = client;
         let rename = mode == PoolMode::Transaction;
+        let busy_at_start = !self.idle();
         let (mut pos, mut run_start) = (0usize, 0usize);
         let mut terminate = false;
         while let Some(h) = peek_header(&input[pos..], max_len)? {
@@ -156,6 +157,21 @@ impl Flight {
             }
             let frame = &input[pos..pos + h.len];
             let msg = FrontendRef::decode(h.tag, &frame[5..])?;
+            // shardgate's own commands are answered locally, once what comes before them
+            // has been answered: stop in front of one (it may arrive pipelined).
+            let own_command = match &msg {
+                FrontendRef::Query { sql } => is_own_command(classifier, sql),
+                FrontendRef::Parse(p) => is_own_command(classifier, p.query),
+                FrontendRef::Bind(b) => statements
+                    .get(b.statement)
+                    .is_some_and(|p| p.class.shardgate.is_some()),
+                _ => false,
+            };
+            // Nothing unanswered before it: the caller already had its chance to answer it
+            // locally and did not recognize the request, so the server answers it.
+            if own_command && (pos > 0 || busy_at_start) {
+                break;
+            }
             // None: forward the frame as is. Some: it was handled (rewritten or answered).
             let mut handled = false;
             match msg {
@@ -518,6 +534,13 @@ impl Flight {
             self.unsynced = true;
         }
     }
+}
+
+/// Whether a statement is `SET/RESET/SHOW shardgate.*` (a byte search first, so other
+/// statements cost almost nothing).
+fn is_own_command(classifier: &Classifier, sql: &[u8]) -> bool {
+    sql.windows(9).any(|w| w.eq_ignore_ascii_case(b"shardgate"))
+        && classifier.classify(sql).shardgate.is_some()
 }
 
 /// The first column of a DataRow, read as a pg_lsn ("16/B374D848").

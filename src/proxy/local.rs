@@ -22,66 +22,100 @@ fn target_name(t: TargetSetting) -> &'static str {
     }
 }
 
-/// Answers `SET/RESET/SHOW shardgate.<name>` into `out`, ending with ReadyForQuery(`tx_status`).
-pub(crate) fn answer_shardgate(
-    cmd: &ShardgateCommand,
-    routing: &mut SessionRouting,
-    tx_status: u8,
-    out: &mut BytesMut,
-) {
+/// What one of shardgate's own commands did.
+pub(crate) enum Answer {
+    /// A command tag: `SET` or `RESET`.
+    Done(&'static str),
+    /// `SHOW`: the value.
+    Show(&'static str),
+    Error(ErrorFields),
+}
+
+/// Whether a command returns a row (its RowDescription is part of the answer).
+pub(crate) fn returns_row(cmd: &ShardgateCommand) -> bool {
+    matches!(cmd, ShardgateCommand::Show { .. })
+}
+
+/// Applies `SET/RESET/SHOW shardgate.<name>` to the session.
+pub(crate) fn apply_shardgate(cmd: &ShardgateCommand, routing: &mut SessionRouting) -> Answer {
     let name = match cmd {
         ShardgateCommand::Set { name, .. }
         | ShardgateCommand::Reset { name }
         | ShardgateCommand::Show { name } => name.as_str(),
     };
     if name != "target" {
-        let e = ErrorFields::new(
-            "ERROR",
-            UNDEFINED_OBJECT,
-            format!("unrecognized configuration parameter \"shardgate.{name}\""),
-        )
-        .with(
-            b'H',
-            "shardgate's session settings: shardgate.target (primary | replica | auto).",
+        return Answer::Error(
+            ErrorFields::new(
+                "ERROR",
+                UNDEFINED_OBJECT,
+                format!("unrecognized configuration parameter \"shardgate.{name}\""),
+            )
+            .with(
+                b'H',
+                "shardgate's session settings: shardgate.target (primary | replica | auto).",
+            ),
         );
-        backend::error_response(&e, out);
-        backend::ready_for_query(tx_status, out);
-        return;
     }
     match cmd {
         ShardgateCommand::Set { value, .. } => {
             let target = match value.to_ascii_lowercase().as_str() {
-                "primary" => Some(TargetSetting::Primary),
-                "replica" => Some(TargetSetting::Replica),
-                "auto" | "default" => Some(TargetSetting::Auto),
-                _ => None,
-            };
-            match target {
-                Some(t) => {
-                    routing.target = t;
-                    backend::command_complete("SET", out);
-                }
-                None => {
-                    let e = ErrorFields::new(
-                        "ERROR",
-                        INVALID_PARAMETER_VALUE,
-                        format!("invalid value for parameter \"shardgate.target\": \"{value}\""),
+                "primary" => TargetSetting::Primary,
+                "replica" => TargetSetting::Replica,
+                "auto" | "default" => TargetSetting::Auto,
+                _ => {
+                    return Answer::Error(
+                        ErrorFields::new(
+                            "ERROR",
+                            INVALID_PARAMETER_VALUE,
+                            format!(
+                                "invalid value for parameter \"shardgate.target\": \"{value}\""
+                            ),
+                        )
+                        .with(b'H', "Available values: primary, replica, auto."),
                     )
-                    .with(b'H', "Available values: primary, replica, auto.");
-                    backend::error_response(&e, out);
                 }
-            }
+            };
+            routing.target = target;
+            Answer::Done("SET")
         }
         ShardgateCommand::Reset { .. } => {
             routing.target = TargetSetting::Auto;
-            backend::command_complete("RESET", out);
+            Answer::Done("RESET")
         }
-        ShardgateCommand::Show { .. } => {
-            backend::row_description_text(&["shardgate.target"], out);
-            encode_data_row(&[Some(target_name(routing.target).as_bytes())], out);
+        ShardgateCommand::Show { .. } => Answer::Show(target_name(routing.target)),
+    }
+}
+
+/// The RowDescription of `SHOW shardgate.target`.
+pub(crate) fn show_description(out: &mut BytesMut) {
+    backend::row_description_text(&["shardgate.target"], out);
+}
+
+/// The result of a command, as an Execute (or the tail of a simple Query) returns it.
+pub(crate) fn write_result(answer: &Answer, out: &mut BytesMut) {
+    match answer {
+        Answer::Done(tag) => backend::command_complete(tag, out),
+        Answer::Show(value) => {
+            encode_data_row(&[Some(value.as_bytes())], out);
             backend::command_complete("SHOW", out);
         }
+        Answer::Error(e) => backend::error_response(e, out),
     }
+}
+
+/// Answers a simple-protocol `SET/RESET/SHOW shardgate.<name>` into `out`, ending with
+/// ReadyForQuery(`tx_status`).
+pub(crate) fn answer_shardgate(
+    cmd: &ShardgateCommand,
+    routing: &mut SessionRouting,
+    tx_status: u8,
+    out: &mut BytesMut,
+) {
+    let answer = apply_shardgate(cmd, routing);
+    if matches!(answer, Answer::Show(_)) {
+        show_description(out);
+    }
+    write_result(&answer, out);
     backend::ready_for_query(tx_status, out);
 }
 

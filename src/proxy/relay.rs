@@ -192,6 +192,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.out.clear();
             return Ok(true);
         }
+        if let Some(cmd) = &scanned.shardgate_extended {
+            self.answer_shardgate_extended(cmd, self.flight.tx_status)?;
+            self.client.write_all(&self.out).await?;
+            self.out.clear();
+            return Ok(true);
+        }
         let in_transaction = self.flight.tx_status != b'I';
         let reason = match (self.mode, role) {
             (PoolMode::Session, _) => Reason::SessionPooling,

@@ -53,6 +53,10 @@ pub(crate) struct Scanned {
     pub(crate) class: Option<Arc<Classification>>,
     /// A lone simple Query that is shardgate's own SET/RESET/SHOW.
     pub(crate) shardgate: Option<ShardgateCommand>,
+    /// The same through the extended protocol: a request binding one statement that
+    /// is shardgate's own command (or only preparing it), with only
+    /// Parse/Bind/Describe/Execute/Sync in it.
+    pub(crate) shardgate_extended: Option<ShardgateCommand>,
     /// A lone simple-protocol `BEGIN` with nothing else (may be deferred).
     pub(crate) lone_begin: bool,
     /// The first transaction-control statement, if the request starts with one.
@@ -128,6 +132,12 @@ pub(crate) fn scan(
     let mut unnamed = unnamed.cloned();
     let mut pos = 0;
     let mut messages = 0;
+    // For shardgate's own commands in the extended protocol: the bound command, and
+    // whether anything else is in the request.
+    let mut bound_cmd: Option<ShardgateCommand> = None;
+    let mut parsed_cmd: Option<ShardgateCommand> = None;
+    let mut binds = 0;
+    let mut other = false;
     while let Some(h) = peek_header(&buf[pos..], max_len)? {
         if buf.len() - pos < h.len {
             break;
@@ -153,6 +163,10 @@ pub(crate) fn scan(
                 let c = classifier.classify(p.query);
                 let start = p.query.as_ptr() as usize - buf.as_ptr() as usize;
                 merge(&mut s, &c, SqlText::Buffer(start..start + p.query.len()));
+                match &c.shardgate {
+                    Some(cmd) => parsed_cmd = Some(cmd.clone()),
+                    None => other = true,
+                }
                 if p.name.is_empty() {
                     unnamed = Some(c);
                 }
@@ -168,6 +182,10 @@ pub(crate) fn scan(
                         )
                     })
                 };
+                binds += 1;
+                if let Some((c, _)) = &c {
+                    bound_cmd = c.shardgate.clone();
+                }
                 match c {
                     Some((c, text)) => merge(&mut s, &c, text),
                     // A statement shardgate does not know: the server will say so; be safe.
@@ -177,17 +195,27 @@ pub(crate) fn scan(
             FrontendRef::Sync | FrontendRef::FunctionCall(_) => {
                 if matches!(msg, FrontendRef::FunctionCall(_)) {
                     s.view.write = true;
+                    other = true;
                 }
                 s.complete = true;
                 break;
             }
-            _ => {}
+            FrontendRef::Describe { .. } | FrontendRef::Execute { .. } => {}
+            _ => other = true,
         }
         pos += h.len;
     }
     if !s.complete {
         // The rest of the request is not here yet: it could write.
         s.view.write = true;
+    }
+    if s.complete && !other {
+        // One command bound and run, or only prepared/described (Parse, Describe, Sync).
+        s.shardgate_extended = match binds {
+            1 => bound_cmd,
+            0 => parsed_cmd,
+            _ => None,
+        };
     }
     s.unnamed = unnamed;
     Ok(s)

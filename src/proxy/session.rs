@@ -261,6 +261,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             local::answer_shardgate(cmd, &mut self.routing, status, &mut self.out);
             return self.flush_out().await;
         }
+        if let Some(cmd) = &scanned.shardgate_extended {
+            self.answer_shardgate_extended(cmd, status)?;
+            return self.flush_out().await;
+        }
         if self.mode != PoolMode::Transaction
             || !self.shared.snapshot.load().policy.read_write_split
         {
@@ -292,6 +296,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         Ok(false)
+    }
+
+    /// shardgate's own command through the extended protocol: every message of the
+    /// request up to its Sync is answered here, in order, and the command applied once.
+    pub(super) fn answer_shardgate_extended(
+        &mut self,
+        cmd: &shardgate_sql::ShardgateCommand,
+        tx_status: u8,
+    ) -> Result<(), ClientError> {
+        let classifier = self.shared.snapshot.load().classifier.clone();
+        let row = local::returns_row(cmd);
+        let mut failed = false;
+        while let Some(h) = peek_header(&self.cbuf, self.max_len)? {
+            if self.cbuf.len() < h.len {
+                break;
+            }
+            let frame = self.cbuf.split_to(h.len).freeze();
+            let msg = FrontendRef::decode(h.tag, &frame[5..])?;
+            if failed && !matches!(msg, FrontendRef::Sync) {
+                continue;
+            }
+            match msg {
+                FrontendRef::Parse(p) => {
+                    let class = classifier.classify(p.query);
+                    if p.name.is_empty() {
+                        self.unnamed = Some(class);
+                    } else {
+                        self.statements.insert(p.name, Prepared::new(&p, class));
+                    }
+                    backend::parse_complete(&mut self.out);
+                }
+                FrontendRef::Bind(_) => backend::bind_complete(&mut self.out),
+                FrontendRef::Describe { kind, .. } => {
+                    if kind == b'S' {
+                        shardgate_wire::BackendMessage::ParameterDescription(Vec::new())
+                            .encode(&mut self.out);
+                    }
+                    if row {
+                        local::show_description(&mut self.out);
+                    } else {
+                        backend::no_data(&mut self.out);
+                    }
+                }
+                FrontendRef::Execute { .. } => {
+                    let answer = local::apply_shardgate(cmd, &mut self.routing);
+                    failed = matches!(answer, local::Answer::Error(_));
+                    local::write_result(&answer, &mut self.out);
+                }
+                FrontendRef::Sync => {
+                    backend::ready_for_query(tx_status, &mut self.out);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn first_message_is_query(&self) -> Result<bool, ClientError> {
@@ -469,6 +529,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(
                 session = decision.session,
+                config_version = decision.config_version,
                 node = %decision.node,
                 role = ?role,
                 kind = kind.as_str(),
