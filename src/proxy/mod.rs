@@ -1,6 +1,7 @@
 //! The client-facing proxy: accepting connections, startup and authentication, and
 //! the per-client session that relays traffic through pooled server connections.
 
+mod answer;
 mod cancel;
 mod errors;
 mod flight;

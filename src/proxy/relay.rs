@@ -12,8 +12,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::errors::ClientError;
 use super::flight::{ClientSide, ServerSide};
-use super::local;
-use super::request::scan;
 use super::routing::kind_of;
 use super::session::{reserve, Session, PROBE_SQL};
 use std::time::Instant;
@@ -176,26 +174,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let snapshot = checkout.snapshot.clone();
         let (shard, node, role) = (checkout.shard, checkout.node.clone(), checkout.role);
-        let scanned = scan(
-            &self.cbuf,
-            self.max_len,
-            &snapshot.classifier,
-            &self.statements,
-            self.unnamed.as_ref(),
-        )?;
-        if let Some(cmd) = &scanned.shardgate {
-            if let Some(h) = peek_header(&self.cbuf, self.max_len)? {
-                self.cbuf.advance(h.len);
-            }
-            local::answer_shardgate(cmd, &mut self.routing, self.flight.tx_status, &mut self.out);
-            self.client.write_all(&self.out).await?;
-            self.out.clear();
-            return Ok(true);
-        }
-        if let Some(cmd) = &scanned.shardgate_extended {
-            self.answer_shardgate_extended(cmd, self.flight.tx_status)?;
-            self.client.write_all(&self.out).await?;
-            self.out.clear();
+        let scanned = self.scan_request(&snapshot.classifier)?;
+        if self
+            .answer_own_command(&scanned, self.flight.tx_status)
+            .await?
+        {
             return Ok(true);
         }
         let in_transaction = self.flight.tx_status != b'I';

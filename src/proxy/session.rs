@@ -10,18 +10,17 @@ use bytes::{Buf, Bytes, BytesMut};
 use shardgate_config::PoolMode;
 use shardgate_pool::PooledConn;
 use shardgate_router::{Reason, Role};
-use shardgate_sql::{Classification, TxnControl};
+use shardgate_sql::{Classification, Classifier, TxnControl};
 use shardgate_wire::{backend, peek_header, tag, ErrorFields, FrontendRef};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::cancel::Registration;
 use super::errors::ClientError;
 use super::flight::Flight;
-use super::local;
 use super::params::SessionParams;
 use super::request::{scan, Scanned};
 use super::routing::{choose, kind_of, Chosen, SessionRouting};
-use super::statements::{ClientStatements, Prepared};
+use super::statements::ClientStatements;
 use super::topology::{NodeRuntime, Snapshot};
 use super::Shared;
 use crate::decisions::{Decision, Kind};
@@ -158,13 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     continue;
                 }
                 let snapshot = self.shared.snapshot.load_full();
-                let scanned = scan(
-                    &self.cbuf,
-                    self.max_len,
-                    &snapshot.classifier,
-                    &self.statements,
-                    self.unnamed.as_ref(),
-                )?;
+                let scanned = self.scan_request(&snapshot.classifier)?;
                 if self.answer_locally(&scanned).await? {
                     continue;
                 }
@@ -203,178 +196,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// A request made only of named Parse messages and a Sync needs no server in
-    /// transaction mode: the statements are recorded and prepared on a server when a
-    /// Bind or Describe first needs them (a parse error surfaces there). Answering
-    /// here matters: synchronous clients that prepare while other clients of theirs
-    /// hold every server connection would otherwise wait on themselves.
-    async fn answer_prepare_locally(&mut self) -> Result<bool, ClientError> {
-        if self.mode != PoolMode::Transaction || self.flight.tx_status != b'I' {
-            return Ok(false);
-        }
-        let mut pos = 0;
-        let mut parses = 0usize;
-        let end = loop {
-            let Some(h) = peek_header(&self.cbuf[pos..], self.max_len)? else {
-                return Ok(false);
-            };
-            if self.cbuf.len() - pos < h.len {
-                return Ok(false);
-            }
-            match FrontendRef::decode(h.tag, &self.cbuf[pos + 5..pos + h.len])? {
-                FrontendRef::Parse(p) if !p.name.is_empty() => parses += 1,
-                FrontendRef::Sync if parses > 0 => break pos + h.len,
-                _ => return Ok(false),
-            }
-            pos += h.len;
-        };
-        let classifier = self.shared.snapshot.load().classifier.clone();
-        let mut pos = 0;
-        while pos < end {
-            let Some(h) = peek_header(&self.cbuf[pos..], self.max_len)? else {
-                break;
-            };
-            if let FrontendRef::Parse(p) =
-                FrontendRef::decode(h.tag, &self.cbuf[pos + 5..pos + h.len])?
-            {
-                let class = classifier.classify(p.query);
-                self.statements.insert(p.name, Prepared::new(&p, class));
-                backend::parse_complete(&mut self.out);
-            }
-            pos += h.len;
-        }
-        self.cbuf.advance(end);
-        backend::ready_for_query(b'I', &mut self.out);
-        self.flush_out().await
-    }
-
-    /// shardgate's own settings, and BEGIN held back until the transaction's first
-    /// statement says whether it is read-only.
-    async fn answer_locally(&mut self, scanned: &Scanned) -> Result<bool, ClientError> {
-        let status = match (&self.deferred_begin, self.deferred_failed) {
-            (Some(_), true) => b'E',
-            (Some(_), false) => b'T',
-            (None, _) => self.flight.tx_status,
-        };
-        if let Some(cmd) = &scanned.shardgate {
-            self.consume_first_message()?;
-            local::answer_shardgate(cmd, &mut self.routing, status, &mut self.out);
-            return self.flush_out().await;
-        }
-        if let Some(cmd) = &scanned.shardgate_extended {
-            self.answer_shardgate_extended(cmd, status)?;
-            return self.flush_out().await;
-        }
-        if self.mode != PoolMode::Transaction
-            || !self.shared.snapshot.load().policy.read_write_split
-        {
-            return Ok(false);
-        }
-        if self.deferred_begin.is_none() && scanned.lone_begin && self.flight.tx_status == b'I' {
-            let sql = self.consume_first_message()?;
-            self.deferred_begin = Some(sql);
-            local::answer_deferred_begin(&mut self.out);
-            return self.flush_out().await;
-        }
-        if self.deferred_begin.is_some() && self.first_message_is_query()? {
-            let end = match scanned.first_txn {
-                Some(TxnControl::Commit) if scanned.statements == 1 => Some(!self.deferred_failed),
-                Some(TxnControl::Rollback) if scanned.statements == 1 => Some(false),
-                _ => None,
-            };
-            if let Some(commit) = end {
-                self.consume_first_message()?;
-                self.deferred_begin = None;
-                self.deferred_failed = false;
-                local::answer_empty_transaction_end(commit, &mut self.out);
-                return self.flush_out().await;
-            }
-            if self.deferred_failed {
-                self.consume_first_message()?;
-                local::answer_aborted_transaction(&mut self.out);
-                return self.flush_out().await;
-            }
-        }
-        Ok(false)
-    }
-
-    /// shardgate's own command through the extended protocol: every message of the
-    /// request up to its Sync is answered here, in order, and the command applied once.
-    pub(super) fn answer_shardgate_extended(
-        &mut self,
-        cmd: &shardgate_sql::ShardgateCommand,
-        tx_status: u8,
-    ) -> Result<(), ClientError> {
-        let classifier = self.shared.snapshot.load().classifier.clone();
-        let row = local::returns_row(cmd);
-        let mut failed = false;
-        while let Some(h) = peek_header(&self.cbuf, self.max_len)? {
-            if self.cbuf.len() < h.len {
-                break;
-            }
-            let frame = self.cbuf.split_to(h.len).freeze();
-            let msg = FrontendRef::decode(h.tag, &frame[5..])?;
-            if failed && !matches!(msg, FrontendRef::Sync) {
-                continue;
-            }
-            match msg {
-                FrontendRef::Parse(p) => {
-                    let class = classifier.classify(p.query);
-                    if p.name.is_empty() {
-                        self.unnamed = Some(class);
-                    } else {
-                        self.statements.insert(p.name, Prepared::new(&p, class));
-                    }
-                    backend::parse_complete(&mut self.out);
-                }
-                FrontendRef::Bind(_) => backend::bind_complete(&mut self.out),
-                FrontendRef::Describe { kind, .. } => {
-                    if kind == b'S' {
-                        shardgate_wire::BackendMessage::ParameterDescription(Vec::new())
-                            .encode(&mut self.out);
-                    }
-                    if row {
-                        local::show_description(&mut self.out);
-                    } else {
-                        backend::no_data(&mut self.out);
-                    }
-                }
-                FrontendRef::Execute { .. } => {
-                    let answer = local::apply_shardgate(cmd, &mut self.routing);
-                    failed = matches!(answer, local::Answer::Error(_));
-                    local::write_result(&answer, &mut self.out);
-                }
-                FrontendRef::Sync => {
-                    backend::ready_for_query(tx_status, &mut self.out);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn first_message_is_query(&self) -> Result<bool, ClientError> {
-        Ok(matches!(peek_header(&self.cbuf, self.max_len)?, Some(h) if h.tag == tag::QUERY))
-    }
-
-    /// Drops the first buffered message, returning a simple Query's SQL text.
-    fn consume_first_message(&mut self) -> Result<Bytes, ClientError> {
-        let Some(h) = peek_header(&self.cbuf, self.max_len)? else {
-            return Ok(Bytes::new());
-        };
-        let frame = self.cbuf.split_to(h.len).freeze();
-        let sql = match FrontendRef::decode(h.tag, &frame[5..])? {
-            FrontendRef::Query { sql } => frame.slice_ref(sql),
-            _ => Bytes::new(),
-        };
-        Ok(sql)
-    }
-
-    async fn flush_out(&mut self) -> Result<bool, ClientError> {
-        self.client.write_all(&self.out).await?;
-        self.out.clear();
-        Ok(true)
+    /// What the buffered request is (nothing consumed).
+    pub(super) fn scan_request(&self, classifier: &Classifier) -> Result<Scanned, ClientError> {
+        scan(
+            &self.cbuf,
+            self.max_len,
+            classifier,
+            &self.statements,
+            self.unnamed.as_ref(),
+        )
     }
 
     /// Routes the buffered request and takes a server connection on the chosen node.

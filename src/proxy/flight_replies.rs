@@ -1,0 +1,238 @@
+//! The server side of the flight: each reply frame is matched against what the client
+//! message it answers expects, so that shardgate's own replies are dropped, synthetic
+//! ones are inserted in order, probes are read, and ReadyForQuery ends a cycle.
+
+use std::collections::HashSet;
+
+use bytes::BytesMut;
+use shardgate_wire::peek_header;
+
+use super::{Expect, Flight, Relayed, ServerSide, SERVER_MAX_MESSAGE};
+use crate::proxy::errors::ClientError;
+use crate::proxy::params::SessionParams;
+use crate::proxy::statements::ClientStatements;
+
+impl Flight {
+    /// Handles whole server frames at the start of `input`. Frames for the client are
+    /// forwarded from `input` (`direct`) or copied into `to_client` when a frame is
+    /// dropped or a synthetic reply must be inserted.
+    pub(crate) fn relay(
+        &mut self,
+        input: &[u8],
+        params: &mut SessionParams,
+        statements: &mut ClientStatements,
+        server: ServerSide<'_>,
+        to_client: &mut BytesMut,
+    ) -> Result<Relayed, ClientError> {
+        let copying_from_start = !to_client.is_empty();
+        let (mut pos, mut run_start) = (0usize, 0usize);
+        let mut result = Relayed::default();
+        while let Some(h) = peek_header(&input[pos..], SERVER_MAX_MESSAGE)? {
+            if input.len() - pos < h.len {
+                break;
+            }
+            let body = &input[pos + 5..pos + h.len];
+            let forward = self.on_server_message(
+                h.tag,
+                body,
+                params,
+                statements,
+                server.prepared,
+                &mut result,
+            );
+            let end = pos + h.len;
+            if !forward {
+                to_client.extend_from_slice(&input[run_start..pos]);
+                run_start = end;
+            }
+            if matches!(self.expect.front(), Some(Expect::Synthetic(_))) {
+                to_client.extend_from_slice(&input[run_start..end]);
+                run_start = end;
+                self.emit_ready_synthetics(to_client);
+            }
+            pos = end;
+        }
+        result.consumed = pos;
+        result.direct = !copying_from_start && run_start == 0;
+        if !result.direct {
+            to_client.extend_from_slice(&input[run_start..pos]);
+        }
+        Ok(result)
+    }
+
+    /// Returns whether the frame goes to the client.
+    fn on_server_message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        params: &mut SessionParams,
+        statements: &mut ClientStatements,
+        server_prepared: &mut HashSet<u128>,
+        result: &mut Relayed,
+    ) -> bool {
+        let Some(head) = self.expect.front().copied() else {
+            // Notices, notifications, parameter changes: asynchronous, always forwarded.
+            return true;
+        };
+        let forward = self.expect_server_message(
+            tag,
+            head,
+            body,
+            params,
+            statements,
+            server_prepared,
+            result,
+        );
+        while self.expect.front() == Some(&Expect::CopyEnd) {
+            self.expect.pop_front();
+        }
+        forward
+    }
+
+    /// `on_server_message` for a frame that answers `head`.
+    #[allow(clippy::too_many_arguments)]
+    fn expect_server_message(
+        &mut self,
+        tag: u8,
+        head: Expect,
+        body: &[u8],
+        params: &mut SessionParams,
+        statements: &mut ClientStatements,
+        server_prepared: &mut HashSet<u128>,
+        result: &mut Relayed,
+    ) -> bool {
+        if let Expect::Hidden { probe } = head {
+            match tag {
+                b'D' if probe => self.probe_lsn = first_column_lsn(body),
+                b'Z' => {
+                    let status = body.first().copied().unwrap_or(b'I');
+                    self.tx_status = status;
+                    self.expect.pop_front();
+                    if probe {
+                        result.probe = Some((self.probe_lsn.take(), status));
+                    }
+                }
+                _ => {}
+            }
+            return false;
+        }
+        match tag {
+            b'G' => {
+                self.enter_copy_in(head);
+                true
+            }
+            b'Z' => {
+                let status = body.first().copied().unwrap_or(b'I');
+                self.tx_status = status;
+                // Everything up to and including the Sync/Query this answers is done.
+                while let Some(e) = self.expect.pop_front() {
+                    if matches!(e, Expect::Sync | Expect::Query) {
+                        break;
+                    }
+                }
+                let effects = params.end_cycle(status, std::mem::take(&mut self.had_error));
+                if effects.statements_dropped {
+                    statements.clear();
+                    server_prepared.clear();
+                }
+                result.effects.statements_dropped |= effects.statements_dropped;
+                result.effects.server_reset |= effects.server_reset;
+                result.cycles_ended += 1;
+                true
+            }
+            b'E' => {
+                self.had_error = true;
+                // An error ends copy-in mode; the client's next Sync is answered again.
+                self.copy_in = false;
+                if head != Expect::Query {
+                    // The server skips to the next Sync: so do the expectations.
+                    while let Some(e) = self.expect.front().copied() {
+                        if e == Expect::Sync {
+                            break;
+                        }
+                        if let Expect::Parse(Some(id)) | Expect::HiddenParse(id) = e {
+                            server_prepared.remove(&id);
+                        }
+                        self.expect.pop_front();
+                    }
+                }
+                true
+            }
+            b'C' => {
+                if params.watching() {
+                    params.observe_command_tag(body);
+                }
+                if head == Expect::Execute {
+                    self.expect.pop_front();
+                }
+                true
+            }
+            b'1' => match head {
+                Expect::HiddenParse(_) => {
+                    self.expect.pop_front();
+                    false
+                }
+                Expect::Parse(_) => {
+                    self.expect.pop_front();
+                    true
+                }
+                _ => true,
+            },
+            b'2' | b'3' | b'T' | b'n' | b'I' | b's' => {
+                let done = matches!(
+                    (tag, head),
+                    (b'2', Expect::Bind)
+                        | (b'3', Expect::Close)
+                        | (b'T' | b'n', Expect::Describe)
+                        | (b'I' | b's', Expect::Execute)
+                );
+                if done {
+                    self.expect.pop_front();
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
+impl Flight {
+    /// The server answered `head` with CopyInResponse. Syncs the client sent after it
+    /// but before ending the COPY are ignored by the server (libpq and tokio-postgres
+    /// send one right after Execute), so they expect nothing.
+    fn enter_copy_in(&mut self, head: Expect) {
+        self.copy_in = true;
+        let mut end = 1;
+        while end < self.expect.len() && self.expect[end] != Expect::CopyEnd {
+            end += 1;
+        }
+        if end < self.expect.len() {
+            // The client already ended the COPY: from here its Syncs count again.
+            self.copy_in = false;
+        }
+        let mut i = 1;
+        while i < end {
+            if self.expect[i] == Expect::Sync {
+                self.expect.remove(i);
+                end -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        if head == Expect::Execute && !self.expect.contains(&Expect::Sync) {
+            // The extended-protocol COPY still needs a Sync from the client.
+            self.unsynced = true;
+        }
+    }
+}
+
+/// The first column of a DataRow, read as a pg_lsn ("16/B374D848").
+fn first_column_lsn(body: &[u8]) -> Option<u64> {
+    let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    if count < 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let text = std::str::from_utf8(body.get(6..6 + usize::try_from(len).ok()?)?).ok()?;
+    shardgate_pool::lag::parse_lsn(text)
+}
