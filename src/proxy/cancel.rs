@@ -17,6 +17,9 @@ use tokio::net::TcpStream;
 #[derive(Debug, Default)]
 pub(crate) struct CancelSlot {
     target: Mutex<Option<(Arc<NodeAddr>, BackendKey)>>,
+    /// Wakes a request still waiting for a server connection: that is where its
+    /// query "runs" while the pool is busy.
+    pub(crate) waiting: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,7 +95,14 @@ impl CancelRegistry {
             }
         };
         let Some((addr, key)) = target else {
-            tracing::debug!(pid, "cancel request for no running query");
+            // Not on a server: a request may be waiting for a pool slot (woken here), or
+            // the client is idle (ignored, as PostgreSQL ignores it).
+            if let Some((s, slot)) = lock(&self.clients).get(&pid) {
+                if *s == secret {
+                    slot.waiting.notify_waiters();
+                }
+            }
+            tracing::debug!(pid, "cancel request with no query on a server");
             return;
         };
         let mut buf = BytesMut::with_capacity(16);

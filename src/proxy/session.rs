@@ -259,7 +259,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     user: self.user.clone(),
                 });
             };
-            match pool.checkout(snapshot.checkout_timeout()).await {
+            let slot = self.registration.slot.clone();
+            let checkout = tokio::select! {
+                r = pool.checkout(snapshot.checkout_timeout()) => r,
+                _ = slot.waiting.notified() => {
+                    // Cancelled while waiting for a server: the query never started.
+                    let fields = ErrorFields::new("ERROR", "57014", "canceling statement due to user request")
+                        .with(b'D', "The request was cancelled while waiting for a server connection.");
+                    self.reject_request(fields).await?;
+                    return Ok(false);
+                }
+            };
+            match checkout {
                 Ok(conn) => break (chosen, conn),
                 Err(e) => {
                     let backend = matches!(e, shardgate_pool::PoolError::Backend(_));

@@ -259,6 +259,15 @@ fn sequential_keys_spread_evenly() {
         .map(|&c| (f64::from(c) - expected).powi(2) / expected)
         .sum();
     assert!(chi2 < 1023.0 + 5.0 * 2046f64.sqrt(), "chi2 {chi2}");
+    // The distribution over logical shards is within 5% of even: the spread of the
+    // counts (their standard deviation) is under 5% of the mean.
+    let variance = logical
+        .iter()
+        .map(|&c| (f64::from(c) - expected).powi(2))
+        .sum::<f64>()
+        / 1024.0;
+    let cv = variance.sqrt() / expected;
+    assert!(cv < 0.05, "coefficient of variation {cv}");
     for (s, &count) in physical.iter().enumerate() {
         let even = f64::from(KEYS) / 8.0;
         assert!(
