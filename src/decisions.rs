@@ -55,6 +55,8 @@ pub(crate) struct Decision {
     pub(crate) reason: Reason,
     /// The classification behind a write, to say why.
     pub(crate) class: Option<Arc<Classification>>,
+    /// Why no replica could take a read (only then: built off the hot path).
+    pub(crate) detail: Option<Arc<str>>,
 }
 
 impl Decision {
@@ -89,7 +91,13 @@ impl Decision {
             role,
             reason,
             class,
+            detail: None,
         }
+    }
+
+    pub(crate) fn with_detail(mut self, detail: Option<Arc<str>>) -> Decision {
+        self.detail = detail;
+        self
     }
 
     pub(crate) fn sql(&self) -> String {
@@ -98,13 +106,7 @@ impl Decision {
 
     /// The reason as text, with the write's cause where there is one.
     pub(crate) fn reason_text(&self) -> String {
-        match (&self.reason, &self.class) {
-            (Reason::Write, Some(c)) => match &c.write {
-                Some(why) => format!("write: {}", crate::explain::why_write(why)),
-                None => "write".to_owned(),
-            },
-            (r, _) => r.to_string(),
-        }
+        crate::explain::reason_text(self.reason, self.class.as_deref(), self.detail.as_deref())
     }
 }
 

@@ -1,7 +1,22 @@
 //! Human text for classification outcomes, shared by logs, the decision log and the
 //! admin API.
 
-use shardgate_sql::WhyWrite;
+use shardgate_router::Reason;
+use shardgate_sql::{Classification, WhyWrite};
+
+/// A routing reason as text: a write names its cause, and "no routable replica" names
+/// each replica and why it is excluded (`detail`).
+pub(crate) fn reason_text(
+    reason: Reason,
+    class: Option<&Classification>,
+    detail: Option<&str>,
+) -> String {
+    match (reason, class.and_then(|c| c.write.as_ref()), detail) {
+        (Reason::Write, Some(why), _) => format!("write: {}", why_write(why)),
+        (Reason::NoRoutableReplica, _, Some(d)) => format!("{reason} ({d})"),
+        (r, _, _) => r.to_string(),
+    }
+}
 
 /// Why a statement must run on the primary, in words.
 pub(crate) fn why_write(why: &WhyWrite) -> String {

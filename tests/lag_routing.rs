@@ -103,6 +103,17 @@ async fn lagging_replicas_are_excluded_and_come_back() {
         for _ in 0..5 {
             assert_eq!(port(&reader, READ).await, primary, "read while both lag");
         }
+        // The decision says why, naming each replica.
+        let decisions = proxy.admin_json("/api/decisions?limit=1");
+        let reason = decisions["decisions"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            reason.starts_with("no routable replica: primary (replica 127.0.0.1:")
+                && reason.contains("excluded: lag"),
+            "decision reason: {reason}"
+        );
 
         for r in &topology.shards[0].replicas {
             r.resume_replay().expect("resume replay");

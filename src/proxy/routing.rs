@@ -99,10 +99,10 @@ pub(crate) fn choose(
     }
 }
 
-/// 57P03 naming each replica and why it is excluded.
-fn no_replica_error(snapshot: &Snapshot, shard_index: usize) -> ErrorFields {
-    let shard = &snapshot.shards[shard_index];
-    let why: Vec<String> = shard
+/// Each replica of a shard and why it is excluded, e.g.
+/// "replica 127.0.0.1:5434 excluded: lag 12.0 MiB > bound 1.0 MiB".
+pub(crate) fn replicas_detail(snapshot: &Snapshot, shard_index: usize) -> String {
+    let why: Vec<String> = snapshot.shards[shard_index]
         .replicas
         .iter()
         .map(|r| {
@@ -111,14 +111,20 @@ fn no_replica_error(snapshot: &Snapshot, shard_index: usize) -> ErrorFields {
                 .as_ref()
                 .map(|h| h.status().reason)
                 .unwrap_or_else(|| "no health data".to_owned());
-            format!("{} {}", r.addr, reason)
+            format!("replica {} {}", r.addr, reason)
         })
         .collect();
-    let detail = if why.is_empty() {
+    if why.is_empty() {
         "the shard has no replicas".to_owned()
     } else {
         why.join("; ")
-    };
+    }
+}
+
+/// 57P03 naming each replica and why it is excluded.
+fn no_replica_error(snapshot: &Snapshot, shard_index: usize) -> ErrorFields {
+    let shard = &snapshot.shards[shard_index];
+    let detail = replicas_detail(snapshot, shard_index);
     ErrorFields::new(
         "ERROR",
         sqlstate::CANNOT_CONNECT_NOW,
@@ -175,7 +181,13 @@ pub(crate) fn explain_route(snapshot: &Snapshot, user: Option<&str>, sql: &str) 
             shard: snapshot.shards[c.shard].name.clone(),
             node: Some(c.node.addr.to_string()),
             role: Some(c.role),
-            reason: reason_text(c.reason, scanned.class.as_deref()),
+            reason: crate::explain::reason_text(
+                c.reason,
+                scanned.class.as_deref(),
+                (c.reason == Reason::NoRoutableReplica)
+                    .then(|| replicas_detail(snapshot, c.shard))
+                    .as_deref(),
+            ),
             class,
         },
         Err(fields) => Explained {
@@ -190,13 +202,5 @@ pub(crate) fn explain_route(snapshot: &Snapshot, user: Option<&str>, sql: &str) 
             ),
             class,
         },
-    }
-}
-
-/// A reason as text, naming the cause of a write.
-pub(crate) fn reason_text(reason: Reason, class: Option<&Classification>) -> String {
-    match (reason, class.and_then(|c| c.write.as_ref())) {
-        (Reason::Write, Some(why)) => format!("write: {}", crate::explain::why_write(why)),
-        (r, _) => r.to_string(),
     }
 }

@@ -367,6 +367,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             reason,
             class,
         );
+        // Only a degraded shard pays for naming its replicas.
+        let detail = (reason == Reason::NoRoutableReplica)
+            .then(|| Arc::from(super::routing::replicas_detail(snapshot, shard)));
+        let decision = decision.with_detail(detail);
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(
                 session = decision.session,
