@@ -201,24 +201,23 @@ pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio_pos
     Ok(client)
 }
 
-/// A minimal blocking HTTP/1.0 GET against 127.0.0.1:port.
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
+/// One HTTP/1.0 request to 127.0.0.1:port; (status, body), or None if anything fails.
+fn http_exchange(port: u16, request: &str, read_timeout: Duration) -> Option<(u16, String)> {
     use std::io::Read;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("write");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(read_timeout)).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
     let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// A minimal blocking HTTP/1.0 GET against 127.0.0.1:port; panics if there is no answer.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    try_http_get(port, path).unwrap_or_else(|| panic!("GET {path} on port {port}: no answer"))
 }
 
 /// Runs a command-line tool (psql, pgbench) and returns (success, stdout, stderr).
@@ -289,16 +288,8 @@ pub mod raw;
 /// GET on the admin port without panicking (the admin listener may not be up yet):
 /// `None` when the connection or the read fails.
 pub fn try_http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::Read;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    http_exchange(port, &request, Duration::from_secs(5))
 }
 
 impl Proxy {
@@ -395,27 +386,10 @@ pub async fn port(client: &tokio_postgres::Client, sql: &str) -> u16 {
 /// A minimal blocking HTTP/1.0 POST with an empty body against 127.0.0.1:port; returns
 /// (status, body).
 pub fn http_post(port: u16, path: &str) -> (u16, String) {
-    use std::io::Read;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
+    let request = format!("POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
     // A reload validates and builds pools: allow it more than a GET.
-    s.set_read_timeout(Some(Duration::from_secs(15))).ok();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
-    )
-    .expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    http_exchange(port, &request, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("POST {path} on port {port}: no answer"))
 }
 
 /// The value of one Prometheus series (exact name with labels, e.g.
