@@ -10,6 +10,10 @@ use shardgate_sql::{for_each_statement, session_command, LexOptions, SessionComm
 /// Startup parameters that are protocol plumbing, not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
+/// Settings PostgreSQL's RESET ALL leaves alone (GUC_NO_RESET_ALL) that SET can change
+/// for a session.
+const NOT_RESET_BY_RESET_ALL: &[&str] = &["role", "session_authorization"];
+
 /// What a completed cycle (up to ReadyForQuery) asks the session to do besides SETs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Effects {
@@ -94,7 +98,10 @@ impl SessionParams {
 
     /// SQL that turns a server connection's settings into this client's.
     pub(crate) fn sync_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL");
+        // RESET ALL leaves the role and session authorization alone (PostgreSQL marks
+        // them GUC_NO_RESET_ALL): reset those explicitly, or one client's SET ROLE
+        // would follow the connection to the next client.
+        let mut sql = String::from("RESET ALL;RESET ROLE;SET SESSION AUTHORIZATION DEFAULT");
         for (name, value) in self
             .startup
             .iter()
@@ -167,7 +174,9 @@ impl SessionParams {
                 }
                 SessionCommand::ResetAll => {
                     effects.server_reset |= !self.startup.is_empty();
-                    self.sets.clear();
+                    // As on the server, RESET ALL keeps the role and session authorization.
+                    self.sets
+                        .retain(|name, _| NOT_RESET_BY_RESET_ALL.contains(&name.as_str()));
                 }
                 SessionCommand::DiscardAll => {
                     self.sets.clear();
@@ -206,7 +215,7 @@ mod tests {
         assert_ne!(p.fingerprint(), before);
         assert_eq!(
             p.sync_sql(),
-            "RESET ALL;SET application_name TO 'it''s';SET statement_timeout TO '5s'"
+            "RESET ALL;RESET ROLE;SET SESSION AUTHORIZATION DEFAULT;SET application_name TO 'it''s';SET statement_timeout TO '5s'"
         );
     }
 
@@ -247,6 +256,18 @@ mod tests {
         assert!(p.end_cycle(b'I', false).server_reset);
         p.observe(b"RESET statement_timeout");
         assert!(!p.end_cycle(b'I', false).server_reset);
+    }
+
+    #[test]
+    fn reset_all_keeps_the_role_as_the_server_does() {
+        let mut p = startup();
+        p.observe(b"SET ROLE other; SET search_path TO x");
+        p.end_cycle(b'I', false);
+        p.observe(b"RESET ALL");
+        p.end_cycle(b'I', false);
+        let sql = p.sync_sql();
+        assert!(sql.ends_with(";SET role TO other"), "{sql}");
+        assert!(!sql.contains("search_path"), "{sql}");
     }
 
     #[test]

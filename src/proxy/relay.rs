@@ -12,8 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::errors::ClientError;
 use super::flight::{ClientSide, ServerSide};
+use super::params::SessionParams;
 use super::routing::kind_of;
 use super::session::{reserve, Session, PROBE_SQL};
+use shardgate_wire::ErrorFields;
 use std::time::Instant;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -35,7 +37,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if !std::mem::take(&mut self.fresh_checkout) && self.plan_in_transaction().await? {
                     continue;
                 }
-                self.sync_session_state().await?;
+                if !self.sync_session_state().await? {
+                    continue;
+                }
                 if self.cycle_started.is_none() {
                     self.cycle_started = Some(Instant::now());
                 }
@@ -194,26 +198,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(false)
     }
 
-    /// Re-applies the client's settings when this connection carries someone else's.
-    async fn sync_session_state(&mut self) -> Result<(), ClientError> {
+    /// Re-applies the client's settings inside a held connection (after a DISCARD ALL
+    /// reset it). False if that failed: the request was answered with the error and the
+    /// connection's state is marked unknown, so the next request tries again.
+    async fn sync_session_state(&mut self) -> Result<bool, ClientError> {
         let Some(checkout) = self.server.as_mut() else {
-            return Ok(());
+            return Ok(true);
         };
-        let conn = &mut *checkout.conn;
-        if conn.state_fingerprint == self.params.fingerprint() {
-            return Ok(());
-        }
-        match conn.run_discarding(&self.params.sync_sql()).await {
-            Ok(()) => {}
-            // The settings themselves failed: the client set them, so it hears about
-            // it on its next statement; the connection is still usable.
-            Err(e @ BackendError::Server { .. }) => {
-                tracing::warn!(error = %e, "re-applying client settings failed")
+        match apply_session_state(&mut checkout.conn, &self.params).await? {
+            None => Ok(true),
+            Some(fields) => {
+                self.reject_request(fields).await?;
+                Ok(false)
             }
-            Err(e) => return Err(e.into()),
         }
-        conn.state_fingerprint = self.params.fingerprint();
-        Ok(())
     }
 
     /// Handles what the server sent and forwards it to the client.
@@ -278,6 +276,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         true
     }
 }
+
+/// Makes a server connection carry the client's settings (`RESET ALL` and the client's
+/// SETs, in one round trip) unless it already does. `Some(error)` when the server refused
+/// them: it runs that string as one implicit transaction, so a failure undoes the RESET
+/// too and the connection keeps whatever settings it had. It is then marked as carrying
+/// nobody's settings, and the caller must not run the client's request on it.
+pub(super) async fn apply_session_state(
+    conn: &mut shardgate_pool::ServerConn,
+    params: &SessionParams,
+) -> Result<Option<ErrorFields>, ClientError> {
+    if conn.state_fingerprint == params.fingerprint() {
+        return Ok(None);
+    }
+    match conn.run_discarding(&params.sync_sql()).await {
+        Ok(()) => {
+            conn.state_fingerprint = params.fingerprint();
+            Ok(None)
+        }
+        Err(BackendError::Server { mut fields, .. }) => {
+            conn.state_fingerprint = UNKNOWN_STATE;
+            tracing::warn!(
+                error = fields.message().unwrap_or_default(),
+                "re-applying a client's settings failed"
+            );
+            if let Some(m) = fields.fields.iter_mut().find(|(c, _)| *c == b'M') {
+                m.1 = format!(
+                    "shardgate could not re-apply this session's settings: {}",
+                    m.1
+                );
+            }
+            fields.fields.retain(|(c, _)| *c != b'H');
+            fields.fields.push((
+                b'H',
+                "A setting this session made no longer applies (for example a role it SET was \
+                 revoked). Running without it would be silently wrong, so this session's \
+                 requests fail until you reconnect."
+                    .to_owned(),
+            ));
+            Ok(Some(fields))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A fingerprint no client has (theirs always have the low bit set): forces the next
+/// checkout to re-apply from scratch.
+const UNKNOWN_STATE: u64 = 2;
 
 fn server_io(conn: &shardgate_pool::ServerConn, source: std::io::Error) -> ClientError {
     ClientError::Backend(BackendError::Io {

@@ -295,6 +295,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         };
+        let mut conn = conn;
+        if let Some(fields) = super::relay::apply_session_state(&mut conn, &self.params).await? {
+            // Its settings are unknown now: close it rather than hand them to anyone.
+            conn.discard();
+            self.reject_request(fields).await?;
+            return Ok(false);
+        }
         self.registration.slot.set(&conn.addr, conn.key);
         self.note_routed(&snapshot, &scanned, chosen.role, in_transaction);
         self.unnamed = scanned.unnamed.take();
