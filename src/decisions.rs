@@ -57,6 +57,10 @@ pub(crate) struct Decision {
     pub(crate) class: Option<Arc<Classification>>,
     /// Why no replica could take a read (only then: built off the hot path).
     pub(crate) detail: Option<Arc<str>>,
+    /// Every shard a fanned-out request ran on (None: just `shard`).
+    pub(crate) shards: Option<Arc<[Arc<str>]>>,
+    /// Why those shards, e.g. `key user_id=42 → logical 302 → s0` (sharding only).
+    pub(crate) shard_reason: Option<Arc<str>>,
 }
 
 impl Decision {
@@ -92,6 +96,26 @@ impl Decision {
             reason,
             class,
             detail: None,
+            shards: None,
+            shard_reason: None,
+        }
+    }
+
+    pub(crate) fn with_shards(
+        mut self,
+        shards: Option<Arc<[Arc<str>]>>,
+        reason: Option<Arc<str>>,
+    ) -> Decision {
+        self.shards = shards;
+        self.shard_reason = reason;
+        self
+    }
+
+    /// The shard names, in order.
+    pub(crate) fn shard_names(&self) -> Vec<&str> {
+        match &self.shards {
+            Some(list) => list.iter().map(|s| &**s).collect(),
+            None => vec![&*self.shard],
         }
     }
 
@@ -106,7 +130,12 @@ impl Decision {
 
     /// The reason as text, with the write's cause where there is one.
     pub(crate) fn reason_text(&self) -> String {
-        crate::explain::reason_text(self.reason, self.class.as_deref(), self.detail.as_deref())
+        let node =
+            crate::explain::reason_text(self.reason, self.class.as_deref(), self.detail.as_deref());
+        match &self.shard_reason {
+            Some(r) => format!("{r}; {node}"),
+            None => node,
+        }
     }
 }
 

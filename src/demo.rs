@@ -12,6 +12,21 @@ use tokio::sync::watch;
 const LISTEN: &str = "127.0.0.1:6432";
 const ADMIN: &str = "127.0.0.1:9930";
 
+/// The demo's sharding: two sharded tables and a reference table, created on every shard.
+const SHARDING: &str = "sharding:\n  logical_shards: 1024\n  tables:\n    users: id\n    orders: user_id\n  reference_tables: [countries]\n";
+
+const SCHEMA: &str = "CREATE TABLE users (id bigint PRIMARY KEY, name text); \
+     CREATE TABLE orders (id bigserial, user_id bigint NOT NULL, total numeric, PRIMARY KEY (user_id, id)); \
+     CREATE TABLE countries (code text PRIMARY KEY, name text);";
+
+fn grants(user: &str) -> String {
+    format!(
+        "GRANT ALL ON users, orders, countries TO \"{user}\"; \
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO \"{user}\"; \
+         GRANT CREATE ON SCHEMA public TO \"{user}\";"
+    )
+}
+
 fn demo_config(topology: &Topology) -> String {
     format!(
         "listen: {LISTEN}\nadmin_listen: {ADMIN}\ndatabase: {db}\nusers:\n  - name: {user}\n    password: {password}\npool:\n  mode: transaction\n  size: 20\n{shards}{sharding}",
@@ -19,7 +34,7 @@ fn demo_config(topology: &Topology) -> String {
         user = topology.user(),
         password = topology.password(),
         shards = topology.shards_yaml(),
-        sharding = if topology.shards.len() > 1 { "sharding:\n  logical_shards: 1024\n" } else { "" },
+        sharding = SHARDING,
     )
 }
 
@@ -50,8 +65,13 @@ pub(crate) fn run(shards: usize, replicas: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Until sharding lands the proxy uses the first shard only; keep both listed so
-    // the topology is visible, and s0 first.
+    for shard in &topology.shards {
+        let sql = format!("{SCHEMA} {}", grants(topology.user()));
+        if let Err(e) = shard.primary.sql(topology.database(), &sql) {
+            eprintln!("error: could not create the demo tables: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let text = demo_config(&topology);
     let config = match Config::from_yaml_str(&text) {
         Ok(c) => c,
@@ -103,7 +123,7 @@ pub(crate) fn run(shards: usize, replicas: usize) -> ExitCode {
             };
         }
         println!();
-        println!("shardgate is ready (routing to shard s0 until sharding lands). Connect with:");
+        println!("shardgate is ready. Connect with:");
         println!();
         println!(
             "  PGPASSWORD={} psql -h 127.0.0.1 -p 6432 -U {} {}",
@@ -117,6 +137,8 @@ pub(crate) fn run(shards: usize, replicas: usize) -> ExitCode {
             "Config: {} (edit it, then: curl -X POST http://{ADMIN}/api/reload)",
             path.display()
         );
+        println!("Try: INSERT INTO users (id, name) VALUES (1, 'ann'), (2, 'bob');  SELECT * FROM users WHERE id = 2;");
+        println!("     then curl http://{ADMIN}/api/decisions to see which shard each statement went to.");
         println!("Press Ctrl-C to stop and remove everything.");
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("stopping...");

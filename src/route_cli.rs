@@ -25,7 +25,8 @@ pub(crate) fn run(path: &Path, sql: &str) -> ExitCode {
     assume_replicas_healthy(&snapshot);
     let e = explain_route(&snapshot, None, sql);
     println!("kind:   {}", e.kind.as_str());
-    println!("shard:  {}", e.shard);
+    let shards: Vec<&str> = e.shards.iter().map(|s| &**s).collect();
+    println!("shard:  {}", shards.join(", "));
     match (e.node, e.role) {
         (Some(node), Some(role)) => {
             let role = if role == Role::Primary {

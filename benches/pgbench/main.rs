@@ -1,5 +1,6 @@
 //! End-to-end throughput and latency benchmark: pgbench against PostgreSQL directly, through
-//! shardgate and (when installed) through PgBouncer, on one throwaway testkit primary.
+//! shardgate and (when installed) through PgBouncer, on one throwaway testkit primary; and,
+//! when asked for (`SG_BENCH_WORKLOADS=sharded`), point reads and writes over two shards.
 //!
 //! Run with `cargo bench --bench pgbench`; see docs/benchmarks.md for what it measures and the
 //! goals. Targets take turns round by round, so drift on a shared machine (other builds, CPU
@@ -8,15 +9,16 @@
 mod pgbench;
 mod pgbouncer;
 mod report;
+mod sharded;
 mod shardgate;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use shardgate_testkit::{pg_bindir, TestkitError, Topology};
 
-use crate::pgbench::{Pgbench, RunOutcome, Target, Workload};
+use crate::pgbench::{Pgbench, RunOutcome, Script, Target, Workload};
 use crate::report::Measurements;
 
 /// pgbench scale factor: 1,000,000 rows in pgbench_accounts, enough that `-S` does real index
@@ -45,6 +47,16 @@ pub(crate) enum BenchError {
     Tool { command: String, detail: String },
     #[error("{what} did not start: {detail}")]
     NotReady { what: &'static str, detail: String },
+    /// Some UPDATE reached a shard without its row, or rows changed behind pgbench's back.
+    #[error(
+        "{topology}: balances add up to {found}, but pgbench reported {expected} transactions \
+         (each adds 1 to one row)"
+    )]
+    LostUpdates {
+        topology: String,
+        found: u64,
+        expected: u64,
+    },
 }
 
 /// What to run, from the environment.
@@ -60,19 +72,24 @@ impl Settings {
         let rounds = env_number("SG_BENCH_ROUNDS", 3)?;
         let seconds = env_number("SG_BENCH_SECONDS", 20)?;
         let workloads = match std::env::var("SG_BENCH_WORKLOADS") {
-            Ok(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|name| !name.is_empty())
-                .map(|name| {
-                    Workload::from_name(name).ok_or_else(|| BenchError::Setting {
+            Ok(list) => {
+                let mut workloads = Vec::new();
+                for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let named = Workload::from_name(name).ok_or_else(|| BenchError::Setting {
                         var: "SG_BENCH_WORKLOADS",
                         value: list.clone(),
-                        why: "expected a comma list of simple, extended, prepared, latency",
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Err(_) => Workload::ALL.to_vec(),
+                        why: "expected a comma list of simple, extended, prepared, latency, \
+                              sharded (or sharded-simple, sharded-prepared)",
+                    })?;
+                    for w in named {
+                        if !workloads.contains(&w) {
+                            workloads.push(w);
+                        }
+                    }
+                }
+                workloads
+            }
+            Err(_) => Workload::DEFAULT.to_vec(),
         };
         Ok(Settings {
             rounds: usize::try_from(rounds).unwrap_or(usize::MAX),
@@ -110,6 +127,25 @@ fn main() -> ExitCode {
 fn run() -> Result<(), BenchError> {
     let settings = Settings::from_env()?;
     let bindir = pg_bindir()?;
+    let nproc = std::thread::available_parallelism().map_or(0, usize::from);
+    println!("nproc: {nproc}");
+    let (sharded, select_only): (Vec<Workload>, Vec<Workload>) =
+        settings.workloads.iter().partition(|w| w.is_sharded());
+    if !select_only.is_empty() {
+        run_select_only(&settings, &bindir, &select_only)?;
+    }
+    if !sharded.is_empty() {
+        sharded::run(&settings, &bindir, &sharded)?;
+    }
+    Ok(())
+}
+
+/// The pooling issue's workloads: `-S` on the pgbench tables, direct vs the proxies.
+fn run_select_only(
+    settings: &Settings,
+    bindir: &Path,
+    workloads: &[Workload],
+) -> Result<(), BenchError> {
     let topology = Topology::builder()
         // The default 32MB would not hold scale 10; more keeps `-S` in memory.
         .conf("shared_buffers = '256MB'")
@@ -129,53 +165,95 @@ fn run() -> Result<(), BenchError> {
     };
 
     let mut targets = vec![
-        Target::new("direct", primary.port()),
+        Target::new(report::BASELINE, primary.port()),
         Target::new("shardgate", proxy.port()),
     ];
     if let Some(b) = &bouncer {
         targets.push(Target::new("pgbouncer", b.port()));
     }
 
-    print_header(&settings, &pg_version, bouncer.as_ref(), targets.len());
-    for target in &targets {
-        // Only to warm up; a failure here shows again, with its message, in the measured runs.
-        let _ = pgbench.run(target, Workload::Simple, WARMUP);
-    }
-
-    let mut measurements = Measurements::default();
-    let duration = Duration::from_secs(settings.seconds);
-    for &workload in &settings.workloads {
-        for round in 0..settings.rounds {
-            // Rotating the starting target each round keeps any one of them from always
-            // running right after the same neighbour.
-            for i in 0..targets.len() {
-                let target = &targets[(round + i) % targets.len()];
-                let outcome = pgbench.run(target, workload, duration);
-                log_run(workload, target, round, &outcome);
-                measurements.record(workload, target.name, outcome);
-            }
-        }
-    }
+    print_header(
+        settings,
+        workloads,
+        &pg_version,
+        bouncer.as_ref(),
+        targets.len(),
+    );
+    warm_up(
+        &pgbench,
+        &targets,
+        Workload::Simple,
+        Script::SelectOnly,
+        |_, _| {},
+    );
+    let measurements = measure(
+        &pgbench,
+        &targets,
+        workloads,
+        Script::SelectOnly,
+        settings,
+        |_, _| {},
+    );
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
     println!();
-    print!(
-        "{}",
-        report::table(&measurements, &settings.workloads, &names)
-    );
+    print!("{}", report::table(&measurements, workloads, &names));
     drop(bouncer);
     drop(proxy);
     Ok(())
 }
 
+/// An untimed run of `workload` per target, so caches and pools are warm for round one. Its
+/// outcome goes only to `seen` (with the target's index): a failure shows again, with its
+/// message, in the measured runs.
+fn warm_up(
+    pgbench: &Pgbench,
+    targets: &[Target],
+    workload: Workload,
+    script: Script<'_>,
+    mut seen: impl FnMut(usize, &RunOutcome),
+) {
+    for (i, target) in targets.iter().enumerate() {
+        seen(i, &pgbench.run(target, workload, script, WARMUP));
+    }
+}
+
+/// Every workload for `settings.rounds` rounds over all targets, logged as it goes; each
+/// outcome is also shown to `seen` with its target's index.
+fn measure(
+    pgbench: &Pgbench,
+    targets: &[Target],
+    workloads: &[Workload],
+    script: Script<'_>,
+    settings: &Settings,
+    mut seen: impl FnMut(usize, &RunOutcome),
+) -> Measurements {
+    let mut measurements = Measurements::default();
+    let duration = Duration::from_secs(settings.seconds);
+    for &workload in workloads {
+        for round in 0..settings.rounds {
+            // Rotating the starting target each round keeps any one of them from always
+            // running right after the same neighbour.
+            for i in 0..targets.len() {
+                let index = (round + i) % targets.len();
+                let target = &targets[index];
+                let outcome = pgbench.run(target, workload, script, duration);
+                log_run(workload, target, round, &outcome);
+                seen(index, &outcome);
+                measurements.record(workload, target.name, outcome);
+            }
+        }
+    }
+    measurements
+}
+
 fn print_header(
     settings: &Settings,
+    workloads: &[Workload],
     pg_version: &str,
     bouncer: Option<&pgbouncer::Pgbouncer>,
     targets: usize,
 ) {
-    let nproc = std::thread::available_parallelism().map_or(0, usize::from);
-    let runs = settings.workloads.len() * settings.rounds * targets;
-    println!("nproc: {nproc}");
+    let runs = workloads.len() * settings.rounds * targets;
     println!("PostgreSQL: {pg_version}");
     match bouncer {
         Some(b) => println!("pgbouncer: {}", b.version()),
@@ -195,7 +273,7 @@ fn print_header(
 fn log_run(workload: Workload, target: &Target, round: usize, outcome: &RunOutcome) {
     match outcome {
         Ok(s) => eprintln!(
-            "{:<9} {:<10} round {}: {:>10.1} tps, {:.3} ms",
+            "{:<16} {:<10} round {}: {:>10.1} tps, {:.3} ms",
             workload.name(),
             target.name,
             round + 1,
@@ -203,7 +281,7 @@ fn log_run(workload: Workload, target: &Target, round: usize, outcome: &RunOutco
             s.latency_ms
         ),
         Err(why) => eprintln!(
-            "{:<9} {:<10} round {}: FAILED: {why}",
+            "{:<16} {:<10} round {}: FAILED: {why}",
             workload.name(),
             target.name,
             round + 1

@@ -1,7 +1,7 @@
 //! Driving the `pgbench` tool: the workloads, one timed run against one target, and reading
 //! throughput and latency from its report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -9,7 +9,8 @@ use shardgate_testkit::Topology;
 
 use crate::BenchError;
 
-/// One pgbench configuration from the benchmark plan; all are select-only (`-S`).
+/// One pgbench configuration from the issues' benchmark plans: the pooling issue's are
+/// select-only (`-S`), the sharding issue's run a custom script of point reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Workload {
     /// 32 clients, simple query protocol.
@@ -20,15 +21,32 @@ pub(crate) enum Workload {
     Prepared,
     /// 1 client, simple protocol: the round-trip time a proxy adds.
     Latency,
+    /// The sharding script, 32 clients, simple query protocol.
+    ShardedSimple,
+    /// The sharding script, 32 clients, named prepared statements.
+    ShardedPrepared,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Workload; 4] = [
+    /// What runs when `SG_BENCH_WORKLOADS` is unset.
+    pub(crate) const DEFAULT: [Workload; 4] = [
         Workload::Simple,
         Workload::Extended,
         Workload::Prepared,
         Workload::Latency,
     ];
+
+    const ALL: [Workload; 6] = [
+        Workload::Simple,
+        Workload::Extended,
+        Workload::Prepared,
+        Workload::Latency,
+        Workload::ShardedSimple,
+        Workload::ShardedPrepared,
+    ];
+
+    /// The name that selects every sharding workload.
+    pub(crate) const SHARDED_GROUP: &'static str = "sharded";
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -36,22 +54,46 @@ impl Workload {
             Workload::Extended => "extended",
             Workload::Prepared => "prepared",
             Workload::Latency => "latency",
+            Workload::ShardedSimple => "sharded-simple",
+            Workload::ShardedPrepared => "sharded-prepared",
         }
     }
 
-    pub(crate) fn from_name(name: &str) -> Option<Workload> {
-        Workload::ALL.into_iter().find(|w| w.name() == name)
+    /// The workloads `name` selects: one by its own name, or all sharding ones by
+    /// [`Workload::SHARDED_GROUP`].
+    pub(crate) fn from_name(name: &str) -> Option<Vec<Workload>> {
+        if name == Self::SHARDED_GROUP {
+            return Some(Self::ALL.into_iter().filter(|w| w.is_sharded()).collect());
+        }
+        Self::ALL
+            .into_iter()
+            .find(|w| w.name() == name)
+            .map(|w| vec![w])
     }
 
-    fn args(self) -> [&'static str; 7] {
+    /// Runs the sharding script on the sharding setup rather than `-S` on the pgbench tables.
+    pub(crate) fn is_sharded(self) -> bool {
+        matches!(self, Workload::ShardedSimple | Workload::ShardedPrepared)
+    }
+
+    fn args(self) -> [&'static str; 6] {
         let (clients, threads, mode) = match self {
-            Workload::Simple => ("32", "2", "simple"),
+            Workload::Simple | Workload::ShardedSimple => ("32", "2", "simple"),
             Workload::Extended => ("32", "2", "extended"),
-            Workload::Prepared => ("32", "2", "prepared"),
+            Workload::Prepared | Workload::ShardedPrepared => ("32", "2", "prepared"),
             Workload::Latency => ("1", "1", "simple"),
         };
-        ["-S", "-c", clients, "-j", threads, "-M", mode]
+        ["-c", clients, "-j", threads, "-M", mode]
     }
+}
+
+/// What each pgbench transaction runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Script<'a> {
+    /// The built-in select-only script (`-S`) over the `pgbench -i` tables.
+    SelectOnly,
+    /// A custom script file (`-f`).
+    File(&'a Path),
 }
 
 /// Somewhere pgbench connects to: PostgreSQL itself or a proxy in front of it, on loopback.
@@ -74,6 +116,8 @@ pub(crate) struct Sample {
     pub(crate) tps: f64,
     /// pgbench's "latency average", in milliseconds.
     pub(crate) latency_ms: f64,
+    /// Transactions completed ("number of transactions actually processed").
+    pub(crate) transactions: u64,
 }
 
 /// A run either yields a sample or the reason it failed, shown in the report.
@@ -116,18 +160,24 @@ impl Pgbench {
         }
     }
 
-    /// One timed run of `workload` against `target`. `-n` skips pgbench's VACUUM, which
-    /// `-i` already did and which would only add noise to each run.
+    /// One timed run of `workload` with `script` against `target`. `-n` skips pgbench's
+    /// VACUUM, which the setup already did and which would only add noise to each run (and
+    /// which needs the `pgbench -i` tables, absent from the sharding setup).
     pub(crate) fn run(
         &self,
         target: &Target,
         workload: Workload,
+        script: Script<'_>,
         duration: Duration,
     ) -> RunOutcome {
         let seconds = duration.as_secs().max(1).to_string();
-        let out = self
-            .command(target.port)
-            .args(["-n", "-T", &seconds])
+        let mut cmd = self.command(target.port);
+        cmd.args(["-n", "-T", &seconds]);
+        match script {
+            Script::SelectOnly => cmd.arg("-S"),
+            Script::File(path) => cmd.arg("-f").arg(path),
+        };
+        let out = cmd
             .args(workload.args())
             .arg(&self.database)
             .output()
@@ -151,12 +201,17 @@ impl Pgbench {
     }
 }
 
-/// Reads `tps = ...` and `latency average = ... ms` from pgbench's summary.
+/// Reads `tps = ...`, `latency average = ... ms` and the transaction count from pgbench's
+/// summary.
 fn parse_report(stdout: &str) -> Option<Sample> {
     let mut tps = None;
     let mut latency_ms = None;
+    let mut transactions = None;
     for line in stdout.lines() {
-        if let Some(rest) = line.strip_prefix("tps = ") {
+        if let Some(rest) = line.strip_prefix("number of transactions actually processed: ") {
+            // `N`, or `N/M` when run with -t.
+            transactions = rest.split('/').next()?.trim().parse().ok();
+        } else if let Some(rest) = line.strip_prefix("tps = ") {
             tps = rest.split_whitespace().next()?.parse().ok();
         } else if let Some(rest) = line.strip_prefix("latency average = ") {
             latency_ms = rest.strip_suffix(" ms")?.trim().parse().ok();
@@ -165,6 +220,7 @@ fn parse_report(stdout: &str) -> Option<Sample> {
     Some(Sample {
         tps: tps?,
         latency_ms: latency_ms?,
+        transactions: transactions?,
     })
 }
 

@@ -1,5 +1,5 @@
 //! The shardgate binary under test, built by cargo with the bench (release) profile and run
-//! with a generated config in front of the topology's primary.
+//! with a generated config in front of the topology's shards.
 
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -23,11 +23,22 @@ pub(crate) struct Shardgate {
 impl Shardgate {
     /// Starts shardgate in transaction mode with `pool_size` server connections.
     pub(crate) fn start(topology: &Topology, pool_size: u32) -> Result<Shardgate, BenchError> {
+        Self::start_with(topology, pool_size, "")
+    }
+
+    /// As [`Shardgate::start`], with `extra_yaml` (whole top-level sections, such as
+    /// `sharding:`) appended to the config.
+    pub(crate) fn start_with(
+        topology: &Topology,
+        pool_size: u32,
+        extra_yaml: &str,
+    ) -> Result<Shardgate, BenchError> {
         let port = free_port();
         let admin_port = free_port();
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("proxy.yaml");
-        std::fs::write(&config, config_yaml(topology, port, admin_port, pool_size))?;
+        let yaml = config_yaml(topology, port, admin_port, pool_size) + extra_yaml;
+        std::fs::write(&config, yaml)?;
         let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
             .arg("--config")
             .arg(&config)

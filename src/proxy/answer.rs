@@ -72,11 +72,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.answer_own_command(scanned, status).await? {
             return Ok(true);
         }
-        if self.mode != PoolMode::Transaction
-            || !self.shared.snapshot.load().policy.read_write_split
+        if self.mode != PoolMode::Transaction {
+            return Ok(false);
+        }
+        let snapshot = self.shared.snapshot.load();
+        // A transaction's node (with read/write splitting) or shard (with sharding) is known
+        // only from its first statement.
+        if !snapshot.policy.read_write_split && snapshot.sharding.is_none() && !self.deferred_failed
         {
             return Ok(false);
         }
+        drop(snapshot);
         if self.deferred_begin.is_none() && scanned.lone_begin && self.flight.tx_status == b'I' {
             let sql = self.consume_first_message()?;
             self.deferred_begin = Some(sql);
@@ -114,7 +120,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<bool, ClientError> {
         if let Some(cmd) = &scanned.shardgate {
             self.consume_first_message()?;
-            local::answer_shardgate(cmd, &mut self.routing, tx_status, &mut self.out);
+            let shards = self.shared.snapshot.load().shard_names();
+            local::answer_shardgate(cmd, &mut self.routing, &shards, tx_status, &mut self.out);
             return self.flush_out().await;
         }
         if let Some(cmd) = &scanned.shardgate_extended {
@@ -160,13 +167,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                             .encode(&mut self.out);
                     }
                     if row {
-                        local::show_description(&mut self.out);
+                        local::show_description(cmd, &mut self.out);
                     } else {
                         backend::no_data(&mut self.out);
                     }
                 }
                 FrontendRef::Execute { .. } => {
-                    let answer = local::apply_shardgate(cmd, &mut self.routing);
+                    let shards = self.shared.snapshot.load().shard_names();
+                    let answer = local::apply_shardgate(cmd, &mut self.routing, &shards);
                     failed = matches!(answer, local::Answer::Error(_));
                     local::write_result(&answer, &mut self.out);
                 }

@@ -123,6 +123,19 @@ pub(crate) struct ServerSide<'a> {
 }
 
 impl Flight {
+    /// A fresh flight for an idle connection whose transaction status is `tx_status`.
+    pub(crate) fn with_status(tx_status: u8) -> Flight {
+        Flight {
+            tx_status,
+            ..Flight::default()
+        }
+    }
+
+    /// The server is in copy-in mode: client frames are COPY data until CopyDone/CopyFail.
+    pub(crate) fn in_copy(&self) -> bool {
+        self.copy_in
+    }
+
     /// Nothing in flight: every forwarded message has been answered.
     pub(crate) fn idle(&self) -> bool {
         self.expect.is_empty() && !self.unsynced

@@ -1,5 +1,5 @@
 //! Requests shardgate answers itself, without a server: its own settings
-//! (`SET/RESET/SHOW shardgate.target`, which never reach PostgreSQL), and a lone
+//! (`SET/RESET/SHOW shardgate.target | shard | shard_key`, which never reach PostgreSQL), and a lone
 //! `BEGIN` whose routing waits for the transaction's first statement.
 
 use bytes::BytesMut;
@@ -27,7 +27,7 @@ pub(crate) enum Answer {
     /// A command tag: `SET` or `RESET`.
     Done(&'static str),
     /// `SHOW`: the value.
-    Show(&'static str),
+    Show(String),
     Error(ErrorFields),
 }
 
@@ -36,59 +36,113 @@ pub(crate) fn returns_row(cmd: &ShardgateCommand) -> bool {
     matches!(cmd, ShardgateCommand::Show { .. })
 }
 
-/// Applies `SET/RESET/SHOW shardgate.<name>` to the session.
-pub(crate) fn apply_shardgate(cmd: &ShardgateCommand, routing: &mut SessionRouting) -> Answer {
+const SETTINGS_HINT: &str = "shardgate's session settings: shardgate.target (primary | replica | \
+     auto), shardgate.shard (a shard name | auto), shardgate.shard_key (a key value | auto).";
+
+/// The setting a command names, as shown in its RowDescription.
+fn setting(name: &str) -> Option<&'static str> {
+    match name {
+        "target" => Some("shardgate.target"),
+        "shard" => Some("shardgate.shard"),
+        "shard_key" => Some("shardgate.shard_key"),
+        _ => None,
+    }
+}
+
+fn invalid(name: &str, value: &str, hint: &str) -> Answer {
+    Answer::Error(
+        ErrorFields::new(
+            "ERROR",
+            INVALID_PARAMETER_VALUE,
+            format!("invalid value for parameter \"shardgate.{name}\": \"{value}\""),
+        )
+        .with(b'H', hint),
+    )
+}
+
+/// Applies `SET/RESET/SHOW shardgate.<name>` to the session. `shards` are the configured
+/// shard names, which `shardgate.shard` must name.
+pub(crate) fn apply_shardgate(
+    cmd: &ShardgateCommand,
+    routing: &mut SessionRouting,
+    shards: &[std::sync::Arc<str>],
+) -> Answer {
     let name = match cmd {
         ShardgateCommand::Set { name, .. }
         | ShardgateCommand::Reset { name }
         | ShardgateCommand::Show { name } => name.as_str(),
     };
-    if name != "target" {
+    if setting(name).is_none() {
         return Answer::Error(
             ErrorFields::new(
                 "ERROR",
                 UNDEFINED_OBJECT,
                 format!("unrecognized configuration parameter \"shardgate.{name}\""),
             )
-            .with(
-                b'H',
-                "shardgate's session settings: shardgate.target (primary | replica | auto).",
-            ),
+            .with(b'H', SETTINGS_HINT),
         );
     }
     match cmd {
         ShardgateCommand::Set { value, .. } => {
-            let target = match value.to_ascii_lowercase().as_str() {
-                "primary" => TargetSetting::Primary,
-                "replica" => TargetSetting::Replica,
-                "auto" | "default" => TargetSetting::Auto,
-                _ => {
-                    return Answer::Error(
-                        ErrorFields::new(
-                            "ERROR",
-                            INVALID_PARAMETER_VALUE,
-                            format!(
-                                "invalid value for parameter \"shardgate.target\": \"{value}\""
-                            ),
-                        )
-                        .with(b'H', "Available values: primary, replica, auto."),
-                    )
+            let auto = matches!(value.to_ascii_lowercase().as_str(), "auto" | "default");
+            match name {
+                "target" => {
+                    routing.target = match value.to_ascii_lowercase().as_str() {
+                        "primary" => TargetSetting::Primary,
+                        "replica" => TargetSetting::Replica,
+                        "auto" | "default" => TargetSetting::Auto,
+                        _ => {
+                            return invalid(
+                                name,
+                                value,
+                                "Available values: primary, replica, auto.",
+                            )
+                        }
+                    }
                 }
-            };
-            routing.target = target;
+                "shard" if auto => routing.shard = None,
+                "shard" => match shards.iter().find(|s| ***s == **value) {
+                    Some(s) => routing.shard = Some(s.clone()),
+                    None => {
+                        let names: Vec<&str> = shards.iter().map(|s| &**s).collect();
+                        return invalid(
+                            name,
+                            value,
+                            &format!("Available values: {}, auto.", names.join(", ")),
+                        );
+                    }
+                },
+                _ if auto => routing.shard_key = None,
+                _ => routing.shard_key = Some(std::sync::Arc::from(value.as_str())),
+            }
             Answer::Done("SET")
         }
         ShardgateCommand::Reset { .. } => {
-            routing.target = TargetSetting::Auto;
+            match name {
+                "target" => routing.target = TargetSetting::Auto,
+                "shard" => routing.shard = None,
+                _ => routing.shard_key = None,
+            }
             Answer::Done("RESET")
         }
-        ShardgateCommand::Show { .. } => Answer::Show(target_name(routing.target)),
+        ShardgateCommand::Show { .. } => {
+            let value = match name {
+                "target" => target_name(routing.target).to_owned(),
+                "shard" => routing.shard.as_deref().unwrap_or("auto").to_owned(),
+                _ => routing.shard_key.as_deref().unwrap_or("auto").to_owned(),
+            };
+            Answer::Show(value)
+        }
     }
 }
 
-/// The RowDescription of `SHOW shardgate.target`.
-pub(crate) fn show_description(out: &mut BytesMut) {
-    backend::row_description_text(&["shardgate.target"], out);
+/// The RowDescription of `SHOW shardgate.<name>`.
+pub(crate) fn show_description(cmd: &ShardgateCommand, out: &mut BytesMut) {
+    let name = match cmd {
+        ShardgateCommand::Show { name } => setting(name).unwrap_or("shardgate.target"),
+        _ => "shardgate.target",
+    };
+    backend::row_description_text(&[name], out);
 }
 
 /// The result of a command, as an Execute (or the tail of a simple Query) returns it.
@@ -108,12 +162,13 @@ pub(crate) fn write_result(answer: &Answer, out: &mut BytesMut) {
 pub(crate) fn answer_shardgate(
     cmd: &ShardgateCommand,
     routing: &mut SessionRouting,
+    shards: &[std::sync::Arc<str>],
     tx_status: u8,
     out: &mut BytesMut,
 ) {
-    let answer = apply_shardgate(cmd, routing);
-    if matches!(answer, Answer::Show(_)) {
-        show_description(out);
+    let answer = apply_shardgate(cmd, routing, shards);
+    if matches!(answer, Answer::Show(..)) {
+        show_description(cmd, out);
     }
     write_result(&answer, out);
     backend::ready_for_query(tx_status, out);

@@ -4,14 +4,17 @@
 mod answer;
 mod cancel;
 mod errors;
+mod fanout;
 mod flight;
 mod listener;
 mod local;
+mod merge;
 mod params;
 mod relay;
 mod request;
 mod routing;
 mod session;
+mod shard_plan;
 mod sqlstate;
 mod startup;
 mod statements;

@@ -24,7 +24,7 @@ pub(crate) struct Effects {
     pub(crate) server_reset: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct SessionParams {
     /// From the startup packet, as quoted SQL literals.
     startup: BTreeMap<String, String>,

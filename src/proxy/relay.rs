@@ -15,6 +15,7 @@ use super::flight::{ClientSide, ServerSide};
 use super::params::SessionParams;
 use super::routing::kind_of;
 use super::session::{reserve, Session, PROBE_SQL};
+use super::shard_plan::Need;
 use shardgate_wire::ErrorFields;
 use std::time::Instant;
 
@@ -44,13 +45,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.cycle_started = Some(Instant::now());
                 }
             }
+            let limit = self.translate_limit()?;
             let Some(checkout) = self.server.as_mut() else {
                 return Ok(true);
             };
             let conn = &mut *checkout.conn;
             let classifier = checkout.snapshot.classifier.clone();
             let t = self.flight.translate(
-                &self.cbuf,
+                &self.cbuf[..limit],
                 self.max_len,
                 self.mode,
                 ClientSide {
@@ -65,6 +67,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 &mut self.out,
             )?;
             let mut direct = t.direct;
+            if t.consumed > 0 {
+                // The request acquire() planned is on its way; the next one is planned here.
+                self.fresh_checkout = false;
+            }
             if self.probe_pending
                 && !self.probe_after_idle
                 && t.consumed > 0
@@ -165,6 +171,84 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         sent.map_err(|source| server_io(conn, source))
     }
 
+    /// How much of the client buffer may be translated now. Without sharding: all of it
+    /// (pipelined requests follow the first on its server). With sharding every request needs
+    /// its own plan: the planned one goes; a pipelined one behind it goes now only if it needs
+    /// this same shard, else it waits until the server is idle and is planned then.
+    fn translate_limit(&mut self) -> Result<usize, ClientError> {
+        let sharded = self
+            .server
+            .as_ref()
+            .is_some_and(|c| c.snapshot.sharding.is_some());
+        if !sharded || self.mode != PoolMode::Transaction || self.flight.in_copy() {
+            return Ok(self.cbuf.len());
+        }
+        let Some((len, _)) = super::fanout::request_len(&self.cbuf, self.max_len)? else {
+            // A request still arriving: only the one already planned may be streamed.
+            return Ok(if self.flight.idle() {
+                self.cbuf.len()
+            } else {
+                0
+            });
+        };
+        if self.flight.idle() {
+            return Ok(len);
+        }
+        Ok(if self.plan_pipelined()? { len } else { 0 })
+    }
+
+    /// Plans a complete request pipelined behind one in flight: true if it can follow on the
+    /// current server (and it is recorded as routed), false to wait until the server is idle.
+    fn plan_pipelined(&mut self) -> Result<bool, ClientError> {
+        let Some(checkout) = self.server.as_ref() else {
+            return Ok(false);
+        };
+        let snapshot = checkout.snapshot.clone();
+        let Some(rt) = snapshot.sharding.clone() else {
+            return Ok(true);
+        };
+        let (shard, node, role) = (checkout.shard, checkout.node.clone(), checkout.role);
+        let scanned = self.scan_request(&snapshot.classifier)?;
+        if scanned.shardgate.is_some()
+            || scanned.shardgate_extended.is_some()
+            || (scanned.ends_transaction && !self.parked.is_empty())
+            || scanned.first_txn.is_some()
+        {
+            return Ok(false);
+        }
+        if let Some(r) = scanned.unnamed_parse.clone() {
+            self.unnamed_parse = Some(bytes::Bytes::copy_from_slice(&self.cbuf[r]));
+        }
+        let plan = self.plan_once(&rt, &scanned);
+        let here = match plan.need {
+            Need::One(i) => i == shard,
+            Need::Any | Need::AnyReference => true,
+            _ => false,
+        };
+        let conflict = plan.write && self.txn_write_shard.is_some_and(|w| w != shard);
+        if !here || conflict || !plan.missing_types.is_empty() {
+            return Ok(false);
+        }
+        let in_transaction = self.flight.tx_status != b'I';
+        let reason = match role {
+            Role::Replica if in_transaction => Reason::ReadOnlyTransaction,
+            _ if in_transaction => Reason::Transaction,
+            _ => Reason::Pipelined,
+        };
+        if role == Role::Replica && scanned.view.write {
+            // A write must not follow a read onto a replica.
+            return Ok(false);
+        }
+        let kind = kind_of(&scanned, in_transaction);
+        snapshot.routed[shard].inc(role, kind);
+        self.record_sharded(
+            &snapshot, shard, &node, role, reason, kind, &scanned, None, &plan.why,
+        );
+        self.note_routed(&snapshot, &scanned, shard, role, in_transaction);
+        self.unnamed = scanned.unnamed;
+        Ok(true)
+    }
+
     fn whole_message_buffered(&self) -> Result<bool, ClientError> {
         Ok(matches!(peek_header(&self.cbuf, self.max_len)?, Some(h) if self.cbuf.len() >= h.len))
     }
@@ -177,8 +261,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(false);
         };
         let snapshot = checkout.snapshot.clone();
-        let (shard, node, role) = (checkout.shard, checkout.node.clone(), checkout.role);
-        let scanned = self.scan_request(&snapshot.classifier)?;
+        let mut scanned = self.scan_request(&snapshot.classifier)?;
         if self
             .answer_own_command(&scanned, self.flight.tx_status)
             .await?
@@ -186,14 +269,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(true);
         }
         let in_transaction = self.flight.tx_status != b'I';
+        let mut shard_why = String::new();
+        if in_transaction && scanned.ends_transaction {
+            self.settle_parked().await;
+        } else if let Some(plan) = self.plan_shards(&snapshot, &mut scanned).await? {
+            match plan.need {
+                Need::Refuse(fields) if in_transaction => {
+                    // As a server error would, the refusal fails the whole transaction.
+                    self.abort_locally().await;
+                    self.reject_request(fields).await?;
+                    return Ok(true);
+                }
+                Need::Refuse(fields) => {
+                    self.reject_request(fields).await?;
+                    return Ok(true);
+                }
+                Need::Any | Need::AnyReference => {
+                    let current = self.server.as_ref().map_or(0, |c| c.shard);
+                    if !self
+                        .switch_shard(&snapshot, &scanned, current, plan.write)
+                        .await?
+                    {
+                        return Ok(true);
+                    }
+                }
+                Need::One(i) => {
+                    if !self
+                        .switch_shard(&snapshot, &scanned, i, plan.write)
+                        .await?
+                    {
+                        return Ok(true);
+                    }
+                }
+                Need::Many { .. } | Need::Split { .. } => {
+                    self.fan_out(snapshot, scanned, plan).await?;
+                    return Ok(true);
+                }
+            }
+            shard_why = plan.why;
+        }
+        let Some(checkout) = self.server.as_ref() else {
+            return Ok(true);
+        };
+        let (shard, node, role) = (checkout.shard, checkout.node.clone(), checkout.role);
         let reason = match (self.mode, role) {
             (PoolMode::Session, _) => Reason::SessionPooling,
             (_, Role::Replica) => Reason::ReadOnlyTransaction,
             (_, Role::Primary) => Reason::Transaction,
         };
         let kind = kind_of(&scanned, in_transaction);
-        self.record(&snapshot, shard, &node, role, reason, kind, &scanned);
-        self.note_routed(&snapshot, &scanned, role, in_transaction);
+        snapshot.routed[shard].inc(role, kind);
+        self.record_sharded(
+            &snapshot, shard, &node, role, reason, kind, &scanned, None, &shard_why,
+        );
+        self.note_routed(&snapshot, &scanned, shard, role, in_transaction);
         self.unnamed = scanned.unnamed;
         Ok(false)
     }
@@ -239,7 +368,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         conn.rbuf.advance(r.consumed);
         if let Some((Some(lsn), b'I')) = r.probe {
-            self.routing.ryw_lsn = self.routing.ryw_lsn.max(lsn);
+            let shard = checkout.shard;
+            self.routing.note_lsn(shard, lsn);
         }
         if r.cycles_ended > 0 {
             conn.state_fingerprint = if r.effects.server_reset {
@@ -249,6 +379,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             if self.flight.tx_status == b'I' {
                 self.routing.txn_wrote = false;
+                self.txn_write_shard = None;
+                self.txn_begin = None;
             }
             if self.flight.idle() {
                 if let Some(start) = self.cycle_started.take() {

@@ -65,6 +65,14 @@ pub(crate) struct Scanned {
     pub(crate) statements: usize,
     /// The last unnamed Parse's classification (for the session to remember).
     pub(crate) unnamed: Option<Arc<Classification>>,
+    /// The last unnamed Parse frame's range in the buffer (sharding reads its parameter types
+    /// when a later request binds it).
+    pub(crate) unnamed_parse: Option<Range<usize>>,
+    /// The first `shard=` or `shard_key=` hint.
+    pub(crate) shard_hint: Option<Hint>,
+    /// It runs something (a Query, Execute or FunctionCall), rather than only preparing or
+    /// describing: only then can it write.
+    pub(crate) executes: bool,
 }
 
 fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText) {
@@ -79,6 +87,9 @@ fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText) {
     }
     if !c.parsed {
         s.view.parsed = false;
+    }
+    if s.shard_hint.is_none() && matches!(c.hint, Some(Hint::Shard(_) | Hint::ShardKey(_))) {
+        s.shard_hint = c.hint.clone();
     }
     if s.view.hint.is_none() {
         s.view.hint = match &c.hint {
@@ -147,6 +158,7 @@ pub(crate) fn scan(
         messages += 1;
         match msg {
             FrontendRef::Query { sql } => {
+                s.executes = true;
                 let c = classifier.classify(sql);
                 let start = body_start;
                 merge(&mut s, &c, SqlText::Buffer(start..start + sql.len()));
@@ -169,6 +181,7 @@ pub(crate) fn scan(
                 }
                 if p.name.is_empty() {
                     unnamed = Some(c);
+                    s.unnamed_parse = Some(pos..pos + h.len);
                 }
             }
             FrontendRef::Bind(b) => {
@@ -194,13 +207,15 @@ pub(crate) fn scan(
             }
             FrontendRef::Sync | FrontendRef::FunctionCall(_) => {
                 if matches!(msg, FrontendRef::FunctionCall(_)) {
+                    s.executes = true;
                     s.view.write = true;
                     other = true;
                 }
                 s.complete = true;
                 break;
             }
-            FrontendRef::Describe { .. } | FrontendRef::Execute { .. } => {}
+            FrontendRef::Execute { .. } => s.executes = true,
+            FrontendRef::Describe { .. } => {}
             _ => other = true,
         }
         pos += h.len;

@@ -13,12 +13,17 @@ use super::topology::{NodeRuntime, Snapshot};
 use crate::decisions::Kind;
 
 /// Routing state a session carries between requests.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct SessionRouting {
     pub(crate) target: TargetSetting,
+    /// `SET shardgate.shard`: every statement goes to this shard (by name).
+    pub(crate) shard: Option<Arc<str>>,
+    /// `SET shardgate.shard_key`: every statement goes to this key's shard.
+    pub(crate) shard_key: Option<Arc<str>>,
     pub(crate) sticky: bool,
-    /// WAL position of the session's last committed write (0: none).
-    pub(crate) ryw_lsn: u64,
+    /// Per shard, the WAL position of the session's last committed write there (0: none).
+    /// Positions of different primaries are not comparable, so each shard keeps its own.
+    pub(crate) ryw_lsn: Vec<u64>,
     /// The open transaction has written on the primary.
     pub(crate) txn_wrote: bool,
     /// Varies the replica choice between requests.
@@ -26,12 +31,20 @@ pub(crate) struct SessionRouting {
 }
 
 impl SessionRouting {
-    fn view(&self) -> SessionView {
+    fn view(&self, shard: usize) -> SessionView {
         SessionView {
             target: self.target,
             sticky_primary: self.sticky,
-            ryw_lsn: self.ryw_lsn,
+            ryw_lsn: self.ryw_lsn.get(shard).copied().unwrap_or(0),
         }
+    }
+
+    /// Remembers a committed write's WAL position on `shard`.
+    pub(crate) fn note_lsn(&mut self, shard: usize, lsn: u64) {
+        if self.ryw_lsn.len() <= shard {
+            self.ryw_lsn.resize(shard + 1, 0);
+        }
+        self.ryw_lsn[shard] = self.ryw_lsn[shard].max(lsn);
     }
 }
 
@@ -57,16 +70,16 @@ pub(crate) fn kind_of(scanned: &Scanned, in_transaction: bool) -> Kind {
     }
 }
 
-/// Picks the node for a request outside a transaction (one shard until sharding lands).
+/// Picks the node within shard `shard_index` for a request outside a transaction.
 /// Err is the ErrorResponse for `when_no_replica: error`.
 pub(crate) fn choose(
     snapshot: &Snapshot,
+    shard_index: usize,
     user: &str,
     scanned: &Scanned,
     session: &mut SessionRouting,
     in_transaction: bool,
 ) -> Result<Chosen, ErrorFields> {
-    let shard_index = 0;
     let shard = &snapshot.shards[shard_index];
     let mut views = [ReplicaView::default(); 16];
     let n = shard.replica_views(user, &mut views);
@@ -77,7 +90,7 @@ pub(crate) fn choose(
     };
     match route(
         scanned.view,
-        session.view(),
+        session.view(shard_index),
         snapshot.policy,
         &views[..n],
         tiebreak,
@@ -140,7 +153,7 @@ fn no_replica_error(snapshot: &Snapshot, shard_index: usize) -> ErrorFields {
 /// What `/api/route` answers: the decision a statement would get now from a fresh session.
 pub(crate) struct Explained {
     pub(crate) kind: Kind,
-    pub(crate) shard: Arc<str>,
+    pub(crate) shards: Vec<Arc<str>>,
     pub(crate) node: Option<String>,
     pub(crate) role: Option<Role>,
     pub(crate) reason: String,
@@ -155,6 +168,15 @@ pub(crate) fn explain_route(snapshot: &Snapshot, user: Option<&str>, sql: &str) 
         .map(str::to_owned)
         .or_else(|| snapshot.config.users.first().map(|u| u.name.clone()))
         .unwrap_or_default();
+    let first = || vec![snapshot.shards[0].name.clone()];
+    let failed = |kind, shards, reason: String, class| Explained {
+        kind,
+        shards,
+        node: None,
+        role: None,
+        reason,
+        class,
+    };
     let scanned = match super::request::scan(
         &buf,
         usize::MAX,
@@ -163,44 +185,80 @@ pub(crate) fn explain_route(snapshot: &Snapshot, user: Option<&str>, sql: &str) 
         None,
     ) {
         Ok(s) => s,
-        Err(e) => {
-            return Explained {
-                kind: Kind::Unparsed,
-                shard: snapshot.shards[0].name.clone(),
-                node: None,
-                role: None,
-                reason: e.to_string(),
-                class,
-            }
-        }
+        Err(e) => return failed(Kind::Unparsed, first(), e.to_string(), class),
     };
     let mut session = SessionRouting::default();
-    match choose(snapshot, &user, &scanned, &mut session, false) {
+    let mut shard_index = 0;
+    let mut why = String::new();
+    if let Some(rt) = &snapshot.sharding {
+        let plan = super::shard_plan::plan_request(
+            rt,
+            &buf,
+            usize::MAX,
+            &Default::default(),
+            None,
+            &session,
+            scanned.shard_hint.as_ref(),
+        );
+        let kind = kind_of(&scanned, false);
+        match plan.need {
+            super::shard_plan::Need::Refuse(f) => {
+                let reason = format!(
+                    "refused ({}): {}",
+                    f.code().unwrap_or_default(),
+                    f.message().unwrap_or_default()
+                );
+                return failed(kind, Vec::new(), reason, class);
+            }
+            super::shard_plan::Need::One(i) => shard_index = i,
+            super::shard_plan::Need::Any | super::shard_plan::Need::AnyReference => {}
+            super::shard_plan::Need::Many { shards: set, .. } => {
+                let shards = shardgate_router::shards_in(set)
+                    .filter_map(|i| snapshot.shards.get(i).map(|s| s.name.clone()))
+                    .collect();
+                return failed(kind, shards, plan.why, class);
+            }
+            super::shard_plan::Need::Split { requests, .. } => {
+                let shards = requests
+                    .iter()
+                    .filter_map(|(i, _)| snapshot.shards.get(*i).map(|s| s.name.clone()))
+                    .collect();
+                return failed(kind, shards, plan.why, class);
+            }
+        }
+        why = plan.why;
+    }
+    let prefix = |r: String| {
+        if why.is_empty() {
+            r
+        } else {
+            format!("{why}; {r}")
+        }
+    };
+    match choose(snapshot, shard_index, &user, &scanned, &mut session, false) {
         Ok(c) => Explained {
             kind: c.kind,
-            shard: snapshot.shards[c.shard].name.clone(),
+            shards: vec![snapshot.shards[c.shard].name.clone()],
             node: Some(c.node.addr.to_string()),
             role: Some(c.role),
-            reason: crate::explain::reason_text(
+            reason: prefix(crate::explain::reason_text(
                 c.reason,
                 scanned.class.as_deref(),
                 (c.reason == Reason::NoRoutableReplica)
                     .then(|| replicas_detail(snapshot, c.shard))
                     .as_deref(),
-            ),
+            )),
             class,
         },
-        Err(fields) => Explained {
-            kind: kind_of(&scanned, false),
-            shard: snapshot.shards[0].name.clone(),
-            node: None,
-            role: None,
-            reason: format!(
+        Err(fields) => failed(
+            kind_of(&scanned, false),
+            vec![snapshot.shards[shard_index].name.clone()],
+            prefix(format!(
                 "{}: {}",
                 fields.message().unwrap_or_default(),
                 fields.get(b'D').unwrap_or_default()
-            ),
+            )),
             class,
-        },
+        ),
     }
 }

@@ -20,6 +20,7 @@ use super::flight::Flight;
 use super::params::SessionParams;
 use super::request::{scan, Scanned};
 use super::routing::{choose, kind_of, Chosen, SessionRouting};
+use super::shard_plan::Need;
 use super::statements::ClientStatements;
 use super::topology::{NodeRuntime, Snapshot};
 use super::Shared;
@@ -70,6 +71,14 @@ pub(crate) struct Session<S> {
     pub(super) fresh_checkout: bool,
     /// A request failed inside the held-back transaction: it is aborted.
     pub(super) deferred_failed: bool,
+    /// Connections the open transaction holds on shards other than the current one.
+    pub(super) parked: Vec<super::fanout::Parked>,
+    /// The open transaction's BEGIN, to open it on more shards.
+    pub(super) txn_begin: Option<Bytes>,
+    /// The shard the open transaction has written on.
+    pub(super) txn_write_shard: Option<usize>,
+    /// The last unnamed Parse frame (sharding reads a later Bind's parameter types from it).
+    pub(super) unnamed_parse: Option<Bytes>,
 }
 
 pub(super) fn reserve(buf: &mut BytesMut) {
@@ -110,6 +119,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             probe_after_idle: false,
             fresh_checkout: false,
             deferred_failed: false,
+            parked: Vec::new(),
+            txn_begin: None,
+            txn_write_shard: None,
+            unnamed_parse: None,
         }
     }
 
@@ -125,6 +138,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         self.registration.slot.clear();
+        for p in std::mem::take(&mut self.parked) {
+            // Mid-transaction: closing is the rollback.
+            p.co.conn.discard();
+        }
         if let Some(Checkout { mut conn, .. }) = self.server.take() {
             let clean = self.flight.idle() && self.flight.tx_status == b'I';
             if clean && self.mode == PoolMode::Session {
@@ -215,6 +232,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         mut scanned: Scanned,
     ) -> Result<bool, ClientError> {
         let in_transaction = self.deferred_begin.is_some();
+        if self.deferred_failed && in_transaction {
+            if scanned.ends_transaction {
+                // The failed transaction ends here; the server sees a statement outside one.
+                self.deferred_begin = None;
+                self.deferred_failed = false;
+                return Box::pin(self.acquire(snapshot, scanned)).await;
+            }
+            let fields = ErrorFields::new(
+                "ERROR",
+                super::sqlstate::IN_FAILED_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            );
+            self.reject_request(fields).await?;
+            return Ok(false);
+        }
+        let mut shard_index = 0;
+        let mut shard_why = String::new();
+        if let Some(plan) = self.plan_shards(&snapshot, &mut scanned).await? {
+            match plan.need {
+                Need::Refuse(fields) => {
+                    self.reject_request(fields).await?;
+                    return Ok(false);
+                }
+                Need::Any | Need::AnyReference => {}
+                Need::One(i) => shard_index = i,
+                Need::Many { .. } | Need::Split { .. } => {
+                    self.fan_out(snapshot, scanned, plan).await?;
+                    return Ok(false);
+                }
+            }
+            shard_why = plan.why;
+        }
         if in_transaction {
             // The held-back BEGIN starts now: read-only only if the first statement says so.
             let read_only = scanned.first_txn == Some(TxnControl::SetTransactionReadOnly);
@@ -233,6 +282,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             } else {
                 match choose(
                     &snapshot,
+                    shard_index,
                     &self.user,
                     &scanned,
                     &mut self.routing,
@@ -245,7 +295,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
             };
-            self.record(
+            snapshot.routed[chosen.shard].inc(chosen.role, chosen.kind);
+            self.record_sharded(
                 &snapshot,
                 chosen.shard,
                 &chosen.node,
@@ -253,6 +304,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 chosen.reason,
                 chosen.kind,
                 &scanned,
+                None,
+                &shard_why,
             );
             let Some(pool) = chosen.node.pool(&self.user).cloned() else {
                 return Err(ClientError::AuthFailed {
@@ -303,10 +356,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(false);
         }
         self.registration.slot.set(&conn.addr, conn.key);
-        self.note_routed(&snapshot, &scanned, chosen.role, in_transaction);
+        self.note_routed(
+            &snapshot,
+            &scanned,
+            chosen.shard,
+            chosen.role,
+            in_transaction,
+        );
         self.unnamed = scanned.unnamed.take();
         if let Some(begin) = self.deferred_begin.take() {
             self.flight.send_hidden(&begin, false, &mut self.sbuf);
+            self.txn_begin = Some(begin);
         }
         self.fresh_checkout = true;
         self.server = Some(Checkout {
@@ -325,6 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         &mut self,
         snapshot: &Snapshot,
         scanned: &Scanned,
+        shard: usize,
         role: Role,
         in_transaction: bool,
     ) {
@@ -332,8 +393,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.routing.sticky = true;
         }
         let in_txn = in_transaction || scanned.view.begins.is_some();
-        if scanned.view.write && in_txn {
+        if scanned.view.write && in_txn && (scanned.executes || !scanned.complete) {
             self.routing.txn_wrote = true;
+            self.txn_write_shard = Some(shard);
         }
         let tracks = snapshot.policy.read_your_writes
             && snapshot.policy.read_write_split
@@ -346,9 +408,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.probe_after_idle = self.probe_pending && scanned.copy_from;
     }
 
-    /// Counts and logs a routing decision and keeps it for `/api/decisions`.
+    /// Logs a routing decision and keeps it for `/api/decisions`, with the shards a
+    /// fanned-out request ran on and the sharding reason (empty without sharding). The
+    /// caller counts it.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn record(
+    pub(super) fn record_sharded(
         &self,
         snapshot: &Snapshot,
         shard: usize,
@@ -357,8 +421,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         reason: Reason,
         kind: Kind,
         scanned: &Scanned,
+        shards: Option<Arc<[Arc<str>]>>,
+        shard_why: &str,
     ) {
-        snapshot.routed[shard].inc(role, kind);
         if !scanned.view.parsed {
             self.shared.metrics.unparsed.inc();
         }
@@ -377,7 +442,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // Only a degraded shard pays for naming its replicas.
         let detail = (reason == Reason::NoRoutableReplica)
             .then(|| Arc::from(super::routing::replicas_detail(snapshot, shard)));
-        let decision = decision.with_detail(detail);
+        let decision = decision.with_detail(detail).with_shards(
+            shards,
+            (!shard_why.is_empty()).then(|| Arc::from(shard_why)),
+        );
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(
                 session = decision.session,

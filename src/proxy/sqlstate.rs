@@ -20,3 +20,9 @@ pub(crate) const ADMIN_SHUTDOWN: &str = "57P01";
 pub(crate) const SERVER_REJECTED: &str = "08004";
 /// 57P03: no node can serve the request right now (no routable replica).
 pub(crate) const CANNOT_CONNECT_NOW: &str = "57P03";
+/// A setting or hint names something that does not exist.
+pub(crate) const INVALID_PARAMETER_VALUE: &str = "22023";
+/// A statement shardgate cannot route or merge exactly.
+pub(crate) const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// A statement inside a transaction that already failed.
+pub(crate) const IN_FAILED_TRANSACTION: &str = "25P02";

@@ -54,7 +54,7 @@ impl Prepared {
 }
 
 /// The named statements one client has prepared.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct ClientStatements {
     by_name: HashMap<Bytes, Prepared>,
 }

@@ -13,6 +13,7 @@ use shardgate_pool::{Credentials, NodePool};
 use shardgate_router::{Policy, ReplicaView};
 use shardgate_sql::Classifier;
 
+use super::shard_plan::ShardingRuntime;
 use crate::metrics::{Metrics, RoutedCounters};
 
 /// Classification cache size (distinct SQL texts).
@@ -128,6 +129,8 @@ pub(crate) struct Snapshot {
     pub(crate) policy: Policy,
     /// Per shard, in shard order.
     pub(crate) routed: Vec<RoutedCounters>,
+    /// Present when the config has a `sharding` section.
+    pub(crate) sharding: Option<Arc<ShardingRuntime>>,
 }
 
 impl Snapshot {
@@ -194,7 +197,22 @@ impl Snapshot {
             .iter()
             .map(|s| metrics.routed_counters(&s.name))
             .collect();
+        // Unchanged sharding keeps its analysis cache and learned key types.
+        let sharding = match previous {
+            Some(p)
+                if p.config.sharding == config.sharding
+                    && p.config
+                        .shards
+                        .iter()
+                        .map(|s| &s.name)
+                        .eq(config.shards.iter().map(|s| &s.name)) =>
+            {
+                p.sharding.clone()
+            }
+            _ => ShardingRuntime::build(&config).map(Arc::new),
+        };
         Snapshot {
+            sharding,
             routed,
             version,
             loaded_at: SystemTime::now(),
@@ -204,6 +222,11 @@ impl Snapshot {
             classifier,
             policy,
         }
+    }
+
+    /// The shard names, in config order.
+    pub(crate) fn shard_names(&self) -> Vec<Arc<str>> {
+        self.shards.iter().map(|s| s.name.clone()).collect()
     }
 
     pub(crate) fn checkout_timeout(&self) -> Duration {

@@ -450,3 +450,6 @@ impl Proxy {
         metric_value(&text, series)
     }
 }
+
+/// Sharding helpers: a 2-shard `sharding` config and the hash rule computed independently.
+pub mod sharded;

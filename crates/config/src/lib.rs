@@ -127,6 +127,7 @@ fn parse_document(text: &str, problems: &mut Problems) -> Option<Config> {
     }
     let config = read_root(&root, problems)?;
     check_addresses(&config, problems);
+    check_sharding(&config, problems);
     Some(config)
 }
 
@@ -161,6 +162,21 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
         reload: reload?,
         tls: tls?,
     })
+}
+
+/// Sharding limits that span sections: session pooling pins a client to one server, so it
+/// cannot follow statements across shards; a shard set is a 64-bit mask.
+fn check_sharding(config: &Config, problems: &mut Problems) {
+    if config.shards.len() > 1 && config.pool.mode == PoolMode::Session {
+        problems.push(
+            "pool.mode",
+            "session pooling cannot be used with more than one shard (a session holds one \
+             server connection, and its statements may need other shards); use transaction",
+        );
+    }
+    if config.shards.len() > 64 {
+        problems.push("shards", "at most 64 shards are supported");
+    }
 }
 
 /// Checks that span sections: the two listeners must differ, and no node may be shardgate

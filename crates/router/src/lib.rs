@@ -6,9 +6,14 @@
 mod reason;
 mod route;
 mod shard_map;
+mod shard_plan;
 
 pub use reason::{format_lsn, HintTarget, Reason};
 pub use route::{
     route, NoRoute, Policy, ReplicaView, RequestView, Role, Route, SessionView, TargetSetting,
 };
 pub use shard_map::{KeyError, KeyValue, ShardMap};
+pub use shard_plan::{
+    bit, plan_statement, shards_in, Refusal, Resolve, ShardSet, ShardWhy, StatementPlan, Target,
+    FEATURE_NOT_SUPPORTED, MAX_SHARDS,
+};

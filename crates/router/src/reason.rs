@@ -34,6 +34,9 @@ pub enum Reason {
     ReadYourWritesReplica { session: u64 },
     /// No replica is routable; `when_no_replica: primary`.
     NoRoutableReplica,
+    /// Pipelined behind a request on the same server (sharding plans it, and it needs the
+    /// same shard).
+    Pipelined,
 }
 
 /// The role a hint or session setting asks for.
@@ -77,6 +80,7 @@ impl fmt::Display for Reason {
                 format_lsn(*session)
             ),
             Reason::NoRoutableReplica => f.write_str("no routable replica: primary"),
+            Reason::Pipelined => f.write_str("pipelined behind the previous request"),
         }
     }
 }

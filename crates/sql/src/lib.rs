@@ -30,4 +30,7 @@ pub use classifier::Classifier;
 pub use keywords::{leading_keywords, Keywords, MAX_KEYWORDS, MAX_KEYWORD_LEN};
 pub use lexer::{comments, for_each_statement, split_statements, LexOptions};
 pub use session::{session_command, session_command_with, SessionCommand};
-pub use shard_keys::{analyze, InsertRows, KeyConstraint, KeySource, ShardAnalysis, ShardingSpec};
+pub use shard_keys::{
+    analyze, splice_insert, InsertRows, KeyConstraint, KeySource, ShardAnalysis, ShardingSpec,
+    SplicedInsert,
+};

@@ -12,6 +12,7 @@
 
 mod insert;
 mod scope;
+mod splice;
 mod values;
 mod walk;
 
@@ -25,6 +26,8 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::collections::HashSet;
 use std::ops::Range;
+
+pub use splice::{splice_insert, SplicedInsert};
 
 /// The sharded and reference tables of one configuration, built once per config snapshot.
 #[derive(Debug)]

@@ -1,0 +1,137 @@
+//! Per-statement routing cost for sharding (issue #4's benchmark): the shard-key analysis of a
+//! point SELECT and a point UPDATE, the hash rule from key text to shard, and the existing
+//! read/write `route` decision. Run with `cargo bench -p shardgate-router --bench plan`.
+//!
+//! The statements are the ones the pgbench `sharded` workload sends (benches/pgbench), with the
+//! literal inlined as simple-protocol pgbench does, so these timings and its TPS describe the
+//! same traffic.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use shardgate_config::{LoadBalance, WhenNoReplica};
+use shardgate_router::{route, KeyValue, Policy, ReplicaView, RequestView, SessionView, ShardMap};
+use shardgate_sql::{analyze, KeyConstraint, KeySource, ShardingSpec};
+
+const SELECT: &[u8] = b"SELECT balance FROM accounts WHERE id = 48213;";
+const UPDATE: &[u8] = b"UPDATE accounts SET balance = balance + 1 WHERE id = 48213;";
+const LOGICAL_SHARDS: u32 = 1024;
+
+/// `sharding: {logical_shards: 1024, tables: {accounts: id}}`, as the pgbench workload has it.
+fn spec() -> ShardingSpec {
+    ShardingSpec::new(&[(None, "accounts".to_owned(), "id".to_owned())], &[])
+}
+
+/// The single literal key the analysis found; panics if it found something else, so the bench
+/// cannot silently time a statement that would have been refused or scattered.
+fn literal_key(sql: &[u8], spec: &ShardingSpec) -> String {
+    match analyze(sql, spec).key {
+        Some(KeyConstraint::Values(values)) => match values.as_slice() {
+            [KeySource::Literal { text, .. }] => text.clone(),
+            other => panic!("expected one literal key, got {other:?}"),
+        },
+        other => panic!("expected a key constraint, got {other:?}"),
+    }
+}
+
+fn analysis(c: &mut Criterion) {
+    let spec = spec();
+    let mut group = c.benchmark_group("analyze");
+    group.bench_function("point_select", |b| {
+        b.iter(|| black_box(analyze(black_box(SELECT), &spec)))
+    });
+    group.bench_function("point_update", |b| {
+        b.iter(|| black_box(analyze(black_box(UPDATE), &spec)))
+    });
+    group.finish();
+}
+
+fn hash_rule(c: &mut Criterion) {
+    let spec = spec();
+    let key = literal_key(SELECT, &spec);
+    assert_eq!(key, literal_key(UPDATE, &spec));
+    let map = ShardMap::default_for(LOGICAL_SHARDS, 2);
+    let mut group = c.benchmark_group("hash_rule");
+    group.bench_function("from_text+shard_of", |b| {
+        b.iter(|| black_box(map.shard_of(&KeyValue::from_text(black_box(&key)))))
+    });
+    let text_key = "user-48213@example.com";
+    group.bench_function("from_text+shard_of (text key)", |b| {
+        b.iter(|| black_box(map.shard_of(&KeyValue::from_text(black_box(text_key)))))
+    });
+    group.finish();
+}
+
+fn read_write_route(c: &mut Criterion) {
+    let policy = Policy {
+        read_write_split: true,
+        when_no_replica: WhenNoReplica::Primary,
+        load_balance: LoadBalance::RoundRobin,
+        read_your_writes: true,
+    };
+    // The benchmark topology has no replicas: reads fall back to the primary, writes go there.
+    let read = RequestView {
+        write: false,
+        parsed: true,
+        ..RequestView::default()
+    };
+    let write = RequestView {
+        write: true,
+        ..read
+    };
+    let two_replicas = [
+        ReplicaView {
+            routable: true,
+            replay_lsn: 100,
+            active: 3,
+        },
+        ReplicaView {
+            routable: true,
+            replay_lsn: 100,
+            active: 1,
+        },
+    ];
+    let mut group = c.benchmark_group("route");
+    group.bench_function("read, no replicas", |b| {
+        b.iter(|| {
+            black_box(route(
+                black_box(read),
+                SessionView::default(),
+                policy,
+                &[],
+                7,
+            ))
+        })
+    });
+    group.bench_function("write", |b| {
+        b.iter(|| {
+            black_box(route(
+                black_box(write),
+                SessionView::default(),
+                policy,
+                &[],
+                7,
+            ))
+        })
+    });
+    group.bench_function("read, 2 replicas, least_busy", |b| {
+        let policy = Policy {
+            load_balance: LoadBalance::LeastBusy,
+            ..policy
+        };
+        b.iter(|| {
+            black_box(route(
+                black_box(read),
+                SessionView::default(),
+                policy,
+                &two_replicas,
+                7,
+            ))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, analysis, hash_rule, read_write_route);
+criterion_main!(benches);

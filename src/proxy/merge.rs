@@ -1,0 +1,266 @@
+//! Combining the replies of one request that ran on several shards into the reply one server
+//! would have sent: frames in the first shard's order, each shard's rows in shard order at the
+//! point where its rows stand, CommandComplete counts summed, one ReadyForQuery. If any shard
+//! failed, the client gets only that error (naming the shard), never partial rows.
+
+use bytes::BytesMut;
+use shardgate_wire::{backend, tag, BackendMessage};
+
+/// One shard's client-bound replies.
+pub(crate) struct ShardReplies<'a> {
+    pub(crate) shard: &'a str,
+    pub(crate) bytes: &'a [u8],
+}
+
+/// Why replies could not be combined (shards answered differently).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Mismatch(pub(crate) String);
+
+struct Frames<'a> {
+    frames: Vec<(u8, &'a [u8])>,
+    at: usize,
+}
+
+fn frames(b: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while b.len() >= pos + 5 {
+        let len = u32::from_be_bytes([b[pos + 1], b[pos + 2], b[pos + 3], b[pos + 4]]) as usize;
+        let end = pos + 1 + len;
+        if len < 4 || end > b.len() {
+            break;
+        }
+        out.push((b[pos], &b[pos..end]));
+        pos = end;
+    }
+    out
+}
+
+/// Messages that may differ between shards and are kept from the first shard only.
+fn incidental(t: u8) -> bool {
+    matches!(t, tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | b'A')
+}
+
+fn is_row(t: u8) -> bool {
+    t == tag::DATA_ROW || t == b'd'
+}
+
+/// The row count at the end of a command tag (`INSERT 0 3`, `UPDATE 2`, `SELECT 5`).
+fn tag_count(body: &[u8]) -> Option<(&[u8], u64)> {
+    let text = body.get(5..body.len().checked_sub(1)?)?;
+    let space = text.iter().rposition(|&b| b == b' ')?;
+    let n = std::str::from_utf8(&text[space + 1..]).ok()?.parse().ok()?;
+    Some((&text[..space], n))
+}
+
+/// Writes the combined reply to `dst`, ending with ReadyForQuery(`status`). With
+/// `skip_parse_complete`, the first ParseComplete of each shard is dropped (shardgate added the
+/// Parse). With `sum_counts`, CommandComplete counts add up (each shard held different rows);
+/// without, the first shard's count stands (a broadcast ran the same write on full copies).
+/// Returns the index of the shard whose error was sent, if one failed.
+pub(crate) fn merge_replies(
+    shards: &[ShardReplies<'_>],
+    skip_parse_complete: bool,
+    sum_counts: bool,
+    status: u8,
+    dst: &mut BytesMut,
+) -> Result<Option<usize>, Mismatch> {
+    let mut all: Vec<Frames<'_>> = shards
+        .iter()
+        .map(|s| Frames {
+            frames: frames(s.bytes),
+            at: 0,
+        })
+        .collect();
+    // Any error wins, the first shard's first, and nothing else is sent.
+    for (i, f) in all.iter().enumerate() {
+        if let Some((_, frame)) = f.frames.iter().find(|(t, _)| *t == tag::ERROR_RESPONSE) {
+            let mut fields = match BackendMessage::decode(tag::ERROR_RESPONSE, &frame[5..]) {
+                Ok(BackendMessage::ErrorResponse(fields)) => fields,
+                _ => shardgate_wire::ErrorFields::new("ERROR", "XX000", "malformed error"),
+            };
+            let from = format!("shardgate: this error came from shard {}.", shards[i].shard);
+            match fields.fields.iter_mut().find(|(c, _)| *c == b'D') {
+                Some(d) => d.1 = format!("{} ({from})", d.1),
+                None => fields.fields.push((b'D', from)),
+            }
+            backend::error_response(&fields, dst);
+            backend::ready_for_query(status, dst);
+            return Ok(Some(i));
+        }
+    }
+    if skip_parse_complete {
+        for f in &mut all {
+            if let Some(p) = f.frames.iter().position(|(t, _)| *t == tag::PARSE_COMPLETE) {
+                f.frames.remove(p);
+            }
+        }
+    }
+    let Some((first, rest)) = all.split_first_mut() else {
+        backend::ready_for_query(status, dst);
+        return Ok(None);
+    };
+    for &(t, frame) in &first.frames {
+        if is_row(t) {
+            dst.extend_from_slice(frame);
+            continue;
+        }
+        if incidental(t) {
+            dst.extend_from_slice(frame);
+            continue;
+        }
+        // The other shards' rows up to this point, then this frame once.
+        let mut sum = tag_count(frame).filter(|_| t == tag::COMMAND_COMPLETE && sum_counts);
+        for (n, other) in rest.iter_mut().enumerate() {
+            while let Some(&(ot, of)) = other.frames.get(other.at) {
+                if is_row(ot) {
+                    dst.extend_from_slice(of);
+                } else if !incidental(ot) {
+                    break;
+                }
+                other.at += 1;
+            }
+            let Some(&(ot, of)) = other.frames.get(other.at) else {
+                return Err(Mismatch(format!(
+                    "shard {} sent fewer replies",
+                    shards[n + 1].shard
+                )));
+            };
+            if ot != t {
+                return Err(Mismatch(format!(
+                    "shard {} answered '{}' where shard {} answered '{}'",
+                    shards[n + 1].shard,
+                    ot as char,
+                    shards[0].shard,
+                    t as char
+                )));
+            }
+            if let (Some((_, total)), Some((_, n))) = (&mut sum, tag_count(of)) {
+                *total += n;
+            }
+            other.at += 1;
+        }
+        match (t, sum) {
+            (tag::READY_FOR_QUERY, _) => {}
+            (tag::COMMAND_COMPLETE, Some((word, total))) => {
+                let mut text = word.to_vec();
+                text.extend_from_slice(format!(" {total}").as_bytes());
+                backend::command_complete(&String::from_utf8_lossy(&text), dst);
+            }
+            _ => dst.extend_from_slice(frame),
+        }
+    }
+    backend::ready_for_query(status, dst);
+    Ok(None)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use shardgate_wire::{encode_data_row, ErrorFields};
+
+    fn reply(rows: &[&str], tag_text: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        backend::parse_complete(&mut b);
+        backend::bind_complete(&mut b);
+        backend::row_description_text(&["v"], &mut b);
+        for r in rows {
+            encode_data_row(&[Some(r.as_bytes())], &mut b);
+        }
+        backend::command_complete(tag_text, &mut b);
+        backend::ready_for_query(b'I', &mut b);
+        b
+    }
+
+    #[test]
+    fn rows_concatenate_and_counts_add_up() {
+        let a = reply(&["1", "2"], "INSERT 0 2");
+        let b = reply(&["3"], "INSERT 0 1");
+        let mut out = BytesMut::new();
+        let r = merge_replies(
+            &[
+                ShardReplies {
+                    shard: "s0",
+                    bytes: &a,
+                },
+                ShardReplies {
+                    shard: "s1",
+                    bytes: &b,
+                },
+            ],
+            false,
+            true,
+            b'I',
+            &mut out,
+        );
+        assert_eq!(r, Ok(None));
+        let expected = {
+            let mut e = reply(&["1", "2", "3"], "INSERT 0 3");
+            e.truncate(e.len());
+            e
+        };
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn an_error_wins_and_names_its_shard() {
+        let a = reply(&["1"], "SELECT 1");
+        let mut b = BytesMut::new();
+        backend::parse_complete(&mut b);
+        backend::error_response(&ErrorFields::new("ERROR", "23505", "dup"), &mut b);
+        backend::ready_for_query(b'E', &mut b);
+        let mut out = BytesMut::new();
+        let r = merge_replies(
+            &[
+                ShardReplies {
+                    shard: "s0",
+                    bytes: &a,
+                },
+                ShardReplies {
+                    shard: "s1",
+                    bytes: &b,
+                },
+            ],
+            false,
+            true,
+            b'I',
+            &mut out,
+        );
+        assert_eq!(r, Ok(Some(1)));
+        let f = frames(&out);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].0, tag::ERROR_RESPONSE);
+        assert!(String::from_utf8_lossy(f[0].1).contains("shard s1"));
+    }
+
+    #[test]
+    fn a_dropped_parse_complete_and_a_tag_without_count() {
+        let mut a = BytesMut::new();
+        backend::parse_complete(&mut a);
+        backend::command_complete("CREATE TABLE", &mut a);
+        backend::ready_for_query(b'I', &mut a);
+        let mut out = BytesMut::new();
+        let r = merge_replies(
+            &[
+                ShardReplies {
+                    shard: "s0",
+                    bytes: &a,
+                },
+                ShardReplies {
+                    shard: "s1",
+                    bytes: &a,
+                },
+            ],
+            true,
+            true,
+            b'I',
+            &mut out,
+        );
+        assert_eq!(r, Ok(None));
+        let mut e = BytesMut::new();
+        backend::command_complete("CREATE TABLE", &mut e);
+        backend::ready_for_query(b'I', &mut e);
+        assert_eq!(out, e);
+    }
+}
