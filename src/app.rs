@@ -220,6 +220,11 @@ pub(crate) async fn run(
         decisions: Arc::new(DecisionLog::default()),
     });
     let reloader = Arc::new(Reloader::new(shared.clone(), source.path, source.sha256));
+    tokio::spawn(crate::proxy::recovery_loop(
+        shared.snapshot.clone(),
+        shared.metrics.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(reload_on_sighup(reloader.clone(), stop.clone(), hangup));
     if watch_file {
         tokio::spawn(crate::watch::watch_file(reloader.clone(), stop.clone()));

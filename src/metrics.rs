@@ -48,6 +48,16 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 /// Counters for one shard, indexed by role (primary, replica) and request kind, so that
 /// counting a routed request is one atomic add with no label lookup.
 #[derive(Debug, Clone)]
@@ -72,6 +82,10 @@ pub(crate) struct Metrics {
     server_connections: Family<ServerLabels, Gauge>,
     routed: Family<RoutedLabels, Counter>,
     pub(crate) unparsed: Counter,
+    pub(crate) scatter: Counter,
+    pub(crate) merge_rows: Counter,
+    refused: Family<ReasonLabels, Counter>,
+    two_pc: Family<OutcomeLabels, Counter>,
     lag_bytes: Family<NodeLabels, Gauge>,
     lag_seconds: Family<NodeLabels, Gauge<f64, AtomicU64>>,
     routable: Family<RoleLabels, Gauge>,
@@ -148,6 +162,30 @@ impl Metrics {
             "Config reloads, by result (applied, refused)",
             reloads.clone(),
         );
+        let scatter = Counter::default();
+        registry.register(
+            "scatter",
+            "Queries run on every shard and merged",
+            scatter.clone(),
+        );
+        let merge_rows = Counter::default();
+        registry.register(
+            "merge_rows",
+            "Rows sent to clients by scatter merges",
+            merge_rows.clone(),
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "refused",
+            "Statements refused because they cannot be routed or merged exactly, by reason",
+            refused.clone(),
+        );
+        let two_pc = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "2pc",
+            "Two-phase commits, by outcome (committed, rolled_back, recovered_commit, recovered_rollback)",
+            two_pc.clone(),
+        );
         let config_version = Gauge::default();
         registry.register(
             "config_version",
@@ -155,6 +193,10 @@ impl Metrics {
             config_version.clone(),
         );
         Metrics {
+            scatter,
+            merge_rows,
+            refused,
+            two_pc,
             reloads,
             config_version,
             registry,
@@ -173,6 +215,16 @@ impl Metrics {
 
     pub(crate) fn observe_query(&self, d: Duration) {
         self.query_duration.observe(d.as_secs_f64());
+    }
+
+    /// A statement refused (0A000 and the like), by a short reason.
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A two-phase commit's outcome.
+    pub(crate) fn two_pc(&self, outcome: &'static str) {
+        self.two_pc.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     pub(crate) fn count_reload(&self, result: &'static str) {

@@ -273,7 +273,7 @@ fn print_header(
 fn log_run(workload: Workload, target: &Target, round: usize, outcome: &RunOutcome) {
     match outcome {
         Ok(s) => eprintln!(
-            "{:<16} {:<10} round {}: {:>10.1} tps, {:.3} ms",
+            "{:<16} {:<12} round {}: {:>10.1} tps, {:.3} ms",
             workload.name(),
             target.name,
             round + 1,
@@ -281,7 +281,7 @@ fn log_run(workload: Workload, target: &Target, round: usize, outcome: &RunOutco
             s.latency_ms
         ),
         Err(why) => eprintln!(
-            "{:<16} {:<10} round {}: FAILED: {why}",
+            "{:<16} {:<12} round {}: FAILED: {why}",
             workload.name(),
             target.name,
             round + 1

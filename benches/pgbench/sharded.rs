@@ -1,7 +1,8 @@
 //! The sharding workloads (issue #4): a custom pgbench script of point SELECTs and UPDATEs by
 //! key, through shardgate over two shards, against the same script directly on one primary
-//! holding every row, and through shardgate over that one primary (to tell the proxy's cost
-//! from the cost of spreading the work over shards).
+//! holding every row. Two more targets split the difference into its parts: shardgate over
+//! that one primary without a `sharding` section (the proxy's relay cost), and with one (plus
+//! the per-statement shard planning).
 //!
 //! Rows are placed by the public hash rule computed here, independently of shardgate. Every
 //! transaction adds 1 to one row's balance, so afterwards each topology's balances must add up
@@ -30,7 +31,9 @@ const LOGICAL_SHARDS: u64 = 1024;
 /// Linux's 128 KiB limit on one argument.
 const INSERT_CHUNK: usize = 10_000;
 
-/// shardgate over the one-primary topology, and over the two-shard one.
+/// shardgate over the one-primary topology without and with a `sharding` section, and over
+/// the two-shard topology.
+const UNSHARDED: &str = "sg-unsharded";
 const ONE_SHARD: &str = "sg-1shard";
 const TWO_SHARDS: &str = "sg-2shards";
 
@@ -73,10 +76,12 @@ pub(crate) fn run(
     std::fs::write(&script_path, script_text())?;
     let script = Script::File(&script_path);
 
+    let sg_plain = Shardgate::start(&one, POOL_SIZE)?;
     let sg_one = Shardgate::start_with(&one, POOL_SIZE, &sharding_yaml())?;
     let sg_two = Shardgate::start_with(&two, POOL_SIZE, &sharding_yaml())?;
     let targets = [
         Target::new(BASELINE, one.shards[0].primary.port()),
+        Target::new(UNSHARDED, sg_plain.port()),
         Target::new(ONE_SHARD, sg_one.port()),
         Target::new(TWO_SHARDS, sg_two.port()),
     ];
@@ -104,20 +109,21 @@ pub(crate) fn run(
     println!();
     print!("{}", report::table(&measurements, workloads, &names));
     for &workload in workloads {
-        let ratio = measurements
-            .median_tps(workload, TWO_SHARDS)
-            .zip(measurements.median_tps(workload, ONE_SHARD));
-        if let Some((sharded, unsharded)) = ratio {
-            println!(
-                "{}: {TWO_SHARDS} / {ONE_SHARD} = {:.2}",
-                workload.name(),
-                sharded / unsharded
-            );
-        }
+        let tps = |target| measurements.median_tps(workload, target);
+        let ratio = |a, b| match (tps(a), tps(b)) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{}: {ONE_SHARD} / {UNSHARDED} = {}, {TWO_SHARDS} / {ONE_SHARD} = {}",
+            workload.name(),
+            ratio(ONE_SHARD, UNSHARDED),
+            ratio(TWO_SHARDS, ONE_SHARD),
+        );
     }
-    drop((sg_one, sg_two));
+    drop((sg_plain, sg_one, sg_two));
     let checks = [
-        tally.check("1-shard topology", &one, &[BASELINE, ONE_SHARD]),
+        tally.check("1-shard topology", &one, &[BASELINE, UNSHARDED, ONE_SHARD]),
         tally.check("2-shard topology", &two, &[TWO_SHARDS]),
     ];
     checks.into_iter().collect()
@@ -126,7 +132,7 @@ pub(crate) fn run(
 fn topology(shards: usize) -> Result<Topology, BenchError> {
     Ok(Topology::builder()
         .shards(shards)
-        // 32 direct clients plus two proxies' pools on the one-primary topology.
+        // 32 direct clients plus three proxies' pools on the one-primary topology.
         .conf("max_connections = 200")
         .build()?)
 }
@@ -245,8 +251,9 @@ fn print_header(settings: &Settings, workloads: &[Workload], pg_version: &str, t
     println!("PostgreSQL: {pg_version}");
     println!(
         "sharded: accounts with {ROWS} rows; {BASELINE} = one primary with every row, \
-         {ONE_SHARD} = shardgate over it, {TWO_SHARDS} = shardgate over {SHARDS} shards \
-         (logical_shards {LOGICAL_SHARDS}, no replicas); pool size {POOL_SIZE} per node"
+         {UNSHARDED} = shardgate over it without a sharding section, {ONE_SHARD} = with one, \
+         {TWO_SHARDS} = shardgate over {SHARDS} shards (logical_shards {LOGICAL_SHARDS}, no \
+         replicas); pool size {POOL_SIZE} per node"
     );
     println!(
         "{} round(s) of {} s per workload and target; {runs} runs, about {} min",

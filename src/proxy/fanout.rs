@@ -38,19 +38,25 @@ pub(super) struct Parked {
 }
 
 /// One shard's part of a fanned-out request.
-struct Leg {
-    co: Checkout,
-    flight: Flight,
+pub(super) struct Leg {
+    pub(super) co: Checkout,
+    pub(super) flight: Flight,
     /// Replies for the client, before merging.
     out: BytesMut,
     /// The bytes this shard runs (None: the client's request as is).
     request: Option<Bytes>,
     /// shardgate's BEGIN to send first (a transaction opening on this shard).
-    begin: Option<Bytes>,
+    pub(super) begin: Option<Bytes>,
     /// Copies of the client state for every leg but the first.
     state: Option<(ClientStatements, SessionParams)>,
     /// Where it came from: 0 the session's current connection, 1 parked, 2 new.
-    origin: u8,
+    pub(super) origin: u8,
+    /// A scatter is reading the replies to shardgate's BEGIN, which the client never sees.
+    pub(super) skip_replies: bool,
+    /// The transaction status of the last ReadyForQuery a scatter read.
+    pub(super) last_status: u8,
+    /// A scatter read this leg's ReadyForQuery.
+    pub(super) done: bool,
 }
 
 /// The length of the request at the start of `buf`, up to and including its Query, Sync,
@@ -209,11 +215,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             _ => return Ok(()),
         };
         let mut set: ShardSet = targets.iter().fold(0, |acc, (s, _)| acc | bit(*s));
-        if in_txn && plan.write {
+        if in_txn && plan.write && snapshot.two_phase.is_none() {
             if let Some(c) = &self.server {
                 set |= bit(c.shard);
             }
             return self.refuse_spanning(&snapshot, set).await;
+        }
+        if in_txn && plan.write {
+            // Two-phase commit makes every shard's part commit or none.
+            self.txn_written |= set;
+            self.routing.txn_wrote = true;
         }
         if scanned.copy_from {
             let fields = ErrorFields::new(
@@ -227,74 +238,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return self.reject_request(fields).await;
         }
-        let read_only_txn = self
-            .server
-            .as_ref()
-            .is_some_and(|c| c.role == Role::Replica);
         let wrap = !in_txn
             && plan.write
             && scanned.first_txn.is_none()
             && transactional(scanned.sql.bytes(&self.cbuf), &scanned);
-        let txn_begin = self
-            .txn_begin
-            .clone()
-            .or_else(|| self.deferred_begin.clone())
-            .unwrap_or_else(|| Bytes::from_static(b"BEGIN"));
-        let mut legs: Vec<Leg> = Vec::with_capacity(targets.len());
-        for (shard, request) in targets {
-            let leg = if self.server.as_ref().is_some_and(|c| c.shard == shard) {
-                let co = self.server.take();
-                co.map(|co| Leg {
-                    co,
-                    flight: std::mem::take(&mut self.flight),
-                    out: BytesMut::new(),
-                    request,
-                    begin: None,
-                    state: None,
-                    origin: 0,
-                })
-            } else if let Some(i) = self.parked.iter().position(|p| p.co.shard == shard) {
-                let p = self.parked.swap_remove(i);
-                Some(Leg {
-                    co: p.co,
-                    flight: Flight::with_status(p.tx_status),
-                    out: BytesMut::new(),
-                    request,
-                    begin: None,
-                    state: None,
-                    origin: 1,
-                })
-            } else {
-                let replica_ok = !plan.write && (!in_txn || read_only_txn);
-                match self
-                    .checkout_on(&snapshot, shard, replica_ok, &scanned)
-                    .await
-                {
-                    Ok(co) => Some(Leg {
-                        co,
-                        flight: Flight::default(),
-                        out: BytesMut::new(),
-                        request,
-                        begin: if in_txn {
-                            Some(txn_begin.clone())
-                        } else if wrap {
-                            Some(Bytes::from_static(b"BEGIN"))
-                        } else {
-                            None
-                        },
-                        state: None,
-                        origin: 2,
-                    }),
-                    Err(fields) => {
-                        self.put_back(legs);
-                        return self.reject_request(fields).await;
-                    }
-                }
-            };
-            if let Some(leg) = leg {
-                legs.push(leg);
-            }
-        }
+        let Some(mut legs) = self
+            .take_legs(&snapshot, targets, plan.write, wrap, &scanned)
+            .await?
+        else {
+            return Ok(());
+        };
         let (req_len, flushed) = match request_len(&self.cbuf, self.max_len)? {
             Some(r) => r,
             None => {
@@ -311,7 +264,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return self.reject_request(fields).await;
         }
-        self.record_fan_out(&snapshot, &legs, &scanned, &plan.why, in_txn);
+        self.record_legs(&snapshot, &legs, &scanned, &plan.why, in_txn);
         let request = self.cbuf.split_to(req_len).freeze();
         if skip_parse || legs.iter().any(|l| l.request.is_some()) {
             self.register_parses(&request, &snapshot)?;
@@ -384,7 +337,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let failed = legs.iter().any(|l| l.flight.tx_status == b'E');
         let mut commit_error: Option<ErrorFields> = None;
-        if wrap {
+        let two_phase = snapshot.two_phase.clone().filter(|_| legs.len() > 1);
+        if let (true, false, Some(tp)) = (wrap, failed, &two_phase) {
+            let mut conns: Vec<(&str, &mut shardgate_pool::ServerConn)> = legs
+                .iter_mut()
+                .map(|l| (&*snapshot.shards[l.co.shard].name, &mut *l.co.conn))
+                .collect();
+            if let Err(fields) =
+                super::two_phase::commit_all(tp, &mut conns, &self.shared.metrics).await
+            {
+                commit_error = Some(fields);
+            }
+            for leg in &mut legs {
+                leg.flight.tx_status = b'I';
+            }
+            if snapshot.policy.read_your_writes && snapshot.policy.read_write_split {
+                for leg in &mut legs {
+                    let lsn =
+                        first_value(&mut leg.co.conn, "SELECT pg_current_wal_insert_lsn()").await?;
+                    if let Some(lsn) = lsn.as_deref().and_then(shardgate_pool::lag::parse_lsn) {
+                        self.routing.note_lsn(leg.co.shard, lsn);
+                    }
+                }
+            }
+        } else if wrap {
             let track = snapshot.policy.read_your_writes && snapshot.policy.read_write_split;
             for leg in &mut legs {
                 let sql = match (failed || commit_error.is_some(), track) {
@@ -459,9 +435,96 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
+    /// One connection per target shard, in shard order: the transaction's own where it has
+    /// one there, else a new checkout (a replica where a read may use one), opened with the
+    /// transaction's BEGIN, or with a BEGIN of shardgate's own when `wrap`. None if a checkout
+    /// failed and the client was told.
+    pub(super) async fn take_legs(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        targets: Vec<(usize, Option<Bytes>)>,
+        write: bool,
+        wrap: bool,
+        scanned: &Scanned,
+    ) -> Result<Option<Vec<Leg>>, ClientError> {
+        let in_txn = self.server.is_some() || self.deferred_begin.is_some();
+        let read_only_txn = self
+            .server
+            .as_ref()
+            .is_some_and(|c| c.role == Role::Replica);
+        let txn_begin = self
+            .txn_begin
+            .clone()
+            .or_else(|| self.deferred_begin.clone())
+            .unwrap_or_else(|| Bytes::from_static(b"BEGIN"));
+        let mut legs: Vec<Leg> = Vec::with_capacity(targets.len());
+        for (shard, request) in targets {
+            let leg = if self.server.as_ref().is_some_and(|c| c.shard == shard) {
+                let co = self.server.take();
+                co.map(|co| Leg {
+                    co,
+                    flight: std::mem::take(&mut self.flight),
+                    out: BytesMut::new(),
+                    request,
+                    begin: None,
+                    state: None,
+                    origin: 0,
+                    skip_replies: false,
+                    last_status: b'I',
+                    done: false,
+                })
+            } else if let Some(i) = self.parked.iter().position(|p| p.co.shard == shard) {
+                let p = self.parked.swap_remove(i);
+                Some(Leg {
+                    co: p.co,
+                    flight: Flight::with_status(p.tx_status),
+                    out: BytesMut::new(),
+                    request,
+                    begin: None,
+                    state: None,
+                    origin: 1,
+                    skip_replies: false,
+                    last_status: b'I',
+                    done: false,
+                })
+            } else {
+                let replica_ok = !write && (!in_txn || read_only_txn);
+                match self.checkout_on(snapshot, shard, replica_ok, scanned).await {
+                    Ok(co) => Some(Leg {
+                        co,
+                        flight: Flight::default(),
+                        out: BytesMut::new(),
+                        request,
+                        begin: if in_txn {
+                            Some(txn_begin.clone())
+                        } else if wrap {
+                            Some(Bytes::from_static(b"BEGIN"))
+                        } else {
+                            None
+                        },
+                        state: None,
+                        origin: 2,
+                        skip_replies: false,
+                        last_status: b'I',
+                        done: false,
+                    }),
+                    Err(fields) => {
+                        self.put_back(legs);
+                        self.reject_request(fields).await?;
+                        return Ok(None);
+                    }
+                }
+            };
+            if let Some(leg) = leg {
+                legs.push(leg);
+            }
+        }
+        Ok(Some(legs))
+    }
+
     /// Gives legs back: outside a transaction to their pools, inside it to the session (an
     /// aborted shard becomes the current one, so that the next statement fails as it should).
-    fn finish_legs(&mut self, legs: Vec<Leg>, in_txn: bool) {
+    pub(super) fn finish_legs(&mut self, legs: Vec<Leg>, in_txn: bool) {
         if !in_txn {
             for leg in legs {
                 if leg.flight.idle() && leg.flight.tx_status == b'I' {
@@ -505,7 +568,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Legs taken before a failure go back where they came from.
-    fn put_back(&mut self, legs: Vec<Leg>) {
+    pub(super) fn put_back(&mut self, legs: Vec<Leg>) {
         for leg in legs {
             match leg.origin {
                 0 => {
@@ -523,7 +586,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Named Parses of a request that is rewritten per shard are recorded here, since the
     /// shards see only the rewrite.
-    fn register_parses(&mut self, request: &[u8], snapshot: &Snapshot) -> Result<(), ClientError> {
+    pub(super) fn register_parses(
+        &mut self,
+        request: &[u8],
+        snapshot: &Snapshot,
+    ) -> Result<(), ClientError> {
         let mut pos = 0;
         while let Some(h) = peek_header(&request[pos..], self.max_len)? {
             if request.len() - pos < h.len {
@@ -623,7 +690,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // A failed transaction stays where it failed: the server says 25P02.
             return Ok(true);
         }
-        if let Some(w) = self.txn_write_shard.filter(|&w| write && w != shard) {
+        if let Some(w) = self
+            .txn_write_shard
+            .filter(|&w| write && w != shard && snapshot.two_phase.is_none())
+        {
             return self
                 .refuse_spanning(snapshot, bit(w) | bit(shard))
                 .await
@@ -718,6 +788,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         shards: ShardSet,
     ) -> Result<(), ClientError> {
         let fields = spanning_error(snapshot, shards);
+        self.shared.metrics.refused("spans_shards");
         self.abort_locally().await;
         self.reject_request(fields).await
     }
@@ -744,10 +815,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.deferred_begin = Some(begin);
         self.deferred_failed = true;
         self.txn_write_shard = None;
+        self.txn_written = 0;
         self.routing.txn_wrote = false;
     }
 
-    fn record_fan_out(
+    pub(super) fn record_legs(
         &self,
         snapshot: &Snapshot,
         legs: &[Leg],
@@ -790,6 +862,14 @@ async fn first_value(
     conn: &mut shardgate_pool::ServerConn,
     sql: &str,
 ) -> Result<Option<String>, BackendError> {
+    Ok(all_values(conn, sql).await?.into_iter().next())
+}
+
+/// Runs one simple query string and returns the first column of every row (NULLs skipped).
+pub(super) async fn all_values(
+    conn: &mut shardgate_pool::ServerConn,
+    sql: &str,
+) -> Result<Vec<String>, BackendError> {
     let mut out = BytesMut::with_capacity(sql.len() + 8);
     frontend::query(sql.as_bytes(), &mut out);
     conn.stream
@@ -799,20 +879,17 @@ async fn first_value(
             addr: conn.addr.clone(),
             source,
         })?;
-    let mut value = None;
+    let mut values = Vec::new();
     let mut error = None;
     loop {
         match conn.read_message().await? {
             BackendMessage::ReadyForQuery(_) => break,
             BackendMessage::ErrorResponse(f) if error.is_none() => error = Some(f),
-            BackendMessage::DataRow(body) if value.is_none() => {
+            BackendMessage::DataRow(body) => {
                 if let Ok(row) = shardgate_wire::DataRow::decode(&body) {
-                    value = row
-                        .values
-                        .first()
-                        .cloned()
-                        .flatten()
-                        .map(|b| String::from_utf8_lossy(&b).into_owned());
+                    if let Some(Some(b)) = row.values.first() {
+                        values.push(String::from_utf8_lossy(b).into_owned());
+                    }
                 }
             }
             _ => {}
@@ -823,7 +900,7 @@ async fn first_value(
             addr: conn.addr.clone(),
             fields,
         }),
-        None => Ok(value),
+        None => Ok(values),
     }
 }
 
@@ -855,7 +932,7 @@ fn transactional(sql: &[u8], scanned: &Scanned) -> bool {
 }
 
 /// Reads whatever the server has sent next into its buffer.
-async fn read_more(conn: &mut shardgate_pool::ServerConn) -> Result<(), ClientError> {
+pub(super) async fn read_more(conn: &mut shardgate_pool::ServerConn) -> Result<(), ClientError> {
     reserve(&mut conn.rbuf);
     let n = conn
         .stream

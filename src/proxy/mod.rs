@@ -13,12 +13,14 @@ mod params;
 mod relay;
 mod request;
 mod routing;
+mod scatter;
 mod session;
 mod shard_plan;
 mod sqlstate;
 mod startup;
 mod statements;
 mod topology;
+mod two_phase;
 
 use std::sync::Arc;
 
@@ -30,6 +32,7 @@ pub(crate) use cancel::CancelRegistry;
 pub(crate) use listener::serve;
 pub(crate) use routing::explain_route;
 pub(crate) use topology::Snapshot;
+pub(crate) use two_phase::recovery_loop;
 
 use crate::decisions::DecisionLog;
 use crate::metrics::Metrics;

@@ -225,7 +225,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Need::Any | Need::AnyReference => true,
             _ => false,
         };
-        let conflict = plan.write && self.txn_write_shard.is_some_and(|w| w != shard);
+        let conflict = plan.write
+            && self.txn_write_shard.is_some_and(|w| w != shard)
+            && snapshot.two_phase.is_none();
         if !here || conflict || !plan.missing_types.is_empty() {
             return Ok(false);
         }
@@ -271,16 +273,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let in_transaction = self.flight.tx_status != b'I';
         let mut shard_why = String::new();
         if in_transaction && scanned.ends_transaction {
+            if snapshot.two_phase.is_some() && self.distributed() {
+                self.end_distributed(&snapshot, &scanned).await?;
+                return Ok(true);
+            }
             self.settle_parked().await;
         } else if let Some(plan) = self.plan_shards(&snapshot, &mut scanned).await? {
             match plan.need {
                 Need::Refuse(fields) if in_transaction => {
+                    self.shared.metrics.refused("unroutable");
                     // As a server error would, the refusal fails the whole transaction.
                     self.abort_locally().await;
                     self.reject_request(fields).await?;
                     return Ok(true);
                 }
                 Need::Refuse(fields) => {
+                    self.shared.metrics.refused("unroutable");
                     self.reject_request(fields).await?;
                     return Ok(true);
                 }
@@ -300,6 +308,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     {
                         return Ok(true);
                     }
+                }
+                Need::Scatter { .. } => {
+                    self.scatter(snapshot, scanned, plan).await?;
+                    return Ok(true);
                 }
                 Need::Many { .. } | Need::Split { .. } => {
                     self.fan_out(snapshot, scanned, plan).await?;
@@ -380,6 +392,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if self.flight.tx_status == b'I' {
                 self.routing.txn_wrote = false;
                 self.txn_write_shard = None;
+                self.txn_written = 0;
                 self.txn_begin = None;
             }
             if self.flight.idle() {

@@ -218,6 +218,10 @@ pub(crate) fn explain_route(snapshot: &Snapshot, user: Option<&str>, sql: &str) 
                     .collect();
                 return failed(kind, shards, plan.why, class);
             }
+            super::shard_plan::Need::Scatter { .. } => {
+                let shards = snapshot.shards.iter().map(|s| s.name.clone()).collect();
+                return failed(kind, shards, plan.why, class);
+            }
             super::shard_plan::Need::Split { requests, .. } => {
                 let shards = requests
                     .iter()

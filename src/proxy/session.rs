@@ -77,6 +77,9 @@ pub(crate) struct Session<S> {
     pub(super) txn_begin: Option<Bytes>,
     /// The shard the open transaction has written on.
     pub(super) txn_write_shard: Option<usize>,
+    /// Every shard the open transaction has written on (more than one only with two-phase
+    /// commit).
+    pub(super) txn_written: shardgate_router::ShardSet,
     /// The last unnamed Parse frame (sharding reads a later Bind's parameter types from it).
     pub(super) unnamed_parse: Option<Bytes>,
 }
@@ -122,6 +125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             parked: Vec::new(),
             txn_begin: None,
             txn_write_shard: None,
+            txn_written: 0,
             unnamed_parse: None,
         }
     }
@@ -252,11 +256,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(plan) = self.plan_shards(&snapshot, &mut scanned).await? {
             match plan.need {
                 Need::Refuse(fields) => {
+                    self.shared.metrics.refused("unroutable");
                     self.reject_request(fields).await?;
                     return Ok(false);
                 }
                 Need::Any | Need::AnyReference => {}
                 Need::One(i) => shard_index = i,
+                Need::Scatter { .. } => {
+                    self.scatter(snapshot, scanned, plan).await?;
+                    return Ok(false);
+                }
                 Need::Many { .. } | Need::Split { .. } => {
                     self.fan_out(snapshot, scanned, plan).await?;
                     return Ok(false);
@@ -396,6 +405,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if scanned.view.write && in_txn && (scanned.executes || !scanned.complete) {
             self.routing.txn_wrote = true;
             self.txn_write_shard = Some(shard);
+            self.txn_written |= shardgate_router::bit(shard);
         }
         let tracks = snapshot.policy.read_your_writes
             && snapshot.policy.read_write_split

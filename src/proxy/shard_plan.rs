@@ -132,6 +132,12 @@ pub(crate) enum Need {
     AnyReference,
     /// One shard.
     One(usize),
+    /// Every shard runs the rewritten SELECT; the replies are merged (`select` says how).
+    Scatter {
+        select: Box<shardgate_sql::ScatterSelect>,
+        /// The statement's declared parameter types.
+        types: Vec<u32>,
+    },
     /// The same request on each of these shards, results combined: rows concatenated, and
     /// counts summed when `sum` (different rows per shard) rather than taken from the first
     /// (a broadcast to full copies).
@@ -246,6 +252,8 @@ pub(crate) fn plan_request(
         Vec<(usize, Vec<usize>)>,
     );
     let mut split_source: Option<Split<'_>> = None;
+    // The last statement planned and its declared parameter types (for a scatter).
+    let mut last_unit: Option<(Vec<u8>, Vec<u32>)> = None;
     while let Ok(Some(h)) = peek_header(&buf[pos..], max_len) {
         if buf.len() - pos < h.len {
             break;
@@ -266,6 +274,7 @@ pub(crate) fn plan_request(
                         types: Vec::new(),
                     };
                     units += 1;
+                    last_unit = Some((stmt.to_vec(), Vec::new()));
                     let p = plan_one(rt, stmt, &a, &bound, &mut acc.missing);
                     if let Ok(StatementPlan {
                         target: Target::Split(per),
@@ -305,6 +314,7 @@ pub(crate) fn plan_request(
                     types: parse.param_types.iter().collect(),
                 };
                 units += 1;
+                last_unit = Some((parse.query.to_vec(), bound.types.clone()));
                 let p = plan_one(rt, parse.query, &a, &bound, &mut acc.missing);
                 if let Ok(StatementPlan {
                     target: Target::Split(per),
@@ -319,6 +329,40 @@ pub(crate) fn plan_request(
             FrontendRef::Sync | FrontendRef::FunctionCall(_) => break,
             _ => {}
         }
+    }
+    if acc.scatter && acc.refused.is_none() {
+        let why = acc.scatter_why(rt);
+        let need = match (units, last_unit) {
+            (1, Some((stmt, types))) => match shardgate_sql::scatter_select(&stmt) {
+                Ok(select) => Need::Scatter {
+                    select: Box::new(select),
+                    types,
+                },
+                Err(u) => Need::Refuse(refusal_fields(Refusal {
+                    code: shardgate_router::FEATURE_NOT_SUPPORTED,
+                    message: format!(
+                        "shardgate: cannot merge this query across shards exactly: {}",
+                        u.construct
+                    ),
+                    hint: "Add a shard-key filter, or pin it with /* shardgate: shard=<name> */ \
+                           to run it on one shard."
+                        .to_owned(),
+                })),
+            },
+            _ => Need::Refuse(refusal_fields(Refusal {
+                code: shardgate_router::FEATURE_NOT_SUPPORTED,
+                message: "shardgate: a query across all shards must be the only statement of its \
+                          request"
+                    .to_owned(),
+                hint: "Send it as a request of its own.".to_owned(),
+            })),
+        };
+        return RequestPlan {
+            need,
+            why,
+            missing_types: acc.missing,
+            write: acc.write,
+        };
     }
     let mut plan = acc.finish(rt);
     if let Need::Split { requests, .. } = &mut plan.need {
@@ -387,7 +431,32 @@ fn plan_one(
         0
     };
     let mut resolve = |src: &KeySource| resolve_key(src, bound, column_type);
-    plan_statement(a, &rt.map, rt.names.len(), &mut resolve).map_err(|mut r| {
+    let first = shardgate_sql::leading_keywords(stmt);
+    let kind = first.get(0).unwrap_or("");
+    let mut planned = plan_statement(a, &rt.map, rt.names.len(), &mut resolve);
+    if let Ok(StatementPlan {
+        target: Target::ScatterWrite,
+        why: ShardWhy::NoKey { table },
+    }) = &planned
+    {
+        if !matches!(kind, "UPDATE" | "DELETE") {
+            let what = match kind {
+                "INSERT" => "an INSERT ... SELECT",
+                "SELECT" => "a locking SELECT (FOR UPDATE/SHARE)",
+                "" => "this statement",
+                other => other,
+            };
+            planned = Err(Refusal {
+                code: shardgate_router::FEATURE_NOT_SUPPORTED,
+                message: format!(
+                    "shardgate: cannot run {what} on sharded table {table} across shards"
+                ),
+                hint: "Add a shard-key filter, or pin it with /* shardgate: shard=<name> */."
+                    .to_owned(),
+            });
+        }
+    }
+    planned.map_err(|mut r| {
         let insert = shardgate_sql::leading_keywords(stmt).get(0) == Some("INSERT");
         if insert && a.insert.is_none() && matches!(a.key, Some(KeyConstraint::NoKey)) {
             let column = a.key_column.as_deref().unwrap_or("its shard key");
@@ -488,6 +557,8 @@ struct Combined {
     many: bool,
     all: bool,
     split: bool,
+    scatter: bool,
+    scatter_write: bool,
     refused: Option<Refusal>,
     write: bool,
     why: Option<ShardWhy>,
@@ -515,6 +586,8 @@ impl Combined {
                 self.shards |= s;
             }
             Target::All => self.all = true,
+            Target::Scatter => self.scatter = true,
+            Target::ScatterWrite => self.scatter_write = true,
             Target::Split(per) => {
                 self.split = true;
                 for (s, _) in per {
@@ -527,7 +600,20 @@ impl Combined {
         }
     }
 
+    /// The reason of a scatter: "no shard key for table ev: scatter to 2 shards".
+    fn scatter_why(&self, rt: &ShardingRuntime) -> String {
+        let table = match &self.why {
+            Some(ShardWhy::NoKey { table }) => table.as_str(),
+            _ => "?",
+        };
+        format!(
+            "no shard key for table {table}: scatter to {} shards",
+            rt.names.len()
+        )
+    }
+
     fn finish(self, rt: &ShardingRuntime) -> RequestPlan {
+        let scatter_why = self.scatter_why(rt);
         let names = &rt.names;
         let write = self.write;
         let missing = self.missing;
@@ -598,6 +684,18 @@ impl Combined {
                     sum: false,
                 },
                 why.to_owned(),
+            );
+        }
+        if self.scatter_write {
+            if self.statements > 1 {
+                return conflict("an UPDATE/DELETE on every shard and other statements");
+            }
+            return with(
+                Need::Many {
+                    shards: all,
+                    sum: true,
+                },
+                scatter_why,
             );
         }
         if self.split {

@@ -14,6 +14,7 @@ use shardgate_router::{Policy, ReplicaView};
 use shardgate_sql::Classifier;
 
 use super::shard_plan::ShardingRuntime;
+use super::two_phase::TwoPhase;
 use crate::metrics::{Metrics, RoutedCounters};
 
 /// Classification cache size (distinct SQL texts).
@@ -131,6 +132,9 @@ pub(crate) struct Snapshot {
     pub(crate) routed: Vec<RoutedCounters>,
     /// Present when the config has a `sharding` section.
     pub(crate) sharding: Option<Arc<ShardingRuntime>>,
+    /// The two-phase-commit coordinator, when `sharding.two_phase_commit` is on and its log
+    /// could be opened.
+    pub(crate) two_phase: Option<Arc<TwoPhase>>,
 }
 
 impl Snapshot {
@@ -211,7 +215,28 @@ impl Snapshot {
             }
             _ => ShardingRuntime::build(&config).map(Arc::new),
         };
+        let log = config
+            .sharding
+            .as_ref()
+            .filter(|s| s.two_phase_commit)
+            .and_then(|s| s.two_phase_log.clone());
+        let two_phase = log.and_then(|path| {
+            if let Some(tp) = previous
+                .and_then(|p| p.two_phase.clone())
+                .filter(|tp| tp.path() == path)
+            {
+                return Some(tp);
+            }
+            match TwoPhase::open(&path) {
+                Ok(tp) => Some(Arc::new(tp)),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot open the two-phase-commit log: transactions writing on several shards are refused");
+                    None
+                }
+            }
+        });
         Snapshot {
+            two_phase,
             sharding,
             routed,
             version,

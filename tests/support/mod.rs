@@ -83,6 +83,11 @@ impl Proxy {
 
     /// Starts the binary with this exact config text (which must listen on `port`).
     pub fn start_yaml(yaml: &str, port: u16, admin_port: u16) -> Proxy {
+        Proxy::start_yaml_env(yaml, port, admin_port, &[])
+    }
+
+    /// [`Proxy::start_yaml`] with extra environment variables for the process.
+    pub fn start_yaml_env(yaml: &str, port: u16, admin_port: u16, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("proxy.yaml");
         std::fs::File::create(&config_path)
@@ -95,6 +100,7 @@ impl Proxy {
                 "SHARDGATE_LOG",
                 std::env::var("SHARDGATE_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn shardgate");

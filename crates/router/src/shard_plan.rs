@@ -30,6 +30,10 @@ pub enum Target {
     /// A multi-row `INSERT ... VALUES` whose rows live on different shards: per shard (in
     /// shard order), the indices of its rows in statement order.
     Split(Vec<(usize, Vec<usize>)>),
+    /// A read of one sharded table with no usable key: every shard, merged (scatter-gather).
+    Scatter,
+    /// An `UPDATE`/`DELETE` of one sharded table with no usable key: every shard, counts summed.
+    ScatterWrite,
 }
 
 /// Why a statement goes where it goes, for the decision log.
@@ -41,6 +45,10 @@ pub enum ShardWhy {
     Ddl,
     ReferenceWrite,
     UnshardedWrite,
+    /// No usable key on this sharded table: every shard.
+    NoKey {
+        table: String,
+    },
     /// Routed by its key values; the first one is shown.
     Key {
         column: String,
@@ -101,26 +109,51 @@ pub fn plan_statement(
     };
     let table = a.sharded.first().map(String::as_str).unwrap_or_default();
     let column = a.key_column.clone().unwrap_or_default();
-    let values =
-        match key {
-            KeyConstraint::Values(v) if !v.is_empty() => v,
-            _ if !a.parsed => return Err(refuse(
+    const UNPARSED: &str = "Pin it with /* shardgate: shard=<name> */ or /* shardgate: \
+                            shard_key=<value> */.";
+    let values = match key {
+        KeyConstraint::Values(v) if !v.is_empty() => v,
+        _ if !a.parsed => {
+            return Err(refuse(
                 format!(
-                    "shardgate: cannot route a statement on sharded table {table}: it could not be \
-                     parsed, so its shard key is unknown"
+                    "shardgate: cannot route a statement on sharded table {table}: it could not \
+                     be parsed, so its shard key is unknown"
                 ),
-                "Pin it with /* shardgate: shard=<name> */ or /* shardgate: shard_key=<value> */.",
-            )),
-            _ => {
-                return Err(refuse(
-                    format!(
-                    "shardgate: a statement on sharded table {table} needs a shard-key filter on \
-                     {column}; queries across all shards are not supported yet"
+                UNPARSED,
+            ))
+        }
+        _ if a.sharded.len() > 1 => {
+            return Err(refuse(
+                format!(
+                    "shardgate: a statement joining sharded tables ({}) needs a shard-key filter",
+                    a.sharded.join(", ")
                 ),
-                    PIN_HINT,
-                ))
-            }
-        };
+                PIN_HINT,
+            ))
+        }
+        _ if a.key_assigned => {
+            return Err(refuse(
+                format!(
+                    "shardgate: an UPDATE of {table} without a shard-key filter assigns its shard \
+                     key {column}, which could move rows to another shard"
+                ),
+                PIN_HINT,
+            ))
+        }
+        _ => {
+            let target = if a.write {
+                Target::ScatterWrite
+            } else {
+                Target::Scatter
+            };
+            return Ok(StatementPlan {
+                target,
+                why: ShardWhy::NoKey {
+                    table: table.to_owned(),
+                },
+            });
+        }
+    };
     let mut set: ShardSet = 0;
     let mut first: Option<(KeyValue, u32)> = None;
     let mut shard_of_value = |src: &KeySource| -> Result<Option<usize>, Refusal> {

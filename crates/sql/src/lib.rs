@@ -21,6 +21,7 @@ mod classifier;
 mod guards;
 mod keywords;
 mod lexer;
+pub mod scatter;
 mod session;
 pub mod shard_keys;
 mod statement;
@@ -29,6 +30,10 @@ pub use classification::{Classification, Hint, ShardgateCommand, TxnControl, Why
 pub use classifier::Classifier;
 pub use keywords::{leading_keywords, Keywords, MAX_KEYWORDS, MAX_KEYWORD_LEN};
 pub use lexer::{comments, for_each_statement, split_statements, LexOptions};
+pub use scatter::{
+    scatter_select, AggFn, CmpOp, Count, HavingExpr, HavingOperand, OutputCol, ScatterSelect,
+    SortCol, Unsupported,
+};
 pub use session::{session_command, session_command_with, SessionCommand};
 pub use shard_keys::{
     analyze, splice_insert, InsertRows, KeyConstraint, KeySource, ShardAnalysis, ShardingSpec,

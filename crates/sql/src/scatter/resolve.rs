@@ -1,0 +1,211 @@
+//! Resolves `GROUP BY` keys, `HAVING` aggregates and `ORDER BY` keys to shard columns: a
+//! select-list column when the key names one (by position, output name, or an expression
+//! textually equal to the item's), else a hidden column appended to the shard's select list
+//! where that is allowed, else a refusal.
+
+use super::aggregates::{calls, fold, Call};
+use super::build::{avg_parts, Item};
+use super::shape::Code;
+use super::splice::Splicer;
+use super::{AggFn, SortCol, Unsupported};
+use sqlparser::ast::{Expr, OrderByExpr, OrderBySort, Value};
+use std::ops::Range;
+
+/// One `GROUP BY` key.
+#[derive(Debug)]
+pub(crate) struct GroupKey {
+    pub(crate) col: usize,
+    pub(crate) norm: Vec<Vec<u8>>,
+    pub(crate) ident: Option<Vec<String>>,
+}
+
+pub(crate) fn ident_parts(e: &Expr) -> Option<Vec<String>> {
+    match e {
+        Expr::Identifier(i) => Some(vec![fold(i)]),
+        Expr::CompoundIdentifier(parts) => Some(parts.iter().map(fold).collect()),
+        _ => None,
+    }
+}
+
+/// A positive integer literal, as `GROUP BY`/`ORDER BY` positions are written.
+fn position(e: &Expr) -> Option<Result<usize, ()>> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, false) => Some(n.parse::<usize>().map_err(|_| ())),
+            _ => Some(Err(())),
+        },
+        _ => None,
+    }
+}
+
+/// The select-list item at 1-based `pos`, if it is a plain expression.
+fn at_position(items: &[Item], pos: usize, clause: &str) -> Result<usize, Unsupported> {
+    pos.checked_sub(1)
+        .filter(|&i| items.get(i).is_some_and(|it| !it.wildcard))
+        .ok_or_else(|| Unsupported::new(format!("{clause} position {pos}")))
+}
+
+pub(crate) fn group_key(
+    code: &Code,
+    sp: &mut Splicer,
+    items: &[Item],
+    ast: &Expr,
+    toks: &Range<usize>,
+) -> Result<GroupKey, Unsupported> {
+    if matches!(
+        ast,
+        Expr::Rollup(_) | Expr::Cube(_) | Expr::GroupingSets(_) | Expr::Tuple(_)
+    ) || code.is_punct(toks.start, b'(') && code.is_punct(toks.start + 1, b')')
+    {
+        return Err(Unsupported::new("ROLLUP, CUBE and GROUPING SETS"));
+    }
+    if let Some(pos) = position(ast) {
+        let pos = pos.map_err(|_| Unsupported::new("GROUP BY a constant"))?;
+        let i = at_position(items, pos, "GROUP BY")?;
+        let it = items.get(i).ok_or_else(Unsupported::unreadable)?;
+        if it.agg.is_some() {
+            return Err(Unsupported::new("GROUP BY an aggregate"));
+        }
+        let col = it.cols.first().copied().unwrap_or_default();
+        // avg columns before it shift positions in the shard's select list.
+        if col + 1 != pos {
+            sp.replace(toks.clone(), (col + 1).to_string().into_bytes());
+        }
+        return Ok(GroupKey {
+            col,
+            norm: it.norm.clone(),
+            ident: it.ident.clone(),
+        });
+    }
+    if !calls(code, toks)?.is_empty() {
+        return Err(Unsupported::new("aggregates in GROUP BY"));
+    }
+    let norm = code.normalized(toks);
+    let col = match items
+        .iter()
+        .find(|it| it.agg.is_none() && !it.wildcard && it.norm == norm)
+    {
+        Some(it) => it.cols.first().copied().unwrap_or_default(),
+        None => sp.hide(code.slice(toks), 1),
+    };
+    Ok(GroupKey {
+        col,
+        norm,
+        ident: ident_parts(ast),
+    })
+}
+
+/// Shard columns of an aggregate call in `HAVING`: the select list's if it holds the same call,
+/// else new hidden columns.
+pub(crate) fn agg_columns(
+    code: &Code,
+    sp: &mut Splicer,
+    items: &[Item],
+    call: &Call,
+) -> Vec<usize> {
+    let norm = code.normalized(&call.toks);
+    if let Some(it) = items.iter().find(|it| it.agg.is_some() && it.norm == norm) {
+        return it.cols.clone();
+    }
+    if call.kind == AggFn::Avg {
+        let first = sp.hide(&avg_parts(code, call), 2);
+        vec![first, first + 1]
+    } else {
+        vec![sp.hide(code.slice(&call.toks), 1)]
+    }
+}
+
+/// Resolves one `ORDER BY` key; `grouping` holds the group keys when the merge sorts combined
+/// groups or distinct rows, where no hidden column may be added.
+pub(crate) fn sort_key(
+    code: &Code,
+    sp: &mut Splicer,
+    items: &[Item],
+    grouping: Option<&[GroupKey]>,
+    ast: &OrderByExpr,
+    toks: &Range<usize>,
+) -> Result<SortCol, Unsupported> {
+    if ast.with_fill.is_some() {
+        return Err(Unsupported::new("WITH FILL"));
+    }
+    let descending = match &ast.options.sort {
+        Some(OrderBySort::Using(_)) => return Err(Unsupported::new("ORDER BY ... USING")),
+        Some(OrderBySort::Desc) => true,
+        _ => false,
+    };
+    let nulls_first = ast.options.nulls_first.unwrap_or(descending);
+    check_collation(code, toks)?;
+    let norm = code.normalized(toks);
+    let item = if let Some(pos) = position(&ast.expr) {
+        let pos = pos.map_err(|_| Unsupported::new("ORDER BY a constant"))?;
+        Some(at_position(items, pos, "ORDER BY")?)
+    } else if let Expr::Identifier(id) = &ast.expr {
+        // A bare name means an output column first (SQL-92), then an input column.
+        let name = fold(id);
+        match items
+            .iter()
+            .position(|it| it.name.as_deref() == Some(name.as_str()))
+        {
+            Some(i) => Some(i),
+            None if items.iter().any(|it| it.name.is_none()) => {
+                return Err(Unsupported::new(
+                    "ORDER BY a name when an output column's name is unknown (use a position)",
+                ));
+            }
+            None => items.iter().position(|it| it.norm == norm),
+        }
+    } else {
+        items.iter().position(|it| !it.wildcard && it.norm == norm)
+    };
+    let column = match (item.and_then(|i| items.get(i)), grouping) {
+        (Some(it), _) => {
+            check_collation(code, &it.expr)?;
+            it.cols.first().copied().unwrap_or_default()
+        }
+        (None, Some(keys)) => keys
+            .iter()
+            .find(|k| k.norm == norm)
+            .map(|k| k.col)
+            .ok_or_else(|| Unsupported::new("ORDER BY an expression not in the select list"))?,
+        (None, None) => {
+            if !calls(code, toks)?.is_empty() {
+                return Err(Unsupported::new(
+                    "ORDER BY an aggregate not in the select list",
+                ));
+            }
+            sp.hide(code.slice(toks), 1)
+        }
+    };
+    Ok(SortCol {
+        column,
+        descending,
+        nulls_first,
+    })
+}
+
+/// The merge compares text bytewise (the C collation): a sort key under any other explicit
+/// collation would come back in an order it cannot reproduce.
+fn check_collation(code: &Code, toks: &Range<usize>) -> Result<(), Unsupported> {
+    for i in toks.clone() {
+        if !code.is_word(i, "COLLATE") {
+            continue;
+        }
+        // The last part of a possibly schema-qualified name.
+        let mut j = i + 1;
+        while code.is_punct(j + 1, b'.') {
+            j += 2;
+        }
+        let name = code.text(j);
+        let bytewise = matches!(
+            name,
+            b"\"C\"" | b"\"POSIX\"" | b"\"ucs_basic\"" | b"\"default\""
+        ) || code.is_word(j, "ucs_basic")
+            || code.is_word(j, "default");
+        if !bytewise {
+            return Err(Unsupported::new(
+                "ORDER BY under a collation other than \"C\"",
+            ));
+        }
+    }
+    Ok(())
+}

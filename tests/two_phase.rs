@@ -1,0 +1,232 @@
+//! Two-phase commit across shards (issue 5): transactions that write on two shards commit on
+//! both or neither, and a shardgate killed between PREPARE and COMMIT PREPARED is recovered by
+//! the next one, which commits exactly the transactions whose decision it logged.
+
+mod support;
+
+use std::time::Duration;
+
+use shardgate_testkit::{free_port, Topology};
+use support::sharded::{int_keys_on, primaries};
+use support::{Proxy, ProxyOptions};
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn topology() -> Topology {
+    Topology::builder()
+        .shards(2)
+        .replicas(0)
+        .conf("max_prepared_transactions = 10")
+        .build()
+        .expect("topology")
+}
+
+fn yaml(topology: &Topology, port: u16, admin: u16, log: &std::path::Path) -> String {
+    let options = ProxyOptions {
+        extra_yaml: format!(
+            "sharding:\n  logical_shards: 1024\n  tables:\n    orders: user_id\n  two_phase_commit: true\n  two_phase_log: {}\n",
+            log.display()
+        ),
+        ..ProxyOptions::default()
+    };
+    Proxy::config_yaml(topology, port, admin, &options)
+}
+
+fn start(topology: &Topology, log: &std::path::Path, env: &[(&str, &str)]) -> Proxy {
+    let (port, admin) = (free_port(), free_port());
+    Proxy::start_yaml_env(&yaml(topology, port, admin, log), port, admin, env)
+}
+
+async fn setup(topology: &Topology) -> Vec<tokio_postgres::Client> {
+    let direct = primaries(topology).await;
+    for c in &direct {
+        c.batch_execute(
+            "CREATE TABLE orders (user_id bigint, note text); GRANT ALL ON orders TO PUBLIC",
+        )
+        .await
+        .expect("create");
+    }
+    direct
+}
+
+async fn notes(direct: &[tokio_postgres::Client]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for c in direct {
+        let rows = c
+            .query("SELECT note FROM orders ORDER BY note", &[])
+            .await
+            .expect("read");
+        out.push(rows.iter().map(|r| r.get(0)).collect());
+    }
+    out
+}
+
+async fn prepared(direct: &[tokio_postgres::Client]) -> i64 {
+    let mut n = 0;
+    for c in direct {
+        let row = c
+            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            .await
+            .expect("count");
+        n += row.get::<_, i64>(0);
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
+    timeout(LIMIT, async {
+        let topology = topology();
+        let direct = setup(&topology).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy = start(&topology, &dir.path().join("2pc.log"), &[]);
+        let a = int_keys_on(0, 1, 1)[0];
+        let b = int_keys_on(1, 1, 1)[0];
+        let client = proxy.connect(&topology).await;
+        for sql in [
+            "BEGIN".to_owned(),
+            format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'a')"),
+            format!("INSERT INTO orders (user_id, note) VALUES ({b}, 'b')"),
+            "COMMIT".to_owned(),
+        ] {
+            client.batch_execute(&sql).await.expect(&sql);
+        }
+        assert_eq!(notes(&direct).await, vec![vec!["a"], vec!["b"]]);
+        // Statement by statement, and the extended protocol.
+        client.batch_execute("BEGIN").await.expect("begin");
+        client
+            .execute("INSERT INTO orders (user_id, note) VALUES ($1, 'c')", &[&a])
+            .await
+            .expect("s0");
+        client
+            .execute("INSERT INTO orders (user_id, note) VALUES ($1, 'd')", &[&b])
+            .await
+            .expect("s1");
+        client.batch_execute("COMMIT").await.expect("commit");
+        assert_eq!(notes(&direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
+        // ROLLBACK leaves nothing anywhere.
+        client.batch_execute("BEGIN").await.expect("begin");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO orders (user_id, note) VALUES ({a}, 'x')"
+            ))
+            .await
+            .expect("s0");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO orders (user_id, note) VALUES ({b}, 'y')"
+            ))
+            .await
+            .expect("s1");
+        client.batch_execute("ROLLBACK").await.expect("rollback");
+        assert_eq!(notes(&direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
+        // A failed statement turns COMMIT into ROLLBACK on every shard.
+        client.batch_execute("BEGIN").await.expect("begin");
+        client
+            .execute("INSERT INTO orders (user_id, note) VALUES ($1, 'z')", &[&a])
+            .await
+            .expect("s0");
+        let err = client
+            .execute(
+                "INSERT INTO orders (user_id, note) VALUES ($1, 'z'::int::text)",
+                &[&b],
+            )
+            .await
+            .expect_err("bad cast on s1");
+        assert!(err.code().is_some(), "{err:?}");
+        client
+            .batch_execute("COMMIT")
+            .await
+            .expect("commit answers");
+        assert_eq!(notes(&direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
+        // An autocommit multi-row INSERT across shards is committed the same way.
+        let n = client
+            .execute(
+                &format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'e'), ({b}, 'f')"),
+                &[],
+            )
+            .await
+            .expect("split insert");
+        assert_eq!(n, 2);
+        assert_eq!(
+            notes(&direct).await,
+            vec![vec!["a", "c", "e"], vec!["b", "d", "f"]]
+        );
+        assert_eq!(prepared(&direct).await, 0, "nothing left prepared");
+        let committed = proxy.metric("shardgate_2pc_total{outcome=\"committed\"}");
+        assert!(committed.unwrap_or(0.0) >= 3.0, "{committed:?}");
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Kills shardgate at `point` during a two-shard commit, restarts it, and returns both shards'
+/// rows once recovery has resolved every prepared transaction.
+async fn crash_and_recover(point: &str) -> Vec<Vec<String>> {
+    let topology = topology();
+    let direct = setup(&topology).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("2pc.log");
+    let a = int_keys_on(0, 1, 1)[0];
+    let b = int_keys_on(1, 1, 1)[0];
+    {
+        let mut proxy = start(&topology, &log, &[("SHARDGATE_2PC_CRASH", point)]);
+        let client = proxy.connect(&topology).await;
+        client.batch_execute("BEGIN").await.expect("begin");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO orders (user_id, note) VALUES ({a}, 'a')"
+            ))
+            .await
+            .expect("s0");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO orders (user_id, note) VALUES ({b}, 'b')"
+            ))
+            .await
+            .expect("s1");
+        let r = client.batch_execute("COMMIT").await;
+        assert!(r.is_err(), "the coordinator died mid-commit");
+        assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(false));
+    }
+    assert_eq!(
+        prepared(&direct).await,
+        2,
+        "both shards hold the prepared transaction"
+    );
+    assert_eq!(notes(&direct).await, vec![Vec::<String>::new(), vec![]]);
+    let _proxy = start(
+        &topology,
+        &log,
+        &[
+            ("SHARDGATE_2PC_RECOVERY_MIN_AGE_SECS", "0"),
+            ("SHARDGATE_2PC_RECOVERY_INTERVAL_MS", "200"),
+        ],
+    );
+    let resolved = support::poll_until(Duration::from_secs(20), || async {
+        prepared(&direct).await == 0
+    })
+    .await;
+    assert!(
+        resolved.is_some(),
+        "recovery resolved the prepared transactions"
+    );
+    notes(&direct).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logged_decision_is_committed_by_recovery() {
+    let rows = timeout(LIMIT, crash_and_recover("after_decision"))
+        .await
+        .expect("bounded");
+    assert_eq!(rows, vec![vec!["a"], vec!["b"]]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unlogged_prepare_is_rolled_back_by_recovery() {
+    let rows = timeout(LIMIT, crash_and_recover("after_prepare"))
+        .await
+        .expect("bounded");
+    assert_eq!(rows, vec![Vec::<String>::new(), vec![]]);
+}
