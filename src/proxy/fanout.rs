@@ -142,7 +142,123 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .await;
             plan = self.plan_once(&rt, scanned);
         }
+        if let Need::Scatter { .. } = plan.need {
+            self.check_scatter(snapshot, &rt, &mut plan).await;
+        }
         Ok(Some(plan))
+    }
+
+    /// What a scatter needs from the catalog (read once from the first shard and kept): no
+    /// function it calls may be an aggregate shardgate does not know, and whether text sorts
+    /// as in C. A catalog that cannot be read refuses the scatter rather than guess.
+    async fn check_scatter(
+        &self,
+        snapshot: &Snapshot,
+        rt: &ShardingRuntime,
+        plan: &mut RequestPlan,
+    ) {
+        const MERGEABLE: &[&str] = &[
+            "count", "sum", "min", "max", "avg", "bool_and", "bool_or", "every",
+        ];
+        let Need::Scatter {
+            select, text_order, ..
+        } = &mut plan.need
+        else {
+            return;
+        };
+        let names: Vec<String> = shardgate_sql::called_functions(&select.shard_sql)
+            .into_iter()
+            .filter(|n| !MERGEABLE.contains(&n.as_str()))
+            .collect();
+        let unknown: Vec<String> = {
+            let known = super::shard_plan::lock(&rt.aggregates);
+            names
+                .iter()
+                .filter(|n| !known.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        let collation = *super::shard_plan::lock(&rt.collation_c);
+        if !unknown.is_empty() || collation.is_none() {
+            let quoted: Vec<String> = unknown
+                .iter()
+                .map(|n| format!("'{}'", n.replace('\'', "''")))
+                .collect();
+            let learned = self.catalog(snapshot, &quoted).await;
+            match learned {
+                Some((aggs, c)) => {
+                    let mut known = super::shard_plan::lock(&rt.aggregates);
+                    for n in &unknown {
+                        known.insert(n.clone(), aggs.contains(n));
+                    }
+                    *super::shard_plan::lock(&rt.collation_c) = Some(c);
+                }
+                None => {
+                    plan.need = Need::Refuse(ErrorFields::new(
+                        "ERROR",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "shardgate: cannot read the catalog of the first shard to check a query across shards",
+                    ));
+                    return;
+                }
+            }
+        }
+        let aggregate = {
+            let known = super::shard_plan::lock(&rt.aggregates);
+            names.into_iter().find(|n| known.get(n) == Some(&true))
+        };
+        if let Some(name) = aggregate {
+            plan.need = Need::Refuse(
+                ErrorFields::new(
+                    "ERROR",
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("shardgate: cannot merge this query across shards exactly: aggregate function {name}"),
+                )
+                .with(b'H', "Add a shard-key filter, or pin it with /* shardgate: shard=<name> */ to run it on one shard."),
+            );
+            return;
+        }
+        *text_order = super::shard_plan::lock(&rt.collation_c).unwrap_or(false);
+    }
+
+    /// Which of the (quoted) names are aggregates, and whether the database collates as C.
+    async fn catalog(&self, snapshot: &Snapshot, quoted: &[String]) -> Option<(Vec<String>, bool)> {
+        let pool = snapshot.shards[0].primary.pool(&self.user).cloned()?;
+        let mut conn = pool.checkout(snapshot.checkout_timeout()).await.ok()?;
+        let aggs = if quoted.is_empty() {
+            Vec::new()
+        } else {
+            let sql = format!(
+                "SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_aggregate a ON a.aggfnoid = p.oid WHERE p.proname IN ({})",
+                quoted.join(", ")
+            );
+            match all_values(&mut conn, &sql).await {
+                Ok(v) => v,
+                Err(_) => {
+                    conn.discard();
+                    return None;
+                }
+            }
+        };
+        let collate = match first_value(
+            &mut conn,
+            "SELECT datcollate FROM pg_database WHERE datname = current_database()",
+        )
+        .await
+        {
+            Ok(v) => v.unwrap_or_default(),
+            Err(_) => {
+                conn.discard();
+                return None;
+            }
+        };
+        conn.release();
+        // C.UTF-8 orders by code point, which for UTF-8 is byte order, as C does.
+        let c = matches!(
+            collate.as_str(),
+            "C" | "POSIX" | "C.UTF-8" | "C.utf8" | "C.UTF8" | "ucs_basic"
+        );
+        Some((aggs, c))
     }
 
     pub(super) fn plan_once(&self, rt: &ShardingRuntime, scanned: &Scanned) -> RequestPlan {

@@ -7,9 +7,10 @@
 //! The client's messages are mirrored: shards always run `Parse/Bind/Describe/Execute/Sync` on
 //! the unnamed statement (or one simple Query), and the client gets exactly the replies its own
 //! messages ask for. A shard's error fails the statement: the other shards' connections are
-//! closed (the cheapest way to stop them), and the error names the shard. Rows already sent
-//! before a late error are followed by the ErrorResponse, as PostgreSQL itself does when a
-//! query fails midway: drivers report the statement as failed.
+//! closed (the cheapest way to stop them), and the error names the shard. Rows still in the
+//! output buffer are dropped, so the client gets the error alone; only a reply large enough to
+//! have been flushed already (`FLUSH_AT`) has rows before the ErrorResponse, as PostgreSQL
+//! itself does when a query fails midway: drivers report the statement as failed.
 
 use std::sync::Arc;
 
@@ -71,6 +72,8 @@ enum Failure {
     Shard(usize, ErrorFields),
     /// shardgate's own (a merge it cannot do exactly, a malformed reply).
     Own(ErrorFields),
+    /// The connection to a shard failed (index of the shard in the snapshot, the cause).
+    Lost(usize, String),
 }
 
 fn own(code: &str, message: impl Into<String>) -> Failure {
@@ -225,7 +228,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         mut scanned: Scanned,
         plan: RequestPlan,
     ) -> Result<(), ClientError> {
-        let Need::Scatter { select, types } = plan.need else {
+        let Need::Scatter {
+            select,
+            types,
+            text_order,
+        } = plan.need
+        else {
             return Ok(());
         };
         let Some((req_len, false)) = request_len(&self.cbuf, self.max_len)? else {
@@ -291,8 +299,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 break;
             }
         }
+        // Where this statement's reply starts in the output buffer, and whether any of it was
+        // flushed: a failure before the first flush sends the error alone, no partial rows.
+        let mark = self.out.len();
+        let mut flushed = false;
         let outcome = match sent {
-            Ok(()) => self.run_scatter(&mut legs, &select, &client).await,
+            Ok(()) => {
+                self.run_scatter(&mut legs, &select, &client, &mut flushed, text_order)
+                    .await
+            }
             Err(e) => Err(own(sqlstate::CONNECTION_FAILURE, format!("shardgate: {e}"))),
         };
         match outcome {
@@ -316,9 +331,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         fields
                     }
                     Failure::Own(fields) => fields,
+                    Failure::Lost(shard, cause) => {
+                        let name = snapshot.shards.get(shard).map_or("?", |s| &*s.name);
+                        ErrorFields::new(
+                            "ERROR",
+                            sqlstate::CONNECTION_FAILURE,
+                            format!("shardgate: lost shard {name} during a query across all shards: {cause}"),
+                        )
+                    }
                 };
                 if fields.code() == Some(sqlstate::FEATURE_NOT_SUPPORTED) {
                     self.shared.metrics.refused("merge");
+                }
+                if !flushed {
+                    self.out.truncate(mark);
                 }
                 backend::error_response(&fields, &mut self.out);
                 // Shards stopped mid-stream: their connections are closed, which also rolls
@@ -344,6 +370,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         legs: &mut [Leg],
         select: &ScatterSelect,
         client: &ClientRequest,
+        flushed: &mut bool,
+        text_order: bool,
     ) -> Result<(), Failure> {
         // Each shard's RowDescription (and ParameterDescription) first.
         let mut described: Option<(RowDescription, Option<Bytes>)> = None;
@@ -383,6 +411,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 format: f.format,
             })
             .collect();
+        if !text_order {
+            check_text_order(select, &columns)?;
+        }
         let limit = count_value(select.limit, &client.params, &client.param_formats)?;
         let offset =
             count_value(select.offset, &client.params, &client.param_formats)?.unwrap_or(0);
@@ -397,33 +428,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             sent: 0,
             distinct: None,
             width,
+            flushed: false,
         };
-        if select.aggregated {
-            let (client_rd, rows) = self.group(legs, select, &rd, &columns).await?;
-            self.write_head(client, &client_rd, params_desc.as_ref());
-            for row in rows {
-                self.emit(&mut sink, row).await?;
-            }
-        } else {
-            if select.distinct {
-                sink.distinct = Some(Distinct::new(columns[..width.min(columns.len())].to_vec()));
-            }
-            let client_rd = RowDescription {
-                fields: rd.fields.iter().take(width).cloned().collect(),
-            };
-            self.write_head(client, &client_rd, params_desc.as_ref());
-            if select.order_by.is_empty() {
-                self.concat(legs, &mut sink).await?;
+        let merged: Result<(), Failure> = async {
+            if select.aggregated {
+                let (client_rd, rows) = self.group(legs, select, &rd, &columns).await?;
+                self.write_head(client, &client_rd, params_desc.as_ref());
+                for row in rows {
+                    self.emit(&mut sink, row).await?;
+                }
             } else {
-                self.ordered(legs, select, &columns, &mut sink).await?;
+                if select.distinct {
+                    sink.distinct =
+                        Some(Distinct::new(columns[..width.min(columns.len())].to_vec()));
+                }
+                let client_rd = RowDescription {
+                    fields: rd.fields.iter().take(width).cloned().collect(),
+                };
+                self.write_head(client, &client_rd, params_desc.as_ref());
+                if select.order_by.is_empty() {
+                    self.concat(legs, &mut sink).await?;
+                } else {
+                    self.ordered(legs, select, &columns, &mut sink).await?;
+                }
             }
-        }
-        // Every shard ends its reply with ReadyForQuery.
-        for leg in legs.iter_mut() {
-            while !leg.done {
-                next_frame(leg).await?;
+            // Every shard ends its reply with ReadyForQuery.
+            for leg in legs.iter_mut() {
+                while !leg.done {
+                    next_frame(leg).await?;
+                }
             }
+            Ok(())
         }
+        .await;
+        *flushed = sink.flushed;
+        merged?;
         self.shared.metrics.merge_rows.inc_by(sink.sent);
         if client.msgs.contains(&Msg::Execute) || !client.extended {
             backend::command_complete(&format!("SELECT {}", sink.sent), &mut self.out);
@@ -469,6 +508,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         shardgate_wire::encode_data_row(&values, &mut self.out);
         sink.sent += 1;
         if self.out.len() >= FLUSH_AT {
+            sink.flushed = true;
             self.flush_out()
                 .await
                 .map_err(|e| own(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
@@ -725,6 +765,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
+/// With a database collation other than C, text does not sort byte by byte: an ORDER BY or a
+/// min/max over text cannot be merged exactly.
+fn check_text_order(select: &ScatterSelect, columns: &[Column]) -> Result<(), Failure> {
+    const TEXTS: &[u32] = &[25, 1043, 1042, 19];
+    let is_text = |c: usize| columns.get(c).is_some_and(|c| TEXTS.contains(&c.type_oid));
+    let sorts_text = select.order_by.iter().any(|k| is_text(k.column));
+    let min_max_text = select.outputs.iter().any(|o| {
+        matches!(o, OutputCol::Agg { kind: AggFn::Min | AggFn::Max, columns } if columns.first().is_some_and(|c| is_text(*c)))
+    });
+    let having_text = select.having.is_some() && select.group_by.iter().any(|c| is_text(*c));
+    if sorts_text || min_max_text || having_text {
+        return Err(own(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "shardgate: cannot merge ORDER BY, min or max over text across shards: the database's collation is not C",
+        ));
+    }
+    Ok(())
+}
+
 /// Where merged rows go: LIMIT/OFFSET/DISTINCT state and the count sent.
 struct Sink {
     limit: Option<u64>,
@@ -733,6 +792,8 @@ struct Sink {
     distinct: Option<Distinct>,
     /// Client-visible columns (hidden sort columns are cut off).
     width: usize,
+    /// Part of the reply has been flushed to the client (a later error cannot take it back).
+    flushed: bool,
 }
 
 /// HAVING over merged columns: aggregates and group keys become merged columns (added to
@@ -884,9 +945,10 @@ async fn next_frame(leg: &mut Leg) -> Result<(u8, Bytes), Failure> {
         let frame = split_frame(&mut leg.co.conn.rbuf, SERVER_MAX_MESSAGE)
             .map_err(|e| own("08P01", format!("shardgate: {e}")))?;
         let Some(frame) = frame else {
+            let shard = leg.co.shard;
             read_more(&mut leg.co.conn)
                 .await
-                .map_err(|e| own(sqlstate::CONNECTION_FAILURE, format!("shardgate: {e}")))?;
+                .map_err(|e| Failure::Lost(shard, e.to_string()))?;
             continue;
         };
         if frame.tag == b'Z' {

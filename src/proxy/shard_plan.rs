@@ -39,9 +39,14 @@ pub(crate) struct ShardingRuntime {
     analyses: Mutex<LruCache<u128, Arc<ShardAnalysis>>>,
     /// The key column's type oid per sharded table, learned from the first shard.
     key_types: Mutex<HashMap<String, u32>>,
+    /// Function names seen in scattered queries: whether each is an aggregate (a
+    /// user-defined aggregate would otherwise be merged as a plain value).
+    pub(crate) aggregates: Mutex<HashMap<String, bool>>,
+    /// The database's collation sorts like C (text ORDER BY and min/max merge exactly).
+    pub(crate) collation_c: Mutex<Option<bool>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -87,6 +92,8 @@ impl ShardingRuntime {
                 NonZeroUsize::new(ANALYSIS_CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
             key_types: Mutex::new(HashMap::new()),
+            aggregates: Mutex::new(HashMap::new()),
+            collation_c: Mutex::new(None),
         })
     }
 
@@ -137,6 +144,8 @@ pub(crate) enum Need {
         select: Box<shardgate_sql::ScatterSelect>,
         /// The statement's declared parameter types.
         types: Vec<u32>,
+        /// Text sorts as in C on the shards (else text ORDER BY and min/max are refused).
+        text_order: bool,
     },
     /// The same request on each of these shards, results combined: rows concatenated, and
     /// counts summed when `sum` (different rows per shard) rather than taken from the first
@@ -333,10 +342,11 @@ pub(crate) fn plan_request(
     if acc.scatter && acc.refused.is_none() {
         let why = acc.scatter_why(rt);
         let need = match (units, last_unit) {
-            (1, Some((stmt, types))) => match shardgate_sql::scatter_select(&stmt) {
+            (1, Some((stmt, types))) => match shardgate_sql::scatter_select(trim_end(&stmt)) {
                 Ok(select) => Need::Scatter {
                     select: Box::new(select),
                     types,
+                    text_order: false,
                 },
                 Err(u) => Need::Refuse(refusal_fields(Refusal {
                     code: shardgate_router::FEATURE_NOT_SUPPORTED,
@@ -399,6 +409,15 @@ pub(crate) fn plan_request(
         *cp = client_parse;
     }
     plan
+}
+
+/// A statement without its trailing semicolon and whitespace.
+fn trim_end(stmt: &[u8]) -> &[u8] {
+    let end = stmt
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+        .map_or(0, |i| i + 1);
+    &stmt[..end]
 }
 
 fn decode_parse(frame: &Bytes) -> Option<ParseRef<'_>> {

@@ -423,3 +423,33 @@ pub fn comments(stmt: &[u8]) -> impl Iterator<Item = &[u8]> {
         stmt.get(inner)
     })
 }
+
+/// The names of the functions `stmt` calls (a word or quoted identifier right before `(`),
+/// folded as PostgreSQL folds identifiers, each once. Keywords that take parentheses (`IN`,
+/// `VALUES`, ...) come out too: callers look the names up, so extra names cost nothing.
+pub fn called_functions(stmt: &[u8]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut prev: Option<Token> = None;
+    for t in Lexer::new(stmt, LexOptions::default()) {
+        if t.is_comment() {
+            continue;
+        }
+        let open = t.kind == TokenKind::Punct && stmt.get(t.start) == Some(&b'(');
+        if let (true, Some(p)) = (open, prev) {
+            let text = stmt.get(p.start..p.end).unwrap_or_default();
+            let name = match p.kind {
+                TokenKind::Word => Some(String::from_utf8_lossy(text).to_ascii_lowercase()),
+                TokenKind::QuotedIdent if p.terminated => text
+                    .strip_prefix(b"\"")
+                    .and_then(|q| q.strip_suffix(b"\""))
+                    .map(|q| String::from_utf8_lossy(q).replace("\"\"", "\"")),
+                _ => None,
+            };
+            if let Some(name) = name.filter(|n| !out.contains(n)) {
+                out.push(name);
+            }
+        }
+        prev = Some(t);
+    }
+    out
+}

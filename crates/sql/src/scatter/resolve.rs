@@ -86,7 +86,20 @@ pub(crate) fn group_key(
         .find(|it| it.agg.is_none() && !it.wildcard && it.norm == norm)
     {
         Some(it) => it.cols.first().copied().unwrap_or_default(),
-        None => sp.hide(code.slice(toks), 1),
+        None => {
+            // `GROUP BY alias`: PostgreSQL reads a bare name as a table column first and only
+            // then as an output column; without the table's columns the shard query could
+            // name neither correctly.
+            if let Some([name]) = ident_parts(ast).as_deref() {
+                if items
+                    .iter()
+                    .any(|it| it.name.as_deref() == Some(name.as_str()))
+                {
+                    return Err(Unsupported::new("GROUP BY an output column name"));
+                }
+            }
+            sp.hide(code.slice(toks), 1)
+        }
     };
     Ok(GroupKey {
         col,

@@ -1,0 +1,71 @@
+//! Guards of scatter-gather that keep it from ever returning a plausible wrong answer: a
+//! user-defined aggregate (which the SQL alone cannot tell from a plain function) is refused,
+//! and ordinary statement spellings (a trailing semicolon) still scatter.
+
+mod support;
+
+use std::time::Duration;
+
+use support::sharded::{expect_code, int_keys_on, sharded_setup};
+use tokio::time::timeout;
+use tokio_postgres::error::SqlState;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_defined_aggregates_are_refused_and_semicolons_are_fine() {
+    timeout(Duration::from_secs(60), async {
+        let s = sharded_setup(None).await;
+        let c = &s.client;
+        let k0 = int_keys_on(0, 1, 2);
+        let k1 = int_keys_on(1, 1, 2);
+        for k in k0.iter().chain(&k1) {
+            c.batch_execute(&format!(
+                "INSERT INTO orders (user_id, note) VALUES ({k}, 'n{k}')"
+            ))
+            .await
+            .expect("insert");
+        }
+        // DDL reaches every shard, so the aggregate exists everywhere.
+        c.batch_execute(
+            "CREATE AGGREGATE my_total(bigint) (sfunc = int8pl, stype = bigint, initcond = '0')",
+        )
+        .await
+        .expect("create aggregate");
+        let sum: i64 = k0.iter().chain(&k1).sum();
+        // On one shard it is an ordinary query.
+        let one = c
+            .query_one(
+                &format!(
+                    "SELECT my_total(user_id) FROM orders WHERE user_id = {}",
+                    k0[0]
+                ),
+                &[],
+            )
+            .await
+            .expect("keyed");
+        assert_eq!(one.get::<_, i64>(0), k0[0]);
+        // Across shards, merging it as a plain value would be wrong: refused.
+        let msg = expect_code(
+            c.query("SELECT my_total(user_id) FROM orders", &[]).await,
+            &SqlState::FEATURE_NOT_SUPPORTED,
+            "user-defined aggregate",
+        );
+        assert!(msg.contains("my_total"), "{msg}");
+        // A plain function is fine, and so is a trailing semicolon.
+        let rows = c
+            .query("SELECT abs(user_id) FROM orders ORDER BY 1;", &[])
+            .await
+            .expect("scatter with a semicolon");
+        let got: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let mut want: Vec<i64> = k0.iter().chain(&k1).copied().collect();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        let total = c
+            .query_one("SELECT count(*), sum(user_id) FROM orders;", &[])
+            .await
+            .expect("aggregates with a semicolon");
+        assert_eq!(total.get::<_, i64>(0), 4);
+        let _ = sum;
+    })
+    .await
+    .expect("bounded");
+}
