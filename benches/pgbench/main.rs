@@ -1,6 +1,7 @@
 //! End-to-end throughput and latency benchmark: pgbench against PostgreSQL directly, through
 //! shardgate and (when installed) through PgBouncer, on one throwaway testkit primary; and,
-//! when asked for (`SG_BENCH_WORKLOADS=sharded`), point reads and writes over two shards.
+//! when asked for (`SG_BENCH_WORKLOADS=sharded`), point reads and writes over two shards, or
+//! (`SG_BENCH_WORKLOADS=scatter`) keyless scatter-gather SELECTs over two shards.
 //!
 //! Run with `cargo bench --bench pgbench`; see docs/benchmarks.md for what it measures and the
 //! goals. Targets take turns round by round, so drift on a shared machine (other builds, CPU
@@ -9,6 +10,8 @@
 mod pgbench;
 mod pgbouncer;
 mod report;
+mod rss;
+mod scatter;
 mod sharded;
 mod shardgate;
 
@@ -65,21 +68,28 @@ struct Settings {
     rounds: usize,
     seconds: u64,
     workloads: Vec<Workload>,
+    /// The scatter-gather workloads, which are not pgbench runs (see `scatter`).
+    scatter: bool,
 }
 
 impl Settings {
     fn from_env() -> Result<Settings, BenchError> {
         let rounds = env_number("SG_BENCH_ROUNDS", 3)?;
         let seconds = env_number("SG_BENCH_SECONDS", 20)?;
+        let mut scatter = false;
         let workloads = match std::env::var("SG_BENCH_WORKLOADS") {
             Ok(list) => {
                 let mut workloads = Vec::new();
                 for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    if name == "scatter" {
+                        scatter = true;
+                        continue;
+                    }
                     let named = Workload::from_name(name).ok_or_else(|| BenchError::Setting {
                         var: "SG_BENCH_WORKLOADS",
                         value: list.clone(),
                         why: "expected a comma list of simple, extended, prepared, latency, \
-                              sharded (or sharded-simple, sharded-prepared)",
+                              sharded (or sharded-simple, sharded-prepared), scatter",
                     })?;
                     for w in named {
                         if !workloads.contains(&w) {
@@ -95,6 +105,7 @@ impl Settings {
             rounds: usize::try_from(rounds).unwrap_or(usize::MAX),
             seconds,
             workloads,
+            scatter,
         })
     }
 }
@@ -136,6 +147,9 @@ fn run() -> Result<(), BenchError> {
     }
     if !sharded.is_empty() {
         sharded::run(&settings, &bindir, &sharded)?;
+    }
+    if settings.scatter {
+        scatter::run(&settings)?;
     }
     Ok(())
 }

@@ -54,7 +54,7 @@ fn sharding_yaml() -> String {
 
 /// The shard of `id` under the default map: `floor(logical * shards / logical_shards)` with
 /// `logical = xxh3_64(i64 little-endian bytes) % logical_shards`.
-fn shard_of(id: i64, shards: usize) -> usize {
+pub(crate) fn shard_of(id: i64, shards: usize) -> usize {
     let logical = xxh3_64(&id.to_le_bytes()) % LOGICAL_SHARDS;
     (logical * shards as u64 / LOGICAL_SHARDS) as usize
 }

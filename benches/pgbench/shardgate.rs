@@ -61,6 +61,11 @@ impl Shardgate {
         self.port
     }
 
+    /// The process id, for reading its memory from `/proc`.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn wait_ready(&mut self) -> Result<(), BenchError> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + READY_TIMEOUT;
