@@ -69,3 +69,68 @@ async fn user_defined_aggregates_are_refused_and_semicolons_are_fine() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insert_select_runs_on_every_shard_when_rows_stay_put() {
+    timeout(Duration::from_secs(60), async {
+        let s = sharded_setup(None).await;
+        let c = &s.client;
+        let keys: Vec<i64> = int_keys_on(0, 1, 3)
+            .into_iter()
+            .chain(int_keys_on(1, 1, 3))
+            .collect();
+        for k in &keys {
+            c.batch_execute(&format!(
+                "INSERT INTO orders (user_id, note) VALUES ({k}, 'n{k}')"
+            ))
+            .await
+            .expect("insert");
+        }
+        // Copies each shard's rows within the shard: every copy is where its key hashes.
+        let n = c
+            .execute(
+                "INSERT INTO orders (note, user_id) SELECT o.note || '-copy', o.user_id FROM orders o WHERE o.note NOT LIKE '%copy'",
+                &[],
+            )
+            .await
+            .expect("co-located INSERT ... SELECT");
+        assert_eq!(n, keys.len() as u64);
+        for (shard, d) in s.direct.iter().enumerate() {
+            let rows = d
+                .query("SELECT user_id, note FROM orders ORDER BY note", &[])
+                .await
+                .expect("direct");
+            for r in rows {
+                let k: i64 = r.get(0);
+                assert_eq!(
+                    support::sharded::shard_of_int(k),
+                    shard,
+                    "row {k} is on shard {shard}"
+                );
+            }
+            let copies = d
+                .query_one("SELECT count(*) FROM orders WHERE note LIKE '%-copy'", &[])
+                .await
+                .expect("count");
+            assert_eq!(copies.get::<_, i64>(0), 3, "shard {shard} copied its own rows");
+        }
+        // A row that could move is refused, and nothing is inserted.
+        let msg = expect_code(
+            c.execute(
+                "INSERT INTO orders (user_id, note) SELECT user_id + 1, note FROM orders",
+                &[],
+            )
+            .await,
+            &SqlState::FEATURE_NOT_SUPPORTED,
+            "moving INSERT ... SELECT",
+        );
+        assert!(msg.contains("INSERT ... SELECT"), "{msg}");
+        let total = c
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .expect("count");
+        assert_eq!(total.get::<_, i64>(0), 2 * keys.len() as i64);
+    })
+    .await
+    .expect("bounded");
+}

@@ -43,7 +43,10 @@ const OID_FLOAT8: u32 = 701;
 const OID_BOOL: u32 = 16;
 const OID_TIMESTAMPTZ: u32 = 1184;
 /// Client output is flushed whenever this much is buffered.
-const FLUSH_AT: usize = 64 * 1024;
+/// Merged rows are held back until this much is buffered, so a result smaller than this never
+/// reaches the client in part when a shard fails late; larger ones stream (memory stays
+/// bounded) and a late failure ends them with the ErrorResponse.
+const FLUSH_AT: usize = 4 << 20;
 
 /// One message of the client's request, as far as the replies go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

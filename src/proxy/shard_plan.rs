@@ -452,6 +452,19 @@ fn plan_one(
     let mut resolve = |src: &KeySource| resolve_key(src, bound, column_type);
     let first = shardgate_sql::leading_keywords(stmt);
     let kind = first.get(0).unwrap_or("");
+    if kind == "INSERT"
+        && a.insert.is_none()
+        && !a.ddl
+        && shardgate_sql::colocated_insert_select(stmt, &rt.spec).is_ok()
+    {
+        // Every row stays on the shard it is read from: run it on every shard.
+        return Ok(StatementPlan {
+            target: Target::ScatterWrite,
+            why: ShardWhy::NoKey {
+                table: a.sharded.first().cloned().unwrap_or_default(),
+            },
+        });
+    }
     let mut planned = plan_statement(a, &rt.map, rt.names.len(), &mut resolve);
     if let Ok(StatementPlan {
         target: Target::ScatterWrite,
@@ -477,7 +490,19 @@ fn plan_one(
     }
     planned.map_err(|mut r| {
         let insert = shardgate_sql::leading_keywords(stmt).get(0) == Some("INSERT");
-        if insert && a.insert.is_none() && matches!(a.key, Some(KeyConstraint::NoKey)) {
+        let select = stmt.windows(6).any(|w| w.eq_ignore_ascii_case(b"SELECT"));
+        if insert && a.insert.is_none() && select {
+            let why = shardgate_sql::colocated_insert_select(stmt, &rt.spec)
+                .err()
+                .unwrap_or_default();
+            r.message =
+                format!("shardgate: cannot run this INSERT ... SELECT on every shard: {why}");
+            r.hint = "An INSERT ... SELECT without a shard key runs on every shard when each row \
+                      stays on its shard: name the target's key column and insert the source \
+                      table's key column into it, row by row from one sharded table. Or add a \
+                      shard-key filter, or pin it with /* shardgate: shard=<name> */."
+                .to_owned();
+        } else if insert && a.insert.is_none() && matches!(a.key, Some(KeyConstraint::NoKey)) {
             let column = a.key_column.as_deref().unwrap_or("its shard key");
             r.message = format!(
                 "shardgate: cannot find the shard key {column} in this INSERT into {table}",
@@ -485,8 +510,8 @@ fn plan_one(
             );
             r.hint = format!(
                 "Name the columns (INSERT INTO t ({column}, ...) VALUES ...) and give {column} a \
-                 literal or a parameter in every row; INSERT ... SELECT and DEFAULT keys are \
-                 not routable yet. Or pin it with /* shardgate: shard=<name> */."
+                 literal or a parameter in every row (DEFAULT keys are not routable). Or pin it \
+                 with /* shardgate: shard=<name> */."
             );
         }
         r

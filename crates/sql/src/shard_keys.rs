@@ -11,6 +11,7 @@
 //! an expression it does not descend into) drops every key constraint.
 
 mod insert;
+mod insert_select;
 mod scope;
 mod splice;
 mod values;
@@ -27,6 +28,7 @@ use sqlparser::parser::Parser;
 use std::collections::HashSet;
 use std::ops::Range;
 
+pub use insert_select::colocated_insert_select;
 pub use splice::{splice_insert, SplicedInsert};
 
 /// The sharded and reference tables of one configuration, built once per config snapshot.
