@@ -15,7 +15,7 @@ use shardgate_router::{
     Target,
 };
 use shardgate_sql::{
-    analyze, for_each_statement, splice_insert, Hint, KeyConstraint, KeySource, LexOptions,
+    analyze_with, for_each_statement, splice_insert, Hint, KeyConstraint, KeySource, LexOptions,
     ShardAnalysis, ShardingSpec,
 };
 use shardgate_wire::{frontend, peek_header, BindRef, FrontendRef, ParseRef};
@@ -34,6 +34,7 @@ pub(crate) struct ShardingRuntime {
     pub(crate) map: ShardMap,
     pub(crate) spec: ShardingSpec,
     pub(crate) names: Vec<Arc<str>>,
+    classifier: Arc<shardgate_sql::Classifier>,
     /// Sharded tables as `(display name, key column)`, for type lookups.
     tables: Vec<(String, String)>,
     analyses: Mutex<LruCache<u128, Arc<ShardAnalysis>>>,
@@ -51,7 +52,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ShardingRuntime {
-    pub(crate) fn build(config: &Config) -> Option<ShardingRuntime> {
+    pub(crate) fn build(
+        config: &Config,
+        classifier: Arc<shardgate_sql::Classifier>,
+    ) -> Option<ShardingRuntime> {
         let s = config.sharding.as_ref()?;
         let index = |name: &str| {
             config
@@ -91,6 +95,7 @@ impl ShardingRuntime {
             analyses: Mutex::new(LruCache::new(
                 NonZeroUsize::new(ANALYSIS_CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
+            classifier,
             key_types: Mutex::new(HashMap::new()),
             aggregates: Mutex::new(HashMap::new()),
             collation_c: Mutex::new(None),
@@ -103,7 +108,11 @@ impl ShardingRuntime {
         if let Some(a) = lock(&self.analyses).get(&key) {
             return a.clone();
         }
-        let a = Arc::new(analyze(stmt, &self.spec));
+        // The classifier's verdict is cached by the literal-blind shape: reusing it saves the
+        // analysis one of its two parses when only literals changed.
+        let c = self.classifier.classify(stmt);
+        let write = (c.statements == 1).then_some(c.write.is_some());
+        let a = Arc::new(analyze_with(stmt, &self.spec, write));
         lock(&self.analyses).put(key, a.clone());
         a
     }

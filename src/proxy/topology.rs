@@ -205,6 +205,7 @@ impl Snapshot {
         let sharding = match previous {
             Some(p)
                 if p.config.sharding == config.sharding
+                    && Arc::ptr_eq(&p.classifier, &classifier)
                     && p.config
                         .shards
                         .iter()
@@ -213,7 +214,7 @@ impl Snapshot {
             {
                 p.sharding.clone()
             }
-            _ => ShardingRuntime::build(&config).map(Arc::new),
+            _ => ShardingRuntime::build(&config, classifier.clone()).map(Arc::new),
         };
         let log = config
             .sharding

@@ -11,8 +11,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardgate_config::{LoadBalance, WhenNoReplica};
-use shardgate_router::{route, KeyValue, Policy, ReplicaView, RequestView, SessionView, ShardMap};
-use shardgate_sql::{analyze, KeyConstraint, KeySource, ShardingSpec};
+use shardgate_router::{
+    plan_statement, route, KeyValue, Policy, ReplicaView, RequestView, SessionView, ShardMap,
+    Target,
+};
+use shardgate_sql::{analyze, analyze_with, KeyConstraint, KeySource, ShardingSpec};
 
 const SELECT: &[u8] = b"SELECT balance FROM accounts WHERE id = 48213;";
 const UPDATE: &[u8] = b"UPDATE accounts SET balance = balance + 1 WHERE id = 48213;";
@@ -44,7 +47,29 @@ fn analysis(c: &mut Criterion) {
     group.bench_function("point_update", |b| {
         b.iter(|| black_box(analyze(black_box(UPDATE), &spec)))
     });
+    // What the proxy runs: the classifier's cached verdict saves the read/write parse.
+    group.bench_function("point_select, verdict known", |b| {
+        b.iter(|| black_box(analyze_with(black_box(SELECT), &spec, Some(false))))
+    });
     group.finish();
+}
+
+/// The pure plan of an analyzed statement: key values to shards, with the reason.
+fn plan(c: &mut Criterion) {
+    let spec = spec();
+    let map = ShardMap::default_for(LOGICAL_SHARDS, 2);
+    let a = analyze(SELECT, &spec);
+    let mut resolve = |src: &KeySource| match src {
+        KeySource::Literal { text, .. } => Ok(Some(KeyValue::from_text(text))),
+        KeySource::Param(_) => Err("no parameters here".to_owned()),
+    };
+    assert!(matches!(
+        plan_statement(&a, &map, 2, &mut resolve).map(|p| p.target),
+        Ok(Target::Shards(_))
+    ));
+    c.bench_function("plan_statement point_select", |b| {
+        b.iter(|| black_box(plan_statement(black_box(&a), &map, 2, &mut resolve)))
+    });
 }
 
 fn hash_rule(c: &mut Criterion) {
@@ -133,5 +158,5 @@ fn read_write_route(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, analysis, hash_rule, read_write_route);
+criterion_group!(benches, analysis, plan, hash_rule, read_write_route);
 criterion_main!(benches);

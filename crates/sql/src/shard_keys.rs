@@ -177,7 +177,13 @@ const DDL_WORDS: &[&str] = &[
 
 /// Analyzes one statement (as the crate's splitter cuts it) against `spec`. Never panics.
 pub fn analyze(stmt: &[u8], spec: &ShardingSpec) -> ShardAnalysis {
-    let facts = classify_statement(stmt, &spec.functions);
+    analyze_with(stmt, spec, None)
+}
+
+/// [`analyze`] with the statement's read/write verdict already known (from the classifier's
+/// cache), which saves a parse: `write` must be what the classifier says of this statement.
+pub fn analyze_with(stmt: &[u8], spec: &ShardingSpec, write: Option<bool>) -> ShardAnalysis {
+    let write = write.unwrap_or_else(|| classify_statement(stmt, &spec.functions).write.is_some());
     let kw = leading_keywords(stmt);
     let mentions = Mentions::scan(stmt, spec);
     let mut out = ShardAnalysis {
@@ -185,7 +191,7 @@ pub fn analyze(stmt: &[u8], spec: &ShardingSpec) -> ShardAnalysis {
         reference: Vec::new(),
         other: Vec::new(),
         ddl: kw.get(0).is_some_and(|w| DDL_WORDS.contains(&w)),
-        write: facts.write.is_some(),
+        write,
         key: None,
         key_column: None,
         insert: None,
