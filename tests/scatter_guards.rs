@@ -134,3 +134,53 @@ async fn insert_select_runs_on_every_shard_when_rows_stay_put() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn select_star_with_order_by_merges_in_order() {
+    timeout(Duration::from_secs(60), async {
+        let s = sharded_setup(None).await;
+        let c = &s.client;
+        let keys: Vec<i64> = int_keys_on(0, 1, 4)
+            .into_iter()
+            .chain(int_keys_on(1, 1, 4))
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            c.batch_execute(&format!(
+                "INSERT INTO orders (user_id, note) VALUES ({k}, 'n{}')",
+                i % 3
+            ))
+            .await
+            .expect("insert");
+        }
+        let rows = c
+            .query(
+                "SELECT * FROM orders ORDER BY note DESC, user_id LIMIT 5 OFFSET 1",
+                &[],
+            )
+            .await
+            .expect("SELECT * ... ORDER BY");
+        let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut want: Vec<(i64, String)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (*k, format!("n{}", i % 3)))
+            .collect();
+        want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let want: Vec<(i64, String)> = want.into_iter().skip(1).take(5).collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            rows[0].columns().len(),
+            2,
+            "hidden sort columns are removed"
+        );
+        // An expression key with * is refused rather than guessed.
+        expect_code(
+            c.query("SELECT * FROM orders ORDER BY length(note)", &[])
+                .await,
+            &SqlState::FEATURE_NOT_SUPPORTED,
+            "* with an expression key",
+        );
+    })
+    .await
+    .expect("bounded");
+}

@@ -414,17 +414,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 format: f.format,
             })
             .collect();
+        // With `SELECT *` the client's columns are all but the hidden sort keys at the end,
+        // and sort keys count each `*` as one item.
+        let (width, order_by) = if select.wildcard {
+            let hidden = select.shard_columns.saturating_sub(select.outputs.len());
+            let width = columns.len().saturating_sub(hidden);
+            let order = select
+                .order_by
+                .iter()
+                .map(|k| shardgate_sql::SortCol {
+                    column: width + k.column.saturating_sub(select.outputs.len()),
+                    ..*k
+                })
+                .collect();
+            (width, order)
+        } else {
+            (select.outputs.len(), select.order_by.clone())
+        };
         if !text_order {
-            check_text_order(select, &columns)?;
+            check_text_order(select, &order_by, &columns)?;
         }
         let limit = count_value(select.limit, &client.params, &client.param_formats)?;
         let offset =
             count_value(select.offset, &client.params, &client.param_formats)?.unwrap_or(0);
-        let width = if select.wildcard {
-            columns.len()
-        } else {
-            select.outputs.len()
-        };
         let mut sink = Sink {
             limit,
             offset,
@@ -449,10 +461,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     fields: rd.fields.iter().take(width).cloned().collect(),
                 };
                 self.write_head(client, &client_rd, params_desc.as_ref());
-                if select.order_by.is_empty() {
+                if order_by.is_empty() {
                     self.concat(legs, &mut sink).await?;
                 } else {
-                    self.ordered(legs, select, &columns, &mut sink).await?;
+                    self.ordered(legs, &order_by, &columns, &mut sink).await?;
                 }
             }
             // Every shard ends its reply with ReadyForQuery.
@@ -544,12 +556,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn ordered(
         &mut self,
         legs: &mut [Leg],
-        select: &ScatterSelect,
+        order_by: &[shardgate_sql::SortCol],
         columns: &[Column],
         sink: &mut Sink,
     ) -> Result<(), Failure> {
-        let keys: Vec<SortKey> = select
-            .order_by
+        let keys: Vec<SortKey> = order_by
             .iter()
             .map(|k| SortKey {
                 column: k.column,
@@ -770,10 +781,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
 /// With a database collation other than C, text does not sort byte by byte: an ORDER BY or a
 /// min/max over text cannot be merged exactly.
-fn check_text_order(select: &ScatterSelect, columns: &[Column]) -> Result<(), Failure> {
+fn check_text_order(
+    select: &ScatterSelect,
+    order_by: &[shardgate_sql::SortCol],
+    columns: &[Column],
+) -> Result<(), Failure> {
     const TEXTS: &[u32] = &[25, 1043, 1042, 19];
     let is_text = |c: usize| columns.get(c).is_some_and(|c| TEXTS.contains(&c.type_oid));
-    let sorts_text = select.order_by.iter().any(|k| is_text(k.column));
+    let sorts_text = order_by.iter().any(|k| is_text(k.column));
     let min_max_text = select.outputs.iter().any(|o| {
         matches!(o, OutputCol::Agg { kind: AggFn::Min | AggFn::Max, columns } if columns.first().is_some_and(|c| is_text(*c)))
     });

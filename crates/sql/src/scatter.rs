@@ -83,8 +83,10 @@ pub struct ScatterSelect {
     /// `SELECT DISTINCT`, applied by the merge after grouping.
     pub distinct: bool,
     /// The select list holds `*` or `t.*`: the row width is only known from the shards' row
-    /// description, and every column passes through unchanged. Only accepted when the merge
-    /// needs no column index (no ORDER BY, grouping, aggregates or DISTINCT).
+    /// description, and every column passes through unchanged. Accepted without grouping,
+    /// aggregates or DISTINCT; with ORDER BY only when the select list is only `*` items and
+    /// every key is a column name, fetched as a hidden column: `order_by` columns then count
+    /// each `*` as one item, and the merge maps them from the end of the shards' rows.
     pub wildcard: bool,
 }
 

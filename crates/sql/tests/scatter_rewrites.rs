@@ -51,7 +51,16 @@ fn wildcard_only_without_column_indexes() {
     let s = ok("SELECT * FROM t WHERE a = 1 LIMIT 5");
     assert!(s.wildcard);
     assert_eq!(s.shard_sql, b"SELECT * FROM t WHERE a = 1 LIMIT 5");
-    assert!(refused("SELECT * FROM t ORDER BY a").starts_with("* in the select list"));
+    // ORDER BY column names under `*`: hidden columns, counted with the `*` as one item.
+    let s = ok("SELECT * FROM t ORDER BY a DESC, t.b LIMIT 2");
+    assert_eq!(
+        String::from_utf8(s.shard_sql).expect("utf8"),
+        "SELECT *, a, t.b FROM t ORDER BY a DESC, t.b LIMIT 2"
+    );
+    assert_eq!(s.shard_columns, 3);
+    assert_eq!(s.order_by, [sort(1, true, true), sort(2, false, false)]);
+    assert!(refused("SELECT * FROM t ORDER BY lower(a)").starts_with("* in the select list"));
+    assert!(refused("SELECT *, a FROM t ORDER BY a").starts_with("* in the select list"));
     assert!(refused("SELECT t.*, count(*) FROM t GROUP BY a").starts_with("* in the select list"));
     assert!(refused("SELECT DISTINCT * FROM t").starts_with("* in the select list"));
 }

@@ -85,7 +85,8 @@ async fn check(client: &Client, sql: &str, s: &ScatterSelect) -> Result<bool, St
         .map_err(|e| format!("shard SQL fails: {e}\n  {sql}\n  => {shard_sql}"))?;
     let fail = |what: String| Err(format!("{what}\n  {sql}\n  => {shard_sql}"));
     let width = if s.wildcard {
-        orig.columns().len()
+        // Each `*` counts as one item; the rest are hidden sort keys after the real columns.
+        orig.columns().len() + s.shard_columns - s.outputs.len()
     } else {
         s.shard_columns
     };

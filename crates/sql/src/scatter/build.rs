@@ -5,7 +5,7 @@
 use super::aggregates::{aggregate, calls, output_name, Call};
 use super::having::{self, Ctx};
 use super::limit::{self, Limits};
-use super::resolve::{agg_columns, group_key, ident_parts, sort_key};
+use super::resolve::{agg_columns, group_key, ident_parts, sort_key, wildcard_sort_key};
 use super::shape::{Code, Shape};
 use super::splice::Splicer;
 use super::{AggFn, OutputCol, ScatterSelect, Unsupported};
@@ -122,7 +122,8 @@ pub(crate) fn build(stmt: &[u8], q: &Query) -> Result<ScatterSelect, Unsupported
     let wildcard = items.iter().any(|i| i.wildcard);
     let aggregated = items.iter().any(|i| i.agg.is_some()) || !keys.is_empty() || having.is_some();
     let distinct = shape.distinct_kw;
-    if wildcard && (aggregated || distinct || !order_exprs.is_empty()) {
+    let only_wildcards = items.iter().all(|i| i.wildcard);
+    if wildcard && (aggregated || distinct || (!order_exprs.is_empty() && !only_wildcards)) {
         return Err(Unsupported::new(
             "* in the select list with ORDER BY, DISTINCT or aggregates (list the columns)",
         ));
@@ -130,6 +131,10 @@ pub(crate) fn build(stmt: &[u8], q: &Query) -> Result<ScatterSelect, Unsupported
 
     let mut order_by = Vec::with_capacity(order_exprs.len());
     for (ast, toks) in order_exprs.iter().zip(order_toks) {
+        if wildcard {
+            order_by.push(wildcard_sort_key(&code, &mut sp, ast, toks)?);
+            continue;
+        }
         let grouping = (aggregated || distinct).then_some(keys.as_slice());
         order_by.push(sort_key(&code, &mut sp, &items, grouping, ast, toks)?);
     }

@@ -196,6 +196,36 @@ pub(crate) fn sort_key(
     })
 }
 
+/// One `ORDER BY` key of a `SELECT *`: a plain column reference, fetched as a hidden column
+/// (its index counts the `*` as one item; the merge finds the real position from the shards'
+/// row description).
+pub(crate) fn wildcard_sort_key(
+    code: &Code,
+    sp: &mut Splicer,
+    ast: &OrderByExpr,
+    toks: &Range<usize>,
+) -> Result<SortCol, Unsupported> {
+    if ast.with_fill.is_some() {
+        return Err(Unsupported::new("WITH FILL"));
+    }
+    let descending = match &ast.options.sort {
+        Some(OrderBySort::Using(_)) => return Err(Unsupported::new("ORDER BY ... USING")),
+        Some(OrderBySort::Desc) => true,
+        _ => false,
+    };
+    if !matches!(ast.expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+        return Err(Unsupported::new(
+            "* in the select list with ORDER BY other than column names (list the columns)",
+        ));
+    }
+    check_collation(code, toks)?;
+    Ok(SortCol {
+        column: sp.hide(code.slice(toks), 1),
+        descending,
+        nulls_first: ast.options.nulls_first.unwrap_or(descending),
+    })
+}
+
 /// The merge compares text bytewise (the C collation): a sort key under any other explicit
 /// collation would come back in an order it cannot reproduce.
 fn check_collation(code: &Code, toks: &Range<usize>) -> Result<(), Unsupported> {
