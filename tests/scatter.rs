@@ -426,30 +426,45 @@ fn random_query(rng: &mut Rng) -> Query {
     }
 }
 
-/// A property test over random ORDER BY/LIMIT/GROUP BY combinations: 40 cases, each from its
-/// own seed (printed with any failure, so a case replays alone). proptest is not among the
-/// root package's dev-dependencies, so the cases come from the seeded generator instead.
-#[tokio::test]
-async fn random_combinations() {
-    timeout(TEST_TIMEOUT, async {
-        let env = env(ROWS / 2, false).await;
-        let mut tally = Tally::default();
-        for case in 0..40u64 {
-            let seed = seed() ^ (case << 32);
-            let q = random_query(&mut Rng::new(seed));
-            let before = tally.failures.len();
-            check(&env.pa, &env.pb, &q, &mut tally).await;
-            for f in &mut tally.failures[before..] {
-                f.insert_str(0, &format!("(case seed {seed:#x}) "));
-            }
+/// A property test: proptest generates the seeds of random ORDER BY / LIMIT / OFFSET /
+/// GROUP BY / HAVING / DISTINCT combinations (`random_query`), each compared with the reference
+/// server like the corpus. A failure prints (and proptest shrinks to) the seed that replays it.
+#[test]
+fn random_combinations() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let env = rt.block_on(env(ROWS / 2, false));
+    let started = Instant::now();
+    let mut runner = TestRunner::new(Config {
+        cases: 40,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&proptest::prelude::any::<u64>(), |seed| {
+        if started.elapsed() > TEST_TIMEOUT {
+            return Ok(());
         }
-        println!("{}", tally.report("random combinations"));
-        assert!(
-            tally.failures.is_empty(),
-            "{}",
-            tally.report("random combinations")
-        );
-    })
-    .await
-    .expect("test timed out");
+        let q = random_query(&mut Rng::new(seed));
+        let mut tally = Tally::default();
+        rt.block_on(async {
+            timeout(TEST_TIMEOUT, check(&env.pa, &env.pb, &q, &mut tally))
+                .await
+                .map_err(|_| TestCaseError::fail("timed out"))
+        })?;
+        if tally.failures.is_empty() {
+            Ok(())
+        } else {
+            Err(TestCaseError::fail(format!(
+                "seed {seed:#x}: {}",
+                tally.report("random combination")
+            )))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }
