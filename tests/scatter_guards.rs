@@ -24,6 +24,10 @@ async fn user_defined_aggregates_are_refused_and_semicolons_are_fine() {
             .await
             .expect("insert");
         }
+        // The name is looked up (and cached as "not an aggregate") before it exists...
+        let r = c.query("SELECT my_total(user_id) FROM orders", &[]).await;
+        assert!(r.is_err(), "no such function yet");
+        // ...and DDL through shardgate forgets that, so the aggregate is caught once created.
         // DDL reaches every shard, so the aggregate exists everywhere.
         c.batch_execute(
             "CREATE AGGREGATE my_total(bigint) (sfunc = int8pl, stype = bigint, initcond = '0')",

@@ -14,13 +14,23 @@ mod relay;
 mod request;
 mod routing;
 mod scatter;
+mod scatter_group;
+mod scatter_request;
+mod scatter_stream;
 mod session;
+mod shard_catalog;
+mod shard_combine;
+mod shard_legs;
 mod shard_plan;
+mod shard_split;
+mod shard_statement;
+mod sharding_runtime;
 mod sqlstate;
 mod startup;
 mod statements;
 mod topology;
 mod two_phase;
+mod txn_shards;
 
 use std::sync::Arc;
 

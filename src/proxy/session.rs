@@ -72,7 +72,7 @@ pub(crate) struct Session<S> {
     /// A request failed inside the held-back transaction: it is aborted.
     pub(super) deferred_failed: bool,
     /// Connections the open transaction holds on shards other than the current one.
-    pub(super) parked: Vec<super::fanout::Parked>,
+    pub(super) parked: Vec<super::txn_shards::Parked>,
     /// The open transaction's BEGIN, to open it on more shards.
     pub(super) txn_begin: Option<Bytes>,
     /// The shard the open transaction has written on.

@@ -13,7 +13,7 @@ use shardgate_pool::{Credentials, NodePool};
 use shardgate_router::{Policy, ReplicaView};
 use shardgate_sql::Classifier;
 
-use super::shard_plan::ShardingRuntime;
+use super::sharding_runtime::ShardingRuntime;
 use super::two_phase::TwoPhase;
 use crate::metrics::{Metrics, RoutedCounters};
 

@@ -1,0 +1,147 @@
+//! The client's side of a scatter: which messages it sent (so that it gets exactly the replies
+//! they ask for), the Bind the shards re-run with per-column result formats, and its
+//! LIMIT/OFFSET parameters read as numbers.
+
+use bytes::Bytes;
+use shardgate_sql::{Count, OutputCol, ScatterSelect};
+use shardgate_wire::{peek_header, FrontendRef};
+
+use super::errors::ClientError;
+use super::scatter::{own, Failure};
+use super::sqlstate;
+
+/// One message of the client's request, as far as the replies go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Msg {
+    Parse,
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Sync,
+    Query,
+}
+
+/// What the client sent: its messages, and the Bind the shards re-run.
+pub(super) struct ClientRequest {
+    pub(super) msgs: Vec<Msg>,
+    pub(super) extended: bool,
+    pub(super) param_formats: Vec<i16>,
+    pub(super) params: Vec<Option<Bytes>>,
+    pub(super) result_formats: Vec<i16>,
+}
+
+pub(super) fn read_request(
+    request: &[u8],
+    max_len: usize,
+) -> Result<Option<ClientRequest>, ClientError> {
+    let mut r = ClientRequest {
+        msgs: Vec::new(),
+        extended: false,
+        param_formats: Vec::new(),
+        params: Vec::new(),
+        result_formats: Vec::new(),
+    };
+    let mut pos = 0;
+    while let Some(h) = peek_header(&request[pos..], max_len)? {
+        if request.len() - pos < h.len {
+            break;
+        }
+        let msg = FrontendRef::decode(h.tag, &request[pos + 5..pos + h.len])?;
+        pos += h.len;
+        let m = match msg {
+            FrontendRef::Query { .. } => Msg::Query,
+            FrontendRef::Parse(_) => Msg::Parse,
+            FrontendRef::Bind(b) => {
+                r.param_formats = b.param_formats().collect();
+                r.params = b.params().map(|p| p.map(Bytes::copy_from_slice)).collect();
+                r.result_formats = b.result_formats().collect();
+                Msg::Bind
+            }
+            FrontendRef::Describe { kind: b'S', .. } => Msg::DescribeStatement,
+            FrontendRef::Describe { .. } => Msg::DescribePortal,
+            FrontendRef::Execute { max_rows: 0, .. } => Msg::Execute,
+            FrontendRef::Sync => Msg::Sync,
+            // A portal fetched in parts, a Close, a Flush: not mirrored.
+            _ => return Ok(None),
+        };
+        r.extended |= m != Msg::Query;
+        r.msgs.push(m);
+    }
+    let binds = r.msgs.iter().filter(|m| **m == Msg::Bind).count();
+    let executes = r.msgs.iter().filter(|m| **m == Msg::Execute).count();
+    if r.extended && (binds != 1 || executes != 1) {
+        return Ok(None);
+    }
+    Ok(Some(r))
+}
+
+/// The result format the shards should use for each shard column: the client's format of the
+/// output that reads it (text for hidden columns).
+pub(super) fn shard_formats(select: &ScatterSelect, client: &[i16]) -> Vec<i16> {
+    if client.len() <= 1 {
+        return client.to_vec();
+    }
+    let mut f = vec![0i16; select.shard_columns];
+    for (i, out) in select.outputs.iter().enumerate() {
+        let code = client.get(i).copied().unwrap_or(0);
+        let cols: &[usize] = match out {
+            OutputCol::Column(c) => std::slice::from_ref(c),
+            OutputCol::Agg { columns, .. } => columns,
+        };
+        for &c in cols {
+            if let Some(slot) = f.get_mut(c) {
+                *slot = code;
+            }
+        }
+    }
+    f
+}
+
+/// A LIMIT/OFFSET value: None for no limit (`ALL`, `NULL`). Err when a parameter cannot be
+/// read: guessing would return the wrong number of rows.
+pub(super) fn count_value(
+    c: Option<Count>,
+    params: &[Option<Bytes>],
+    formats: &[i16],
+) -> Result<Option<u64>, Failure> {
+    let unreadable = || {
+        own(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "shardgate: cannot read the LIMIT/OFFSET parameter of a query across shards",
+        )
+    };
+    let n = match c {
+        None | Some(Count::All) => return Ok(None),
+        Some(Count::Literal(n)) => return Ok(Some(n)),
+        Some(Count::Param(n)) => n,
+    };
+    let i = usize::from(n).checked_sub(1).ok_or_else(unreadable)?;
+    let Some(raw) = params.get(i).ok_or_else(unreadable)? else {
+        return Ok(None);
+    };
+    let format = match formats.len() {
+        0 => 0,
+        1 => formats[0],
+        _ => formats.get(i).copied().unwrap_or(0),
+    };
+    let value: i64 = if format == 1 {
+        match raw.len() {
+            8 => <[u8; 8]>::try_from(&raw[..]).map(i64::from_be_bytes).ok(),
+            4 => <[u8; 4]>::try_from(&raw[..])
+                .map(|b| i32::from_be_bytes(b).into())
+                .ok(),
+            2 => <[u8; 2]>::try_from(&raw[..])
+                .map(|b| i16::from_be_bytes(b).into())
+                .ok(),
+            _ => None,
+        }
+    } else {
+        std::str::from_utf8(raw)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+    .ok_or_else(unreadable)?;
+    // PostgreSQL refuses a negative LIMIT/OFFSET; the shards already did, with the same value.
+    Ok(Some(value.max(0) as u64))
+}

@@ -1,0 +1,257 @@
+//! The connections a multi-shard request runs on: one leg per target shard, taken from the
+//! session (its current or a parked connection) or checked out anew, and given back after.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use shardgate_router::Role;
+use shardgate_wire::ErrorFields;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::errors::ClientError;
+use super::flight::Flight;
+use super::params::SessionParams;
+use super::request::Scanned;
+use super::routing::choose;
+use super::session::{Checkout, Session};
+use super::sqlstate;
+use super::statements::ClientStatements;
+use super::topology::{NodeRuntime, Snapshot};
+use super::txn_shards::Parked;
+
+/// One shard's part of a fanned-out request.
+pub(super) struct Leg {
+    pub(super) co: Checkout,
+    pub(super) flight: Flight,
+    /// Replies for the client, before merging.
+    pub(super) out: BytesMut,
+    /// The bytes this shard runs (None: the client's request as is).
+    pub(super) request: Option<Bytes>,
+    /// shardgate's BEGIN to send first (a transaction opening on this shard).
+    pub(super) begin: Option<Bytes>,
+    /// Copies of the client state for every leg but the first.
+    pub(super) state: Option<(ClientStatements, SessionParams)>,
+    /// Where it came from: 0 the session's current connection, 1 parked, 2 new.
+    pub(super) origin: u8,
+    /// A scatter is reading the replies to shardgate's BEGIN, which the client never sees.
+    pub(super) skip_replies: bool,
+    /// The transaction status of the last ReadyForQuery a scatter read.
+    pub(super) last_status: u8,
+    /// A scatter read this leg's ReadyForQuery.
+    pub(super) done: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// One connection per target shard, in shard order: the transaction's own where it has
+    /// one there, else a new checkout (a replica where a read may use one), opened with the
+    /// transaction's BEGIN, or with a BEGIN of shardgate's own when `wrap`. None if a checkout
+    /// failed and the client was told.
+    pub(super) async fn take_legs(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        targets: Vec<(usize, Option<Bytes>)>,
+        write: bool,
+        wrap: bool,
+        scanned: &Scanned,
+    ) -> Result<Option<Vec<Leg>>, ClientError> {
+        let in_txn = self.server.is_some() || self.deferred_begin.is_some();
+        let read_only_txn = self
+            .server
+            .as_ref()
+            .is_some_and(|c| c.role == Role::Replica);
+        let txn_begin = self
+            .txn_begin
+            .clone()
+            .or_else(|| self.deferred_begin.clone())
+            .unwrap_or_else(|| Bytes::from_static(b"BEGIN"));
+        let mut legs: Vec<Leg> = Vec::with_capacity(targets.len());
+        for (shard, request) in targets {
+            let leg = if self.server.as_ref().is_some_and(|c| c.shard == shard) {
+                let co = self.server.take();
+                co.map(|co| Leg {
+                    co,
+                    flight: std::mem::take(&mut self.flight),
+                    out: BytesMut::new(),
+                    request,
+                    begin: None,
+                    state: None,
+                    origin: 0,
+                    skip_replies: false,
+                    last_status: b'I',
+                    done: false,
+                })
+            } else if let Some(i) = self.parked.iter().position(|p| p.co.shard == shard) {
+                let p = self.parked.swap_remove(i);
+                Some(Leg {
+                    co: p.co,
+                    flight: Flight::with_status(p.tx_status),
+                    out: BytesMut::new(),
+                    request,
+                    begin: None,
+                    state: None,
+                    origin: 1,
+                    skip_replies: false,
+                    last_status: b'I',
+                    done: false,
+                })
+            } else {
+                let replica_ok = !write && (!in_txn || read_only_txn);
+                match self.checkout_on(snapshot, shard, replica_ok, scanned).await {
+                    Ok(co) => Some(Leg {
+                        co,
+                        flight: Flight::default(),
+                        out: BytesMut::new(),
+                        request,
+                        begin: if in_txn {
+                            Some(txn_begin.clone())
+                        } else if wrap {
+                            Some(Bytes::from_static(b"BEGIN"))
+                        } else {
+                            None
+                        },
+                        state: None,
+                        origin: 2,
+                        skip_replies: false,
+                        last_status: b'I',
+                        done: false,
+                    }),
+                    Err(fields) => {
+                        self.put_back(legs);
+                        self.reject_request(fields).await?;
+                        return Ok(None);
+                    }
+                }
+            };
+            if let Some(leg) = leg {
+                legs.push(leg);
+            }
+        }
+        Ok(Some(legs))
+    }
+
+    /// Gives legs back: outside a transaction to their pools, inside it to the session (an
+    /// aborted shard becomes the current one, so that the next statement fails as it should).
+    pub(super) fn finish_legs(&mut self, legs: Vec<Leg>, in_txn: bool) {
+        if !in_txn {
+            for leg in legs {
+                if leg.flight.idle() && leg.flight.tx_status == b'I' {
+                    leg.co.conn.release();
+                } else {
+                    leg.co.conn.discard();
+                }
+            }
+            self.shared.metrics.transactions.inc();
+            return;
+        }
+        if let Some(begin) = self.deferred_begin.take() {
+            self.txn_begin = Some(begin);
+        }
+        let mut legs = legs;
+        let current = legs
+            .iter()
+            .position(|l| l.flight.tx_status == b'E')
+            .or_else(|| legs.iter().position(|l| l.origin == 0))
+            .unwrap_or(0);
+        if current < legs.len() {
+            let leg = legs.swap_remove(current);
+            if let Some(old) = self.server.take() {
+                self.parked.push(Parked {
+                    co: old,
+                    tx_status: self.flight.tx_status,
+                });
+            }
+            self.registration
+                .slot
+                .set(&leg.co.conn.addr, leg.co.conn.key);
+            self.flight = leg.flight;
+            self.server = Some(leg.co);
+        }
+        for leg in legs {
+            self.parked.push(Parked {
+                co: leg.co,
+                tx_status: leg.flight.tx_status,
+            });
+        }
+    }
+
+    /// Legs taken before a failure go back where they came from.
+    pub(super) fn put_back(&mut self, legs: Vec<Leg>) {
+        for leg in legs {
+            match leg.origin {
+                0 => {
+                    self.flight = leg.flight;
+                    self.server = Some(leg.co);
+                }
+                1 => self.parked.push(Parked {
+                    co: leg.co,
+                    tx_status: leg.flight.tx_status,
+                }),
+                _ => leg.co.conn.release(),
+            }
+        }
+    }
+
+    /// A server connection on `shard`: a replica if `replica_ok` and routing picks one, else
+    /// the primary; with the client's settings applied. Err is the client's error.
+    pub(super) async fn checkout_on(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        shard: usize,
+        replica_ok: bool,
+        scanned: &Scanned,
+    ) -> Result<Checkout, ErrorFields> {
+        let (node, role): (Arc<NodeRuntime>, Role) = if replica_ok {
+            match choose(
+                snapshot,
+                shard,
+                &self.user,
+                scanned,
+                &mut self.routing,
+                false,
+            ) {
+                Ok(c) => (c.node, c.role),
+                Err(fields) => return Err(fields),
+            }
+        } else {
+            (snapshot.shards[shard].primary.clone(), Role::Primary)
+        };
+        let Some(pool) = node.pool(&self.user).cloned() else {
+            return Err(ErrorFields::new(
+                "FATAL",
+                sqlstate::INVALID_PASSWORD,
+                "password authentication failed",
+            ));
+        };
+        let mut conn = match pool.checkout(snapshot.checkout_timeout()).await {
+            Ok(c) => c,
+            Err(e) => {
+                let e = ClientError::Pool(e);
+                return Err(e.to_response().map(|(f, _)| f).unwrap_or_else(|| {
+                    ErrorFields::new("ERROR", sqlstate::CONNECTION_FAILURE, e.to_string())
+                }));
+            }
+        };
+        match super::relay::apply_session_state(&mut conn, &self.params).await {
+            Ok(None) => {}
+            Ok(Some(fields)) => {
+                conn.discard();
+                return Err(fields);
+            }
+            Err(e) => {
+                conn.discard();
+                return Err(ErrorFields::new(
+                    "ERROR",
+                    sqlstate::CONNECTION_FAILURE,
+                    e.to_string(),
+                ));
+            }
+        }
+        Ok(Checkout {
+            conn,
+            node,
+            role,
+            shard,
+            snapshot: snapshot.clone(),
+        })
+    }
+}

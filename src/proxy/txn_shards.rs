@@ -1,0 +1,200 @@
+//! An open transaction across shards: moving it to another shard, settling the connections it
+//! parked before it ends, and refusing (rolling back everywhere) one that would write on two
+//! shards.
+//!
+//! A transaction keeps one connection per shard it touched: the current one (`server`) and the
+//! parked ones. Only one shard may be written; at COMMIT or ROLLBACK the parked ones, which only
+//! read, are rolled back and the client's statement decides on the one that matters.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shardgate_router::{bit, shards_in, Role, ShardSet};
+use shardgate_wire::ErrorFields;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::errors::ClientError;
+use super::flight::Flight;
+use super::request::Scanned;
+use super::session::{Checkout, Session};
+use super::sqlstate;
+use super::topology::Snapshot;
+
+/// A connection a transaction holds on a shard other than the current one.
+pub(super) struct Parked {
+    pub(super) co: Checkout,
+    pub(super) tx_status: u8,
+}
+
+/// 0A000 for a statement that would make a transaction write on a second shard.
+fn spanning_error(snapshot: &Snapshot, shards: ShardSet) -> ErrorFields {
+    let names: Vec<&str> = shards_in(shards)
+        .filter_map(|i| snapshot.shards.get(i).map(|s| &*s.name))
+        .collect();
+    let list = match names.as_slice() {
+        [a, b] => format!("{a} and {b}"),
+        _ => names.join(", "),
+    };
+    ErrorFields::new(
+        "ERROR",
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!("shardgate: transaction spans shards {list}"),
+    )
+    .with(
+        b'D',
+        "A transaction may write on one shard only, and this statement needs another. The \
+         transaction was rolled back on every shard it touched.",
+    )
+    .with(
+        b'H',
+        "Keep each transaction's writes on one shard key's shard, or run the statement outside \
+         the transaction. Issue ROLLBACK to end this one.",
+    )
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Moves the open transaction's current connection to `shard` (parking the old one),
+    /// opening the transaction there if it is new. False if the request was answered (refused).
+    pub(super) async fn switch_shard(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        scanned: &Scanned,
+        shard: usize,
+        write: bool,
+    ) -> Result<bool, ClientError> {
+        let Some(current) = self.server.as_ref() else {
+            return Ok(true);
+        };
+        if self.flight.tx_status == b'E' {
+            // A failed transaction stays where it failed: the server says 25P02.
+            return Ok(true);
+        }
+        if let Some(w) = self
+            .txn_write_shard
+            .filter(|&w| write && w != shard && snapshot.two_phase.is_none())
+        {
+            return self
+                .refuse_spanning(snapshot, bit(w) | bit(shard))
+                .await
+                .map(|()| false);
+        }
+        if current.shard == shard {
+            return Ok(true);
+        }
+        let co = match self.parked.iter().position(|p| p.co.shard == shard) {
+            Some(i) => {
+                let p = self.parked.swap_remove(i);
+                (p.co, Flight::with_status(p.tx_status), false)
+            }
+            None => {
+                let replica_ok = !write && current.role == Role::Replica;
+                match self.checkout_on(snapshot, shard, replica_ok, scanned).await {
+                    Ok(co) => (co, Flight::with_status(b'I'), true),
+                    Err(fields) => {
+                        self.reject_request(fields).await?;
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        let (co, flight, new) = co;
+        let old = self.server.replace(co);
+        let old_flight = std::mem::replace(&mut self.flight, flight);
+        if let Some(old) = old {
+            self.parked.push(Parked {
+                co: old,
+                tx_status: old_flight.tx_status,
+            });
+        }
+        if new {
+            let begin = self
+                .txn_begin
+                .clone()
+                .unwrap_or_else(|| Bytes::from_static(b"BEGIN"));
+            self.flight.send_hidden(&begin, false, &mut self.sbuf);
+        }
+        if let Some(c) = &self.server {
+            self.registration.slot.set(&c.conn.addr, c.conn.key);
+        }
+        Ok(true)
+    }
+
+    /// Before COMMIT or ROLLBACK: the connection that decides becomes current (a failed one,
+    /// else the one that wrote) and the parked ones, which only read, are rolled back.
+    pub(super) async fn settle_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let decider = self
+            .parked
+            .iter()
+            .position(|p| p.tx_status == b'E')
+            .filter(|_| self.flight.tx_status != b'E')
+            .or_else(|| {
+                let w = self.txn_write_shard?;
+                let current = self.server.as_ref()?.shard;
+                (w != current)
+                    .then(|| self.parked.iter().position(|p| p.co.shard == w))
+                    .flatten()
+            });
+        if let Some(i) = decider {
+            let p = self.parked.swap_remove(i);
+            let old_flight = std::mem::replace(&mut self.flight, Flight::with_status(p.tx_status));
+            if let Some(old) = self.server.replace(p.co) {
+                self.parked.push(Parked {
+                    co: old,
+                    tx_status: old_flight.tx_status,
+                });
+            }
+            if let Some(c) = &self.server {
+                self.registration.slot.set(&c.conn.addr, c.conn.key);
+            }
+        }
+        for p in std::mem::take(&mut self.parked) {
+            let mut conn = p.co.conn;
+            match conn.run_discarding("ROLLBACK").await {
+                Ok(()) => conn.release(),
+                Err(_) => conn.discard(),
+            }
+        }
+    }
+
+    /// Refuses a statement that would make the transaction span shards: every shard's part is
+    /// rolled back and the session answers 25P02 until the client ends the transaction.
+    pub(super) async fn refuse_spanning(
+        &mut self,
+        snapshot: &Snapshot,
+        shards: ShardSet,
+    ) -> Result<(), ClientError> {
+        let fields = spanning_error(snapshot, shards);
+        self.shared.metrics.refused("spans_shards");
+        self.abort_locally().await;
+        self.reject_request(fields).await
+    }
+
+    /// Rolls back every connection of the open transaction, gives them back, and leaves the
+    /// session in a failed transaction answered locally.
+    pub(super) async fn abort_locally(&mut self) {
+        let mut conns: Vec<Checkout> = self.parked.drain(..).map(|p| p.co).collect();
+        conns.extend(self.server.take());
+        for co in conns {
+            let mut conn = co.conn;
+            match conn.run_discarding("ROLLBACK").await {
+                Ok(()) => conn.release(),
+                Err(_) => conn.discard(),
+            }
+        }
+        self.registration.slot.clear();
+        self.flight = Flight::default();
+        let begin = self
+            .deferred_begin
+            .take()
+            .or_else(|| self.txn_begin.take())
+            .unwrap_or_else(|| Bytes::from_static(b"BEGIN"));
+        self.deferred_begin = Some(begin);
+        self.deferred_failed = true;
+        self.txn_write_shard = None;
+        self.txn_written = 0;
+        self.routing.txn_wrote = false;
+    }
+}
