@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use lru::LruCache;
 use shardgate_config::Config;
 use shardgate_router::ShardMap;
-use shardgate_sql::{analyze_with, ShardAnalysis, ShardingSpec};
+use shardgate_sql::{ShardAnalysis, ShardingSpec};
 use xxhash_rust::xxh3::xxh3_128;
 
 /// Distinct statement texts whose analysis is kept.
@@ -24,6 +24,8 @@ pub(crate) struct ShardingRuntime {
     /// Sharded tables as `(display name, key column)`, for type lookups.
     tables: Vec<(String, String)>,
     analyses: Mutex<LruCache<u128, Arc<ShardAnalysis>>>,
+    /// Analyses by literal-blind shape (see `shardgate_sql::AnalysisCache`).
+    shapes: shardgate_sql::AnalysisCache,
     /// The key column's type oid per sharded table, learned from the first shard.
     key_types: Mutex<HashMap<String, u32>>,
     /// Function names seen in scattered queries: whether each is an aggregate (a
@@ -78,6 +80,7 @@ impl ShardingRuntime {
                 .iter()
                 .map(|(s, n, k)| (display(s, n), k.clone()))
                 .collect(),
+            shapes: shardgate_sql::AnalysisCache::new(ANALYSIS_CACHE),
             analyses: Mutex::new(LruCache::new(
                 NonZeroUsize::new(ANALYSIS_CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -98,7 +101,9 @@ impl ShardingRuntime {
         // analysis one of its two parses when only literals changed.
         let c = self.classifier.classify(stmt);
         let write = (c.statements == 1).then_some(c.write.is_some());
-        let a = Arc::new(analyze_with(stmt, &self.spec, write));
+        // A statement of a known shape (only literals differ) reuses that shape's analysis
+        // with its own literal keys, without a parse.
+        let a = Arc::new(self.shapes.analyze(stmt, &self.spec, write));
         lock(&self.analyses).put(key, a.clone());
         a
     }

@@ -51,6 +51,13 @@ fn analysis(c: &mut Criterion) {
     group.bench_function("point_select, verdict known", |b| {
         b.iter(|| black_box(analyze_with(black_box(SELECT), &spec, Some(false))))
     });
+    // What the proxy runs for a new literal: the shape's analysis reused, no parse.
+    let cache = shardgate_sql::AnalysisCache::new(64);
+    let _ = cache.analyze(SELECT, &spec, Some(false));
+    let other: &[u8] = b"SELECT balance FROM accounts WHERE id = 77;";
+    group.bench_function("point_select, shape cached", |b| {
+        b.iter(|| black_box(cache.analyze(black_box(other), &spec, Some(false))))
+    });
     group.finish();
 }
 

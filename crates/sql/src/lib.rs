@@ -36,6 +36,6 @@ pub use scatter::{
 };
 pub use session::{session_command, session_command_with, SessionCommand};
 pub use shard_keys::{
-    analyze, analyze_with, colocated_insert_select, splice_insert, InsertRows, KeyConstraint,
-    KeySource, ShardAnalysis, ShardingSpec, SplicedInsert,
+    analyze, analyze_with, colocated_insert_select, splice_insert, AnalysisCache, InsertRows,
+    KeyConstraint, KeySource, ShardAnalysis, ShardingSpec, SplicedInsert,
 };

@@ -14,6 +14,7 @@ mod insert;
 mod insert_select;
 mod scope;
 mod splice;
+mod template;
 mod values;
 mod walk;
 
@@ -30,6 +31,7 @@ use std::ops::Range;
 
 pub use insert_select::colocated_insert_select;
 pub use splice::{splice_insert, SplicedInsert};
+pub use template::AnalysisCache;
 
 /// The sharded and reference tables of one configuration, built once per config snapshot.
 #[derive(Debug)]

@@ -24,7 +24,7 @@ pub(crate) fn rows(stmt: &[u8], keys: InsertKeys) -> Option<InsertRows> {
 }
 
 /// Each `( ... )` after the first top-level `VALUES` keyword, as long as commas separate them.
-fn row_ranges(stmt: &[u8]) -> Option<Vec<Range<usize>>> {
+pub(crate) fn row_ranges(stmt: &[u8]) -> Option<Vec<Range<usize>>> {
     let punct = |t: &Token, c: u8| t.kind == TokenKind::Punct && stmt.get(t.start) == Some(&c);
     let mut toks = Lexer::new(stmt, LexOptions::default()).filter(|t| !t.is_comment());
     let mut depth = 0usize;
