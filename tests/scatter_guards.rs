@@ -188,3 +188,50 @@ async fn select_star_with_order_by_merges_in_order() {
     .await
     .expect("bounded");
 }
+
+/// A read whose IN list spans shards is merged like a scatter over those shards: its ORDER BY,
+/// LIMIT and aggregates hold as on one server (concatenating would break all three).
+#[tokio::test(flavor = "multi_thread")]
+async fn in_lists_across_shards_merge_exactly() {
+    timeout(Duration::from_secs(60), async {
+        let s = sharded_setup(None).await;
+        let c = &s.client;
+        let a = int_keys_on(0, 1, 2);
+        let b = int_keys_on(1, 1, 2);
+        let keys: Vec<i64> = a.iter().chain(&b).copied().collect();
+        for k in &keys {
+            for n in 0..3 {
+                c.batch_execute(&format!(
+                    "INSERT INTO orders (user_id, note) VALUES ({k}, 'n{n}-{k}')"
+                ))
+                .await
+                .expect("insert");
+            }
+        }
+        let list = format!("{}, {}, {}", a[0], b[0], b[1]);
+        let count = c
+            .query_one(&format!("SELECT count(*) FROM orders WHERE user_id IN ({list})"), &[])
+            .await
+            .expect("count over an IN list across shards");
+        assert_eq!(count.get::<_, i64>(0), 9);
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT user_id, note FROM orders WHERE user_id IN ({list}) ORDER BY user_id DESC, note LIMIT 4"
+                ),
+                &[],
+            )
+            .await
+            .expect("ordered IN list across shards");
+        let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut want: Vec<(i64, String)> = [a[0], b[0], b[1]]
+            .iter()
+            .flat_map(|k| (0..3).map(move |n| (*k, format!("n{n}-{k}"))))
+            .collect();
+        want.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+        want.truncate(4);
+        assert_eq!(got, want);
+    })
+    .await
+    .expect("bounded");
+}

@@ -218,8 +218,10 @@ pub(crate) fn explain_route(snapshot: &Snapshot, user: Option<&str>, sql: &str) 
                     .collect();
                 return failed(kind, shards, plan.why, class);
             }
-            super::shard_plan::Need::Scatter { .. } => {
-                let shards = snapshot.shards.iter().map(|s| s.name.clone()).collect();
+            super::shard_plan::Need::Scatter { shards: set, .. } => {
+                let shards = shardgate_router::shards_in(set)
+                    .filter_map(|i| snapshot.shards.get(i).map(|s| s.name.clone()))
+                    .collect();
                 return failed(kind, shards, plan.why, class);
             }
             super::shard_plan::Need::Split { requests, .. } => {

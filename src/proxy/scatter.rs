@@ -67,6 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             select,
             types,
             text_order,
+            shards,
         } = plan.need
         else {
             return Ok(());
@@ -88,7 +89,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.reject_request(fields).await;
         };
         let in_txn = self.server.is_some() || self.deferred_begin.is_some();
-        let targets = (0..snapshot.shards.len()).map(|s| (s, None)).collect();
+        let targets = shardgate_router::shards_in(shards)
+            .filter(|&s| s < snapshot.shards.len())
+            .map(|s| (s, None))
+            .collect();
         let Some(mut legs) = self
             .take_legs(&snapshot, targets, false, false, &scanned)
             .await?

@@ -35,6 +35,8 @@ pub(crate) enum Need {
         types: Vec<u32>,
         /// Text sorts as in C on the shards (else text ORDER BY and min/max are refused).
         text_order: bool,
+        /// The shards it runs on: every shard, or those of its keys.
+        shards: ShardSet,
     },
     /// The same request on each of these shards, results combined: rows concatenated, and
     /// counts summed when `sum` (different rows per shard) rather than taken from the first
@@ -230,40 +232,22 @@ pub(crate) fn plan_request(
     }
     if acc.scatter && acc.refused.is_none() {
         let why = acc.scatter_why(rt);
-        let need = match (units, last_unit) {
-            (1, Some((stmt, types))) => match shardgate_sql::scatter_select(trim_end(&stmt)) {
-                Ok(select) => Need::Scatter {
-                    select: Box::new(select),
-                    types,
-                    text_order: false,
-                },
-                Err(u) => Need::Refuse(refusal_fields(Refusal {
-                    code: shardgate_router::FEATURE_NOT_SUPPORTED,
-                    message: format!(
-                        "shardgate: cannot merge this query across shards exactly: {}",
-                        u.construct
-                    ),
-                    hint: "Add a shard-key filter, or pin it with /* shardgate: shard=<name> */ \
-                           to run it on one shard."
-                        .to_owned(),
-                })),
-            },
-            _ => Need::Refuse(refusal_fields(Refusal {
-                code: shardgate_router::FEATURE_NOT_SUPPORTED,
-                message: "shardgate: a query across all shards must be the only statement of its \
-                          request"
-                    .to_owned(),
-                hint: "Send it as a request of its own.".to_owned(),
-            })),
-        };
+        let all = (0..rt.names.len()).fold(0, |m, i| m | shardgate_router::bit(i));
         return RequestPlan {
-            need,
+            need: scatter_need(units, last_unit, all),
             why,
             missing_types: acc.missing,
             write: acc.write,
         };
     }
     let mut plan = acc.finish(rt);
+    // A read whose keys live on several shards is merged like a scatter over those shards:
+    // concatenating would break its ORDER BY, LIMIT and aggregates.
+    if let (Need::Many { shards, sum: true }, false) = (&plan.need, plan.write) {
+        let shards = *shards;
+        plan.need = scatter_need(units, last_unit, shards);
+        return plan;
+    }
     if let Need::Split { requests, .. } = &mut plan.need {
         match (units, split_source) {
             (1, Some((stmt, a, bound, extended, per))) => {
@@ -298,6 +282,36 @@ pub(crate) fn plan_request(
         *cp = client_parse;
     }
     plan
+}
+
+/// The plan of a read merged across `shards` (a single statement), or its refusal.
+fn scatter_need(units: usize, last_unit: Option<(Vec<u8>, Vec<u32>)>, shards: ShardSet) -> Need {
+    match (units, last_unit) {
+        (1, Some((stmt, types))) => match shardgate_sql::scatter_select(trim_end(&stmt)) {
+            Ok(select) => Need::Scatter {
+                select: Box::new(select),
+                types,
+                text_order: false,
+                shards,
+            },
+            Err(u) => Need::Refuse(refusal_fields(Refusal {
+                code: shardgate_router::FEATURE_NOT_SUPPORTED,
+                message: format!(
+                    "shardgate: cannot merge this query across shards exactly: {}",
+                    u.construct
+                ),
+                hint: "Add a shard-key filter that names one shard's keys, or pin it with \
+                       /* shardgate: shard=<name> */ to run it on one shard."
+                    .to_owned(),
+            })),
+        },
+        _ => Need::Refuse(refusal_fields(Refusal {
+            code: shardgate_router::FEATURE_NOT_SUPPORTED,
+            message: "shardgate: a query across shards must be the only statement of its request"
+                .to_owned(),
+            hint: "Send it as a request of its own.".to_owned(),
+        })),
+    }
 }
 
 /// A statement without its trailing semicolon and whitespace.
