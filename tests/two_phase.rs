@@ -134,7 +134,11 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
             )
             .await
             .expect_err("bad cast on s1");
-        assert!(err.code().is_some(), "{err:?}");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION),
+            "{err:?}"
+        );
         client
             .batch_execute("COMMIT")
             .await
