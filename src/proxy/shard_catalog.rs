@@ -2,11 +2,11 @@
 //! `shard_plan.rs` asked, with the catalog facts it needs (key column types, which functions
 //! are aggregates, whether text sorts as in C) read once from the first shard and kept.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use shardgate_config::PoolMode;
 use shardgate_pool::BackendError;
-use shardgate_wire::{frontend, BackendMessage, ErrorFields};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use shardgate_wire::ErrorFields;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::errors::ClientError;
 use super::fanout::request_len;
@@ -151,7 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_aggregate a ON a.aggfnoid = p.oid WHERE p.proname IN ({})",
                 quoted.join(", ")
             );
-            match all_values(&mut conn, &sql).await {
+            match conn.first_column(&sql).await {
                 Ok(v) => v,
                 Err(_) => {
                     conn.discard();
@@ -222,51 +222,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
-/// Runs one simple query string and returns the first column of its first row (if any).
+/// The first column of the first row of a simple query (if any).
 pub(super) async fn first_value(
     conn: &mut shardgate_pool::ServerConn,
     sql: &str,
 ) -> Result<Option<String>, BackendError> {
-    Ok(all_values(conn, sql).await?.into_iter().next())
-}
-
-/// Runs one simple query string and returns the first column of every row (NULLs skipped).
-pub(super) async fn all_values(
-    conn: &mut shardgate_pool::ServerConn,
-    sql: &str,
-) -> Result<Vec<String>, BackendError> {
-    let mut out = BytesMut::with_capacity(sql.len() + 8);
-    frontend::query(sql.as_bytes(), &mut out);
-    conn.stream
-        .write_all(&out)
-        .await
-        .map_err(|source| BackendError::Io {
-            addr: conn.addr.clone(),
-            source,
-        })?;
-    let mut values = Vec::new();
-    let mut error = None;
-    loop {
-        match conn.read_message().await? {
-            BackendMessage::ReadyForQuery(_) => break,
-            BackendMessage::ErrorResponse(f) if error.is_none() => error = Some(f),
-            BackendMessage::DataRow(body) => {
-                if let Ok(row) = shardgate_wire::DataRow::decode(&body) {
-                    if let Some(Some(b)) = row.values.first() {
-                        values.push(String::from_utf8_lossy(b).into_owned());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    match error {
-        Some(fields) => Err(BackendError::Server {
-            addr: conn.addr.clone(),
-            fields,
-        }),
-        None => Ok(values),
-    }
+    Ok(conn.first_column(sql).await?.into_iter().next())
 }
 
 /// The request changes the schema (through shardgate, so shardgate's catalog caches must go).

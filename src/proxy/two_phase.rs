@@ -173,7 +173,7 @@ pub(crate) async fn recover_once(snap: &Snapshot, tp: &TwoPhase, metrics: &Metri
         let Ok(mut conn) = pool.checkout(snap.checkout_timeout()).await else {
             continue;
         };
-        let gids = match super::shard_catalog::all_values(&mut conn, &list).await {
+        let gids = match conn.first_column(&list).await {
             Ok(g) => g,
             Err(e) => {
                 tracing::warn!(shard = %shard.name, error = %e, "2pc recovery: cannot list prepared transactions");

@@ -9,7 +9,8 @@ use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use shardgate_config::NodeAddr;
 use shardgate_wire::{
-    frontend, split_frame, Authentication, BackendMessage, StartupRequest, DEFAULT_MAX_MESSAGE_LEN,
+    frontend, split_frame, Authentication, BackendMessage, DataRow, StartupRequest,
+    DEFAULT_MAX_MESSAGE_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -239,6 +240,32 @@ impl ServerConn {
     /// Runs a simple query whose results nobody wants (session-state sync), up to
     /// ReadyForQuery. Returns the first error the server reported, if any.
     pub async fn run_discarding(&mut self, sql: &str) -> Result<(), BackendError> {
+        self.run(sql, |_| {}).await
+    }
+
+    /// Runs a simple query (slow paths: catalog lookups, two-phase commit) and returns the
+    /// first column of every row, NULLs skipped, up to ReadyForQuery; the first error the
+    /// server reported fails it.
+    pub async fn first_column(&mut self, sql: &str) -> Result<Vec<String>, BackendError> {
+        let mut values = Vec::new();
+        self.run(sql, |body| {
+            if let Ok(row) = DataRow::decode(&body) {
+                if let Some(Some(b)) = row.values.first() {
+                    values.push(String::from_utf8_lossy(b).into_owned());
+                }
+            }
+        })
+        .await?;
+        Ok(values)
+    }
+
+    /// Sends one simple query and reads every reply to ReadyForQuery, handing each DataRow body
+    /// to `on_row`.
+    async fn run(
+        &mut self,
+        sql: &str,
+        mut on_row: impl FnMut(bytes::Bytes),
+    ) -> Result<(), BackendError> {
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         frontend::query(sql.as_bytes(), &mut out);
         self.send(&mut out).await?;
@@ -249,6 +276,7 @@ impl ServerConn {
                 BackendMessage::ErrorResponse(fields) if first_error.is_none() => {
                     first_error = Some(fields)
                 }
+                BackendMessage::DataRow(body) => on_row(body),
                 _ => {}
             }
         }

@@ -22,6 +22,8 @@ use crate::lexer::{LexOptions, Lexer, TokenKind};
 #[derive(Debug)]
 pub struct AnalysisCache {
     entries: Mutex<LruCache<Vec<u8>, Arc<Entry>>>,
+    /// Analyses served from a template (for tests and benchmarks).
+    hits: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -61,17 +63,37 @@ impl AnalysisCache {
             entries: Mutex::new(LruCache::new(
                 NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
             )),
+            hits: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many analyses a template has served so far.
+    pub fn template_hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The analysis of `stmt`, exactly as [`analyze_with`] would give it.
     pub fn analyze(&self, stmt: &[u8], spec: &ShardingSpec, write: Option<bool>) -> ShardAnalysis {
+        if stmt.len() > crate::ast::MAX_PARSE_LEN {
+            // Beyond the parser's limit a fresh analysis reads nothing; so must this.
+            return analyze_with(stmt, spec, write);
+        }
         let (shape, literals) = lex(stmt);
         let entry = lock(&self.entries).get(&shape).cloned();
         if let Some(entry) = entry {
             return match &*entry {
-                Entry::Template { analysis, slots } => rebuild(analysis, slots, &literals, stmt)
-                    .unwrap_or_else(|| analyze_with(stmt, spec, write)),
+                Entry::Template { analysis, slots } => {
+                    match rebuild(analysis, slots, &literals, stmt) {
+                        Some(mut a) => {
+                            self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if let Some(w) = write {
+                                a.write = w;
+                            }
+                            a
+                        }
+                        None => analyze_with(stmt, spec, write),
+                    }
+                }
                 Entry::Fresh => analyze_with(stmt, spec, write),
             };
         }
@@ -81,7 +103,15 @@ impl AnalysisCache {
         let kind = crate::keywords::leading_keywords(stmt);
         let dml = matches!(kind.get(0), Some("SELECT" | "INSERT" | "UPDATE" | "DELETE"));
         let keyed = matches!(analysis.key, Some(KeyConstraint::Values(_)));
-        let slots = (dml && keyed && analysis.parsed)
+        // Where several constraints on the key were merged (`k IN (..) AND k = ..`, a join
+        // pinning two tables), the result depends on which values are equal, which a template
+        // cannot redo: one sharded table, its key column named once.
+        let single_pin = analysis.sharded.len() == 1
+            && analysis
+                .key_column
+                .as_deref()
+                .is_some_and(|k| mentions(stmt, k) <= 1);
+        let slots = (dml && keyed && single_pin && analysis.parsed)
             .then(|| slots_of(&analysis, &literals))
             .flatten();
         let entry = match slots {
@@ -142,6 +172,23 @@ fn slots_of(a: &ShardAnalysis, literals: &[Literal]) -> Option<Vec<Slot>> {
         slots.push(found?);
     }
     Some(slots)
+}
+
+/// How many identifier tokens name `column` (folded as the server folds them).
+fn mentions(stmt: &[u8], column: &str) -> usize {
+    Lexer::new(stmt, LexOptions::default())
+        .filter(|t| {
+            let text = stmt.get(t.start..t.end).unwrap_or_default();
+            match t.kind {
+                TokenKind::Word => text.eq_ignore_ascii_case(column.as_bytes()),
+                TokenKind::QuotedIdent => {
+                    text.strip_prefix(b"\"").and_then(|q| q.strip_suffix(b"\""))
+                        == Some(column.as_bytes())
+                }
+                _ => false,
+            }
+        })
+        .count()
 }
 
 /// The template's analysis with this statement's literal values (None: analyze afresh).
