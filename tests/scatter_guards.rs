@@ -243,3 +243,44 @@ async fn in_lists_across_shards_merge_exactly() {
     .await
     .expect("bounded");
 }
+
+/// ORDER BY ... LIMIT where one shard runs out of rows before the limit is reached: the merge
+/// must not wait for rows that shard already said it does not have.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limit_reached_after_a_shard_ran_out_returns() {
+    timeout(Duration::from_secs(60), async {
+        let s = sharded_setup(None).await;
+        let c = &s.client;
+        let mut keys: Vec<i64> = int_keys_on(0, 1, 1);
+        keys.extend(int_keys_on(1, 1, 5));
+        for k in &keys {
+            c.batch_execute(&format!(
+                "INSERT INTO orders (user_id, note) VALUES ({k}, 'n')"
+            ))
+            .await
+            .expect("insert");
+        }
+        keys.sort_unstable();
+        let rows = timeout(
+            Duration::from_secs(10),
+            c.query("SELECT user_id FROM orders ORDER BY user_id LIMIT 3", &[]),
+        )
+        .await
+        .expect("the merge returned")
+        .expect("scatter");
+        let got: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(got, keys[..3].to_vec());
+        // Transaction control inside a request that runs on several shards is refused.
+        let all = format!("{}, {}", keys[0], keys[5]);
+        expect_code(
+            c.simple_query(&format!(
+                "BEGIN; UPDATE orders SET note = 'x' WHERE user_id IN ({all})"
+            ))
+            .await,
+            &SqlState::FEATURE_NOT_SUPPORTED,
+            "BEGIN in a fanned request",
+        );
+    })
+    .await
+    .expect("bounded");
+}

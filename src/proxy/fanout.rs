@@ -53,6 +53,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         mut scanned: Scanned,
         plan: RequestPlan,
     ) -> Result<(), ClientError> {
+        if let Some(fields) = self.fanned_request_problem(&scanned) {
+            return self.reject_request(fields).await;
+        }
         let in_txn = self.server.is_some() || self.deferred_begin.is_some();
         let mut sum = true;
         let (targets, skip_parse): (Vec<(usize, Option<Bytes>)>, bool) = match plan.need {
@@ -185,6 +188,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 )?;
                 if r.direct {
                     leg.out.extend_from_slice(&conn.rbuf[..r.consumed]);
+                }
+                if r.cycles_ended > 0 {
+                    // As the relay does: the connection now carries these settings.
+                    conn.state_fingerprint = if r.effects.server_reset {
+                        0
+                    } else {
+                        params.fingerprint()
+                    };
                 }
                 conn.rbuf.advance(r.consumed);
                 if r.consumed == 0 && !conn.rbuf.is_empty() {
@@ -387,6 +398,35 @@ fn transactional(sql: &[u8], scanned: &Scanned) -> bool {
     }
     !sql.windows(12)
         .any(|w| w.eq_ignore_ascii_case(b"CONCURRENTLY"))
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Why a request may not run on several shards at once, if it may not: inside a transaction
+    /// that already failed (the server would say 25P02 on the failed shard), or holding
+    /// transaction control of its own (its shards' transaction states would part ways).
+    pub(super) fn fanned_request_problem(&self, scanned: &Scanned) -> Option<ErrorFields> {
+        let failed = self.server.is_some()
+            && (self.flight.tx_status == b'E' || self.parked.iter().any(|p| p.tx_status == b'E'));
+        if failed || (self.deferred_begin.is_some() && self.deferred_failed) {
+            return Some(ErrorFields::new(
+                "ERROR",
+                sqlstate::IN_FAILED_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        if scanned.first_txn.is_some() || scanned.ends_transaction || scanned.view.begins.is_some()
+        {
+            return Some(
+                ErrorFields::new(
+                    "ERROR",
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "shardgate: a request that runs on several shards cannot also begin or end a transaction",
+                )
+                .with(b'H', "Send BEGIN, COMMIT and ROLLBACK as requests of their own."),
+            );
+        }
+        None
+    }
 }
 
 /// Reads whatever the server has sent next into its buffer.

@@ -88,6 +88,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return self.reject_request(fields).await;
         };
+        if let Some(fields) = self.fanned_request_problem(&scanned) {
+            return self.reject_request(fields).await;
+        }
         let in_txn = self.server.is_some() || self.deferred_begin.is_some();
         let targets = shardgate_router::shards_in(shards)
             .filter(|&s| s < snapshot.shards.len())

@@ -138,13 +138,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             if !open {
                 // The limit is reached: the rest only needs reading to the end.
+                // A shard that already ended its rows has only its ReadyForQuery left.
                 for (s, leg) in legs.iter_mut().enumerate() {
-                    loop {
+                    while !leg.done {
                         let (tag, body) = next_frame(leg).await?;
-                        match tag {
-                            b'C' => break,
-                            b'E' => return Err(Failure::Shard(s, error_fields(&body))),
-                            _ => {}
+                        if tag == b'E' {
+                            return Err(Failure::Shard(s, error_fields(&body)));
                         }
                     }
                 }

@@ -475,6 +475,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// the end of that request as PostgreSQL would, then ReadyForQuery.
     pub(super) async fn reject_request(&mut self, fields: ErrorFields) -> Result<(), ClientError> {
         backend::error_response(&fields, &mut self.out);
+        // Sent now: a client that ended its messages with Flush waits for it before it syncs.
+        self.flush_out().await?;
         loop {
             let mut ended = false;
             while let Some(h) = peek_header(&self.cbuf, self.max_len)? {

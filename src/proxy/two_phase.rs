@@ -294,13 +294,10 @@ pub(super) async fn commit_all(
 }
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Session<S> {
-    /// The open transaction wrote on a shard other than the current one (or on several).
+    /// The open transaction wrote on more than one shard.
     pub(super) fn distributed(&self) -> bool {
-        let current = self
-            .server
-            .as_ref()
-            .map_or(0, |c| shardgate_router::bit(c.shard));
-        self.txn_written & !current != 0
+        // One written shard commits on its own (the others only read); only several need 2PC.
+        self.txn_written.count_ones() > 1
     }
 
     /// Ends a transaction that wrote on several shards: the client's COMMIT (or ROLLBACK) is
