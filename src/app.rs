@@ -88,7 +88,7 @@ pub(crate) fn run_from_file(path: &Path) -> ExitCode {
         path: Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())),
         sha256: crate::reload::sha256_hex(&bytes),
     };
-    let runtime = match build_runtime() {
+    let runtime = match build_runtime(config.worker_threads()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -150,26 +150,19 @@ pub(crate) enum StartError {
     Tls(String),
 }
 
-/// Runs the proxy until `stop` turns true, then drains.
-/// The tokio runtime. `SHARDGATE_WORKERS=1` runs everything on one thread (no
-/// cross-thread wake-ups); otherwise one worker per core.
-pub(crate) fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = std::env::var("SHARDGATE_WORKERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0);
-    match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
+/// The tokio runtime with `workers` threads. One worker runs everything on the calling
+/// thread: no cross-thread wake-ups, which is what a small machine shared with PostgreSQL
+/// gains most from.
+pub(crate) fn build_runtime(workers: u32) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers <= 1 {
+        return tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+            .build();
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers as usize)
+        .enable_all()
+        .build()
 }
 
 /// Where a running config came from, for reloads and `/api/config`.

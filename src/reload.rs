@@ -22,7 +22,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) enum Outcome {
     Applied {
         version: u64,
-        /// Changed settings that only a restart applies (`listen`, `admin_listen`, `tls`).
+        /// Changed settings that only a restart applies (`listen`, `admin_listen`, `workers`, `tls`).
         restart_required: Vec<&'static str>,
     },
     Refused {
@@ -41,7 +41,7 @@ pub(crate) struct Reloader {
     shared: Arc<Shared>,
     path: Option<PathBuf>,
     /// What the process started with and cannot change while running.
-    started: (SocketAddr, SocketAddr, bool),
+    started: (SocketAddr, SocketAddr, bool, u32),
     inner: Mutex<Inner>,
 }
 
@@ -62,7 +62,12 @@ impl Reloader {
         let snapshot = shared.snapshot.load_full();
         let c = &snapshot.config;
         Reloader {
-            started: (c.listen, c.admin_listen, c.tls.is_some()),
+            started: (
+                c.listen,
+                c.admin_listen,
+                c.tls.is_some(),
+                c.worker_threads(),
+            ),
             inner: Mutex::new(Inner {
                 monitors: Some(Monitors::start(&snapshot)),
                 file_sha256,
@@ -146,6 +151,9 @@ impl Reloader {
         }
         if config.admin_listen != self.started.1 {
             restart_required.push("admin_listen");
+        }
+        if config.worker_threads() != self.started.3 {
+            restart_required.push("workers");
         }
         if config.tls.is_some() != self.started.2 || config.tls != old.config.tls {
             restart_required.push("tls");

@@ -23,6 +23,7 @@ use shardgate_testkit::{pg_bindir, TestkitError, Topology};
 
 use crate::pgbench::{Pgbench, RunOutcome, Script, Target, Workload};
 use crate::report::Measurements;
+use crate::shardgate::Backend;
 
 /// pgbench scale factor: 1,000,000 rows in pgbench_accounts, enough that `-S` does real index
 /// lookups yet fits in shared_buffers, so the benchmark measures the proxy, not the disk.
@@ -70,6 +71,8 @@ struct Settings {
     workloads: Vec<Workload>,
     /// The scatter-gather workloads, which are not pgbench runs (see `scatter`).
     scatter: bool,
+    /// How the proxies reach PostgreSQL in the pooling workloads (`SG_BENCH_BACKEND`).
+    backends: Vec<Backend>,
 }
 
 impl Settings {
@@ -101,7 +104,20 @@ impl Settings {
             }
             Err(_) => Workload::DEFAULT.to_vec(),
         };
+        let backends = match std::env::var("SG_BENCH_BACKEND").as_deref() {
+            Err(_) | Ok("tcp") => vec![Backend::Tcp],
+            Ok("unix") => vec![Backend::Unix],
+            Ok("both") => vec![Backend::Tcp, Backend::Unix],
+            Ok(other) => {
+                return Err(BenchError::Setting {
+                    var: "SG_BENCH_BACKEND",
+                    value: other.to_owned(),
+                    why: "expected tcp, unix or both",
+                })
+            }
+        };
         Ok(Settings {
+            backends,
             rounds: usize::try_from(rounds).unwrap_or(usize::MAX),
             seconds,
             workloads,
@@ -172,27 +188,27 @@ fn run_select_only(
     eprintln!("initialising pgbench tables (scale {SCALE}) on the primary ...");
     pgbench.initialise(primary.port(), SCALE)?;
 
-    let proxy = shardgate::Shardgate::start(&topology, POOL_SIZE)?;
-    let bouncer = match pgbouncer::find() {
-        Some(bin) => Some(pgbouncer::Pgbouncer::start(&bin, &topology, POOL_SIZE)?),
-        None => None,
-    };
-
-    let mut targets = vec![
-        Target::new(report::BASELINE, primary.port()),
-        Target::new("shardgate", proxy.port()),
-    ];
-    if let Some(b) = &bouncer {
-        targets.push(Target::new("pgbouncer", b.port()));
+    let mut targets = vec![Target::new(report::BASELINE, primary.port())];
+    let mut proxies = Vec::new();
+    let mut bouncers = Vec::new();
+    let bouncer_bin = pgbouncer::find();
+    for &backend in &settings.backends {
+        let (sg_name, pgb_name) = match backend {
+            Backend::Tcp => ("shardgate", "pgbouncer"),
+            Backend::Unix => ("shardgate-unix", "pgbouncer-unix"),
+        };
+        let proxy = shardgate::Shardgate::start_over(&topology, POOL_SIZE, backend)?;
+        targets.push(Target::new(sg_name, proxy.port()));
+        proxies.push(proxy);
+        if let Some(bin) = &bouncer_bin {
+            let b = pgbouncer::Pgbouncer::start(bin, &topology, POOL_SIZE, backend)?;
+            targets.push(Target::new(pgb_name, b.port()));
+            bouncers.push(b);
+        }
     }
+    let bouncer = bouncers.first();
 
-    print_header(
-        settings,
-        workloads,
-        &pg_version,
-        bouncer.as_ref(),
-        targets.len(),
-    );
+    print_header(settings, workloads, &pg_version, bouncer, targets.len());
     warm_up(
         &pgbench,
         &targets,
@@ -211,8 +227,8 @@ fn run_select_only(
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
     println!();
     print!("{}", report::table(&measurements, workloads, &names));
-    drop(bouncer);
-    drop(proxy);
+    drop(bouncers);
+    drop(proxies);
     Ok(())
 }
 
@@ -269,6 +285,15 @@ fn print_header(
 ) {
     let runs = workloads.len() * settings.rounds * targets;
     println!("PostgreSQL: {pg_version}");
+    let backends: Vec<&str> = settings
+        .backends
+        .iter()
+        .map(|b| match b {
+            Backend::Tcp => "loopback TCP",
+            Backend::Unix => "Unix socket (targets named -unix)",
+        })
+        .collect();
+    println!("proxies reach PostgreSQL over: {}", backends.join(" and "));
     match bouncer {
         Some(b) => println!("pgbouncer: {}", b.version()),
         None => println!(

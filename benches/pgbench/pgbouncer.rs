@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use shardgate_testkit::{free_port, Topology};
 
+use crate::shardgate::Backend;
 use crate::{find_executable, BenchError};
 
 /// The unprivileged OS user PgBouncer runs as when we are root.
@@ -46,6 +47,7 @@ impl Pgbouncer {
         bin: &Path,
         topology: &Topology,
         pool_size: u32,
+        backend: Backend,
     ) -> Result<Pgbouncer, BenchError> {
         let version = version(bin)?;
         let port = free_port();
@@ -59,7 +61,10 @@ impl Pgbouncer {
                 topology.password().replace('"', "\"\"")
             ),
         )?;
-        std::fs::write(&ini, ini_text(topology, dir.path(), port, pool_size))?;
+        std::fs::write(
+            &ini,
+            ini_text(topology, dir.path(), port, pool_size, backend),
+        )?;
         // PgBouncer logs to stderr in the foreground; a file keeps the benchmark's own output
         // readable and is shown if start-up fails.
         let console = std::fs::File::create(dir.path().join(CONSOLE_LOG))?;
@@ -150,11 +155,21 @@ impl Drop for Pgbouncer {
     }
 }
 
-fn ini_text(topology: &Topology, dir: &Path, port: u16, pool_size: u32) -> String {
-    let primary = topology.shards[0].primary.port();
+fn ini_text(
+    topology: &Topology,
+    dir: &Path,
+    port: u16,
+    pool_size: u32,
+    backend: Backend,
+) -> String {
+    let primary = &topology.shards[0].primary;
+    let host = match backend {
+        Backend::Tcp => "127.0.0.1".to_owned(),
+        Backend::Unix => primary.socket_dir().display().to_string(),
+    };
     format!(
         "[databases]\n\
-         {db} = host=127.0.0.1 port={primary} dbname={db}\n\
+         {db} = host={host} port={primary} dbname={db}\n\
          [pgbouncer]\n\
          listen_addr = 127.0.0.1\n\
          listen_port = {port}\n\
@@ -170,6 +185,7 @@ fn ini_text(topology: &Topology, dir: &Path, port: u16, pool_size: u32) -> Strin
          ignore_startup_parameters = extra_float_digits\n",
         db = topology.database(),
         dir = dir.display(),
+        primary = primary.port(),
     )
 }
 

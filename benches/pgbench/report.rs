@@ -98,7 +98,7 @@ pub(crate) fn table(m: &Measurements, workloads: &[Workload], targets: &[&str]) 
                 _ => None,
             };
             let verdict = match goal(workload) {
-                Some(goal) if target == SUBJECT => verdict(goal, ratio, added_us),
+                Some(goal) if target.starts_with(SUBJECT) => verdict(goal, ratio, added_us),
                 _ => String::new(),
             };
             let _ = writeln!(

@@ -26,6 +26,15 @@ impl Shardgate {
         Self::start_with(topology, pool_size, "")
     }
 
+    /// As [`Shardgate::start`], reaching the nodes over `backend`.
+    pub(crate) fn start_over(
+        topology: &Topology,
+        pool_size: u32,
+        backend: Backend,
+    ) -> Result<Shardgate, BenchError> {
+        Self::launch(topology, pool_size, backend, "")
+    }
+
     /// As [`Shardgate::start`], with `extra_yaml` (whole top-level sections, such as
     /// `sharding:`) appended to the config.
     pub(crate) fn start_with(
@@ -33,11 +42,24 @@ impl Shardgate {
         pool_size: u32,
         extra_yaml: &str,
     ) -> Result<Shardgate, BenchError> {
+        Self::launch(topology, pool_size, Backend::Tcp, extra_yaml)
+    }
+
+    fn launch(
+        topology: &Topology,
+        pool_size: u32,
+        backend: Backend,
+        extra_yaml: &str,
+    ) -> Result<Shardgate, BenchError> {
         let port = free_port();
         let admin_port = free_port();
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("proxy.yaml");
-        let yaml = config_yaml(topology, port, admin_port, pool_size) + extra_yaml;
+        let mut yaml = config_yaml(topology, port, admin_port, pool_size);
+        if backend == Backend::Unix {
+            yaml = unix_nodes(topology, yaml);
+        }
+        yaml.push_str(extra_yaml);
         std::fs::write(&config, yaml)?;
         let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
             .arg("--config")
@@ -108,4 +130,23 @@ fn config_yaml(topology: &Topology, port: u16, admin_port: u16, pool_size: u32) 
         password = topology.password(),
         shards = topology.shards_yaml(),
     )
+}
+
+/// How a proxy reaches PostgreSQL: loopback TCP, or the node's Unix socket (a pooler on the
+/// database host, PgBouncer's usual deployment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Tcp,
+    Unix,
+}
+
+/// `yaml` with every node's `127.0.0.1:port` replaced by its socket directory.
+fn unix_nodes(topology: &Topology, mut yaml: String) -> String {
+    for shard in &topology.shards {
+        for node in std::iter::once(&shard.primary).chain(&shard.replicas) {
+            let unix = format!("{}:{}", node.socket_dir().display(), node.port());
+            yaml = yaml.replace(&node.addr().to_string(), &unix);
+        }
+    }
+    yaml
 }

@@ -11,7 +11,6 @@ use shardgate_config::NodeAddr;
 use shardgate_pool::BackendKey;
 use shardgate_wire::StartupRequest;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Where a client's query currently runs, if anywhere.
 #[derive(Debug, Default)]
@@ -111,7 +110,7 @@ impl CancelRegistry {
             secret: key.secret,
         }
         .encode(&mut buf);
-        match TcpStream::connect((addr.host.as_str(), addr.port)).await {
+        match shardgate_pool::BackendStream::connect(&addr).await {
             Ok(mut s) => {
                 if let Err(e) = s.write_all(&buf).await {
                     tracing::warn!(node = %addr, error = %e, "forwarding cancel request failed");

@@ -10,8 +10,9 @@ use serde_yaml_ng::Value;
 use crate::error::Problems;
 use crate::tree::describe;
 
-/// A PostgreSQL node: `host:port`, where host is an IPv4 address, a bracketed IPv6 address or a
-/// DNS name. Resolution happens when connecting, not here.
+/// A PostgreSQL node: `host:port`, where host is an IPv4 address, a bracketed IPv6 address, a
+/// DNS name, or (starting with `/`, as in libpq) the directory of a Unix-domain socket.
+/// Resolution happens when connecting, not here.
 ///
 /// Hosts are stored normalised (DNS names lowercased, IPv6 without brackets in canonical form),
 /// so two spellings of one node compare equal and duplicate detection is meaningful.
@@ -28,6 +29,18 @@ impl fmt::Display for NodeAddr {
         } else {
             write!(f, "{}:{}", self.host, self.port)
         }
+    }
+}
+
+impl NodeAddr {
+    /// The Unix-domain socket to connect to, when the host is a directory (it starts with `/`,
+    /// as in libpq): PostgreSQL's `<dir>/.s.PGSQL.<port>`. `None` for TCP.
+    pub fn unix_socket(&self) -> Option<std::path::PathBuf> {
+        if !self.host.starts_with('/') {
+            return None;
+        }
+        let dir = std::path::Path::new(&self.host);
+        Some(dir.join(format!(".s.PGSQL.{}", self.port)))
     }
 }
 
@@ -50,6 +63,11 @@ pub enum ParseNodeAddrError {
     UnbracketedIpv6 { input: String },
     #[error("invalid IPv6 address in {input:?}")]
     InvalidIpv6 { input: String },
+    #[error(
+        "invalid Unix socket directory in {input:?} (expected an absolute path whose socket \
+         <dir>/.s.PGSQL.<port> is at most 107 bytes, e.g. /var/run/postgresql:5432)"
+    )]
+    InvalidSocketDir { input: String },
     #[error("invalid host {host:?} in {input:?} (expected an IPv4 address, [ipv6] or a DNS name)")]
     InvalidHost { input: String, host: String },
 }
@@ -59,7 +77,12 @@ impl FromStr for NodeAddr {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let owned = || input.to_owned();
-        let (host, port) = if let Some(rest) = input.strip_prefix('[') {
+        let (host, port) = if input.starts_with('/') {
+            let (dir, port) = input
+                .rsplit_once(':')
+                .ok_or_else(|| ParseNodeAddrError::MissingPort { input: owned() })?;
+            (normalise_socket_dir(dir, port, input)?, port)
+        } else if let Some(rest) = input.strip_prefix('[') {
             let (inner, after) = rest
                 .split_once(']')
                 .ok_or_else(|| ParseNodeAddrError::InvalidIpv6 { input: owned() })?;
@@ -88,6 +111,20 @@ impl FromStr for NodeAddr {
         })?;
         Ok(Self { host, port })
     }
+}
+
+/// A Unix socket directory: absolute, without a trailing slash, and short enough that
+/// `<dir>/.s.PGSQL.<port>` fits a socket address (108 bytes on Linux, NUL included).
+fn normalise_socket_dir(dir: &str, port: &str, input: &str) -> Result<String, ParseNodeAddrError> {
+    let trimmed = dir.trim_end_matches('/');
+    let dir = if trimmed.is_empty() { "/" } else { trimmed };
+    let path_len = dir.len() + "/.s.PGSQL.".len() + port.len();
+    if dir.contains('\0') || dir.contains("//") || path_len > 107 {
+        return Err(ParseNodeAddrError::InvalidSocketDir {
+            input: input.to_owned(),
+        });
+    }
+    Ok(dir.to_owned())
 }
 
 /// A port in 1..=65535. Digits only: `u16::from_str` would also take a leading `+`.

@@ -45,6 +45,9 @@ const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LO
 const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9930));
 
+/// More worker threads than any machine shardgate runs on has cores.
+const MAX_WORKERS: u64 = 1024;
+
 /// A validated shardgate configuration. Only [`Config::from_yaml_str`] and [`Config::load`]
 /// build one from text, so holding a `Config` means the file passed every check.
 ///
@@ -54,6 +57,9 @@ const DEFAULT_ADMIN_LISTEN: SocketAddr =
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Runtime worker threads; `None` picks [`Config::default_workers`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
     pub database: String,
     pub users: Vec<UserConfig>,
     pub pool: PoolConfig,
@@ -86,6 +92,20 @@ impl Config {
             source,
         })?;
         Config::from_yaml_str(&text)
+    }
+
+    /// The worker threads the proxy runs: `workers` if set, else half the machine's cores
+    /// (at least one). A pooler's work is mostly waking the processes on either side of it; on
+    /// a host shared with PostgreSQL or the clients, more threads than that add cross-thread
+    /// wake-ups and take cores from the database without adding throughput.
+    pub fn worker_threads(&self) -> u32 {
+        self.workers.unwrap_or_else(Config::default_workers)
+    }
+
+    /// Half the available cores, at least one.
+    pub fn default_workers() -> u32 {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        u32::try_from(cores / 2).unwrap_or(u32::MAX).max(1)
     }
 
     /// The user called `name`, if configured.
@@ -141,6 +161,10 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
         problems,
         addr::read_listen,
     );
+    let workers = table.optional("workers", problems, |v, p, problems| {
+        let n = tree::integer(v, p, 1, MAX_WORKERS, problems)?;
+        u32::try_from(n).ok()
+    });
     let database = table.required("database", problems, tree::non_empty_string);
     let users = table.required("users", problems, users::read);
     let pool = table.or_default("pool", PoolConfig::default(), problems, pool::read);
@@ -153,6 +177,7 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
     Some(Config {
         listen: listen?,
         admin_listen: admin_listen?,
+        workers: workers?,
         database: database?,
         users: users?,
         pool: pool?,

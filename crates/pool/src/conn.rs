@@ -1,4 +1,4 @@
-//! One server connection: TCP connect, startup, backend authentication, and the
+//! One server connection: connect (TCP or Unix socket), startup, backend authentication, and the
 //! per-connection state the proxy keeps (prepared statements, applied session state).
 
 use std::collections::HashSet;
@@ -13,9 +13,9 @@ use shardgate_wire::{
     DEFAULT_MAX_MESSAGE_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::error::BackendError;
+use crate::stream::BackendStream;
 
 /// Who shardgate logs in to a backend as.
 #[derive(Clone, PartialEq, Eq)]
@@ -44,7 +44,7 @@ pub struct BackendKey {
 /// A logged-in server connection, idle at ReadyForQuery('I') whenever it sits in a pool.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     /// Bytes read from the server and not yet processed.
     pub rbuf: BytesMut,
     pub key: BackendKey,
@@ -67,16 +67,9 @@ impl ServerConn {
         timeout: Duration,
         id: u64,
     ) -> Result<ServerConn, BackendError> {
-        let connect = TcpStream::connect((addr.host.as_str(), addr.port));
-        let stream = tokio::time::timeout(timeout, connect)
+        let stream = tokio::time::timeout(timeout, BackendStream::connect(addr))
             .await
             .map_err(|_| BackendError::ConnectTimeout { addr: addr.clone() })?
-            .map_err(|source| BackendError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        stream
-            .set_nodelay(true)
             .map_err(|source| BackendError::Connect {
                 addr: addr.clone(),
                 source,

@@ -7,8 +7,10 @@ mod conn;
 mod error;
 pub mod lag;
 mod pool;
+mod stream;
 
 pub use conn::{BackendKey, Credentials, ServerConn};
 pub use error::{BackendError, PoolError};
 pub use lag::{LagBounds, MonitorSettings, ReplicaHealth, ReplicaStatus};
 pub use pool::{NodePool, PoolStats, PooledConn, ServerParams};
+pub use stream::BackendStream;

@@ -68,15 +68,18 @@ pub(crate) fn write_node_conf(
     std::fs::write(data_dir.join(NODE_CONF), text)
 }
 
-/// Writes `<data>/pg_hba.conf`: the superuser and replication are trusted on loopback (the kit
-/// drives them through psql and pg_basebackup), everyone else uses `settings.auth`.
+/// Writes `<data>/pg_hba.conf`: the superuser and replication are trusted on loopback and the
+/// Unix socket (the kit drives them through psql and pg_basebackup), everyone else uses
+/// `settings.auth`, over TCP and the socket alike.
 pub(crate) fn write_hba(data_dir: &Path, settings: &NodeSettings) -> std::io::Result<()> {
     let text = format!(
         "# Written by shardgate-testkit.\n\
          host all postgres 127.0.0.1/32 trust\n\
          host replication all 127.0.0.1/32 trust\n\
-         host all all 127.0.0.1/32 {}\n",
-        settings.auth
+         host all all 127.0.0.1/32 {auth}\n\
+         local all postgres trust\n\
+         local all all {auth}\n",
+        auth = settings.auth
     );
     std::fs::write(data_dir.join("pg_hba.conf"), text)
 }
@@ -115,6 +118,8 @@ mod tests {
                 "host all postgres 127.0.0.1/32 trust",
                 "host replication all 127.0.0.1/32 trust",
                 "host all all 127.0.0.1/32 scram-sha-256",
+                "local all postgres trust",
+                "local all all scram-sha-256",
             ]
         );
     }

@@ -78,6 +78,12 @@ impl Node {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
+    /// The directory holding the node's Unix socket (`.s.PGSQL.<port>`), as libpq's `host`
+    /// takes it.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The PostgreSQL data directory (PGDATA).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

@@ -32,6 +32,34 @@ fn accepts_ipv4_ipv6_and_dns_names() {
 }
 
 #[test]
+fn accepts_unix_socket_directories_as_libpq_does() {
+    let unix = parse("/var/run/postgresql:5432").ok();
+    assert_eq!(unix, Some(node("/var/run/postgresql", 5432)));
+    assert_eq!(
+        unix.as_ref().and_then(NodeAddr::unix_socket),
+        Some(std::path::PathBuf::from(
+            "/var/run/postgresql/.s.PGSQL.5432"
+        ))
+    );
+    assert_eq!(parse("/tmp/pg/:6000").ok(), Some(node("/tmp/pg", 6000)));
+    assert_eq!(
+        parse("/tmp/pg:6000").map(|n| n.to_string()).ok(),
+        Some("/tmp/pg:6000".into())
+    );
+    assert_eq!(
+        parse("127.0.0.1:5432").ok().and_then(|n| n.unix_socket()),
+        None
+    );
+    for bad in ["/tmp/pg", "/tmp//pg:5432", "/tmp/pg:0"] {
+        assert!(parse(bad).is_err(), "{bad:?} parsed");
+    }
+    let long = format!("/{}:5432", "d".repeat(100));
+    assert!(parse(&long)
+        .err()
+        .is_some_and(|e| e.to_string().contains("107 bytes")));
+}
+
+#[test]
 fn normalises_so_spellings_of_one_node_compare_equal() {
     assert_eq!(
         parse("DB.Example.COM:5432").ok(),

@@ -55,6 +55,7 @@ fn expected_example() -> Config {
     Config {
         listen: socket("127.0.0.1:6432"),
         admin_listen: socket("127.0.0.1:9930"),
+        workers: None,
         database: "app".into(),
         users: vec![UserConfig {
             name: "app".into(),
@@ -111,6 +112,37 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(config.users[0].auth, AuthMethod::Scram);
     assert_eq!(config.shards[0].replicas, Vec::new());
     assert_eq!(config.tls, None);
+    assert_eq!(config.workers, None);
+    assert!(config.worker_threads() >= 1);
+    assert_eq!(config.worker_threads(), Config::default_workers());
+}
+
+#[test]
+fn workers_is_read_and_checked() {
+    let config = parse(
+        "workers: 3\ndatabase: app\nusers: [{name: app, password: pw}]\n\
+         shards:\n  - name: s0\n    primary: /var/run/postgresql:5432\n",
+    );
+    assert_eq!((config.workers, config.worker_threads()), (Some(3), 3));
+    assert_eq!(
+        config.shards[0].primary.unix_socket(),
+        Some(std::path::PathBuf::from(
+            "/var/run/postgresql/.s.PGSQL.5432"
+        ))
+    );
+    for bad in ["workers: 0", "workers: 1025", "workers: two"] {
+        let text = format!(
+            "{bad}\ndatabase: app\nusers: [{{name: app, password: pw}}]\n\
+             shards: [{{name: s0, primary: db:5432}}]\n"
+        );
+        match Config::from_yaml_str(&text) {
+            Err(crate::ConfigError::Invalid { problems }) => {
+                assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+                assert_eq!(problems[0].path, "workers", "{bad}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stream::BackendStream;
 use shardgate_config::NodeAddr;
-use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
 
 use super::lsn::parse_lsn;
@@ -166,11 +166,9 @@ impl Probe {
 
     async fn connect(&self, timeout: Duration) -> Result<Client, ProbeError> {
         let connecting = async {
-            let stream = TcpStream::connect((self.addr.host.as_str(), self.addr.port))
+            let stream = BackendStream::connect(&self.addr)
                 .await
                 .map_err(ProbeError::Connect)?;
-            // Check queries are tiny; do not let Nagle delay them.
-            let _ = stream.set_nodelay(true);
             let mut config = tokio_postgres::Config::new();
             config
                 .user(&self.login.user)
