@@ -321,6 +321,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     user: self.user.clone(),
                 });
             };
+            if let Some(conn) = pool.try_checkout() {
+                break (chosen, conn);
+            }
             let slot = self.registration.slot.clone();
             let checkout = tokio::select! {
                 r = pool.checkout(snapshot.checkout_timeout()) => r,

@@ -161,25 +161,10 @@ impl NodePool {
                 }
             }
         };
-        loop {
-            let candidate = lock(&self.idle).pop();
-            match candidate {
-                Some(mut conn) => {
-                    if conn.looks_dead() {
-                        tracing::debug!(node = %self.addr, conn = conn.id, "dropping dead idle server connection");
-                        self.stats.open.fetch_sub(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    self.stats.active.fetch_add(1, Ordering::Relaxed);
-                    return Ok(PooledConn {
-                        conn: Some(conn),
-                        pool: self.clone(),
-                        _permit: permit,
-                    });
-                }
-                None => break,
-            }
-        }
+        let permit = match self.take_idle(permit) {
+            Ok(pooled) => return Ok(pooled),
+            Err(permit) => permit,
+        };
         let conn = self.connect(timeout).await?;
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +173,37 @@ impl NodePool {
             pool: self.clone(),
             _permit: permit,
         })
+    }
+
+    /// A live idle connection without waiting, if a slot and one are free right now. The
+    /// common case under load; it skips the timeout and the waiting machinery entirely.
+    pub fn try_checkout(self: &Arc<Self>) -> Option<PooledConn> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.take_idle(permit).ok()
+    }
+
+    /// Pairs `permit` with a live idle connection, dropping dead ones on the way; gives the
+    /// permit back when none is idle.
+    fn take_idle(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<PooledConn, OwnedSemaphorePermit> {
+        loop {
+            let Some(mut conn) = lock(&self.idle).pop() else {
+                return Err(permit);
+            };
+            if conn.looks_dead() {
+                tracing::debug!(node = %self.addr, conn = conn.id, "dropping dead idle server connection");
+                self.stats.open.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            self.stats.active.fetch_add(1, Ordering::Relaxed);
+            return Ok(PooledConn {
+                conn: Some(conn),
+                pool: self.clone(),
+                _permit: permit,
+            });
+        }
     }
 
     async fn connect(&self, timeout: Duration) -> Result<ServerConn, PoolError> {
