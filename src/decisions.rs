@@ -64,6 +64,7 @@ pub(crate) struct Decision {
 }
 
 impl Decision {
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         session: u64,
@@ -76,39 +77,48 @@ impl Decision {
         reason: Reason,
         class: Option<Arc<Classification>>,
     ) -> Decision {
-        let mut buf = [0u8; SQL_PREFIX];
-        let mut len = sql.len().min(SQL_PREFIX);
-        // Cut on a character boundary so the prefix stays valid UTF-8 where the SQL was.
-        while len > 0 && len < sql.len() && (sql[len] & 0xC0) == 0x80 {
-            len -= 1;
-        }
-        buf[..len].copy_from_slice(&sql[..len]);
-        Decision {
-            at: SystemTime::now(),
+        Draft {
             session,
             config_version,
-            sql: buf,
-            sql_len: len as u8,
+            sql,
             kind,
-            shard,
-            node,
+            shard: &shard,
+            node: &node,
             role,
             reason,
-            class,
+            class: class.as_ref(),
             detail: None,
             shards: None,
             shard_reason: None,
         }
+        .to_decision(SystemTime::now())
     }
 
-    pub(crate) fn with_shards(
-        mut self,
-        shards: Option<Arc<[Arc<str>]>>,
-        reason: Option<Arc<str>>,
-    ) -> Decision {
-        self.shards = shards;
-        self.shard_reason = reason;
-        self
+    /// Overwrites this (ring slot) with `d`, taking a new reference only where the slot held
+    /// another value: in steady state a slot already names the same shard and node, so no
+    /// reference count moves and nothing is freed.
+    fn assign(&mut self, d: Draft<'_>, at: SystemTime) {
+        fn same<T: ?Sized>(slot: &mut Arc<T>, new: &Arc<T>) {
+            if !Arc::ptr_eq(slot, new) {
+                *slot = new.clone();
+            }
+        }
+        self.at = at;
+        self.session = d.session;
+        self.config_version = d.config_version;
+        self.sql_len = copy_prefix(&mut self.sql, d.sql);
+        self.kind = d.kind;
+        same(&mut self.shard, d.shard);
+        same(&mut self.node, d.node);
+        self.role = d.role;
+        self.reason = d.reason;
+        match (&mut self.class, d.class) {
+            (Some(slot), Some(new)) => same(slot, new),
+            (slot, new) => *slot = new.cloned(),
+        }
+        self.detail = d.detail;
+        self.shards = d.shards;
+        self.shard_reason = d.shard_reason;
     }
 
     /// The shard names, in order.
@@ -117,11 +127,6 @@ impl Decision {
             Some(list) => list.iter().map(|s| &**s).collect(),
             None => vec![&*self.shard],
         }
-    }
-
-    pub(crate) fn with_detail(mut self, detail: Option<Arc<str>>) -> Decision {
-        self.detail = detail;
-        self
     }
 
     pub(crate) fn sql(&self) -> String {
@@ -135,6 +140,57 @@ impl Decision {
         match &self.shard_reason {
             Some(r) => format!("{r}; {node}"),
             None => node,
+        }
+    }
+}
+
+/// Copies the first [`SQL_PREFIX`] bytes of `sql` into `buf`, cut on a character boundary so
+/// the prefix stays valid UTF-8 where the SQL was; returns the length.
+fn copy_prefix(buf: &mut [u8; SQL_PREFIX], sql: &[u8]) -> u8 {
+    let mut len = sql.len().min(SQL_PREFIX);
+    while len > 0 && len < sql.len() && (sql[len] & 0xC0) == 0x80 {
+        len -= 1;
+    }
+    buf[..len].copy_from_slice(&sql[..len]);
+    len as u8
+}
+
+/// A decision about to be recorded, borrowing what it names (see [`DecisionLog::record_draft`]).
+#[derive(Debug)]
+pub(crate) struct Draft<'a> {
+    pub(crate) session: u64,
+    pub(crate) config_version: u64,
+    pub(crate) sql: &'a [u8],
+    pub(crate) kind: Kind,
+    pub(crate) shard: &'a Arc<str>,
+    pub(crate) node: &'a Arc<NodeAddr>,
+    pub(crate) role: Role,
+    pub(crate) reason: Reason,
+    pub(crate) class: Option<&'a Arc<Classification>>,
+    pub(crate) detail: Option<Arc<str>>,
+    pub(crate) shards: Option<Arc<[Arc<str>]>>,
+    pub(crate) shard_reason: Option<Arc<str>>,
+}
+
+impl Draft<'_> {
+    pub(crate) fn to_decision(&self, at: SystemTime) -> Decision {
+        let mut sql = [0u8; SQL_PREFIX];
+        let sql_len = copy_prefix(&mut sql, self.sql);
+        Decision {
+            at,
+            session: self.session,
+            config_version: self.config_version,
+            sql,
+            sql_len,
+            kind: self.kind,
+            shard: self.shard.clone(),
+            node: self.node.clone(),
+            role: self.role,
+            reason: self.reason,
+            class: self.class.cloned(),
+            detail: self.detail.clone(),
+            shards: self.shards.clone(),
+            shard_reason: self.shard_reason.clone(),
         }
     }
 }
@@ -156,6 +212,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl DecisionLog {
+    #[cfg(test)]
     pub(crate) fn record(&self, d: Decision) {
         let mut ring = lock(&self.ring);
         if ring.slots.len() < CAPACITY {
@@ -163,6 +220,21 @@ impl DecisionLog {
         } else {
             let i = ring.next;
             ring.slots[i] = d;
+        }
+        ring.next = (ring.next + 1) % CAPACITY;
+    }
+
+    /// Records `d`, written into its ring slot in place (once the ring is full, the hot path
+    /// neither allocates, frees nor moves reference counts).
+    pub(crate) fn record_draft(&self, d: Draft<'_>) {
+        let at = SystemTime::now();
+        let mut ring = lock(&self.ring);
+        if ring.slots.len() < CAPACITY {
+            let decision = d.to_decision(at);
+            ring.slots.push(decision);
+        } else {
+            let i = ring.next;
+            ring.slots[i].assign(d, at);
         }
         ring.next = (ring.next + 1) % CAPACITY;
     }
@@ -214,6 +286,49 @@ mod tests {
         few.record(d(2));
         let r = few.recent(10);
         assert_eq!(r.iter().map(|d| d.session).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn drafts_overwrite_slots_in_place_and_read_back_whole() {
+        let log = DecisionLog::default();
+        let (s0, s1): (Arc<str>, Arc<str>) = (Arc::from("s0"), Arc::from("s1"));
+        let node = Arc::new(NodeAddr {
+            host: "h".into(),
+            port: 1,
+        });
+        for i in 0..(CAPACITY as u64 + 3) {
+            let shard = if i.is_multiple_of(2) { &s0 } else { &s1 };
+            let long = "x".repeat(i as usize % 300);
+            log.record_draft(Draft {
+                session: i,
+                config_version: 7,
+                sql: long.as_bytes(),
+                kind: Kind::Write,
+                shard,
+                node: &node,
+                role: Role::Primary,
+                reason: Reason::Read,
+                class: None,
+                detail: i.is_multiple_of(3).then(|| Arc::from("why")),
+                shards: None,
+                shard_reason: None,
+            });
+        }
+        let recent = log.recent(3);
+        let last = CAPACITY as u64 + 2;
+        assert_eq!(
+            recent.iter().map(|d| d.session).collect::<Vec<_>>(),
+            vec![last, last - 1, last - 2]
+        );
+        assert_eq!(
+            &*recent[0].shard,
+            if last.is_multiple_of(2) { "s0" } else { "s1" }
+        );
+        assert_eq!(recent[0].sql().len(), (last as usize % 300).min(SQL_PREFIX));
+        assert_eq!(recent[0].detail.is_some(), last.is_multiple_of(3));
+        assert_eq!(recent[1].detail.is_some(), (last - 1).is_multiple_of(3));
+        // Only the ring's slots and this test hold the shard names.
+        assert!(Arc::strong_count(&s0) + Arc::strong_count(&s1) == 2 + CAPACITY + 3);
     }
 
     #[test]

@@ -122,6 +122,15 @@ impl SessionParams {
             return;
         }
         let pending = &mut self.pending;
+        if !sql.contains(&b';') {
+            // One statement: its first tokens decide, no need to split the whole text.
+            if let Some(cmd) = session_command(sql) {
+                if cmd != SessionCommand::Local {
+                    pending.push(cmd);
+                }
+            }
+            return;
+        }
         for_each_statement(sql, LexOptions::default(), |range| {
             if let Some(cmd) = session_command(&sql[range]) {
                 if cmd != SessionCommand::Local {

@@ -24,7 +24,7 @@ use super::shard_plan::Need;
 use super::statements::ClientStatements;
 use super::topology::{NodeRuntime, Snapshot};
 use super::Shared;
-use crate::decisions::{Decision, Kind};
+use crate::decisions::{Draft, Kind};
 
 /// Read buffers grow in steps of this much, so that reads are large.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -440,26 +440,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !scanned.view.parsed {
             self.shared.metrics.unparsed.inc();
         }
-        let class = scanned.class.clone().filter(|c| c.write.is_some());
-        let decision = Decision::new(
-            u64::from(self.registration.key.pid as u32),
-            snapshot.version,
-            scanned.sql.bytes(&self.cbuf),
+        let draft = Draft {
+            session: u64::from(self.registration.key.pid as u32),
+            config_version: snapshot.version,
+            sql: scanned.sql.bytes(&self.cbuf),
             kind,
-            snapshot.shards[shard].name.clone(),
-            node.addr.clone(),
+            shard: &snapshot.shards[shard].name,
+            node: &node.addr,
             role,
             reason,
-            class,
-        );
-        // Only a degraded shard pays for naming its replicas.
-        let detail = (reason == Reason::NoRoutableReplica)
-            .then(|| Arc::from(super::routing::replicas_detail(snapshot, shard)));
-        let decision = decision.with_detail(detail).with_shards(
+            class: scanned.class.as_ref().filter(|c| c.write.is_some()),
+            // Only a degraded shard pays for naming its replicas.
+            detail: (reason == Reason::NoRoutableReplica)
+                .then(|| Arc::from(super::routing::replicas_detail(snapshot, shard))),
             shards,
-            (!shard_why.is_empty()).then(|| Arc::from(shard_why)),
-        );
+            shard_reason: (!shard_why.is_empty()).then(|| Arc::from(shard_why)),
+        };
         if tracing::enabled!(tracing::Level::DEBUG) {
+            let decision = draft.to_decision(std::time::SystemTime::now());
             tracing::debug!(
                 session = decision.session,
                 config_version = decision.config_version,
@@ -471,7 +469,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "routed"
             );
         }
-        self.shared.decisions.record(decision);
+        self.shared.decisions.record_draft(draft);
     }
 
     /// Answers the buffered request with an error, skipping the client's messages up to
