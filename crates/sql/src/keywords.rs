@@ -95,3 +95,21 @@ pub fn leading_keywords(stmt: &[u8]) -> Keywords {
     }
     out
 }
+
+/// True when `stmt` holds `word` (given uppercase) as a bare keyword anywhere: outside literals,
+/// quoted identifiers, dollar quotes and comments, and not as a field name after a `.` (where
+/// any keyword may name a column). `'concurrently'` or `"concurrently"` do not count.
+pub fn has_keyword(stmt: &[u8], word: &str) -> bool {
+    let mut after_dot = false;
+    for tok in Lexer::new(stmt, LexOptions::default()) {
+        if tok.is_comment() {
+            continue;
+        }
+        let text = stmt.get(tok.start..tok.end).unwrap_or_default();
+        if tok.kind == TokenKind::Word && !after_dot && text.eq_ignore_ascii_case(word.as_bytes()) {
+            return true;
+        }
+        after_dot = tok.kind == TokenKind::Punct && text == b".";
+    }
+    false
+}

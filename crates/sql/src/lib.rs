@@ -28,7 +28,7 @@ mod statement;
 
 pub use classification::{Classification, Hint, ShardgateCommand, TxnControl, WhyWrite};
 pub use classifier::Classifier;
-pub use keywords::{leading_keywords, Keywords, MAX_KEYWORDS, MAX_KEYWORD_LEN};
+pub use keywords::{has_keyword, leading_keywords, Keywords, MAX_KEYWORDS, MAX_KEYWORD_LEN};
 pub use lexer::{called_functions, comments, for_each_statement, split_statements, LexOptions};
 pub use scatter::{
     scatter_select, AggFn, CmpOp, Count, HavingExpr, HavingOperand, OutputCol, ScatterSelect,

@@ -1,6 +1,6 @@
 //! Statement splitting, keywords and comments against each rule of PostgreSQL's scanner.
 
-use shardgate_sql::{comments, leading_keywords, split_statements, LexOptions};
+use shardgate_sql::{comments, has_keyword, leading_keywords, split_statements, LexOptions};
 
 fn split_with(sql: &str, opts: LexOptions) -> Vec<&str> {
     split_statements(sql.as_bytes(), opts)
@@ -266,4 +266,32 @@ fn comments_yield_inner_text() {
     assert_eq!(comments(b"/**/").collect::<Vec<_>>(), [&b""[..]]);
     assert_eq!(comments(b"/*/").collect::<Vec<_>>(), [&b"/"[..]]);
     assert_eq!(comments(b"select 1").count(), 0);
+}
+
+#[test]
+fn has_keyword_matches_bare_words_only() {
+    let yes = [
+        "CREATE INDEX CONCURRENTLY i ON t (x)",
+        "create unique index concurrently i on t (x)",
+        "/* c */ REINDEX (concurrently) TABLE t",
+        "DROP INDEX\nConcurrently i",
+    ];
+    for sql in yes {
+        assert!(has_keyword(sql.as_bytes(), "CONCURRENTLY"), "{sql}");
+    }
+    let no = [
+        "UPDATE t SET note = 'concurrently' WHERE id > 0",
+        "UPDATE t SET note = E'x\\' concurrently' WHERE id > 0",
+        "UPDATE t SET note = $$ concurrently $$",
+        "UPDATE t SET \"concurrently\" = 1",
+        "UPDATE t SET a = 1 -- concurrently",
+        "UPDATE t SET a = 1 /* concurrently */",
+        "UPDATE t SET a = s.concurrently FROM s",
+        "UPDATE t SET a = s . concurrently FROM s",
+        "UPDATE t SET concurrently_done = true",
+        "CREATE INDEX i ON t (x)",
+    ];
+    for sql in no {
+        assert!(!has_keyword(sql.as_bytes(), "CONCURRENTLY"), "{sql}");
+    }
 }
