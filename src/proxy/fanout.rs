@@ -12,12 +12,12 @@ use shardgate_wire::{backend, peek_header, ErrorFields, FrontendRef};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::errors::ClientError;
+use super::fanout_commit::{not_in_block_error, Atomicity};
 use super::flight::{ClientSide, ServerSide};
 use super::merge::{merge_replies, ShardReplies};
 use super::request::Scanned;
 use super::routing::kind_of;
 use super::session::{reserve, Session};
-use super::shard_catalog::first_value;
 use super::shard_legs::Leg;
 use super::shard_plan::{Need, RequestPlan};
 use super::sqlstate;
@@ -99,10 +99,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return self.reject_request(fields).await;
         }
-        let wrap = !in_txn
-            && plan.write
-            && scanned.first_txn.is_none()
-            && transactional(scanned.sql.bytes(&self.cbuf), &scanned);
+        let atomicity = if !in_txn && plan.write && scanned.first_txn.is_none() {
+            self.atomicity(&scanned)?
+        } else {
+            Atomicity::Alone
+        };
+        if atomicity == Atomicity::Refuse {
+            return self.reject_request(not_in_block_error()).await;
+        }
+        let wrap = atomicity == Atomicity::Wrap;
         let Some(mut legs) = self
             .take_legs(&snapshot, targets, plan.write, wrap, &scanned)
             .await?
@@ -205,67 +210,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         let failed = legs.iter().any(|l| l.flight.tx_status == b'E');
-        let mut commit_error: Option<ErrorFields> = None;
-        let two_phase = snapshot.two_phase.clone().filter(|_| legs.len() > 1);
-        if let (true, false, Some(tp)) = (wrap, failed, &two_phase) {
-            let mut conns: Vec<(&str, &mut shardgate_pool::ServerConn)> = legs
-                .iter_mut()
-                .map(|l| (&*snapshot.shards[l.co.shard].name, &mut *l.co.conn))
-                .collect();
-            if let Err(fields) =
-                super::two_phase::commit_all(tp, &mut conns, &self.shared.metrics).await
-            {
-                commit_error = Some(fields);
-            }
-            for leg in &mut legs {
-                leg.flight.tx_status = b'I';
-            }
-            if snapshot.policy.read_your_writes && snapshot.policy.read_write_split {
-                for leg in &mut legs {
-                    let lsn =
-                        first_value(&mut leg.co.conn, "SELECT pg_current_wal_insert_lsn()").await?;
-                    if let Some(lsn) = lsn.as_deref().and_then(shardgate_pool::lag::parse_lsn) {
-                        self.routing.note_lsn(leg.co.shard, lsn);
-                    }
-                }
-            }
-        } else if wrap {
-            let track = snapshot.policy.read_your_writes && snapshot.policy.read_write_split;
-            for leg in &mut legs {
-                let sql = match (failed || commit_error.is_some(), track) {
-                    (true, _) => "ROLLBACK",
-                    (false, true) => "COMMIT; SELECT pg_current_wal_insert_lsn()",
-                    (false, false) => "COMMIT",
-                };
-                match first_value(&mut leg.co.conn, sql).await {
-                    Ok(lsn) => {
-                        if let Some(lsn) = lsn.as_deref().and_then(shardgate_pool::lag::parse_lsn) {
-                            self.routing.note_lsn(leg.co.shard, lsn);
-                        }
-                        leg.flight.tx_status = b'I';
-                    }
-                    Err(BackendError::Server { fields, .. }) if commit_error.is_none() => {
-                        let name = &snapshot.shards[leg.co.shard].name;
-                        commit_error = Some(
-                            ErrorFields::new(
-                                "ERROR",
-                                fields.code().unwrap_or("XX000"),
-                                format!(
-                                    "shardgate: COMMIT failed on shard {name}: {}",
-                                    fields.message().unwrap_or_default()
-                                ),
-                            )
-                            .with(
-                                b'D',
-                                "Shards before it in config order may have committed; the rest were rolled back.",
-                            ),
-                        );
-                        leg.flight.tx_status = b'I';
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
+        let commit_error = if wrap {
+            self.end_wrapped(&snapshot, &mut legs, failed).await
+        } else {
+            None
+        };
         let status = if in_txn {
             if failed {
                 b'E'
@@ -371,33 +320,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             why,
         );
     }
-}
-
-/// Statements PostgreSQL refuses inside a transaction block cannot be wrapped in one.
-fn transactional(sql: &[u8], scanned: &Scanned) -> bool {
-    if scanned.statements > 1 {
-        // A multi-statement string already runs as one implicit transaction.
-        return false;
-    }
-    if matches!(
-        scanned.class.as_ref().and_then(|c| c.write.as_ref()),
-        Some(shardgate_sql::WhyWrite::Maintenance)
-    ) {
-        return false;
-    }
-    let kw = shardgate_sql::leading_keywords(sql);
-    let first_two = (kw.get(0).unwrap_or(""), kw.get(1).unwrap_or(""));
-    if matches!(
-        first_two,
-        (
-            "CREATE" | "DROP" | "ALTER",
-            "DATABASE" | "TABLESPACE" | "SYSTEM" | "SUBSCRIPTION"
-        )
-    ) {
-        return false;
-    }
-    !sql.windows(12)
-        .any(|w| w.eq_ignore_ascii_case(b"CONCURRENTLY"))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {

@@ -5,6 +5,7 @@ mod answer;
 mod cancel;
 mod errors;
 mod fanout;
+mod fanout_commit;
 mod flight;
 mod listener;
 mod local;

@@ -39,6 +39,9 @@ pub(super) struct Leg {
     pub(super) last_status: u8,
     /// A scatter read this leg's ReadyForQuery.
     pub(super) done: bool,
+    /// shardgate's own COMMIT, ROLLBACK or probe failed here: the connection's state is
+    /// unknown, so it is closed rather than pooled.
+    pub(super) unsettled: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -79,6 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     skip_replies: false,
                     last_status: b'I',
                     done: false,
+                    unsettled: false,
                 })
             } else if let Some(i) = self.parked.iter().position(|p| p.co.shard == shard) {
                 let p = self.parked.swap_remove(i);
@@ -93,6 +97,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     skip_replies: false,
                     last_status: b'I',
                     done: false,
+                    unsettled: false,
                 })
             } else {
                 let replica_ok = !write && (!in_txn || read_only_txn);
@@ -114,6 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         skip_replies: false,
                         last_status: b'I',
                         done: false,
+                        unsettled: false,
                     }),
                     Err(fields) => {
                         self.put_back(legs);
@@ -134,7 +140,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) fn finish_legs(&mut self, legs: Vec<Leg>, in_txn: bool) {
         if !in_txn {
             for leg in legs {
-                if leg.flight.idle() && leg.flight.tx_status == b'I' {
+                if leg.flight.idle() && leg.flight.tx_status == b'I' && !leg.unsettled {
                     leg.co.conn.release();
                 } else {
                     leg.co.conn.discard();

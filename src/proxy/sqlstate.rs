@@ -4,6 +4,8 @@
 pub(crate) const PROTOCOL_VIOLATION: &str = "08P01";
 /// 08006: the server connection failed or was lost.
 pub(crate) const CONNECTION_FAILURE: &str = "08006";
+/// 08007: a COMMIT's connection was lost; whether it committed is unknown.
+pub(crate) const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
 /// 08001: shardgate could not establish a server connection.
 pub(crate) const UNABLE_TO_CONNECT: &str = "08001";
 /// 28P01: wrong password or unknown user (never says which).

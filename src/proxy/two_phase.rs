@@ -215,6 +215,15 @@ pub(crate) async fn recover_once(snap: &Snapshot, tp: &TwoPhase, metrics: &Metri
     }
 }
 
+/// What [`commit_all`] did.
+pub(super) struct Settled {
+    /// Err: the transaction was rolled back on every shard; the client's error.
+    pub(super) result: Result<(), shardgate_wire::ErrorFields>,
+    /// Per connection given: its last command (ROLLBACK [PREPARED] or COMMIT PREPARED) failed,
+    /// so its state is unknown and it must be closed, never given back to its pool.
+    pub(super) unsettled: Vec<bool>,
+}
+
 /// Commits one distributed transaction over `conns` (each inside the transaction, on a
 /// different shard's primary): prepare everywhere, log the decision, commit everywhere. On a
 /// failure before the decision everything is rolled back and the error names the shard.
@@ -222,7 +231,8 @@ pub(super) async fn commit_all(
     tp: &TwoPhase,
     conns: &mut [(&str, &mut shardgate_pool::ServerConn)],
     metrics: &Metrics,
-) -> Result<(), shardgate_wire::ErrorFields> {
+) -> Settled {
+    let mut unsettled = vec![false; conns.len()];
     let gid = tp.new_gid();
     let prepare = format!("PREPARE TRANSACTION '{gid}'");
     // (where, SQLSTATE, message) of the first failure.
@@ -262,10 +272,15 @@ pub(super) async fn commit_all(
             } else {
                 "ROLLBACK"
             };
-            let _ = conn.run_discarding(sql).await;
+            if conn.run_discarding(sql).await.is_err() {
+                // A prepared transaction left behind is rolled back by recovery (no decision).
+                if let Some(u) = unsettled.get_mut(i) {
+                    *u = true;
+                }
+            }
         }
         metrics.two_pc("rolled_back");
-        return Err(shardgate_wire::ErrorFields::new(
+        let error = shardgate_wire::ErrorFields::new(
             "ERROR",
             &code,
             format!("shardgate: two-phase commit failed at {place}: {message}"),
@@ -274,23 +289,33 @@ pub(super) async fn commit_all(
         .with(
             b'H',
             "Two-phase commit needs max_prepared_transactions > 0 on every shard.",
-        ));
+        );
+        return Settled {
+            result: Err(error),
+            unsettled,
+        };
     }
     crash_point("after_decision");
     let commit = format!("COMMIT PREPARED '{gid}'");
     let mut all = true;
-    for (name, conn) in conns.iter_mut() {
+    for (i, (name, conn)) in conns.iter_mut().enumerate() {
         if let Err(e) = conn.run_discarding(&commit).await {
             // The decision is durable: recovery finishes it.
             tracing::warn!(shard = %name, %gid, error = %e, "COMMIT PREPARED failed; recovery will retry");
             all = false;
+            if let Some(u) = unsettled.get_mut(i) {
+                *u = true;
+            }
         }
     }
     if all {
         tp.log_done(&gid);
     }
     metrics.two_pc("committed");
-    Ok(())
+    Settled {
+        result: Ok(()),
+        unsettled,
+    }
 }
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Session<S> {
@@ -328,26 +353,28 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
             }
         }
         let mut outcome = Ok(if commit { "COMMIT" } else { "ROLLBACK" });
-        match (&snapshot.two_phase, commit) {
+        let unsettled = match (&snapshot.two_phase, commit) {
             (Some(tp), true) => {
                 let mut list: Vec<(&str, &mut shardgate_pool::ServerConn)> = writers
                     .iter_mut()
                     .map(|(c, _)| (&*snapshot.shards[c.shard].name, &mut *c.conn))
                     .collect();
-                if let Err(fields) = commit_all(tp, &mut list, &self.shared.metrics).await {
-                    outcome = Err(fields);
-                }
+                let settled = commit_all(tp, &mut list, &self.shared.metrics).await;
+                outcome = settled.result.map(|()| "COMMIT");
+                settled.unsettled
             }
             _ => {
+                let mut unsettled = Vec::with_capacity(writers.len());
                 for (co, _) in &mut writers {
-                    let _ = co.conn.run_discarding("ROLLBACK").await;
+                    unsettled.push(co.conn.run_discarding("ROLLBACK").await.is_err());
                 }
                 self.shared.metrics.two_pc("rolled_back");
+                unsettled
             }
-        }
-        for (co, _) in writers {
+        };
+        for ((co, _), unsettled) in writers.into_iter().zip(unsettled) {
             let mut conn = co.conn;
-            if conn.looks_dead() {
+            if unsettled || conn.looks_dead() {
                 conn.discard();
             } else {
                 conn.release();
