@@ -8,6 +8,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::poll_until;
 use support::sharded::{
     expect_code, int_keys_on, orders_snapshot, seed_with_decoys, sharded_setup,
 };
@@ -236,6 +237,25 @@ async fn a_commit_failing_on_a_later_shard_names_the_shards_and_keeps_the_sessio
             "{db:?}"
         );
         assert_eq!(notes_on(&s.direct, "same").await, vec![2, 0]);
+        // The s1 connection whose COMMIT failed was closed, not pooled: no backend there is
+        // left with a COMMIT as its last query (nothing else committed through it).
+        let s1 = &s.direct[1];
+        let closed = poll_until(Duration::from_secs(5), || async {
+            let n: i64 = s1
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COMMIT%'",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            n == 0
+        })
+        .await;
+        assert!(
+            closed.is_some(),
+            "the failed COMMIT's connection is still open"
+        );
 
         // The session is usable, on both shards.
         assert_eq!(count_through(c, "SELECT count(*) FROM orders").await, 4);
