@@ -16,6 +16,8 @@ mod edges;
 #[path = "scatter_diff/failures.rs"]
 mod failures;
 mod support;
+#[path = "scatter_diff/txn_begin.rs"]
+mod txn_begin;
 #[path = "scatter_diff/writes.rs"]
 mod writes;
 

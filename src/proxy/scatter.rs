@@ -372,8 +372,9 @@ pub(super) fn error_fields(body: &[u8]) -> ErrorFields {
     }
 }
 
-/// The next frame of a shard's reply to the scatter (shardgate's BEGIN's replies skipped).
-/// Marks the leg done at its ReadyForQuery.
+/// The next frame of a shard's reply to the scatter (shardgate's BEGIN's replies skipped, but
+/// not its error: a failed BEGIN leaves that shard outside the transaction, so its error is
+/// returned like any other and fails the statement). Marks the leg done at its ReadyForQuery.
 pub(super) async fn next_frame(leg: &mut Leg) -> Result<(u8, Bytes), Failure> {
     loop {
         let frame = split_frame(&mut leg.co.conn.rbuf, SERVER_MAX_MESSAGE)
@@ -395,7 +396,7 @@ pub(super) async fn next_frame(leg: &mut Leg) -> Result<(u8, Bytes), Failure> {
             leg.done = true;
             return Ok((frame.tag, frame.body));
         }
-        if leg.skip_replies {
+        if leg.skip_replies && frame.tag != b'E' {
             continue;
         }
         return Ok((frame.tag, frame.body));
