@@ -5,6 +5,8 @@
 //! refuse with 0A000; any other outcome fails. Keyless UPDATE/DELETE, a shard dying under a
 //! scatter, and the "may refuse" shapes are covered too.
 
+#[path = "scatter_diff/binary.rs"]
+mod binary;
 #[path = "scatter_diff/compare.rs"]
 mod compare;
 #[path = "scatter_diff/corpus.rs"]

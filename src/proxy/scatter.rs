@@ -215,13 +215,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         flushed: &mut bool,
         text_order: bool,
     ) -> Result<(), Failure> {
-        // Each shard's RowDescription (and ParameterDescription) first.
+        // Each shard's RowDescription (and ParameterDescription) first. With a Describe of the
+        // statement, the shards describe it before the portal: that description always says
+        // text (a statement does not know its result formats), so rows are decoded with the
+        // portal's, which carries the formats the Bind asked for.
+        let statement_described = client.msgs.contains(&Msg::DescribeStatement);
         let mut described: Option<(RowDescription, Option<Bytes>)> = None;
         for (i, leg) in legs.iter_mut().enumerate() {
             let mut params_desc = None;
+            let mut statement_pending = statement_described;
             let rd = loop {
                 let (tag, body) = next_frame(leg).await?;
                 match tag {
+                    b'T' | b'n' if statement_pending => statement_pending = false,
                     b'T' => {
                         break RowDescription::decode(&body)
                             .map_err(|e| own("08P01", e.to_string()))?
@@ -334,7 +340,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     if let Some(p) = params {
                         write_frame(b't', p, &mut self.out);
                     }
-                    rd.encode(&mut self.out);
+                    // As PostgreSQL describes a statement: every column in text.
+                    let mut statement_rd = rd.clone();
+                    for f in &mut statement_rd.fields {
+                        f.format = 0;
+                    }
+                    statement_rd.encode(&mut self.out);
                 }
                 Msg::DescribePortal | Msg::Query => rd.encode(&mut self.out),
                 Msg::Execute | Msg::Sync => {}
