@@ -164,6 +164,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(failure) => {
                 let fields = match failure {
                     Failure::Shard(i, mut fields) => {
+                        // A shard's FATAL ends that shard's connection, not the client's
+                        // session, which goes on: the client must not read it as its own end.
+                        for (code, value) in &mut fields.fields {
+                            let fatal = matches!(value.as_str(), "FATAL" | "PANIC");
+                            if matches!(*code, b'S' | b'V') && fatal {
+                                "ERROR".clone_into(value);
+                            }
+                        }
                         let name = &snapshot.shards[legs[i].co.shard].name;
                         let from = format!("shardgate: this error came from shard {name}.");
                         match fields.fields.iter_mut().find(|(c, _)| *c == b'D') {
@@ -243,8 +251,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     _ => {}
                 }
             };
-            if described.is_none() {
-                described = Some((rd, params_desc));
+            match &described {
+                None => described = Some((rd, params_desc)),
+                Some((first, _)) => {
+                    if let Some(problem) = describe_mismatch(first, &rd) {
+                        return Err(Failure::Shard(i, problem));
+                    }
+                }
             }
         }
         let Some((rd, params_desc)) = described else {
@@ -288,6 +301,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             sent: 0,
             distinct: None,
             width,
+            columns: columns.len(),
             flushed: false,
         };
         let merged: Result<(), Failure> = async {
@@ -312,10 +326,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.ordered(legs, &order_by, &columns, &mut sink).await?;
                 }
             }
-            // Every shard ends its reply with ReadyForQuery.
-            for leg in legs.iter_mut() {
+            // Every shard ends its reply with ReadyForQuery; an error before it (its implicit
+            // commit failing) still fails the statement.
+            for (i, leg) in legs.iter_mut().enumerate() {
                 while !leg.done {
-                    next_frame(leg).await?;
+                    let (tag, body) = next_frame(leg).await?;
+                    if tag == b'E' {
+                        return Err(Failure::Shard(i, error_fields(&body)));
+                    }
                 }
             }
             Ok(())
@@ -366,6 +384,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
+/// Why a shard's description of the result cannot be merged with the first shard's: another
+/// column count or type (the table differs between shards). Merging would put one shard's
+/// values under another's columns.
+fn describe_mismatch(first: &RowDescription, rd: &RowDescription) -> Option<ErrorFields> {
+    let problem = if rd.fields.len() != first.fields.len() {
+        format!(
+            "{} columns where the first shard returns {}",
+            rd.fields.len(),
+            first.fields.len()
+        )
+    } else {
+        let (n, (a, b)) = first
+            .fields
+            .iter()
+            .zip(&rd.fields)
+            .enumerate()
+            .find(|(_, (a, b))| (a.type_oid, a.format) != (b.type_oid, b.format))?;
+        format!(
+            "column {} ({}) of type oid {} where the first shard's is of type oid {}",
+            n + 1,
+            b.name,
+            b.type_oid,
+            a.type_oid
+        )
+    };
+    Some(
+        ErrorFields::new(
+            "ERROR",
+            sqlstate::DATATYPE_MISMATCH,
+            format!("shardgate: this shard returns {problem}; results that differ in shape cannot be merged"),
+        )
+        .with(
+            b'H',
+            "Give the table the same columns, in the same order and of the same types, on every shard.",
+        ),
+    )
+}
+
 pub(super) fn data_row(body: &Bytes) -> Result<DataRow, Failure> {
     DataRow::decode(body).map_err(|e| own("08P01", format!("shardgate: {e}")))
 }
@@ -385,8 +441,15 @@ pub(super) fn error_fields(body: &[u8]) -> ErrorFields {
 
 /// The next frame of a shard's reply to the scatter (shardgate's BEGIN's replies skipped, but
 /// not its error: a failed BEGIN leaves that shard outside the transaction, so its error is
-/// returned like any other and fails the statement). Marks the leg done at its ReadyForQuery.
+/// returned like any other and fails the statement). Marks the leg done at its ReadyForQuery;
+/// asking a done leg for more is a reply that ended early, not a wait for bytes that never come.
 pub(super) async fn next_frame(leg: &mut Leg) -> Result<(u8, Bytes), Failure> {
+    if leg.done {
+        return Err(Failure::Lost(
+            leg.co.shard,
+            "its reply ended before the rows did".to_owned(),
+        ));
+    }
     loop {
         let frame = split_frame(&mut leg.co.conn.rbuf, SERVER_MAX_MESSAGE)
             .map_err(|e| own("08P01", format!("shardgate: {e}")))?;

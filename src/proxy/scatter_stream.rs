@@ -24,6 +24,8 @@ pub(super) struct Sink {
     pub(super) distinct: Option<Distinct>,
     /// Client-visible columns (hidden sort columns are cut off).
     pub(super) width: usize,
+    /// Columns of each shard row, as the shards described them.
+    pub(super) columns: usize,
     /// Part of the reply has been flushed to the client (a later error cannot take it back).
     pub(super) flushed: bool,
 }
@@ -70,6 +72,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 match tag {
                     b'D' if open => {
                         let row = data_row(&body)?;
+                        if row.values.len() != sink.columns {
+                            return Err(own(
+                                sqlstate::PROTOCOL_VIOLATION,
+                                format!(
+                                    "shardgate: a shard sent a row of {} columns for a result of {}",
+                                    row.values.len(),
+                                    sink.columns
+                                ),
+                            ));
+                        }
                         open = self.emit(sink, row.values).await?;
                     }
                     b'D' => {}
