@@ -973,3 +973,62 @@ async fn decisions_name_the_shards_and_the_key() {
     .await
     .expect("test timed out");
 }
+
+/// Key types are learned at the server's default settings, not through the `search_path` a
+/// previous client left on the pooled connection: a same-named table in another schema, with
+/// another key type, must not decide how every client's keys hash.
+#[tokio::test]
+async fn key_types_are_learned_at_server_defaults() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = shardgate_testkit::Topology::builder()
+            .shards(2)
+            .build()
+            .expect("topology");
+        let direct = support::sharded::primaries(&topology).await;
+        for d in &direct {
+            d.batch_execute(support::sharded::SCHEMA)
+                .await
+                .expect("schema");
+            d.batch_execute("CREATE SCHEMA other; CREATE TABLE other.users (id text, name text)")
+                .await
+                .expect("other schema");
+        }
+        // A key whose shard differs when hashed as text: that is what a wrong type would do.
+        let key = (1..200)
+            .find(|k| shard_of_text(&format!("0{k}")) != shard_of_int(*k))
+            .expect("a key that hashes apart");
+        let proxy = support::Proxy::start_with(
+            &topology,
+            support::ProxyOptions {
+                pool_size: 1,
+                ..support::sharded::sharded_options(None)
+            },
+        );
+        // A leaves its search_path on the only server connection to s0's primary.
+        let a = proxy.connect(&topology).await;
+        a.batch_execute("SET search_path TO other, public")
+            .await
+            .expect("set");
+        a.batch_execute("/* shardgate: shard=s0 */ SELECT 1")
+            .await
+            .expect("use s0");
+        // B's users is public.users, keyed by bigint: '0<key>' is the number key.
+        let b = proxy.connect(&topology).await;
+        b.batch_execute(&format!(
+            "INSERT INTO users (id, name) VALUES ('0{key}', 'b')"
+        ))
+        .await
+        .expect("insert");
+        let want = shard_of_int(key);
+        for (i, d) in direct.iter().enumerate() {
+            let n: i64 = d
+                .query_one("SELECT count(*) FROM public.users WHERE id = $1", &[&key])
+                .await
+                .expect("count")
+                .get(0);
+            assert_eq!(n, i64::from(i == want), "shard {i} for key {key}");
+        }
+    })
+    .await
+    .expect("in time");
+}

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::errors::ClientError;
 use super::fanout::request_len;
+use super::params::SessionParams;
 use super::request::Scanned;
 use super::session::{reserve, Session};
 use super::shard_plan::{plan_request, Need, RequestPlan};
@@ -142,8 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Which of the (quoted) names are aggregates, and whether the database collates as C.
     async fn catalog(&self, snapshot: &Snapshot, quoted: &[String]) -> Option<(Vec<String>, bool)> {
-        let pool = snapshot.shards[0].primary.pool(&self.user).cloned()?;
-        let mut conn = pool.checkout(snapshot.checkout_timeout()).await.ok()?;
+        let mut conn = catalog_conn(snapshot, &self.user).await?;
         let aggs = if quoted.is_empty() {
             Vec::new()
         } else {
@@ -195,10 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Reads each table's key column type on the first shard's primary. A table that does
     /// not exist yet stays unknown (its keys are read by the hash rule's text form).
     async fn learn_key_types(&self, snapshot: &Snapshot, rt: &ShardingRuntime, tables: &[String]) {
-        let Some(pool) = snapshot.shards[0].primary.pool(&self.user).cloned() else {
-            return;
-        };
-        let Ok(mut conn) = pool.checkout(snapshot.checkout_timeout()).await else {
+        let Some(mut conn) = catalog_conn(snapshot, &self.user).await else {
             return;
         };
         for table in tables {
@@ -219,6 +216,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         conn.release();
+    }
+}
+
+/// A connection to the first shard's primary for catalog lookups, at the server's default
+/// settings: what it learns is shared by every client, so a table name must resolve the same
+/// for all of them, not through whatever `search_path` the connection's last client set.
+async fn catalog_conn(snapshot: &Snapshot, user: &str) -> Option<shardgate_pool::PooledConn> {
+    let pool = snapshot.shards[0].primary.pool(user).cloned()?;
+    let mut conn = pool.checkout(snapshot.checkout_timeout()).await.ok()?;
+    match super::relay::apply_session_state(&mut conn, &SessionParams::default()).await {
+        Ok(None) => Some(conn),
+        _ => {
+            conn.discard();
+            None
+        }
     }
 }
 
