@@ -82,6 +82,21 @@ pub(crate) struct Session<S> {
     pub(super) txn_written: shardgate_router::ShardSet,
     /// The last unnamed Parse frame (sharding reads a later Bind's parameter types from it).
     pub(super) unnamed_parse: Option<Bytes>,
+    /// Resolves once shutdown starts. Made once and polled across waits: a fresh
+    /// `changed()` per request registered with the channel every client shares, and left it.
+    /// In a Mutex only so the session stays Sync; `get_mut` never locks.
+    shutdown: std::sync::Mutex<ShutdownSignal>,
+}
+
+type ShutdownSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+fn shutdown_signal(mut rx: tokio::sync::watch::Receiver<bool>) -> ShutdownSignal {
+    Box::pin(async move {
+        if rx.wait_for(|stop| *stop).await.is_err() {
+            // The sender is gone: no shutdown can be signalled any more.
+            std::future::pending::<()>().await;
+        }
+    })
 }
 
 pub(super) fn reserve(buf: &mut BytesMut) {
@@ -100,6 +115,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         registration: Registration,
     ) -> Self {
         let mode = shared.snapshot.load().config.pool.mode;
+        let shutdown = std::sync::Mutex::new(shutdown_signal(shared.shutdown.clone()));
         Session {
             client,
             cbuf,
@@ -127,6 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             txn_write_shard: None,
             txn_written: 0,
             unnamed_parse: None,
+            shutdown,
         }
     }
 
@@ -195,24 +212,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Waits until a whole client message is buffered. False when the client is done.
     /// Cancel safe.
     async fn wait_for_request(&mut self) -> Result<bool, ClientError> {
-        let mut shutdown = self.shared.shutdown.clone();
         loop {
             if let Some(h) = peek_header(&self.cbuf, self.max_len)? {
                 if self.cbuf.len() >= h.len {
                     return Ok(h.tag != tag::TERMINATE);
                 }
             }
-            if *shutdown.borrow() {
+            // Checked before each wait, so the signal is never polled after it resolved.
+            if *self.shared.shutdown.borrow() {
                 return Err(ClientError::Shutdown);
             }
             reserve(&mut self.cbuf);
+            let signal = self
+                .shutdown
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             tokio::select! {
                 n = self.client.read_buf(&mut self.cbuf) => {
                     if n? == 0 {
                         return Ok(false);
                     }
                 }
-                _ = shutdown.changed() => {}
+                () = signal.as_mut() => {}
             }
         }
     }
