@@ -34,6 +34,14 @@ pub(crate) enum ClientError {
     Backend(#[from] BackendError),
 }
 
+/// A server connection's socket failed while shardgate read or wrote it.
+pub(super) fn server_io(conn: &shardgate_pool::ServerConn, source: std::io::Error) -> ClientError {
+    ClientError::Backend(BackendError::Io {
+        addr: conn.addr.clone(),
+        source,
+    })
+}
+
 impl ClientError {
     /// The ErrorResponse for this error, and whether the session can go on after it.
     /// None when the client cannot be told anything (its socket is gone).

@@ -11,7 +11,7 @@ use shardgate_router::{bit, shards_in, Reason, ShardSet};
 use shardgate_wire::{backend, peek_header, ErrorFields, FrontendRef};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::errors::ClientError;
+use super::errors::{server_io, ClientError};
 use super::fanout_commit::{not_in_block_error, Atomicity};
 use super::flight::{ClientSide, ServerSide};
 use super::merge::{merge_replies, ShardReplies};
@@ -170,7 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             let sent = conn.stream.write_all(&sbuf).await;
             sbuf.clear();
-            sent.map_err(|source| io_error(conn, source))?;
+            sent.map_err(|source| server_io(conn, source))?;
         }
         for leg in &mut legs {
             let (statements, params) = match &mut leg.state {
@@ -358,18 +358,11 @@ pub(super) async fn read_more(conn: &mut shardgate_pool::ServerConn) -> Result<(
         .stream
         .read_buf(&mut conn.rbuf)
         .await
-        .map_err(|source| io_error(conn, source))?;
+        .map_err(|source| server_io(conn, source))?;
     if n == 0 {
         return Err(ClientError::Backend(BackendError::Closed {
             addr: conn.addr.clone(),
         }));
     }
     Ok(())
-}
-
-fn io_error(conn: &shardgate_pool::ServerConn, source: std::io::Error) -> ClientError {
-    ClientError::Backend(BackendError::Io {
-        addr: conn.addr.clone(),
-        source,
-    })
 }

@@ -10,7 +10,7 @@ use shardgate_router::{Reason, Role};
 use shardgate_wire::peek_header;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::errors::ClientError;
+use super::errors::{server_io, ClientError};
 use super::flight::{ClientSide, ServerSide};
 use super::params::SessionParams;
 use super::routing::kind_of;
@@ -468,10 +468,3 @@ pub(super) async fn apply_session_state(
 /// A fingerprint no client has (theirs always have the low bit set): forces the next
 /// checkout to re-apply from scratch.
 const UNKNOWN_STATE: u64 = 2;
-
-fn server_io(conn: &shardgate_pool::ServerConn, source: std::io::Error) -> ClientError {
-    ClientError::Backend(BackendError::Io {
-        addr: conn.addr.clone(),
-        source,
-    })
-}
