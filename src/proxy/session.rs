@@ -42,6 +42,19 @@ pub(super) struct Checkout {
     pub(super) snapshot: Arc<Snapshot>,
 }
 
+impl Checkout {
+    /// Rolls back whatever transaction the connection has open and gives it back to its pool;
+    /// one whose ROLLBACK failed is in an unknown state, so it is closed instead. Not cancel
+    /// safe: dropped halfway, the connection is closed (never pooled mid-ROLLBACK).
+    pub(super) async fn roll_back_and_release(self) {
+        let mut conn = self.conn;
+        match conn.run_discarding("ROLLBACK").await {
+            Ok(()) => conn.release(),
+            Err(_) => conn.discard(),
+        }
+    }
+}
+
 pub(crate) struct Session<S> {
     pub(super) client: S,
     pub(super) cbuf: BytesMut,

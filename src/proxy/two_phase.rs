@@ -346,11 +346,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
             .into_iter()
             .partition(|(c, _)| written & shardgate_router::bit(c.shard) != 0);
         for (co, _) in readers {
-            let mut conn = co.conn;
-            match conn.run_discarding("ROLLBACK").await {
-                Ok(()) => conn.release(),
-                Err(_) => conn.discard(),
-            }
+            co.roll_back_and_release().await;
         }
         let mut outcome = Ok(if commit { "COMMIT" } else { "ROLLBACK" });
         let unsettled = match (&snapshot.two_phase, commit) {

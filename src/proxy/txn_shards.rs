@@ -151,11 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         for p in std::mem::take(&mut self.parked) {
-            let mut conn = p.co.conn;
-            match conn.run_discarding("ROLLBACK").await {
-                Ok(()) => conn.release(),
-                Err(_) => conn.discard(),
-            }
+            p.co.roll_back_and_release().await;
         }
     }
 
@@ -178,11 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut conns: Vec<Checkout> = self.parked.drain(..).map(|p| p.co).collect();
         conns.extend(self.server.take());
         for co in conns {
-            let mut conn = co.conn;
-            match conn.run_discarding("ROLLBACK").await {
-                Ok(()) => conn.release(),
-                Err(_) => conn.discard(),
-            }
+            co.roll_back_and_release().await;
         }
         self.registration.slot.clear();
         self.flight = Flight::default();
