@@ -3,8 +3,10 @@
 //! point where its rows stand, CommandComplete counts summed, one ReadyForQuery. If any shard
 //! failed, the client gets only that error (naming the shard), never partial rows.
 
+use std::ops::ControlFlow;
+
 use bytes::BytesMut;
-use shardgate_wire::{backend, tag, BackendMessage};
+use shardgate_wire::{backend, scan_frames, tag, BackendMessage};
 
 /// One shard's client-bound replies.
 pub(crate) struct ShardReplies<'a> {
@@ -21,18 +23,19 @@ struct Frames<'a> {
     at: usize,
 }
 
+/// The whole frames (header included) in `b`, with their tags.
 fn frames(b: &[u8]) -> Vec<(u8, &[u8])> {
     let mut out = Vec::new();
     let mut pos = 0;
-    while b.len() >= pos + 5 {
-        let len = u32::from_be_bytes([b[pos + 1], b[pos + 2], b[pos + 3], b[pos + 4]]) as usize;
-        let end = pos + 1 + len;
-        if len < 4 || end > b.len() {
-            break;
+    // The bytes are replies a shard's relay already framed and held to the size limit: no
+    // limit again here. A malformed tail (never expected) ends the list, as it always did.
+    let _ = scan_frames(b, usize::MAX, |h, _| {
+        if let Some(frame) = b.get(pos..pos + h.len) {
+            out.push((h.tag, frame));
         }
-        out.push((b[pos], &b[pos..end]));
-        pos = end;
-    }
+        pos += h.len;
+        ControlFlow::Continue(())
+    });
     out
 }
 
