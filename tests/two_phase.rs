@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use shardgate_testkit::{free_port, Topology};
+use support::raw::{login_trust, message, query};
 use support::sharded::{int_keys_on, primaries};
 use support::{Proxy, ProxyOptions};
 use tokio::time::timeout;
@@ -160,6 +161,56 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
         assert_eq!(prepared(&direct).await, 0, "nothing left prepared");
         let committed = proxy.metric("shardgate_2pc_total{outcome=\"committed\"}");
         assert!(committed.unwrap_or(0.0) >= 3.0, "{committed:?}");
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A COMMIT sent through the extended protocol with Describes of its statement and portal (as
+/// drivers that prepare and run in one round trip send it) is answered as PostgreSQL answers
+/// it: ParseComplete, ParameterDescription (no parameters), NoData, BindComplete, NoData,
+/// CommandComplete, ReadyForQuery; and commits on both shards.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extended_protocol_commit_is_answered_as_postgresql_does() {
+    timeout(LIMIT, async {
+        let topology = topology();
+        let direct = setup(&topology).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, admin) = (free_port(), free_port());
+        let password_line = format!("    password: {}\n", topology.password());
+        let yaml = yaml(&topology, port, admin, &dir.path().join("2pc.log")).replacen(
+            &password_line,
+            &format!("{password_line}    auth: trust\n"),
+            1,
+        );
+        let proxy = Proxy::start_yaml(&yaml, port, admin);
+        let mut conn = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        let t = Duration::from_secs(10);
+        let (a, b) = (int_keys_on(0, 1, 1)[0], int_keys_on(1, 1, 1)[0]);
+        for sql in [
+            "BEGIN".to_owned(),
+            format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'a')"),
+            format!("INSERT INTO orders (user_id, note) VALUES ({b}, 'b')"),
+        ] {
+            conn.send(&query(&sql)).await;
+            let got = conn.until_ready(t).await;
+            assert!(got.iter().all(|(tag, _)| *tag != b'E'), "{sql}: {got:?}");
+        }
+        let mut request = message(b'P', b"\0COMMIT\0\0\0");
+        request.extend(message(b'D', b"S\0"));
+        request.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+        request.extend(message(b'D', b"P\0"));
+        request.extend(message(b'E', b"\0\0\0\0\0"));
+        request.extend(message(b'S', b""));
+        conn.send(&request).await;
+        let got = conn.until_ready(t).await;
+        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(tags, b"1tn2nCZ".to_vec(), "{got:?}");
+        assert_eq!(got[1].1, vec![0u8, 0], "no parameters");
+        assert_eq!(got[5].1, b"COMMIT\0".to_vec());
+        assert_eq!(got[6].1, b"I".to_vec());
+        assert_eq!(notes(&direct).await, vec![vec!["a"], vec!["b"]]);
+        assert_eq!(prepared(&direct).await, 0, "nothing left prepared");
     })
     .await
     .expect("bounded");

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::errors::ClientError;
 use super::local;
+use super::mirror::{reply_before_results, Description, Msg};
 use super::request::Scanned;
 use super::session::Session;
 use super::statements::Prepared;
@@ -139,7 +140,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         tx_status: u8,
     ) -> Result<(), ClientError> {
         let classifier = self.shared.snapshot.load().classifier.clone();
-        let row = local::returns_row(cmd);
+        let rows = local::returns_row(cmd).then(|| local::show_description(cmd));
+        let described = Description {
+            params: None,
+            rows: rows.as_ref(),
+        };
         let mut failed = false;
         while let Some(h) = peek_header(&self.cbuf, self.max_len)? {
             if self.cbuf.len() < h.len {
@@ -160,16 +165,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                     backend::parse_complete(&mut self.out);
                 }
-                FrontendRef::Bind(_) => backend::bind_complete(&mut self.out),
-                FrontendRef::Describe { kind, .. } => {
-                    if kind == b'S' {
-                        shardgate_wire::BackendMessage::ParameterDescription(Vec::new())
-                            .encode(&mut self.out);
-                    }
-                    if row {
-                        local::show_description(cmd, &mut self.out);
-                    } else {
-                        backend::no_data(&mut self.out);
+                FrontendRef::Bind(_) | FrontendRef::Describe { .. } => {
+                    if let Some(m) = Msg::of(&msg) {
+                        reply_before_results(m, described, &mut self.out);
                     }
                 }
                 FrontendRef::Execute { .. } => {

@@ -5,10 +5,12 @@
 use bytes::BytesMut;
 use shardgate_router::TargetSetting;
 use shardgate_sql::ShardgateCommand;
-use shardgate_wire::{backend, encode_data_row, ErrorFields};
+use shardgate_wire::{backend, encode_data_row, ErrorFields, FieldDescription, RowDescription};
 
 use super::routing::SessionRouting;
 
+/// The OID of type `text`, the type of every setting's value.
+const TEXT_OID: u32 = 25;
 /// SQLSTATE 42704: unknown setting.
 const UNDEFINED_OBJECT: &str = "42704";
 /// SQLSTATE 22023: bad value for a setting.
@@ -136,13 +138,23 @@ pub(crate) fn apply_shardgate(
     }
 }
 
-/// The RowDescription of `SHOW shardgate.<name>`.
-pub(crate) fn show_description(cmd: &ShardgateCommand, out: &mut BytesMut) {
+/// The RowDescription of `SHOW shardgate.<name>`: one column of type `text`.
+pub(crate) fn show_description(cmd: &ShardgateCommand) -> RowDescription {
     let name = match cmd {
         ShardgateCommand::Show { name } => setting(name).unwrap_or("shardgate.target"),
         _ => "shardgate.target",
     };
-    backend::row_description_text(&[name], out);
+    RowDescription {
+        fields: vec![FieldDescription {
+            name: name.to_owned(),
+            table_oid: 0,
+            column_attr: 0,
+            type_oid: TEXT_OID,
+            type_len: -1,
+            type_modifier: -1,
+            format: 0,
+        }],
+    }
 }
 
 /// The result of a command, as an Execute (or the tail of a simple Query) returns it.
@@ -168,7 +180,7 @@ pub(crate) fn answer_shardgate(
 ) {
     let answer = apply_shardgate(cmd, routing, shards);
     if matches!(answer, Answer::Show(..)) {
-        show_description(cmd, out);
+        show_description(cmd).encode(out);
     }
     write_result(&answer, out);
     backend::ready_for_query(tx_status, out);

@@ -10,6 +10,7 @@ mod flight;
 mod listener;
 mod local;
 mod merge;
+mod mirror;
 mod params;
 mod relay;
 mod request;

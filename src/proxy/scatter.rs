@@ -25,9 +25,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::errors::ClientError;
 use super::fanout::{read_more, request_len};
 use super::flight::SERVER_MAX_MESSAGE;
+use super::mirror::{reply_before_results, Description, Msg};
 use super::request::Scanned;
 use super::scatter_group::check_text_order;
-use super::scatter_request::{count_value, read_request, shard_formats, ClientRequest, Msg};
+use super::scatter_request::{count_value, read_request, shard_formats, ClientRequest};
 use super::scatter_stream::Sink;
 use super::session::Session;
 use super::shard_legs::Leg;
@@ -350,24 +351,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// The replies before the rows: ParseComplete, BindComplete, the descriptions asked for.
     fn write_head(&mut self, client: &ClientRequest, rd: &RowDescription, params: Option<&Bytes>) {
-        for m in &client.msgs {
-            match m {
-                Msg::Parse => backend::parse_complete(&mut self.out),
-                Msg::Bind => backend::bind_complete(&mut self.out),
-                Msg::DescribeStatement => {
-                    if let Some(p) = params {
-                        write_frame(b't', p, &mut self.out);
-                    }
-                    // As PostgreSQL describes a statement: every column in text.
-                    let mut statement_rd = rd.clone();
-                    for f in &mut statement_rd.fields {
-                        f.format = 0;
-                    }
-                    statement_rd.encode(&mut self.out);
-                }
-                Msg::DescribePortal | Msg::Query => rd.encode(&mut self.out),
-                Msg::Execute | Msg::Sync => {}
-            }
+        let described = Description {
+            params: params.map(|p| &p[..]),
+            rows: Some(rd),
+        };
+        for &m in &client.msgs {
+            reply_before_results(m, described, &mut self.out);
         }
     }
 
@@ -424,12 +413,6 @@ fn describe_mismatch(first: &RowDescription, rd: &RowDescription) -> Option<Erro
 
 pub(super) fn data_row(body: &Bytes) -> Result<DataRow, Failure> {
     DataRow::decode(body).map_err(|e| own("08P01", format!("shardgate: {e}")))
-}
-
-fn write_frame(tag: u8, body: &[u8], out: &mut BytesMut) {
-    out.extend_from_slice(&[tag]);
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(body);
 }
 
 pub(super) fn error_fields(body: &[u8]) -> ErrorFields {

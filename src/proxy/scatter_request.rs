@@ -7,20 +7,9 @@ use shardgate_sql::{Count, OutputCol, ScatterSelect};
 use shardgate_wire::{peek_header, FrontendRef};
 
 use super::errors::ClientError;
+use super::mirror::Msg;
 use super::scatter::{own, Failure};
 use super::sqlstate;
-
-/// One message of the client's request, as far as the replies go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Msg {
-    Parse,
-    Bind,
-    DescribeStatement,
-    DescribePortal,
-    Execute,
-    Sync,
-    Query,
-}
 
 /// What the client sent: its messages, and the Bind the shards re-run.
 pub(super) struct ClientRequest {
@@ -49,21 +38,18 @@ pub(super) fn read_request(
         }
         let msg = FrontendRef::decode(h.tag, &request[pos + 5..pos + h.len])?;
         pos += h.len;
+        if let FrontendRef::Bind(b) = &msg {
+            r.param_formats = b.param_formats().collect();
+            r.params = b.params().map(|p| p.map(Bytes::copy_from_slice)).collect();
+            r.result_formats = b.result_formats().collect();
+        }
+        // A portal fetched in parts, a Close, a Flush: not mirrored.
         let m = match msg {
-            FrontendRef::Query { .. } => Msg::Query,
-            FrontendRef::Parse(_) => Msg::Parse,
-            FrontendRef::Bind(b) => {
-                r.param_formats = b.param_formats().collect();
-                r.params = b.params().map(|p| p.map(Bytes::copy_from_slice)).collect();
-                r.result_formats = b.result_formats().collect();
-                Msg::Bind
-            }
-            FrontendRef::Describe { kind: b'S', .. } => Msg::DescribeStatement,
-            FrontendRef::Describe { .. } => Msg::DescribePortal,
-            FrontendRef::Execute { max_rows: 0, .. } => Msg::Execute,
-            FrontendRef::Sync => Msg::Sync,
-            // A portal fetched in parts, a Close, a Flush: not mirrored.
-            _ => return Ok(None),
+            FrontendRef::Execute { max_rows, .. } if max_rows != 0 => None,
+            _ => Msg::of(&msg),
+        };
+        let Some(m) = m else {
+            return Ok(None);
         };
         r.extended |= m != Msg::Query;
         r.msgs.push(m);

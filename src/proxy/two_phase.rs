@@ -392,41 +392,23 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
     /// Answers the buffered request (one transaction-control statement, in either protocol)
     /// as the server would have, with command tag `tag`, outside a transaction.
     async fn answer_with_tag(&mut self, tag: &str) -> Result<(), super::errors::ClientError> {
+        use super::mirror::{reply_before_results, Description, Msg};
         use shardgate_wire::{backend, peek_header, FrontendRef};
         while let Some(h) = peek_header(&self.cbuf, self.max_len)? {
             if self.cbuf.len() < h.len {
                 break;
             }
             let frame = self.cbuf.split_to(h.len);
-            let done = match FrontendRef::decode(h.tag, &frame[5..])? {
-                FrontendRef::Query { .. } => {
-                    backend::command_complete(tag, &mut self.out);
-                    backend::ready_for_query(b'I', &mut self.out);
-                    true
-                }
-                FrontendRef::Parse(_) => {
-                    backend::parse_complete(&mut self.out);
-                    false
-                }
-                FrontendRef::Bind(_) => {
-                    backend::bind_complete(&mut self.out);
-                    false
-                }
-                FrontendRef::Describe { .. } => {
-                    backend::no_data(&mut self.out);
-                    false
-                }
-                FrontendRef::Execute { .. } => {
-                    backend::command_complete(tag, &mut self.out);
-                    false
-                }
-                FrontendRef::Sync => {
-                    backend::ready_for_query(b'I', &mut self.out);
-                    true
-                }
-                _ => false,
+            let Some(msg) = Msg::of(&FrontendRef::decode(h.tag, &frame[5..])?) else {
+                continue;
             };
-            if done {
+            // A transaction-control statement takes no parameters and returns no rows.
+            reply_before_results(msg, Description::default(), &mut self.out);
+            if matches!(msg, Msg::Query | Msg::Execute) {
+                backend::command_complete(tag, &mut self.out);
+            }
+            if matches!(msg, Msg::Query | Msg::Sync) {
+                backend::ready_for_query(b'I', &mut self.out);
                 break;
             }
         }
