@@ -60,14 +60,13 @@ fn tag_count(body: &[u8]) -> Option<(&[u8], u64)> {
 /// `skip_parse_complete`, the first ParseComplete of each shard is dropped (shardgate added the
 /// Parse). With `sum_counts`, CommandComplete counts add up (each shard held different rows);
 /// without, the first shard's count stands (a broadcast ran the same write on full copies).
-/// Returns the index of the shard whose error was sent, if one failed.
 pub(crate) fn merge_replies(
     shards: &[ShardReplies<'_>],
     skip_parse_complete: bool,
     sum_counts: bool,
     status: u8,
     dst: &mut BytesMut,
-) -> Result<Option<usize>, Mismatch> {
+) -> Result<(), Mismatch> {
     let mut all: Vec<Frames<'_>> = shards
         .iter()
         .map(|s| Frames {
@@ -89,7 +88,7 @@ pub(crate) fn merge_replies(
             }
             backend::error_response(&fields, dst);
             backend::ready_for_query(status, dst);
-            return Ok(Some(i));
+            return Ok(());
         }
     }
     if skip_parse_complete {
@@ -101,7 +100,7 @@ pub(crate) fn merge_replies(
     }
     let Some((first, rest)) = all.split_first_mut() else {
         backend::ready_for_query(status, dst);
-        return Ok(None);
+        return Ok(());
     };
     for &(t, frame) in &first.frames {
         if is_row(t) {
@@ -154,7 +153,7 @@ pub(crate) fn merge_replies(
         }
     }
     backend::ready_for_query(status, dst);
-    Ok(None)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -197,7 +196,7 @@ mod tests {
             b'I',
             &mut out,
         );
-        assert_eq!(r, Ok(None));
+        assert_eq!(r, Ok(()));
         let expected = {
             let mut e = reply(&["1", "2", "3"], "INSERT 0 3");
             e.truncate(e.len());
@@ -230,7 +229,7 @@ mod tests {
             b'I',
             &mut out,
         );
-        assert_eq!(r, Ok(Some(1)));
+        assert_eq!(r, Ok(()));
         let f = frames(&out);
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].0, tag::ERROR_RESPONSE);
@@ -260,7 +259,7 @@ mod tests {
             b'I',
             &mut out,
         );
-        assert_eq!(r, Ok(None));
+        assert_eq!(r, Ok(()));
         let mut e = BytesMut::new();
         backend::command_complete("CREATE TABLE", &mut e);
         backend::ready_for_query(b'I', &mut e);

@@ -19,6 +19,17 @@ use super::statements::ClientStatements;
 use super::topology::{NodeRuntime, Snapshot};
 use super::txn_shards::Parked;
 
+/// Where a leg's connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LegOrigin {
+    /// The session's current connection.
+    Current,
+    /// A connection the open transaction parked on another shard.
+    Parked,
+    /// Checked out for this request.
+    New,
+}
+
 /// One shard's part of a fanned-out request.
 pub(super) struct Leg {
     pub(super) co: Checkout,
@@ -31,8 +42,8 @@ pub(super) struct Leg {
     pub(super) begin: Option<Bytes>,
     /// Copies of the client state for every leg but the first.
     pub(super) state: Option<(ClientStatements, SessionParams)>,
-    /// Where it came from: 0 the session's current connection, 1 parked, 2 new.
-    pub(super) origin: u8,
+    /// Where the connection came from, and so where it goes back after a failure.
+    pub(super) origin: LegOrigin,
     /// A scatter is reading the replies to shardgate's BEGIN, which the client never sees.
     pub(super) skip_replies: bool,
     /// The transaction status of the last ReadyForQuery a scatter read.
@@ -78,7 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     request,
                     begin: None,
                     state: None,
-                    origin: 0,
+                    origin: LegOrigin::Current,
                     skip_replies: false,
                     last_status: b'I',
                     done: false,
@@ -93,7 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     request,
                     begin: None,
                     state: None,
-                    origin: 1,
+                    origin: LegOrigin::Parked,
                     skip_replies: false,
                     last_status: b'I',
                     done: false,
@@ -115,7 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                             None
                         },
                         state: None,
-                        origin: 2,
+                        origin: LegOrigin::New,
                         skip_replies: false,
                         last_status: b'I',
                         done: false,
@@ -156,7 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let current = legs
             .iter()
             .position(|l| l.flight.tx_status == b'E')
-            .or_else(|| legs.iter().position(|l| l.origin == 0))
+            .or_else(|| legs.iter().position(|l| l.origin == LegOrigin::Current))
             .unwrap_or(0);
         if current < legs.len() {
             let leg = legs.swap_remove(current);
@@ -184,15 +195,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) fn put_back(&mut self, legs: Vec<Leg>) {
         for leg in legs {
             match leg.origin {
-                0 => {
+                LegOrigin::Current => {
                     self.flight = leg.flight;
                     self.server = Some(leg.co);
                 }
-                1 => self.parked.push(Parked {
+                LegOrigin::Parked => self.parked.push(Parked {
                     co: leg.co,
                     tx_status: leg.flight.tx_status,
                 }),
-                _ => leg.co.conn.release(),
+                LegOrigin::New => leg.co.conn.release(),
             }
         }
     }
