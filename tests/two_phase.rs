@@ -285,3 +285,49 @@ async fn an_unlogged_prepare_is_rolled_back_by_recovery() {
         .expect("bounded");
     assert_eq!(rows, vec![Vec::<String>::new(), vec![]]);
 }
+
+/// Preparing COMMIT (Parse, Describe, Sync: what a driver's `prepare` sends) does not end the
+/// transaction; executing the prepared statement does.
+#[tokio::test(flavor = "multi_thread")]
+async fn preparing_commit_does_not_commit_until_it_is_executed() {
+    timeout(LIMIT, async {
+        let topology = topology();
+        let direct = setup(&topology).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy = start(&topology, &dir.path().join("2pc.log"), &[]);
+        let a = int_keys_on(0, 1, 1)[0];
+        let b = int_keys_on(1, 1, 1)[0];
+        let client = proxy.connect(&topology).await;
+        client.batch_execute("BEGIN").await.expect("begin");
+        for (key, note) in [(a, "a"), (b, "b")] {
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO orders (user_id, note) VALUES ({key}, '{note}')"
+                ))
+                .await
+                .expect("insert");
+        }
+        let commit = client.prepare("COMMIT").await.expect("prepare COMMIT");
+        // Still one open transaction: nothing visible, nothing prepared, and it goes on.
+        assert_eq!(notes(&direct).await, vec![Vec::<String>::new(), vec![]]);
+        assert_eq!(prepared(&direct).await, 0);
+        client
+            .batch_execute(&format!(
+                "INSERT INTO orders (user_id, note) VALUES ({b}, 'c')"
+            ))
+            .await
+            .expect("still in the transaction");
+        client.execute(&commit, &[]).await.expect("COMMIT");
+        assert_eq!(notes(&direct).await, vec![vec!["a"], vec!["b", "c"]]);
+        assert_eq!(prepared(&direct).await, 0);
+        // The session goes on outside a transaction.
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM orders WHERE user_id = $1", &[&b])
+            .await
+            .expect("read")
+            .get(0);
+        assert_eq!(n, 2);
+    })
+    .await
+    .expect("in time");
+}

@@ -40,7 +40,7 @@ pub(crate) struct Scanned {
     pub(crate) view: RequestView,
     /// The whole request is buffered (its Sync or Query is there).
     pub(crate) complete: bool,
-    /// It commits or rolls back a transaction.
+    /// It runs a COMMIT or ROLLBACK (a Query, or a bound statement; preparing one does not).
     pub(crate) ends_transaction: bool,
     /// It makes the session stick to the primary.
     pub(crate) sticky: bool,
@@ -75,7 +75,10 @@ pub(crate) struct Scanned {
     pub(crate) executes: bool,
 }
 
-fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText) {
+/// Folds one text's classification into the request's. `runs`: the text is run by this
+/// request (a Query, or a statement bound), not only prepared (a Parse): preparing COMMIT does
+/// not end the transaction.
+fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText, runs: bool) {
     if s.class.is_none() {
         s.class = Some(c.clone());
         s.sql = sql.clone();
@@ -112,7 +115,7 @@ fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText) {
             TxnControl::SetTransactionReadOnly if s.view.begins == Some(false) => {
                 s.view.begins = Some(true)
             }
-            TxnControl::Commit | TxnControl::Rollback => s.ends_transaction = true,
+            TxnControl::Commit | TxnControl::Rollback if runs => s.ends_transaction = true,
             _ => {}
         }
     }
@@ -161,7 +164,7 @@ pub(crate) fn scan(
                 s.executes = true;
                 let c = classifier.classify(sql);
                 let start = body_start;
-                merge(&mut s, &c, SqlText::Buffer(start..start + sql.len()));
+                merge(&mut s, &c, SqlText::Buffer(start..start + sql.len()), true);
                 if messages == 1 {
                     s.shardgate = c.shardgate.clone();
                     s.lone_begin = c.statements == 1
@@ -174,7 +177,12 @@ pub(crate) fn scan(
             FrontendRef::Parse(p) => {
                 let c = classifier.classify(p.query);
                 let start = p.query.as_ptr() as usize - buf.as_ptr() as usize;
-                merge(&mut s, &c, SqlText::Buffer(start..start + p.query.len()));
+                merge(
+                    &mut s,
+                    &c,
+                    SqlText::Buffer(start..start + p.query.len()),
+                    false,
+                );
                 match &c.shardgate {
                     Some(cmd) => parsed_cmd = Some(cmd.clone()),
                     None => other = true,
@@ -200,7 +208,7 @@ pub(crate) fn scan(
                     bound_cmd = c.shardgate.clone();
                 }
                 match c {
-                    Some((c, text)) => merge(&mut s, &c, text),
+                    Some((c, text)) => merge(&mut s, &c, text, true),
                     // A statement shardgate does not know: the server will say so; be safe.
                     None => s.view.write = true,
                 }
