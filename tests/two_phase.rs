@@ -51,6 +51,38 @@ async fn setup(topology: &Topology) -> Vec<tokio_postgres::Client> {
     direct
 }
 
+/// A two-shard topology with the tables, a 2PC proxy, a client, and one key on each shard.
+/// Fields drop in order: clients, then the proxy, then the servers.
+struct Started {
+    client: tokio_postgres::Client,
+    direct: Vec<tokio_postgres::Client>,
+    proxy: Proxy,
+    _dir: tempfile::TempDir,
+    _topology: Topology,
+    /// A key on s0 and one on s1.
+    a: i64,
+    b: i64,
+}
+
+impl Started {
+    async fn new() -> Started {
+        let topology = topology();
+        let direct = setup(&topology).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy = start(&topology, &dir.path().join("2pc.log"), &[]);
+        let client = proxy.connect(&topology).await;
+        Started {
+            a: int_keys_on(0, 1, 1)[0],
+            b: int_keys_on(1, 1, 1)[0],
+            _topology: topology,
+            _dir: dir,
+            proxy,
+            direct,
+            client,
+        }
+    }
+}
+
 async fn notes(direct: &[tokio_postgres::Client]) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for c in direct {
@@ -78,13 +110,13 @@ async fn prepared(direct: &[tokio_postgres::Client]) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
     timeout(LIMIT, async {
-        let topology = topology();
-        let direct = setup(&topology).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let proxy = start(&topology, &dir.path().join("2pc.log"), &[]);
-        let a = int_keys_on(0, 1, 1)[0];
-        let b = int_keys_on(1, 1, 1)[0];
-        let client = proxy.connect(&topology).await;
+        // Bound whole: a `..` pattern would drop the servers at once.
+        let started = Started::new().await;
+        let direct = &started.direct;
+        let a = started.a;
+        let b = started.b;
+        let client = &started.client;
+        let proxy = &started.proxy;
         for sql in [
             "BEGIN".to_owned(),
             format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'a')"),
@@ -291,13 +323,12 @@ async fn an_unlogged_prepare_is_rolled_back_by_recovery() {
 #[tokio::test(flavor = "multi_thread")]
 async fn preparing_commit_does_not_commit_until_it_is_executed() {
     timeout(LIMIT, async {
-        let topology = topology();
-        let direct = setup(&topology).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let proxy = start(&topology, &dir.path().join("2pc.log"), &[]);
-        let a = int_keys_on(0, 1, 1)[0];
-        let b = int_keys_on(1, 1, 1)[0];
-        let client = proxy.connect(&topology).await;
+        // Bound whole: a `..` pattern would drop the servers at once.
+        let started = Started::new().await;
+        let direct = &started.direct;
+        let a = started.a;
+        let b = started.b;
+        let client = &started.client;
         client.batch_execute("BEGIN").await.expect("begin");
         for (key, note) in [(a, "a"), (b, "b")] {
             client
