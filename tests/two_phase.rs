@@ -125,7 +125,7 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
         ] {
             client.batch_execute(&sql).await.expect(&sql);
         }
-        assert_eq!(notes(&direct).await, vec![vec!["a"], vec!["b"]]);
+        assert_eq!(notes(direct).await, vec![vec!["a"], vec!["b"]]);
         // Statement by statement, and the extended protocol.
         client.batch_execute("BEGIN").await.expect("begin");
         client
@@ -137,7 +137,7 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
             .await
             .expect("s1");
         client.batch_execute("COMMIT").await.expect("commit");
-        assert_eq!(notes(&direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
+        assert_eq!(notes(direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
         // ROLLBACK leaves nothing anywhere.
         client.batch_execute("BEGIN").await.expect("begin");
         client
@@ -153,7 +153,7 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
             .await
             .expect("s1");
         client.batch_execute("ROLLBACK").await.expect("rollback");
-        assert_eq!(notes(&direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
+        assert_eq!(notes(direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
         // A failed statement turns COMMIT into ROLLBACK on every shard.
         client.batch_execute("BEGIN").await.expect("begin");
         client
@@ -176,7 +176,7 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
             .batch_execute("COMMIT")
             .await
             .expect("commit answers");
-        assert_eq!(notes(&direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
+        assert_eq!(notes(direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
         // An autocommit multi-row INSERT across shards is committed the same way.
         let n = client
             .execute(
@@ -187,10 +187,10 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
             .expect("split insert");
         assert_eq!(n, 2);
         assert_eq!(
-            notes(&direct).await,
+            notes(direct).await,
             vec![vec!["a", "c", "e"], vec!["b", "d", "f"]]
         );
-        assert_eq!(prepared(&direct).await, 0, "nothing left prepared");
+        assert_eq!(prepared(direct).await, 0, "nothing left prepared");
         let committed = proxy.metric("shardgate_2pc_total{outcome=\"committed\"}");
         assert!(committed.unwrap_or(0.0) >= 3.0, "{committed:?}");
     })
@@ -340,8 +340,8 @@ async fn preparing_commit_does_not_commit_until_it_is_executed() {
         }
         let commit = client.prepare("COMMIT").await.expect("prepare COMMIT");
         // Still one open transaction: nothing visible, nothing prepared, and it goes on.
-        assert_eq!(notes(&direct).await, vec![Vec::<String>::new(), vec![]]);
-        assert_eq!(prepared(&direct).await, 0);
+        assert_eq!(notes(direct).await, vec![Vec::<String>::new(), vec![]]);
+        assert_eq!(prepared(direct).await, 0);
         client
             .batch_execute(&format!(
                 "INSERT INTO orders (user_id, note) VALUES ({b}, 'c')"
@@ -349,8 +349,8 @@ async fn preparing_commit_does_not_commit_until_it_is_executed() {
             .await
             .expect("still in the transaction");
         client.execute(&commit, &[]).await.expect("COMMIT");
-        assert_eq!(notes(&direct).await, vec![vec!["a"], vec!["b", "c"]]);
-        assert_eq!(prepared(&direct).await, 0);
+        assert_eq!(notes(direct).await, vec![vec!["a"], vec!["b", "c"]]);
+        assert_eq!(prepared(direct).await, 0);
         // The session goes on outside a transaction.
         let n: i64 = client
             .query_one("SELECT count(*) FROM orders WHERE user_id = $1", &[&b])
