@@ -41,12 +41,11 @@ fn cache_key(sql: &[u8], out: &mut Vec<u8>) {
     let first_word = lexer.clone().find(|t| !t.is_comment());
     let exact = first_word.is_some_and(|t| {
         t.kind == TokenKind::Word
-            && matches!(
-                sql.get(t.start..t.end)
-                    .map(|w| w.to_ascii_uppercase())
-                    .as_deref(),
-                Some(b"SET" | b"RESET" | b"SHOW")
-            )
+            && sql.get(t.start..t.end).is_some_and(|w| {
+                [&b"SET"[..], b"RESET", b"SHOW"]
+                    .iter()
+                    .any(|k| w.eq_ignore_ascii_case(k))
+            })
     });
     if exact {
         out.extend_from_slice(sql);
