@@ -162,6 +162,26 @@ mod tests {
     use super::*;
     use shardgate_wire::{encode_data_row, ErrorFields};
 
+    /// Two shards' replies merged with summed counts; the merge must succeed.
+    fn merge_two(a: &[u8], b: &[u8], skip_parse_complete: bool) -> BytesMut {
+        let mut out = BytesMut::new();
+        let replies = [
+            ShardReplies {
+                shard: "s0",
+                bytes: a,
+            },
+            ShardReplies {
+                shard: "s1",
+                bytes: b,
+            },
+        ];
+        assert_eq!(
+            merge_replies(&replies, skip_parse_complete, true, b'I', &mut out),
+            Ok(())
+        );
+        out
+    }
+
     fn reply(rows: &[&str], tag_text: &str) -> BytesMut {
         let mut b = BytesMut::new();
         backend::parse_complete(&mut b);
@@ -179,30 +199,8 @@ mod tests {
     fn rows_concatenate_and_counts_add_up() {
         let a = reply(&["1", "2"], "INSERT 0 2");
         let b = reply(&["3"], "INSERT 0 1");
-        let mut out = BytesMut::new();
-        let r = merge_replies(
-            &[
-                ShardReplies {
-                    shard: "s0",
-                    bytes: &a,
-                },
-                ShardReplies {
-                    shard: "s1",
-                    bytes: &b,
-                },
-            ],
-            false,
-            true,
-            b'I',
-            &mut out,
-        );
-        assert_eq!(r, Ok(()));
-        let expected = {
-            let mut e = reply(&["1", "2", "3"], "INSERT 0 3");
-            e.truncate(e.len());
-            e
-        };
-        assert_eq!(out, expected);
+        let out = merge_two(&a, &b, false);
+        assert_eq!(out, reply(&["1", "2", "3"], "INSERT 0 3"));
     }
 
     #[test]
@@ -212,24 +210,7 @@ mod tests {
         backend::parse_complete(&mut b);
         backend::error_response(&ErrorFields::new("ERROR", "23505", "dup"), &mut b);
         backend::ready_for_query(b'E', &mut b);
-        let mut out = BytesMut::new();
-        let r = merge_replies(
-            &[
-                ShardReplies {
-                    shard: "s0",
-                    bytes: &a,
-                },
-                ShardReplies {
-                    shard: "s1",
-                    bytes: &b,
-                },
-            ],
-            false,
-            true,
-            b'I',
-            &mut out,
-        );
-        assert_eq!(r, Ok(()));
+        let out = merge_two(&a, &b, false);
         let f = frames(&out);
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].0, tag::ERROR_RESPONSE);
@@ -242,24 +223,7 @@ mod tests {
         backend::parse_complete(&mut a);
         backend::command_complete("CREATE TABLE", &mut a);
         backend::ready_for_query(b'I', &mut a);
-        let mut out = BytesMut::new();
-        let r = merge_replies(
-            &[
-                ShardReplies {
-                    shard: "s0",
-                    bytes: &a,
-                },
-                ShardReplies {
-                    shard: "s1",
-                    bytes: &a,
-                },
-            ],
-            true,
-            true,
-            b'I',
-            &mut out,
-        );
-        assert_eq!(r, Ok(()));
+        let out = merge_two(&a, &a, true);
         let mut e = BytesMut::new();
         backend::command_complete("CREATE TABLE", &mut e);
         backend::ready_for_query(b'I', &mut e);

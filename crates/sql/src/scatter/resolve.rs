@@ -138,15 +138,7 @@ pub(crate) fn sort_key(
     ast: &OrderByExpr,
     toks: &Range<usize>,
 ) -> Result<SortCol, Unsupported> {
-    if ast.with_fill.is_some() {
-        return Err(Unsupported::new("WITH FILL"));
-    }
-    let descending = match &ast.options.sort {
-        Some(OrderBySort::Using(_)) => return Err(Unsupported::new("ORDER BY ... USING")),
-        Some(OrderBySort::Desc) => true,
-        _ => false,
-    };
-    let nulls_first = ast.options.nulls_first.unwrap_or(descending);
+    let (descending, nulls_first) = direction(ast)?;
     check_collation(code, toks)?;
     let norm = code.normalized(toks);
     let item = if let Some(pos) = position(&ast.expr) {
@@ -205,14 +197,7 @@ pub(crate) fn wildcard_sort_key(
     ast: &OrderByExpr,
     toks: &Range<usize>,
 ) -> Result<SortCol, Unsupported> {
-    if ast.with_fill.is_some() {
-        return Err(Unsupported::new("WITH FILL"));
-    }
-    let descending = match &ast.options.sort {
-        Some(OrderBySort::Using(_)) => return Err(Unsupported::new("ORDER BY ... USING")),
-        Some(OrderBySort::Desc) => true,
-        _ => false,
-    };
+    let (descending, nulls_first) = direction(ast)?;
     if !matches!(ast.expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
         return Err(Unsupported::new(
             "* in the select list with ORDER BY other than column names (list the columns)",
@@ -222,8 +207,22 @@ pub(crate) fn wildcard_sort_key(
     Ok(SortCol {
         column: sp.hide(code.slice(toks), 1),
         descending,
-        nulls_first: ast.options.nulls_first.unwrap_or(descending),
+        nulls_first,
     })
+}
+
+/// A sort key's direction: (descending, nulls first), with PostgreSQL's default of NULLs first
+/// exactly when descending. `USING` and `WITH FILL` cannot be merged.
+fn direction(ast: &OrderByExpr) -> Result<(bool, bool), Unsupported> {
+    if ast.with_fill.is_some() {
+        return Err(Unsupported::new("WITH FILL"));
+    }
+    let descending = match &ast.options.sort {
+        Some(OrderBySort::Using(_)) => return Err(Unsupported::new("ORDER BY ... USING")),
+        Some(OrderBySort::Desc) => true,
+        _ => false,
+    };
+    Ok((descending, ast.options.nulls_first.unwrap_or(descending)))
 }
 
 /// The merge compares text bytewise (the C collation): a sort key under any other explicit
