@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::poll_until;
 use support::sharded::{
-    expect_code, int_keys_on, orders_snapshot, seed_with_decoys, sharded_setup,
+    expect_code, int_keys_on, notes_on, orders_snapshot, seed_with_decoys, sharded_setup,
 };
 use tokio::time::timeout;
 use tokio_postgres::error::SqlState;
@@ -18,20 +18,6 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Bound on each whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Rows of `orders` with `note` on each primary.
-async fn notes_on(direct: &[Client], note: &str) -> Vec<i64> {
-    let mut out = Vec::new();
-    for d in direct {
-        let n: i64 = d
-            .query_one("SELECT count(*) FROM orders WHERE note = $1", &[&note])
-            .await
-            .expect("count")
-            .get(0);
-        out.push(n);
-    }
-    out
-}
 
 /// The CommandComplete counts of `sql` (simple protocol).
 async fn completes(c: &Client, sql: &str) -> Vec<u64> {

@@ -9,29 +9,15 @@ use std::time::Duration;
 
 use support::raw::{error_field, login_trust, query};
 use support::sharded::{
-    expect_code, int_keys_on, orders_snapshot, seed_with_decoys, sharded_options, sharded_setup,
+    expect_code, int_keys_on, notes_on, orders_snapshot, seed_with_decoys, sharded_options,
+    sharded_setup,
 };
 use support::start_trust;
 use tokio::time::timeout;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(45);
 const SPANS: &str = "transaction spans shards s0 and s1";
-
-/// Rows of `orders` with `note` on each primary.
-async fn notes_on(direct: &[Client], note: &str) -> Vec<i64> {
-    let mut out = Vec::new();
-    for d in direct {
-        let n: i64 = d
-            .query_one("SELECT count(*) FROM orders WHERE note = $1", &[&note])
-            .await
-            .expect("count")
-            .get(0);
-        out.push(n);
-    }
-    out
-}
 
 #[tokio::test]
 async fn a_write_on_a_second_shard_aborts_the_transaction_everywhere() {

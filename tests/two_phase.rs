@@ -110,13 +110,15 @@ async fn prepared(direct: &[tokio_postgres::Client]) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
     timeout(LIMIT, async {
-        // Bound whole: a `..` pattern would drop the servers at once.
         let started = Started::new().await;
-        let direct = &started.direct;
-        let a = started.a;
-        let b = started.b;
-        let client = &started.client;
-        let proxy = &started.proxy;
+        let Started {
+            direct,
+            a,
+            b,
+            client,
+            proxy,
+            ..
+        } = &started;
         for sql in [
             "BEGIN".to_owned(),
             format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'a')"),
@@ -323,12 +325,14 @@ async fn an_unlogged_prepare_is_rolled_back_by_recovery() {
 #[tokio::test(flavor = "multi_thread")]
 async fn preparing_commit_does_not_commit_until_it_is_executed() {
     timeout(LIMIT, async {
-        // Bound whole: a `..` pattern would drop the servers at once.
         let started = Started::new().await;
-        let direct = &started.direct;
-        let a = started.a;
-        let b = started.b;
-        let client = &started.client;
+        let Started {
+            direct,
+            a,
+            b,
+            client,
+            ..
+        } = &started;
         client.batch_execute("BEGIN").await.expect("begin");
         for (key, note) in [(a, "a"), (b, "b")] {
             client

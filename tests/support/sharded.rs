@@ -271,3 +271,17 @@ pub fn expect_code<T: std::fmt::Debug>(
         .map(|d| d.message().to_owned())
         .unwrap_or_default()
 }
+
+/// Rows of `orders` with `note` on each primary.
+pub async fn notes_on(direct: &[tokio_postgres::Client], note: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for d in direct {
+        let n: i64 = d
+            .query_one("SELECT count(*) FROM orders WHERE note = $1", &[&note])
+            .await
+            .expect("count")
+            .get(0);
+        out.push(n);
+    }
+    out
+}
