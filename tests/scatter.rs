@@ -241,36 +241,10 @@ fn corpus(seed: u64) -> Vec<Query> {
         }
     }
     for _ in 0..40 {
-        let nk = 1 + usize::try_from(rng.below(2)).expect("small");
-        let keys = some_cols(&mut rng, &GROUPABLE, nk);
-        let na = 1 + usize::try_from(rng.below(3)).expect("small");
-        let aggs: Vec<String> = (0..na).map(|_| random_agg(&mut rng)).collect();
-        let having = rng.chance(30).then(|| random_having(&mut rng, &keys, 0));
-        let ordered = rng.chance(60);
-        let limit = if ordered {
-            Limit::random(&mut rng)
-        } else {
-            None
-        };
-        qs.push(group_query(
-            &mut rng, "group", &keys, &aggs, having, ordered, limit,
-        ));
+        qs.push(random_group(&mut rng, "group", 1, 30, 60));
     }
     for _ in 0..40 {
-        let nk = usize::try_from(rng.below(3)).expect("small");
-        let keys = some_cols(&mut rng, &GROUPABLE, nk);
-        let na = 1 + usize::try_from(rng.below(3)).expect("small");
-        let aggs: Vec<String> = (0..na).map(|_| random_agg(&mut rng)).collect();
-        let having = Some(random_having(&mut rng, &keys, 0));
-        let ordered = rng.chance(50);
-        let limit = if ordered {
-            Limit::random(&mut rng)
-        } else {
-            None
-        };
-        qs.push(group_query(
-            &mut rng, "having", &keys, &aggs, having, ordered, limit,
-        ));
+        qs.push(random_group(&mut rng, "having", 0, 100, 50));
     }
     for _ in 0..30 {
         let n = 1 + usize::try_from(rng.below(3)).expect("small");
@@ -279,6 +253,27 @@ fn corpus(seed: u64) -> Vec<Query> {
         qs.push(distinct_query(&mut rng, &cols, ordered));
     }
     qs
+}
+
+/// A random grouped query: `min_keys` or more group keys (at most `min_keys + 1`, or 2 with
+/// none required), one to three aggregates, a HAVING `having_pct`% of the time, and ORDER BY
+/// (maybe with LIMIT) `ordered_pct`% of the time.
+fn random_group(
+    rng: &mut Rng,
+    label: &'static str,
+    min_keys: usize,
+    having_pct: u64,
+    ordered_pct: u64,
+) -> Query {
+    let spread = if min_keys == 0 { 3 } else { 2 };
+    let nk = min_keys + usize::try_from(rng.below(spread)).expect("small");
+    let keys = some_cols(rng, &GROUPABLE, nk);
+    let na = 1 + usize::try_from(rng.below(3)).expect("small");
+    let aggs: Vec<String> = (0..na).map(|_| random_agg(rng)).collect();
+    let having = rng.chance(having_pct).then(|| random_having(rng, &keys, 0));
+    let ordered = rng.chance(ordered_pct);
+    let limit = if ordered { Limit::random(rng) } else { None };
+    group_query(rng, label, &keys, &aggs, having, ordered, limit)
 }
 
 /// Runs every query of `qs` both ways and both protocols; the tally says what happened.
