@@ -8,8 +8,8 @@ use tokio::time::timeout;
 
 use super::compare::{run_ext, run_simple};
 use super::support::raw::{error_field, login_trust, query};
-use super::support::{connect, direct_conn_str};
-use super::{env, ROWS, TEST_TIMEOUT};
+use super::support::{connect, direct_conn_str, poll_until};
+use super::{env, Env, ROWS, TEST_TIMEOUT};
 
 /// Severity, SQLSTATE and message + detail of the one ErrorResponse in `msgs`.
 fn the_error(msgs: &[(u8, Vec<u8>)]) -> (String, String, String) {
@@ -28,18 +28,21 @@ fn the_error(msgs: &[(u8, Vec<u8>)]) -> (String, String, String) {
     )
 }
 
+/// A direct connection to shard `i`'s primary of the sharded topology.
+async fn primary(env: &Env, i: usize) -> tokio_postgres::Client {
+    connect(&direct_conn_str(&env.a, &env.a.shards[i].primary))
+        .await
+        .unwrap_or_else(|e| panic!("shard {i}: {e}"))
+}
+
 /// An error after the rows: s1's implicit commit fails at Sync (a deferred unique check of
 /// what the query's function wrote). The statement failed on s1.
 #[tokio::test]
 async fn error_after_a_shards_rows_fails_the_scatter() {
     timeout(TEST_TIMEOUT, async {
         let env = env(ROWS / 2, true).await;
-        let s1 = connect(&direct_conn_str(&env.a, &env.a.shards[1].primary))
-            .await
-            .expect("s1");
-        let s0 = connect(&direct_conn_str(&env.a, &env.a.shards[0].primary))
-            .await
-            .expect("s0");
+        let s1 = primary(&env, 1).await;
+        let s0 = primary(&env, 0).await;
         s0.batch_execute("CREATE FUNCTION side() RETURNS int LANGUAGE sql AS 'SELECT 1'")
             .await
             .expect("side on s0");
@@ -69,25 +72,31 @@ async fn error_after_a_shards_rows_fails_the_scatter() {
 async fn shard_fatal_reaches_the_client_as_an_error() {
     timeout(TEST_TIMEOUT, async {
         let env = env(ROWS / 2, true).await;
-        let s1 = connect(&direct_conn_str(&env.a, &env.a.shards[1].primary))
-            .await
-            .expect("s1");
+        let s1 = primary(&env, 1).await;
         let mut raw = login_trust(env.proxy.addr(), env.a.user(), env.a.database()).await;
         raw.send(&query(
             "SELECT count(*) FROM ev WHERE length(pg_sleep(0.005)::text) = 0",
         ))
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let killed: i64 = s1
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE query LIKE '%pg_sleep(0.005)%' AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .expect("terminate")
-            .get(0);
-        assert_eq!(killed, 1, "the scatter's backend on s1");
+        // Terminate the scatter's backend on s1 as soon as it runs (polled: a fixed sleep
+        // would race a slow start).
+        let killed = poll_until(Duration::from_secs(10), || async {
+            let n: i64 = s1
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE query LIKE '%pg_sleep(0.005)%' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .expect("terminate")
+                .get(0);
+            n == 1
+        })
+        .await;
+        assert!(
+            killed.is_some(),
+            "the scatter's backend on s1 was never seen"
+        );
         let msgs = raw.until_ready(Duration::from_secs(20)).await;
         let (severity, code, text) = the_error(&msgs);
         assert_eq!(
@@ -117,9 +126,7 @@ async fn shard_fatal_reaches_the_client_as_an_error() {
 async fn shards_returning_other_columns_fail_by_name() {
     timeout(TEST_TIMEOUT, async {
         let env = env(ROWS / 2, true).await;
-        let s1 = connect(&direct_conn_str(&env.a, &env.a.shards[1].primary))
-            .await
-            .expect("s1");
+        let s1 = primary(&env, 1).await;
         let mut raw = login_trust(env.proxy.addr(), env.a.user(), env.a.database()).await;
         s1.batch_execute("ALTER TABLE ev ADD COLUMN extra int DEFAULT 7")
             .await
