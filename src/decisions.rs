@@ -64,36 +64,6 @@ pub(crate) struct Decision {
 }
 
 impl Decision {
-    #[cfg(test)]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        session: u64,
-        config_version: u64,
-        sql: &[u8],
-        kind: Kind,
-        shard: Arc<str>,
-        node: Arc<NodeAddr>,
-        role: Role,
-        reason: Reason,
-        class: Option<Arc<Classification>>,
-    ) -> Decision {
-        Draft {
-            session,
-            config_version,
-            sql,
-            kind,
-            shard: &shard,
-            node: &node,
-            role,
-            reason,
-            class: class.as_ref(),
-            detail: None,
-            shards: None,
-            shard_reason: None,
-        }
-        .to_decision(SystemTime::now())
-    }
-
     /// Overwrites this (ring slot) with `d`, taking a new reference only where the slot held
     /// another value: in steady state a slot already names the same shard and node, so no
     /// reference count moves and nothing is freed.
@@ -212,18 +182,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl DecisionLog {
-    #[cfg(test)]
-    pub(crate) fn record(&self, d: Decision) {
-        let mut ring = lock(&self.ring);
-        if ring.slots.len() < CAPACITY {
-            ring.slots.push(d);
-        } else {
-            let i = ring.next;
-            ring.slots[i] = d;
-        }
-        ring.next = (ring.next + 1) % CAPACITY;
-    }
-
     /// Records `d`, written into its ring slot in place (once the ring is full, the hot path
     /// neither allocates, frees nor moves reference counts).
     pub(crate) fn record_draft(&self, d: Draft<'_>) {
@@ -254,36 +212,46 @@ mod tests {
     use super::*;
     use shardgate_router::Reason;
 
-    fn d(i: u64) -> Decision {
-        Decision::new(
-            i,
-            1,
-            b"SELECT 1",
-            Kind::Read,
-            Arc::from("s0"),
-            Arc::new(NodeAddr {
-                host: "127.0.0.1".into(),
-                port: 5432,
-            }),
-            Role::Primary,
-            Reason::Read,
-            None,
-        )
+    /// A read of `sql` by session `i` on `shard`.
+    fn draft<'a>(i: u64, sql: &'a [u8], shard: &'a Arc<str>, node: &'a Arc<NodeAddr>) -> Draft<'a> {
+        Draft {
+            session: i,
+            config_version: 1,
+            sql,
+            kind: Kind::Read,
+            shard,
+            node,
+            role: Role::Primary,
+            reason: Reason::Read,
+            class: None,
+            detail: None,
+            shards: None,
+            shard_reason: None,
+        }
+    }
+
+    fn names() -> (Arc<str>, Arc<NodeAddr>) {
+        let node = NodeAddr {
+            host: "127.0.0.1".into(),
+            port: 5432,
+        };
+        (Arc::from("s0"), Arc::new(node))
     }
 
     #[test]
     fn keeps_the_newest_first_and_is_bounded() {
+        let (shard, node) = names();
         let log = DecisionLog::default();
         for i in 0..2500 {
-            log.record(d(i));
+            log.record_draft(draft(i, b"SELECT 1", &shard, &node));
         }
         let recent = log.recent(5000);
         assert_eq!(recent.len(), CAPACITY);
         assert_eq!(recent[0].session, 2499);
         assert_eq!(recent[CAPACITY - 1].session, 1500);
         let few = DecisionLog::default();
-        few.record(d(1));
-        few.record(d(2));
+        few.record_draft(draft(1, b"SELECT 1", &shard, &node));
+        few.record_draft(draft(2, b"SELECT 1", &shard, &node));
         let r = few.recent(10);
         assert_eq!(r.iter().map(|d| d.session).collect::<Vec<_>>(), vec![2, 1]);
     }
@@ -327,27 +295,19 @@ mod tests {
         assert_eq!(recent[0].sql().len(), (last as usize % 300).min(SQL_PREFIX));
         assert_eq!(recent[0].detail.is_some(), last.is_multiple_of(3));
         assert_eq!(recent[1].detail.is_some(), (last - 1).is_multiple_of(3));
-        // Only the ring's slots and this test hold the shard names.
-        assert!(Arc::strong_count(&s0) + Arc::strong_count(&s1) == 2 + CAPACITY + 3);
+        // The names are held by the ring's slots, the three decisions read back and this
+        // test's own two: overwriting a slot released what it held.
+        assert_eq!(
+            Arc::strong_count(&s0) + Arc::strong_count(&s1),
+            CAPACITY + 3 + 2
+        );
     }
 
     #[test]
     fn sql_is_truncated_on_a_character_boundary() {
         let long = "é".repeat(150);
-        let dec = Decision::new(
-            1,
-            1,
-            long.as_bytes(),
-            Kind::Read,
-            Arc::from("s0"),
-            Arc::new(NodeAddr {
-                host: "h".into(),
-                port: 1,
-            }),
-            Role::Primary,
-            Reason::Read,
-            None,
-        );
+        let (shard, node) = names();
+        let dec = draft(1, long.as_bytes(), &shard, &node).to_decision(SystemTime::now());
         assert_eq!(dec.sql(), "é".repeat(100));
     }
 }
