@@ -9,21 +9,10 @@ use std::time::{Duration, Instant};
 use shardgate_testkit::{free_port, Topology};
 use support::{wait_routable, Proxy, ProxyOptions};
 
-/// A config whose nodes are addressed by socket directory, not TCP.
+/// A config whose nodes are addressed by socket directory, not TCP, with one worker thread.
 fn unix_yaml(topology: &Topology, port: u16, admin_port: u16) -> String {
     let tcp = Proxy::config_yaml(topology, port, admin_port, &ProxyOptions::default());
-    let mut yaml = format!("workers: 1\n{tcp}");
-    for shard in &topology.shards {
-        for node in std::iter::once(&shard.primary).chain(&shard.replicas) {
-            let unix = format!("{}:{}", node.socket_dir().display(), node.port());
-            yaml = yaml.replace(&node.addr().to_string(), &unix);
-        }
-    }
-    assert!(
-        !yaml.contains("127.0.0.1:5"),
-        "every node rewritten: {yaml}"
-    );
-    yaml
+    format!("workers: 1\n{}", topology.over_unix_sockets(&tcp))
 }
 
 #[tokio::test]

@@ -57,7 +57,7 @@ impl Shardgate {
         let config = dir.path().join("proxy.yaml");
         let mut yaml = config_yaml(topology, port, admin_port, pool_size);
         if backend == Backend::Unix {
-            yaml = unix_nodes(topology, yaml);
+            yaml = topology.over_unix_sockets(&yaml);
         }
         yaml.push_str(extra_yaml);
         std::fs::write(&config, yaml)?;
@@ -138,15 +138,4 @@ fn config_yaml(topology: &Topology, port: u16, admin_port: u16, pool_size: u32) 
 pub(crate) enum Backend {
     Tcp,
     Unix,
-}
-
-/// `yaml` with every node's `127.0.0.1:port` replaced by its socket directory.
-fn unix_nodes(topology: &Topology, mut yaml: String) -> String {
-    for shard in &topology.shards {
-        for node in std::iter::once(&shard.primary).chain(&shard.replicas) {
-            let unix = format!("{}:{}", node.socket_dir().display(), node.port());
-            yaml = yaml.replace(&node.addr().to_string(), &unix);
-        }
-    }
-    yaml
 }

@@ -302,6 +302,23 @@ impl Topology {
         out
     }
 
+    /// `yaml` with every node's `127.0.0.1:port` replaced by its Unix socket directory and port
+    /// (`/dir:port`, as libpq spells a socket), so a proxy config reaches the nodes over their
+    /// sockets. Panics if a node's address is not in `yaml`: a config it did not name would
+    /// silently stay on TCP.
+    pub fn over_unix_sockets(&self, yaml: &str) -> String {
+        let mut out = yaml.to_owned();
+        for shard in &self.shards {
+            for node in std::iter::once(&shard.primary).chain(&shard.replicas) {
+                let tcp = node.addr().to_string();
+                assert!(out.contains(&tcp), "{tcp} is not in the config");
+                let unix = format!("{}:{}", node.socket_dir().display(), node.port());
+                out = out.replace(&tcp, &unix);
+            }
+        }
+        out
+    }
+
     /// Waits until every replica has replayed all WAL its primary had written when this was
     /// called, so a read on a replica sees every write made before.
     pub fn wait_replicas_caught_up(&self, timeout: Duration) -> Result<(), TestkitError> {
