@@ -12,7 +12,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::admin_view::AdminView;
 use crate::decisions::DecisionLog;
 use crate::metrics::Metrics;
-use crate::proxy::{CancelRegistry, Shared, Snapshot};
+use crate::proxy::{CancelRegistry, Shared, Snapshot, Workers};
 use crate::reload::Reloader;
 
 /// Logs to stderr; `SHARDGATE_LOG` overrides `default` (e.g. `debug`, `shardgate=trace`).
@@ -88,7 +88,7 @@ pub(crate) fn run_from_file(path: &Path) -> ExitCode {
         path: Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())),
         sha256: crate::reload::sha256_hex(&bytes),
     };
-    let runtime = match build_runtime(config.worker_threads()) {
+    let runtime = match build_runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -148,19 +148,16 @@ pub(crate) enum StartError {
     },
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
-/// The tokio runtime with `workers` threads. One worker runs everything on the calling
-/// thread: no cross-thread wake-ups, which is what a small machine shared with PostgreSQL
-/// gains most from.
-pub(crate) fn build_runtime(workers: u32) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers <= 1 {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers as usize)
+/// The runtime of the calling (main) thread: it accepts clients and runs the admin API, the
+/// monitors and reloads; sessions run there too when `workers` is 1, else on worker threads
+/// of their own ([`Workers`]). The thread is bound to pool lane 0.
+pub(crate) fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    shardgate_pool::bind_thread(0);
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
 }
@@ -199,6 +196,11 @@ pub(crate) async fn run(
             addr: admin_listen,
             source,
         })?;
+    let workers = Workers::start(config.worker_threads()).map_err(StartError::Workers)?;
+    if config.worker_threads() <= 1 {
+        // Sessions run on this runtime.
+        tokio::spawn(shardgate_pool::heartbeat());
+    }
     let max_clients = config.pool.max_client_connections as usize;
     let metrics = Arc::new(Metrics::new());
     let snapshot = Snapshot::build(config, 1, &metrics, None);
@@ -231,7 +233,7 @@ pub(crate) async fn run(
             let _ = admin_stop.wait_for(|s| *s).await;
         },
     ));
-    crate::proxy::serve(listener, shared.clone()).await;
+    crate::proxy::serve(listener, shared.clone(), workers).await;
     for pool in shared.snapshot.load().pools() {
         pool.close_idle();
     }

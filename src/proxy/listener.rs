@@ -13,6 +13,7 @@ use super::errors::ClientError;
 use super::params::SessionParams;
 use super::session::Session;
 use super::startup::{authenticate, greeting, read_startup};
+use super::workers::Workers;
 use super::Shared;
 
 /// How long SIGTERM waits for sessions holding a server connection.
@@ -22,7 +23,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Accepts clients until shutdown is signalled, then waits (bounded) for the
 /// sessions still running. Cancel safe only in the sense that dropping it stops accepting.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: Workers) {
     let mut shutdown = shared.shutdown.clone();
     let tasks = tokio_util_tracker::Tracker::default();
     loop {
@@ -39,7 +40,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 };
                 let shared = shared.clone();
                 let guard = tasks.enter();
-                tokio::spawn(async move {
+                workers.run(stream, move |stream| async move {
                     let _guard = guard;
                     handle(stream, shared).await;
                     tracing::trace!(%peer, "client disconnected");

@@ -33,6 +33,7 @@ mod statements;
 mod topology;
 mod two_phase;
 mod txn_shards;
+mod workers;
 
 use std::sync::Arc;
 
@@ -45,6 +46,7 @@ pub(crate) use listener::serve;
 pub(crate) use routing::explain_route;
 pub(crate) use topology::Snapshot;
 pub(crate) use two_phase::recovery_loop;
+pub(crate) use workers::Workers;
 
 use crate::decisions::DecisionLog;
 use crate::metrics::Metrics;

@@ -63,7 +63,12 @@ impl NodeRuntime {
                         }
                         pool
                     }
-                    None => NodePool::new(addr.clone(), creds, config.pool.size),
+                    None => NodePool::with_lanes(
+                        addr.clone(),
+                        creds,
+                        config.pool.size,
+                        config.worker_threads() as usize,
+                    ),
                 };
                 (u.name.clone(), pool)
             })

@@ -56,6 +56,8 @@ pub struct ServerConn {
     /// Fingerprint of the client session state last applied here (0: server defaults).
     pub state_fingerprint: u64,
     pub id: u64,
+    /// The reactor (see [`crate::bind_thread`]) the socket is registered with.
+    pub(crate) reactor: u64,
 }
 
 impl ServerConn {
@@ -83,6 +85,7 @@ impl ServerConn {
             prepared: HashSet::new(),
             state_fingerprint: 0,
             id,
+            reactor: crate::lane::here().1,
         };
         tokio::time::timeout(timeout, conn.login(creds))
             .await
@@ -280,6 +283,17 @@ impl ServerConn {
                 fields,
             }),
         }
+    }
+
+    /// This connection, usable by the calling thread's runtime: moved to its reactor unless
+    /// it is registered there already.
+    pub(crate) fn for_this_thread(mut self) -> std::io::Result<ServerConn> {
+        let here = crate::lane::here().1;
+        if here == 0 || self.reactor != here {
+            self.stream = self.stream.rebind()?;
+            self.reactor = here;
+        }
+        Ok(self)
     }
 
     /// True if the connection shows signs of death while idle: EOF, an error, or

@@ -6,11 +6,13 @@
 mod conn;
 mod error;
 pub mod lag;
+mod lane;
 mod pool;
 mod stream;
 
 pub use conn::{BackendKey, Credentials, ServerConn};
 pub use error::{BackendError, PoolError};
 pub use lag::{LagBounds, MonitorSettings, ReplicaHealth, ReplicaStatus};
-pub use pool::{NodePool, PoolStats, PooledConn, ServerParams};
+pub use lane::{bind_thread, heartbeat};
+pub use pool::{NodePool, PoolStats, PooledConn, ServerParams, HEARTBEAT};
 pub use stream::BackendStream;

@@ -1,7 +1,7 @@
 //! The pool for one (node, user) pair: a bounded set of logged-in server connections,
 //! LIFO reuse, checkout with a deadline, and reconnect backoff after failures.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,41 @@ struct Backoff {
     last_error: String,
 }
 
+/// How long a checkout waits for a slot of its own lane before it takes a free one from
+/// another lane (and then how often it looks again). Taking one moves a connection between
+/// threads, which costs system calls and a cross-thread wake-up; waiting this long first
+/// keeps lanes stable under an even load, where their own slots come back within a query.
+/// A multiple of [`HEARTBEAT`], so that arming it does not wake the thread's reactor.
+const STEAL_AFTER: Duration = Duration::from_millis(50);
+
+/// The period of a timer each worker runtime should keep running (see
+/// [`crate::heartbeat`]). tokio wakes a parked reactor through its eventfd whenever a
+/// timer is armed that expires before every other timer; with this one always due within
+/// the period, arming a checkout's timeout or [`STEAL_AFTER`] costs no system call.
+pub const HEARTBEAT: Duration = Duration::from_millis(25);
+
+/// One worker thread's share of a pool: free slots and idle connections registered with
+/// that worker's reactor (see [`crate::bind_thread`]).
+#[derive(Debug)]
+struct Lane {
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+    /// Slots that belong to this lane, free or in use.
+    slots: AtomicUsize,
+    /// Checkouts of this lane waiting for a slot. When the lane has no slots at all, a
+    /// release on another lane that nobody there waits for hands its slot over.
+    waiting: AtomicUsize,
+}
+
 /// Server connections to one node, logged in as one user.
+///
+/// The `size` slots are spread over one lane per worker thread. A checkout takes a slot of
+/// its own lane; one of another lane only when its lane has none, or after waiting
+/// [`STEAL_AFTER`]. It takes an idle connection of its own lane, else opens one if the node
+/// has room, else takes another lane's. A release keeps slot and connection on the
+/// releasing thread's lane, unless a lane without slots is waiting and this one is not: then
+/// both move there. So capacity follows demand, and under an even load no connection
+/// changes thread.
 #[derive(Debug)]
 pub struct NodePool {
     addr: Arc<NodeAddr>,
@@ -44,8 +78,10 @@ pub struct NodePool {
     size: AtomicU32,
     /// The node left the topology: connections close instead of returning.
     retired: AtomicBool,
-    permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    lanes: Box<[Lane]>,
+    /// Slots a shrink has yet to remove: the next releases close their connection and keep
+    /// the slot.
+    debt: AtomicU32,
     backoff: Mutex<Backoff>,
     server_params: Mutex<Option<ServerParams>>,
     next_id: AtomicU64,
@@ -59,14 +95,37 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl NodePool {
+    /// A pool with one lane.
     pub fn new(addr: NodeAddr, creds: Credentials, size: u32) -> Arc<NodePool> {
+        NodePool::with_lanes(addr, creds, size, 1)
+    }
+
+    /// A pool whose `size` slots start spread evenly over `lanes` lanes (one per worker).
+    pub fn with_lanes(
+        addr: NodeAddr,
+        creds: Credentials,
+        size: u32,
+        lanes: usize,
+    ) -> Arc<NodePool> {
+        let n = lanes.max(1);
+        let lanes = (0..n)
+            .map(|i| {
+                let share = size as usize / n + usize::from(i < size as usize % n);
+                Lane {
+                    permits: Arc::new(Semaphore::new(share)),
+                    idle: Mutex::new(Vec::with_capacity(share)),
+                    slots: AtomicUsize::new(share),
+                    waiting: AtomicUsize::new(0),
+                }
+            })
+            .collect();
         Arc::new(NodePool {
             addr: Arc::new(addr),
             creds,
             size: AtomicU32::new(size),
             retired: AtomicBool::new(false),
-            permits: Arc::new(Semaphore::new(size as usize)),
-            idle: Mutex::new(Vec::with_capacity(size as usize)),
+            lanes,
+            debt: AtomicU32::new(0),
             backoff: Mutex::new(Backoff::default()),
             server_params: Mutex::new(None),
             next_id: AtomicU64::new(1),
@@ -87,33 +146,63 @@ impl NodePool {
         &self.creds
     }
 
+    /// The calling thread's lane.
+    fn my_lane(&self) -> usize {
+        crate::lane::here().0 % self.lanes.len()
+    }
+
     /// Changes the number of server connections, keeping the open ones. Growing takes
-    /// effect at once; shrinking waits for connections in use to come back (needs a
-    /// tokio runtime).
-    pub fn resize(self: &Arc<Self>, new_size: u32) {
+    /// effect at once; shrinking takes free slots at once and the rest as connections in
+    /// use come back.
+    pub fn resize(&self, new_size: u32) {
         let old = self.size.swap(new_size, Ordering::AcqRel);
         if new_size > old {
-            self.permits.add_permits((new_size - old) as usize);
+            let mut grow = new_size - old;
+            while grow > 0 && self.pay_debt() {
+                grow -= 1;
+            }
+            for i in 0..grow as usize {
+                let lane = &self.lanes[i % self.lanes.len()];
+                lane.slots.fetch_add(1, Ordering::AcqRel);
+                lane.permits.add_permits(1);
+            }
+            for i in 0..self.lanes.len() {
+                self.hand_to_waiting(i);
+            }
         } else if new_size < old {
-            let permits = self.permits.clone();
-            let pool = self.clone();
-            tokio::spawn(async move {
-                if let Ok(p) = permits.acquire_many_owned(old - new_size).await {
-                    p.forget();
+            self.debt.fetch_add(old - new_size, Ordering::AcqRel);
+            for lane in self.lanes.iter() {
+                while let Ok(permit) = lane.permits.try_acquire() {
+                    if !self.pay_debt() {
+                        break;
+                    }
+                    permit.forget();
+                    lane.slots.fetch_sub(1, Ordering::AcqRel);
                 }
-                pool.trim_idle();
-            });
+            }
+            self.trim_idle();
         }
+    }
+
+    /// Takes one slot off the shrink debt, if any is owed.
+    fn pay_debt(&self) -> bool {
+        self.debt.load(Ordering::Acquire) > 0
+            && self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                .is_ok()
     }
 
     /// Closes idle connections beyond the pool size.
     fn trim_idle(&self) {
         let size = self.size() as usize;
-        let mut idle = lock(&self.idle);
-        let open = self.stats.open.load(Ordering::Relaxed);
-        let excess = open.saturating_sub(size).min(idle.len());
-        idle.drain(..excess);
-        self.stats.open.fetch_sub(excess, Ordering::Relaxed);
+        for lane in self.lanes.iter() {
+            let mut idle = lock(&lane.idle);
+            let open = self.stats.open.load(Ordering::Relaxed);
+            let excess = open.saturating_sub(size).min(idle.len());
+            idle.drain(..excess);
+            self.stats.open.fetch_sub(excess, Ordering::Relaxed);
+        }
     }
 
     /// The node left the topology: close what is idle, and close the rest as it is
@@ -129,81 +218,212 @@ impl NodePool {
     }
 
     pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+        self.lanes.iter().map(|l| lock(&l.idle).len()).sum()
+    }
+
+    /// A free slot without waiting: of lane `me`, or also of the other lanes when `steal`.
+    fn try_slot(self: &Arc<Self>, me: usize, steal: bool) -> Result<Option<Slot>, PoolError> {
+        let lanes = self.lanes.len();
+        for i in 0..if steal { lanes } else { 1 } {
+            let lane = (me + i) % lanes;
+            match self.lanes[lane].permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    return Ok(Some(Slot {
+                        pool: self.clone(),
+                        lane,
+                        permit: Some(permit),
+                    }))
+                }
+                Err(TryAcquireError::NoPermits) => {}
+                Err(TryAcquireError::Closed) => {
+                    return Err(PoolError::Closed {
+                        addr: self.addr.clone(),
+                    })
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits at most `timeout` for a slot: on this lane's semaphore (where releases on other
+    /// lanes hand slots over when this lane has none), looking at the other lanes' free
+    /// slots every [`STEAL_AFTER`].
+    async fn wait_slot(self: &Arc<Self>, me: usize, timeout: Duration) -> Result<Slot, PoolError> {
+        let timed_out = || PoolError::Timeout {
+            addr: self.addr.clone(),
+            waited_ms: timeout.as_millis() as u64,
+            size: self.size(),
+        };
+        let lane = &self.lanes[me];
+        lane.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&lane.waiting);
+        // Pairs with the fence in `hand_to_waiting`: either that release sees this waiter,
+        // or this scan sees its slot.
+        fence(Ordering::SeqCst);
+        let starved = lane.slots.load(Ordering::Acquire) == 0;
+        if let Some(slot) = self.try_slot(me, starved)? {
+            return Ok(slot);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let acquire = lane.permits.clone().acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            let wake = if self.lanes.len() > 1 {
+                deadline.min(tokio::time::Instant::now() + STEAL_AFTER)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                acquired = &mut acquire => {
+                    return match acquired {
+                        Ok(permit) => Ok(Slot { pool: self.clone(), lane: me, permit: Some(permit) }),
+                        Err(_) => Err(PoolError::Closed { addr: self.addr.clone() }),
+                    };
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if let Some(slot) = self.try_slot(me, true)? {
+                        return Ok(slot);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(timed_out());
+                    }
+                }
+            }
+        }
     }
 
     /// Takes a connection, waiting at most `timeout` for a free slot. Cancel safe: a
     /// dropped future releases its slot.
     pub async fn checkout(self: &Arc<Self>, timeout: Duration) -> Result<PooledConn, PoolError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(TryAcquireError::Closed) => {
-                return Err(PoolError::Closed {
+        let me = self.my_lane();
+        let starved = self.lanes[me].slots.load(Ordering::Acquire) == 0;
+        let slot = match self.try_slot(me, starved)? {
+            Some(slot) => slot,
+            None => self.wait_slot(me, timeout).await?,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut slot = slot;
+        loop {
+            slot = match self.take_idle(slot, false) {
+                Ok(pooled) => return Ok(pooled),
+                Err(slot) => slot,
+            };
+            if self.reserve_open() {
+                let conn = match self.connect(timeout).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                };
+                self.stats.active.fetch_add(1, Ordering::Relaxed);
+                return Ok(PooledConn {
+                    conn: Some(conn),
+                    slot: Some(slot),
+                });
+            }
+            slot = match self.take_idle(slot, true) {
+                Ok(pooled) => return Ok(pooled),
+                Err(slot) => slot,
+            };
+            // Every open connection is in use or on its way back to a lane: wait for it.
+            if Instant::now() >= deadline {
+                return Err(PoolError::Timeout {
                     addr: self.addr.clone(),
-                })
+                    waited_ms: timeout.as_millis() as u64,
+                    size: self.size(),
+                });
             }
-            Err(TryAcquireError::NoPermits) => {
-                let acquire = self.permits.clone().acquire_owned();
-                match tokio::time::timeout(timeout, acquire).await {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(_)) => {
-                        return Err(PoolError::Closed {
-                            addr: self.addr.clone(),
-                        })
-                    }
-                    Err(_) => {
-                        return Err(PoolError::Timeout {
-                            addr: self.addr.clone(),
-                            waited_ms: timeout.as_millis() as u64,
-                            size: self.size(),
-                        })
-                    }
-                }
-            }
-        };
-        let permit = match self.take_idle(permit) {
-            Ok(pooled) => return Ok(pooled),
-            Err(permit) => permit,
-        };
-        let conn = self.connect(timeout).await?;
-        self.stats.open.fetch_add(1, Ordering::Relaxed);
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
-        Ok(PooledConn {
-            conn: Some(conn),
-            pool: self.clone(),
-            _permit: permit,
-        })
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Counts a connection about to be opened, if the node has room for it: fewer open
+    /// than the slots that exist (the size, plus slots a shrink has yet to take back).
+    fn reserve_open(&self) -> bool {
+        let limit = self.size() as usize + self.debt.load(Ordering::Acquire) as usize;
+        self.stats
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .is_ok()
     }
 
     /// A live idle connection without waiting, if a slot and one are free right now. The
     /// common case under load; it skips the timeout and the waiting machinery entirely.
     pub fn try_checkout(self: &Arc<Self>) -> Option<PooledConn> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        self.take_idle(permit).ok()
+        let slot = self.try_slot(self.my_lane(), false).ok()??;
+        self.take_idle(slot, false).ok()
     }
 
-    /// Pairs `permit` with a live idle connection, dropping dead ones on the way; gives the
-    /// permit back when none is idle.
-    fn take_idle(
-        self: &Arc<Self>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<PooledConn, OwnedSemaphorePermit> {
-        loop {
-            let Some(mut conn) = lock(&self.idle).pop() else {
-                return Err(permit);
-            };
-            if conn.looks_dead() {
-                tracing::debug!(node = %self.addr, conn = conn.id, "dropping dead idle server connection");
-                self.stats.open.fetch_sub(1, Ordering::Relaxed);
-                continue;
+    /// Pairs `slot` with a live idle connection of its own lane (and then of any other
+    /// lane, when `steal`), dropping dead ones on the way; gives the slot back when none is
+    /// idle.
+    fn take_idle(self: &Arc<Self>, slot: Slot, steal: bool) -> Result<PooledConn, Slot> {
+        let lanes = self.lanes.len();
+        for i in 0..if steal { lanes } else { 1 } {
+            let lane = &self.lanes[(slot.lane + i) % lanes];
+            loop {
+                let Some(mut conn) = lock(&lane.idle).pop() else {
+                    break;
+                };
+                if conn.looks_dead() {
+                    tracing::debug!(node = %self.addr, conn = conn.id, "dropping dead idle server connection");
+                    self.stats.open.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+                let conn = match conn.for_this_thread() {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::debug!(node = %self.addr, error = %e, "cannot move an idle server connection to this thread");
+                        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                self.stats.active.fetch_add(1, Ordering::Relaxed);
+                return Ok(PooledConn {
+                    conn: Some(conn),
+                    slot: Some(slot),
+                });
             }
-            self.stats.active.fetch_add(1, Ordering::Relaxed);
-            return Ok(PooledConn {
-                conn: Some(conn),
-                pool: self.clone(),
-                _permit: permit,
-            });
         }
+        Err(slot)
+    }
+
+    /// A slot of lane `from` was just freed: if checkouts wait on a lane that has no slots,
+    /// and none wait on this one, move a free slot (with an idle connection, if there is
+    /// one) over to them. Lanes that have slots of their own get them back within a query,
+    /// or take a free one after [`STEAL_AFTER`]. (Handing over whenever this lane has a
+    /// spare slot and another lane waits was tried: under an even load that moved a
+    /// connection between threads on one query in six, from scheduling jitter alone.)
+    fn hand_to_waiting(&self, from: usize) {
+        if self.lanes.len() == 1 {
+            return;
+        }
+        // Pairs with the fence in `wait_slot`.
+        fence(Ordering::SeqCst);
+        let here = &self.lanes[from];
+        if here.waiting.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let Some(to) = self.lanes.iter().position(|l| {
+            l.waiting.load(Ordering::SeqCst) > 0 && l.slots.load(Ordering::Acquire) == 0
+        }) else {
+            return;
+        };
+        // Someone on this lane may have taken the slot meanwhile; then its release hands over.
+        let Ok(permit) = here.permits.try_acquire() else {
+            return;
+        };
+        let conn = lock(&here.idle).pop();
+        if let Some(conn) = conn {
+            lock(&self.lanes[to].idle).push(conn);
+        }
+        permit.forget();
+        here.slots.fetch_sub(1, Ordering::AcqRel);
+        self.lanes[to].slots.fetch_add(1, Ordering::AcqRel);
+        self.lanes[to].permits.add_permits(1);
     }
 
     async fn connect(&self, timeout: Duration) -> Result<ServerConn, PoolError> {
@@ -266,8 +486,61 @@ impl NodePool {
 
     /// Closes every idle connection (shutdown, or a node leaving the topology).
     pub fn close_idle(&self) {
-        let drained: Vec<ServerConn> = std::mem::take(&mut *lock(&self.idle));
-        self.stats.open.fetch_sub(drained.len(), Ordering::Relaxed);
+        for lane in self.lanes.iter() {
+            let drained: Vec<ServerConn> = std::mem::take(&mut *lock(&lane.idle));
+            self.stats.open.fetch_sub(drained.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts a waiting checkout for as long as it waits (cancel safe).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One of a pool's slots, taken from lane `lane`. Dropped, it goes back to that lane, or
+/// to a lane whose checkouts wait for one.
+#[derive(Debug)]
+struct Slot {
+    pool: Arc<NodePool>,
+    lane: usize,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    /// Gives the slot to lane `to` (where its connection is now registered).
+    fn return_to(mut self, to: usize) {
+        if to != self.lane {
+            if let Some(permit) = self.permit.take() {
+                permit.forget();
+                let lanes = &self.pool.lanes;
+                lanes[self.lane].slots.fetch_sub(1, Ordering::AcqRel);
+                lanes[to].slots.fetch_add(1, Ordering::AcqRel);
+                lanes[to].permits.add_permits(1);
+            }
+            self.lane = to;
+        }
+    }
+
+    /// Removes the slot from the pool (a shrink's debt).
+    fn forget(mut self) {
+        if let Some(permit) = self.permit.take() {
+            permit.forget();
+            self.pool.lanes[self.lane]
+                .slots
+                .fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.pool.hand_to_waiting(self.lane);
     }
 }
 
@@ -276,29 +549,45 @@ impl NodePool {
 #[derive(Debug)]
 pub struct PooledConn {
     conn: Option<ServerConn>,
-    pool: Arc<NodePool>,
-    _permit: OwnedSemaphorePermit,
+    /// Some until the connection is released.
+    slot: Option<Slot>,
 }
 
 impl PooledConn {
     pub fn pool(&self) -> &Arc<NodePool> {
-        &self.pool
+        &self
+            .slot
+            .as_ref()
+            .expect("pooled connection used after release")
+            .pool
     }
 
-    /// Back to the pool for the next client. The caller vouches that the connection
-    /// is at ReadyForQuery('I') with nothing in flight.
+    /// Back to the pool for the next client, on the calling thread's lane. The caller
+    /// vouches that the connection is at ReadyForQuery('I') with nothing in flight.
     pub fn release(mut self) {
-        if let Some(conn) = self.conn.take() {
-            let pool = &self.pool;
-            pool.stats.active.fetch_sub(1, Ordering::Relaxed);
-            let over = pool.stats.open.load(Ordering::Relaxed) > pool.size() as usize;
-            if over || pool.retired.load(Ordering::Acquire) {
-                pool.stats.open.fetch_sub(1, Ordering::Relaxed);
-                drop(conn);
-            } else {
-                lock(&pool.idle).push(conn);
-            }
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let pool = slot.pool.clone();
+        pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if pool.pay_debt() {
+            pool.stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(conn);
+            slot.forget();
+            return;
         }
+        let over = pool.stats.open.load(Ordering::Relaxed) > pool.size() as usize;
+        if over || pool.retired.load(Ordering::Acquire) {
+            pool.stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(conn);
+            return;
+        }
+        let me = pool.my_lane();
+        lock(&pool.lanes[me].idle).push(conn);
+        slot.return_to(me);
     }
 
     /// Closes the connection (state unknown, or broken).
@@ -309,9 +598,13 @@ impl PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        if self.conn.take().is_some() {
-            self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
-            self.pool.stats.open.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(_), Some(slot)) = (self.conn.take(), self.slot.take()) {
+            let pool = &slot.pool;
+            pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+            pool.stats.open.fetch_sub(1, Ordering::Relaxed);
+            if pool.pay_debt() {
+                slot.forget();
+            }
         }
     }
 }

@@ -31,6 +31,15 @@ impl BackendStream {
         }
     }
 
+    /// The same socket, registered with the calling thread's runtime instead of the one it
+    /// was registered with. Must be called inside a runtime; the socket's state is untouched.
+    pub fn rebind(self) -> io::Result<BackendStream> {
+        match self {
+            BackendStream::Tcp(s) => Ok(BackendStream::Tcp(TcpStream::from_std(s.into_std()?)?)),
+            BackendStream::Unix(s) => Ok(BackendStream::Unix(UnixStream::from_std(s.into_std()?)?)),
+        }
+    }
+
     /// A non-blocking read that never waits (`WouldBlock` when nothing is there).
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

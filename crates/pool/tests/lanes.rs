@@ -1,0 +1,205 @@
+//! Pool lanes against a real server: slots and connections move between worker threads (each
+//! running its own single-threaded runtime) without ever exceeding the pool size, and a
+//! connection that changes thread still works.
+
+use std::error::Error;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use shardgate_pool::{bind_thread, Credentials, NodePool, PooledConn};
+use shardgate_testkit::Topology;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn pool(topo: &Topology, size: u32, lanes: usize) -> Result<Arc<NodePool>, Box<dyn Error>> {
+    let creds = Credentials {
+        user: topo.user().to_owned(),
+        password: topo.password().to_owned(),
+        database: topo.database().to_owned(),
+    };
+    let addr = topo.shards[0].primary.addr().to_string().parse()?;
+    Ok(NodePool::with_lanes(addr, creds, size, lanes))
+}
+
+/// Runs `work` on a new thread bound to `lane`, with its own single-threaded runtime, as
+/// shardgate's workers are.
+fn on_worker<T, F, Fut>(lane: usize, work: F) -> thread::JoinHandle<Result<T, String>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, String>>,
+{
+    thread::spawn(move || {
+        bind_thread(lane);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(work())
+    })
+}
+
+async fn backend_pid(conn: &mut PooledConn) -> Result<String, String> {
+    let mut pid = conn
+        .first_column("SELECT pg_backend_pid()")
+        .await
+        .map_err(|e| e.to_string())?;
+    pid.pop().ok_or_else(|| "no row".to_owned())
+}
+
+/// Holds two connections at once, then releases both; returns their backends' pids, sorted.
+async fn two_at_once(pool: &Arc<NodePool>) -> Result<Vec<String>, String> {
+    let mut a = pool.checkout(TIMEOUT).await.map_err(|e| e.to_string())?;
+    let mut b = pool.checkout(TIMEOUT).await.map_err(|e| e.to_string())?;
+    let mut pids = vec![backend_pid(&mut a).await?, backend_pid(&mut b).await?];
+    a.release();
+    b.release();
+    pids.sort();
+    Ok(pids)
+}
+
+fn joined<T>(h: thread::JoinHandle<Result<T, String>>) -> Result<T, Box<dyn Error>> {
+    Ok(h.join().map_err(|_| "worker panicked")??)
+}
+
+#[test]
+fn connections_move_to_the_thread_that_checks_them_out() -> TestResult {
+    let topo = Topology::builder().build()?;
+    let pool = pool(&topo, 2, 2)?;
+    // Worker 0 takes both slots (its own and lane 1's), releases them, and keeps its runtime
+    // (the reactor the connections are registered with) alive while worker 1 reuses them.
+    let (pids_tx, pids_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let p = pool.clone();
+    let first = on_worker(0, move || async move {
+        let pids = two_at_once(&p).await?;
+        pids_tx.send(pids).map_err(|e| e.to_string())?;
+        let _ = done_rx.recv_timeout(TIMEOUT);
+        Ok(())
+    });
+    let first_pids = pids_rx.recv_timeout(TIMEOUT)?;
+    assert_eq!(pool.stats.open.load(Ordering::Relaxed), 2);
+    let p = pool.clone();
+    let second = on_worker(1, move || async move { two_at_once(&p).await });
+    let second_pids = joined(second)?;
+    drop(done_tx);
+    joined(first)?;
+    assert_eq!(
+        first_pids, second_pids,
+        "worker 1 should reuse worker 0's two connections, not open new ones"
+    );
+    assert_eq!(pool.stats.open.load(Ordering::Relaxed), 2);
+    assert_eq!(pool.idle_count(), 2);
+    Ok(())
+}
+
+#[test]
+fn a_waiting_lane_gets_the_slot_another_lane_releases() -> TestResult {
+    let topo = Topology::builder().build()?;
+    let pool = pool(&topo, 1, 2)?;
+    let (held_tx, held_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let p = pool.clone();
+    let holder = on_worker(0, move || async move {
+        let mut conn = p.checkout(TIMEOUT).await.map_err(|e| e.to_string())?;
+        let pid = backend_pid(&mut conn).await?;
+        held_tx.send(()).map_err(|e| e.to_string())?;
+        // Worker 1 is waiting by now; hold on a little longer, then release.
+        let _ = go_rx.recv_timeout(TIMEOUT);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conn.release();
+        Ok(pid)
+    });
+    held_rx.recv_timeout(TIMEOUT)?;
+    let p = pool.clone();
+    let waiter = on_worker(1, move || async move {
+        let started = Instant::now();
+        let mut conn = p.checkout(TIMEOUT).await.map_err(|e| e.to_string())?;
+        let waited = started.elapsed();
+        let pid = backend_pid(&mut conn).await?;
+        conn.release();
+        Ok((pid, waited))
+    });
+    go_tx.send(())?;
+    let held_pid = joined(holder)?;
+    let (pid, waited) = joined(waiter)?;
+    assert_eq!(pid, held_pid, "the one connection should change threads");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < TIMEOUT,
+        "waited {waited:?}"
+    );
+    assert_eq!(pool.stats.open.load(Ordering::Relaxed), 1);
+    Ok(())
+}
+
+#[test]
+fn more_lanes_than_connections() -> TestResult {
+    let topo = Topology::builder().build()?;
+    let pool = pool(&topo, 1, 3)?;
+    let workers: Vec<_> = (0..3)
+        .map(|lane| {
+            let p = pool.clone();
+            on_worker(lane, move || async move {
+                let mut most_open = 0;
+                for _ in 0..30 {
+                    let mut conn = p.checkout(TIMEOUT).await.map_err(|e| e.to_string())?;
+                    most_open = most_open.max(p.stats.open.load(Ordering::Relaxed));
+                    backend_pid(&mut conn).await?;
+                    conn.release();
+                }
+                Ok(most_open)
+            })
+        })
+        .collect();
+    for w in workers {
+        assert_eq!(joined(w)?, 1, "a pool of 1 never opens a second connection");
+    }
+    assert_eq!(pool.idle_count(), 1);
+    Ok(())
+}
+
+#[test]
+fn shrinking_closes_connections_as_they_return_and_growing_adds_slots() -> TestResult {
+    let topo = Topology::builder().build()?;
+    let pool = pool(&topo, 3, 2)?;
+    let p = pool.clone();
+    joined(on_worker(0, move || async move {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(p.checkout(TIMEOUT).await.map_err(|e| e.to_string())?);
+        }
+        p.resize(1);
+        for conn in held {
+            conn.release();
+        }
+        let after_shrink = (p.stats.open.load(Ordering::Relaxed), p.idle_count());
+        // Only one slot is left.
+        let one = p.checkout(TIMEOUT).await.map_err(|e| e.to_string())?;
+        let second = p.checkout(Duration::from_millis(200)).await.is_err();
+        one.release();
+        p.resize(3);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = p.checkout(TIMEOUT).await.map_err(|e| e.to_string())?;
+            backend_pid(&mut conn).await?;
+            held.push(conn);
+        }
+        let open = p.stats.open.load(Ordering::Relaxed);
+        held.into_iter().for_each(PooledConn::release);
+        Ok((after_shrink, second, open))
+    }))
+    .map(|(after_shrink, second_timed_out, open)| {
+        assert_eq!(after_shrink, (1, 1), "(open, idle) after shrinking to 1");
+        assert!(
+            second_timed_out,
+            "a second checkout must wait for the one slot"
+        );
+        assert_eq!(open, 3);
+    })?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Thread-per-core: each worker thread runs its own single-threaded runtime, and a client's
+//! session lives on one worker from accept to close, with server connections from that
+//! worker's lane of each pool. Nothing on a session's relay path wakes another thread.
+//!
+//! The thread that accepts (and runs the admin API, the lag monitors and reloads) hands each
+//! accepted socket to the worker with the fewest sessions. With one worker there are no
+//! worker threads: sessions run on the accepting thread's runtime.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// One worker thread as seen from the accepting thread.
+struct Worker {
+    jobs: mpsc::UnboundedSender<Job>,
+    load: Arc<Load>,
+}
+
+/// Sessions running on a worker.
+#[derive(Default)]
+struct Load {
+    sessions: AtomicUsize,
+    idle: Notify,
+}
+
+/// One session counted on its worker, from dispatch until the session ends (or its job is
+/// dropped, or it panics).
+struct Counted(Arc<Load>);
+
+impl Counted {
+    fn new(load: &Arc<Load>) -> Counted {
+        load.sessions.fetch_add(1, Ordering::AcqRel);
+        Counted(load.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+/// Where sessions run: on worker threads, or (none) on the calling runtime.
+pub(crate) struct Workers(Vec<Worker>);
+
+impl Workers {
+    /// `count` worker threads (none when `count` is 1). The calling thread is bound to pool
+    /// lane 0; worker `i` to lane `i`.
+    pub(crate) fn start(count: u32) -> std::io::Result<Workers> {
+        if count <= 1 {
+            return Ok(Workers(Vec::new()));
+        }
+        let mut workers = Vec::with_capacity(count as usize);
+        for lane in 0..count as usize {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+            let load = Arc::new(Load::default());
+            let worker_load = load.clone();
+            std::thread::Builder::new()
+                .name(format!("shardgate-worker-{lane}"))
+                .spawn(move || {
+                    shardgate_pool::bind_thread(lane);
+                    runtime.block_on(async move {
+                        tokio::spawn(shardgate_pool::heartbeat());
+                        while let Some(job) = queue.recv().await {
+                            tokio::spawn(job());
+                        }
+                        // No more clients: stay up while this worker's sessions drain.
+                        while worker_load.sessions.load(Ordering::Acquire) > 0 {
+                            worker_load.idle.notified().await;
+                        }
+                    });
+                })?;
+            workers.push(Worker { jobs, load });
+        }
+        Ok(Workers(workers))
+    }
+
+    /// Runs `session` for the accepted `stream`, on the least loaded worker.
+    pub(crate) fn run<F, Fut>(&self, stream: TcpStream, session: F)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(worker) = self
+            .0
+            .iter()
+            .min_by_key(|w| w.load.sessions.load(Ordering::Relaxed))
+        else {
+            tokio::spawn(session(stream));
+            return;
+        };
+        // Off this thread's reactor, onto the worker's.
+        let socket = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand an accepted connection to a worker");
+                return;
+            }
+        };
+        let counted = Counted::new(&worker.load);
+        let job: Job = Box::new(move || {
+            Box::pin(async move {
+                let _counted = counted;
+                match TcpStream::from_std(socket) {
+                    Ok(stream) => session(stream).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "worker cannot take an accepted connection")
+                    }
+                }
+            })
+        });
+        if worker.jobs.send(job).is_err() {
+            // The worker is gone (it panicked outside any session): the client is dropped.
+            tracing::error!("a worker thread has stopped; dropping a client connection");
+        }
+    }
+}
