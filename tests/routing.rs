@@ -9,7 +9,8 @@ mod support;
 use std::time::Duration;
 
 use shardgate_testkit::Topology;
-use support::{port, ports, wait_routable, Proxy, ProxyOptions};
+use support::raw::{login_trust, message, query};
+use support::{direct_conn_str, port, ports, start_trust, wait_routable, Proxy, ProxyOptions};
 use tokio::time::timeout;
 use tokio_postgres::error::SqlState;
 
@@ -537,6 +538,192 @@ async fn extended_protocol_reads_go_to_a_replica_and_writes_to_the_primary() {
             .await
             .expect("count on the writer's session");
         assert_eq!(row.get::<_, i64>(0), 5);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A driver's `prepare` of BEGIN, BEGIN READ ONLY or SET TRANSACTION READ ONLY (Parse,
+/// Describe, Sync) opens or changes no transaction, as on PostgreSQL; executing the prepared
+/// statement later does what it says.
+#[tokio::test]
+async fn a_prepared_begin_starts_nothing_until_it_is_executed() {
+    timeout(TEST_TIMEOUT, async {
+        // Without read-your-writes, so that reads after the writes may go to a replica at once.
+        let s = setup("  read_your_writes: false\n").await;
+        let c = &s.client;
+        let primary = i32::from(s.primary);
+        c.batch_execute("CREATE TABLE t (x int)")
+            .await
+            .expect("DDL");
+        let direct = support::connect(&direct_conn_str(&s.topology, &s.topology.shards[0].primary))
+            .await
+            .expect("direct connection to the primary");
+        let count = || async {
+            let row = direct
+                .query_one("SELECT count(*) FROM t", &[])
+                .await
+                .expect("count");
+            row.get::<_, i64>(0)
+        };
+        let insert = |x: i32| async move {
+            let sql = format!("INSERT INTO t VALUES ({x}) RETURNING inet_server_port()");
+            c.query_one(sql.as_str(), &[])
+                .await
+                .map(|r| r.get::<_, i32>(0))
+        };
+        let read = format!("SELECT {WHERE}");
+
+        // Prepared, not executed: the session is still outside any transaction.
+        let begin_ro = c
+            .prepare("BEGIN READ ONLY")
+            .await
+            .expect("prepare BEGIN READ ONLY");
+        let begin = c
+            .prepare("START TRANSACTION")
+            .await
+            .expect("prepare START TRANSACTION");
+        assert_eq!(insert(1).await.expect("write after the prepares"), primary);
+        assert_eq!(count().await, 1, "the write committed on its own");
+
+        // In a BEGIN held back until its first statement: preparing SET TRANSACTION READ ONLY
+        // must not start that transaction read-only (on a replica).
+        c.batch_execute("BEGIN").await.expect("BEGIN");
+        let set_ro = c
+            .prepare("SET TRANSACTION READ ONLY")
+            .await
+            .expect("prepare SET TRANSACTION READ ONLY");
+        assert_eq!(
+            insert(2).await.expect("write in the held-back transaction"),
+            primary
+        );
+        assert_eq!(count().await, 1, "not committed yet");
+        c.batch_execute("COMMIT").await.expect("COMMIT");
+        assert_eq!(count().await, 2);
+
+        // Executed, each prepared statement opens its transaction.
+        s.topology
+            .wait_replicas_caught_up(Duration::from_secs(10))
+            .expect("replicas caught up");
+        c.execute(&begin, &[])
+            .await
+            .expect("execute START TRANSACTION");
+        assert_eq!(insert(3).await.expect("write in the transaction"), primary);
+        assert_eq!(port(c, &read).await, s.primary, "pinned to the primary");
+        assert_eq!(count().await, 2, "not committed yet");
+        c.batch_execute("COMMIT").await.expect("COMMIT");
+        assert_eq!(count().await, 3);
+
+        c.execute(&begin_ro, &[])
+            .await
+            .expect("execute BEGIN READ ONLY");
+        let first = port(c, &read).await;
+        assert!(s.is_replica(first), "BEGIN READ ONLY ran on {first}");
+        assert_eq!(port(c, &read).await, first, "the transaction moved");
+        let err = insert(4)
+            .await
+            .expect_err("write in a read-only transaction");
+        assert_eq!(err.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+        c.batch_execute("ROLLBACK").await.expect("ROLLBACK");
+
+        c.batch_execute("BEGIN").await.expect("BEGIN");
+        c.execute(&set_ro, &[])
+            .await
+            .expect("execute SET TRANSACTION READ ONLY");
+        let first = port(c, &read).await;
+        assert!(
+            s.is_replica(first),
+            "SET TRANSACTION READ ONLY ran on {first}"
+        );
+        assert_eq!(port(c, &read).await, first, "the transaction moved");
+        c.batch_execute("COMMIT").await.expect("COMMIT");
+        assert_eq!(count().await, 3);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A request that only prepares BEGIN READ ONLY (or BEGIN) and runs a read is a plain read,
+/// routed by `shardgate.target` like any other: it opens no transaction.
+#[tokio::test]
+async fn a_read_beside_a_prepared_begin_is_a_plain_read() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().replicas(2).build().expect("topology");
+        let proxy = start_trust(
+            &topology,
+            ProxyOptions {
+                extra_yaml: "routing:\n  lag_check_interval_ms: 100\n".to_owned(),
+                ..ProxyOptions::default()
+            },
+        );
+        wait_routable(&proxy, 2, Duration::from_secs(15)).await;
+        let primary = topology.shards[0].primary.port();
+        let replicas: Vec<u16> = topology.shards[0]
+            .replicas
+            .iter()
+            .map(|r| r.port())
+            .collect();
+        let mut conn = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        let t = Duration::from_secs(10);
+        // Prepares `begin` as statement `name` and runs an unnamed read, in one request;
+        // returns the port the read ran on and the transaction status after it.
+        let mut run = async |target: &str, name: &str, begin: &str| {
+            conn.send(&query(&format!("SET shardgate.target = '{target}'")))
+                .await;
+            let got = conn.until_ready(t).await;
+            assert!(got.iter().all(|(tag, _)| *tag != b'E'), "{got:?}");
+            let mut request = message(b'P', format!("{name}\0{begin}\0\0\0").as_bytes());
+            request.extend(message(b'P', b"\0SELECT inet_server_port()\0\0\0"));
+            request.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+            request.extend(message(b'E', b"\0\0\0\0\0"));
+            request.extend(message(b'S', b""));
+            conn.send(&request).await;
+            let got = conn.until_ready(t).await;
+            let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
+            assert_eq!(tags, b"112DCZ".to_vec(), "{begin}: {got:?}");
+            // DataRow: one column, its length, its text.
+            let port: u16 = std::str::from_utf8(&got[3].1[6..])
+                .expect("text")
+                .parse()
+                .expect("port");
+            (port, got[5].1.clone())
+        };
+        assert_eq!(
+            run("primary", "ro", "BEGIN READ ONLY").await,
+            (primary, b"I".to_vec()),
+            "a read under target=primary beside a prepared BEGIN READ ONLY"
+        );
+        let (port, status) = run("replica", "rw", "BEGIN").await;
+        assert!(
+            replicas.contains(&port) && status == b"I",
+            "a read under target=replica beside a prepared BEGIN ran on {port}, status {status:?}"
+        );
+
+        // Prepared and run in the same request, BEGIN READ ONLY does open a read-only
+        // transaction, which takes the read to a replica whatever the target.
+        conn.send(&query("SET shardgate.target = 'primary'")).await;
+        let got = conn.until_ready(t).await;
+        assert!(got.iter().all(|(tag, _)| *tag != b'E'), "{got:?}");
+        let mut request = Vec::new();
+        for sql in ["BEGIN READ ONLY", "SELECT inet_server_port()"] {
+            request.extend(message(b'P', format!("\0{sql}\0\0\0").as_bytes()));
+            request.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+            request.extend(message(b'E', b"\0\0\0\0\0"));
+        }
+        request.extend(message(b'S', b""));
+        conn.send(&request).await;
+        let got = conn.until_ready(t).await;
+        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(tags, b"12C12DCZ".to_vec(), "{got:?}");
+        let port: u16 = std::str::from_utf8(&got[5].1[6..])
+            .expect("text")
+            .parse()
+            .expect("port");
+        assert!(
+            replicas.contains(&port) && got[7].1 == b"T",
+            "BEGIN READ ONLY run in the request: the read ran on {port}, status {:?}",
+            got[7].1
+        );
     })
     .await
     .expect("test timed out");

@@ -250,6 +250,59 @@ async fn an_extended_protocol_commit_is_answered_as_postgresql_does() {
     .expect("bounded");
 }
 
+/// In a transaction that wrote on two shards, a request that prepares COMMIT but runs a
+/// prepared ROLLBACK rolls back: only what a request runs ends the transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn running_rollback_beside_a_prepared_commit_rolls_back() {
+    timeout(LIMIT, async {
+        let topology = topology();
+        let direct = setup(&topology).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, admin) = (free_port(), free_port());
+        let password_line = format!("    password: {}\n", topology.password());
+        let yaml = yaml(&topology, port, admin, &dir.path().join("2pc.log")).replacen(
+            &password_line,
+            &format!("{password_line}    auth: trust\n"),
+            1,
+        );
+        let proxy = Proxy::start_yaml(&yaml, port, admin);
+        let mut conn = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        let t = Duration::from_secs(10);
+        let (a, b) = (int_keys_on(0, 1, 1)[0], int_keys_on(1, 1, 1)[0]);
+        for sql in [
+            "BEGIN".to_owned(),
+            format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'a')"),
+            format!("INSERT INTO orders (user_id, note) VALUES ({b}, 'b')"),
+        ] {
+            conn.send(&query(&sql)).await;
+            let got = conn.until_ready(t).await;
+            assert!(got.iter().all(|(tag, _)| *tag != b'E'), "{sql}: {got:?}");
+        }
+        let mut request = message(b'P', b"rb\0ROLLBACK\0\0\0");
+        request.extend(message(b'S', b""));
+        conn.send(&request).await;
+        let got = conn.until_ready(t).await;
+        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(tags, b"1Z".to_vec(), "{got:?}");
+        assert_eq!(got[1].1, b"T".to_vec(), "still in the transaction");
+
+        let mut request = message(b'P', b"c\0COMMIT\0\0\0");
+        request.extend(message(b'B', b"\0rb\0\0\0\0\0\0\0"));
+        request.extend(message(b'E', b"\0\0\0\0\0"));
+        request.extend(message(b'S', b""));
+        conn.send(&request).await;
+        let got = conn.until_ready(t).await;
+        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(tags, b"12CZ".to_vec(), "{got:?}");
+        assert_eq!(got[2].1, b"ROLLBACK\0".to_vec());
+        assert_eq!(got[3].1, b"I".to_vec());
+        assert_eq!(notes(&direct).await, vec![Vec::<String>::new(), vec![]]);
+        assert_eq!(prepared(&direct).await, 0, "nothing left prepared");
+    })
+    .await
+    .expect("bounded");
+}
+
 /// Kills shardgate at `point` during a two-shard commit, restarts it, and returns both shards'
 /// rows once recovery has resolved every prepared transaction.
 async fn crash_and_recover(point: &str) -> Vec<Vec<String>> {

@@ -59,10 +59,13 @@ pub(crate) struct Scanned {
     pub(crate) shardgate_extended: Option<ShardgateCommand>,
     /// A lone simple-protocol `BEGIN` with nothing else (may be deferred).
     pub(crate) lone_begin: bool,
-    /// The first transaction-control statement, if the request starts with one.
+    /// The first transaction-control statement run, if the first statement the request runs is
+    /// one (preparing BEGIN or COMMIT does not count: it changes no transaction state).
     pub(crate) first_txn: Option<TxnControl>,
     /// Statements seen, over all Query/Parse messages.
     pub(crate) statements: usize,
+    /// Statements run (in a Query, or bound), before the one being folded in.
+    statements_run: usize,
     /// The last unnamed Parse's classification (for the session to remember).
     pub(crate) unnamed: Option<Arc<Classification>>,
     /// The last unnamed Parse frame's range in the buffer (sharding reads its parameter types
@@ -76,8 +79,9 @@ pub(crate) struct Scanned {
 }
 
 /// Folds one text's classification into the request's. `runs`: the text is run by this
-/// request (a Query, or a statement bound), not only prepared (a Parse): preparing COMMIT does
-/// not end the transaction.
+/// request (a Query, or a statement bound), not only prepared (a Parse): preparing BEGIN does
+/// not open a transaction (nor make the request's reads a read-only transaction's), and
+/// preparing COMMIT does not end one.
 fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText, runs: bool) {
     if s.class.is_none() {
         s.class = Some(c.clone());
@@ -101,8 +105,9 @@ fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText, runs: bool) {
             _ => None,
         };
     }
-    for t in &c.txn {
-        if s.first_txn.is_none() && s.statements == 0 {
+    let txn: &[TxnControl] = if runs { &c.txn } else { &[] };
+    for t in txn {
+        if s.first_txn.is_none() && s.statements_run == 0 {
             s.first_txn = Some(*t);
         }
         match t {
@@ -115,7 +120,7 @@ fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText, runs: bool) {
             TxnControl::SetTransactionReadOnly if s.view.begins == Some(false) => {
                 s.view.begins = Some(true)
             }
-            TxnControl::Commit | TxnControl::Rollback if runs => s.ends_transaction = true,
+            TxnControl::Commit | TxnControl::Rollback => s.ends_transaction = true,
             _ => {}
         }
     }
@@ -125,6 +130,9 @@ fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText, runs: bool) {
         Some(WhyWrite::CopyFrom | WhyWrite::CopyFromStdinThenMore)
     );
     s.statements += c.statements;
+    if runs {
+        s.statements_run += c.statements;
+    }
 }
 
 /// Scans the request at the start of `buf`. `unnamed` is the session's unnamed
