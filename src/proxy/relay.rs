@@ -273,6 +273,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let in_transaction = self.flight.tx_status != b'I';
         let mut shard_why = String::new();
         if in_transaction && scanned.ends_transaction {
+            if self
+                .refuse_end_beside_statements(&snapshot, &mut scanned)
+                .await?
+            {
+                return Ok(true);
+            }
             if snapshot.two_phase.is_some() && self.distributed() {
                 self.end_distributed(&snapshot, &scanned).await?;
                 return Ok(true);

@@ -62,10 +62,15 @@ pub(crate) struct Scanned {
     /// The first transaction-control statement run, if the first statement the request runs is
     /// one (preparing BEGIN or COMMIT does not count: it changes no transaction state).
     pub(crate) first_txn: Option<TxnControl>,
+    /// It runs one statement only, a plain COMMIT or ROLLBACK (not `AND CHAIN`): the request a
+    /// transaction over several shards can be ended with.
+    pub(crate) ends_alone: bool,
     /// Statements seen, over all Query/Parse messages.
     pub(crate) statements: usize,
     /// Statements run (in a Query, or bound), before the one being folded in.
     statements_run: usize,
+    /// Transaction-control effects of the statements run (`COMMIT AND CHAIN` counts two).
+    txn_run: usize,
     /// The last unnamed Parse's classification (for the session to remember).
     pub(crate) unnamed: Option<Arc<Classification>>,
     /// The last unnamed Parse frame's range in the buffer (sharding reads its parameter types
@@ -106,6 +111,7 @@ fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText, runs: bool) {
         };
     }
     let txn: &[TxnControl] = if runs { &c.txn } else { &[] };
+    s.txn_run += txn.len();
     for t in txn {
         if s.first_txn.is_none() && s.statements_run == 0 {
             s.first_txn = Some(*t);
@@ -159,6 +165,7 @@ pub(crate) fn scan(
     let mut bound_cmd: Option<ShardgateCommand> = None;
     let mut parsed_cmd: Option<ShardgateCommand> = None;
     let mut binds = 0;
+    let mut executes = 0;
     let mut other = false;
     while let Some(h) = peek_header(&buf[pos..], max_len)? {
         if buf.len() - pos < h.len {
@@ -224,13 +231,17 @@ pub(crate) fn scan(
             FrontendRef::Sync | FrontendRef::FunctionCall(_) => {
                 if matches!(msg, FrontendRef::FunctionCall(_)) {
                     s.executes = true;
+                    executes += 1;
                     s.view.write = true;
                     other = true;
                 }
                 s.complete = true;
                 break;
             }
-            FrontendRef::Execute { .. } => s.executes = true,
+            FrontendRef::Execute { .. } => {
+                s.executes = true;
+                executes += 1;
+            }
             FrontendRef::Describe { .. } => {}
             _ => other = true,
         }
@@ -248,6 +259,14 @@ pub(crate) fn scan(
             _ => None,
         };
     }
+    // Binds and Executes counted too: a statement bound that shardgate does not know is not
+    // folded in, and a portal may run twice.
+    s.ends_alone = s.complete
+        && s.statements_run == 1
+        && s.txn_run == 1
+        && binds <= 1
+        && executes <= 1
+        && matches!(s.first_txn, Some(TxnControl::Commit | TxnControl::Rollback));
     s.unnamed = unnamed;
     Ok(s)
 }

@@ -1,6 +1,6 @@
 //! An open transaction across shards: moving it to another shard, settling the connections it
 //! parked before it ends, and refusing (rolling back everywhere) one that would write on two
-//! shards.
+//! shards, or a request that would end it beside other statements it cannot place.
 //!
 //! A transaction keeps one connection per shard it touched: the current one (`server`) and the
 //! parked ones. Only one shard may be written; at COMMIT or ROLLBACK the parked ones, which only
@@ -17,6 +17,7 @@ use super::errors::ClientError;
 use super::flight::Flight;
 use super::request::Scanned;
 use super::session::{Checkout, Session};
+use super::shard_plan::Need;
 use super::sqlstate;
 use super::topology::Snapshot;
 
@@ -52,7 +53,74 @@ fn spanning_error(snapshot: &Snapshot, shards: ShardSet) -> ErrorFields {
     )
 }
 
+/// 0A000 for a request that runs other statements beside the COMMIT or ROLLBACK that ends a
+/// transaction shardgate cannot end with them.
+fn end_beside_statements_error() -> ErrorFields {
+    ErrorFields::new(
+        "ERROR",
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "shardgate: COMMIT or ROLLBACK must be sent in a request of its own in this transaction",
+    )
+    .with(
+        b'D',
+        "The transaction touched several shards, or the request needs another shard than the \
+         transaction's: its statements and the end of the transaction cannot run together. \
+         Nothing of the request ran; the transaction was rolled back on every shard it touched.",
+    )
+    .with(
+        b'H',
+        "Send COMMIT (or ROLLBACK) in its own request, after the other statements' replies. \
+         Issue ROLLBACK to end this transaction.",
+    )
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// For a request that ends the open transaction: unless it runs a lone COMMIT or ROLLBACK,
+    /// it goes whole to one connection, which is right only if the transaction wrote on one
+    /// shard at most, no part of it on another shard failed, and the request's statements
+    /// belong on that shard (the parked readers are rolled back first). Otherwise it is refused (0A000) and the
+    /// transaction rolled back everywhere, leaving a failed transaction the client ends with
+    /// ROLLBACK. True if the request was answered.
+    pub(super) async fn refuse_end_beside_statements(
+        &mut self,
+        snapshot: &Snapshot,
+        scanned: &mut Scanned,
+    ) -> Result<bool, ClientError> {
+        if scanned.ends_alone {
+            return Ok(false);
+        }
+        let Some(plan) = self.plan_shards(snapshot, scanned).await? else {
+            return Ok(false);
+        };
+        // `plan_shards` reads the rest of a request that was not complete, and scans it again.
+        if scanned.ends_alone {
+            return Ok(false);
+        }
+        let Some(current) = self.server.as_ref().map(|c| c.shard) else {
+            return Ok(false);
+        };
+        // The shard the transaction lives on: the one it wrote, else the current one. The
+        // others only read, and ending it there loses nothing.
+        let home = self.txn_write_shard.unwrap_or(current);
+        let here = match plan.need {
+            Need::Any | Need::AnyReference => true,
+            Need::One(i) => i == home,
+            _ => false,
+        };
+        // A failed part settles on its own connection, which may not be the home one.
+        let failed = !self.parked.is_empty()
+            && (self.flight.tx_status == b'E' || self.parked.iter().any(|p| p.tx_status == b'E'));
+        if here && !failed && self.txn_written & !bit(home) == 0 {
+            // The home connection becomes current; the request runs there whole.
+            self.settle_parked().await;
+            return Ok(false);
+        }
+        self.shared.metrics.refused("end_beside_statements");
+        self.abort_locally().await;
+        self.reject_request(end_beside_statements_error()).await?;
+        Ok(true)
+    }
+
     /// Moves the open transaction's current connection to `shard` (parking the old one),
     /// opening the transaction there if it is new. False if the request was answered (refused).
     pub(super) async fn switch_shard(
