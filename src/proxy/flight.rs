@@ -340,8 +340,17 @@ impl Flight {
 /// Whether a statement is `SET/RESET/SHOW shardgate.*` (a byte search first, so other
 /// statements cost almost nothing).
 fn is_own_command(classifier: &Classifier, sql: &[u8]) -> bool {
-    sql.windows(9).any(|w| w.eq_ignore_ascii_case(b"shardgate"))
-        && classifier.classify(sql).shardgate.is_some()
+    mentions_shardgate(sql) && classifier.classify(sql).shardgate.is_some()
+}
+
+/// Whether `sql` contains "shardgate" in any case: only positions holding an `s` are compared.
+fn mentions_shardgate(sql: &[u8]) -> bool {
+    const WORD: &[u8] = b"shardgate";
+    let last = sql.len().saturating_sub(WORD.len() - 1);
+    sql[..last]
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b | 0x20 == b's' && sql[i..i + WORD.len()].eq_ignore_ascii_case(WORD))
 }
 
 /// The client's statement behind `name`, when shardgate renames it.
@@ -354,6 +363,21 @@ fn tracked<'s>(
         statements.get(name)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn shardgate_is_found_in_any_case_and_place() {
+    for yes in [
+        &b"shardgate"[..],
+        b"SHOW ShardGate.route",
+        b"set x.y = 1; set SHARDGATE.target",
+    ] {
+        assert!(mentions_shardgate(yes), "{}", String::from_utf8_lossy(yes));
+    }
+    for no in [&b""[..], b"shardgat", b"SELECT shard_gate", b"hardgate s"] {
+        assert!(!mentions_shardgate(no), "{}", String::from_utf8_lossy(no));
     }
 }
 

@@ -39,6 +39,18 @@ pub(crate) struct SessionParams {
     last_was_rollback: bool,
 }
 
+/// The text as one statement, without a trailing `;`, when it has no `;` or only blanks after
+/// its first one (`SELECT ... WHERE aid = 7;`, as pgbench and many drivers send). A `;` inside
+/// a literal or comment that ends the text just leaves that literal or comment unterminated,
+/// which the server rejects. Anything else may hold several statements: `None`.
+fn single_statement(sql: &[u8]) -> Option<&[u8]> {
+    match sql.iter().position(|&b| b == b';') {
+        None => Some(sql),
+        Some(i) if sql[i + 1..].iter().all(u8::is_ascii_whitespace) => Some(&sql[..i]),
+        Some(_) => None,
+    }
+}
+
 /// A SQL string literal, quoted the way PostgreSQL reads it with standard_conforming_strings.
 fn quote_literal(v: &str) -> String {
     let mut s = String::with_capacity(v.len() + 2);
@@ -122,9 +134,9 @@ impl SessionParams {
             return;
         }
         let pending = &mut self.pending;
-        if !sql.contains(&b';') {
+        if let Some(one) = single_statement(sql) {
             // One statement: its first tokens decide, no need to split the whole text.
-            if let Some(cmd) = session_command(sql) {
+            if let Some(cmd) = session_command(one) {
                 if cmd != SessionCommand::Local {
                     pending.push(cmd);
                 }
@@ -226,6 +238,33 @@ mod tests {
             p.sync_sql(),
             "RESET ALL;RESET ROLE;SET SESSION AUTHORIZATION DEFAULT;SET application_name TO 'it''s';SET statement_timeout TO '5s'"
         );
+    }
+
+    #[test]
+    fn a_trailing_semicolon_leaves_one_statement() {
+        assert_eq!(single_statement(b"SELECT 1"), Some(&b"SELECT 1"[..]));
+        assert_eq!(single_statement(b"SET a = 1; \n"), Some(&b"SET a = 1"[..]));
+        assert_eq!(single_statement(b"SET a = 1;;"), None);
+        assert_eq!(single_statement(b"SELECT 1; SET a = 1"), None);
+        assert_eq!(single_statement(b"SET a = ';'"), None);
+        // Every form reaches the same tracked state.
+        for text in [
+            &b"SET search_path TO x"[..],
+            b"SET search_path TO x;",
+            b"SET search_path TO x ;\n",
+            b"SELECT 1; SET search_path TO x",
+        ] {
+            let mut p = startup();
+            let before = p.fingerprint();
+            p.observe(text);
+            p.end_cycle(b'I', false);
+            assert_ne!(p.fingerprint(), before, "{}", String::from_utf8_lossy(text));
+            assert!(
+                p.sync_sql().ends_with("SET search_path TO x"),
+                "{}",
+                p.sync_sql()
+            );
+        }
     }
 
     #[test]
