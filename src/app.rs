@@ -201,6 +201,7 @@ pub(crate) async fn run(
         // Sessions run on this runtime.
         tokio::spawn(shardgate_pool::heartbeat());
     }
+    let lanes = config.worker_threads() as usize;
     let max_clients = config.pool.max_client_connections as usize;
     let metrics = Arc::new(Metrics::new());
     let snapshot = Snapshot::build(config, 1, &metrics, None);
@@ -212,7 +213,7 @@ pub(crate) async fn run(
         client_slots: Arc::new(Semaphore::new(max_clients)),
         tls,
         mock_key: rand::random(),
-        decisions: Arc::new(DecisionLog::default()),
+        decisions: Arc::new(DecisionLog::new(lanes)),
     });
     let reloader = Arc::new(Reloader::new(shared.clone(), source.path, source.sha256));
     tokio::spawn(crate::proxy::recovery_loop(

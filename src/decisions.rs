@@ -1,6 +1,7 @@
-//! The last routing decisions, for `/api/decisions`: a fixed ring of 1,000 slots written
-//! under a short lock with no allocation (the SQL is copied into an inline buffer, the
-//! reason is a small enum rendered only when read).
+//! The last routing decisions, for `/api/decisions`: a fixed ring of 1,000 slots per worker
+//! thread, written under a short lock that only that worker takes on the hot path, with no
+//! allocation (the SQL is copied into an inline buffer, the reason is a small enum rendered
+//! only when read). Reading merges the rings by time.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -171,10 +172,21 @@ struct Ring {
     next: usize,
 }
 
-/// The ring itself.
+/// One worker's ring, on a cache line of its own: the workers never share one on the hot path.
 #[derive(Debug, Default)]
+#[repr(align(128))]
+struct Lane(Mutex<Ring>);
+
+/// The rings, one per worker thread (see `shardgate_pool::bind_thread`).
+#[derive(Debug)]
 pub(crate) struct DecisionLog {
-    ring: Mutex<Ring>,
+    lanes: Box<[Lane]>,
+}
+
+impl Default for DecisionLog {
+    fn default() -> Self {
+        DecisionLog::new(1)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,7 +198,8 @@ impl DecisionLog {
     /// neither allocates, frees nor moves reference counts).
     pub(crate) fn record_draft(&self, d: Draft<'_>) {
         let at = SystemTime::now();
-        let mut ring = lock(&self.ring);
+        let lane = &self.lanes[shardgate_pool::thread_lane() % self.lanes.len()];
+        let mut ring = lock(&lane.0);
         if ring.slots.len() < CAPACITY {
             let decision = d.to_decision(at);
             ring.slots.push(decision);
@@ -197,13 +210,30 @@ impl DecisionLog {
         ring.next = (ring.next + 1) % CAPACITY;
     }
 
-    /// Newest first, at most `limit`.
+    /// `lanes` rings (one per worker thread), each keeping its last [`CAPACITY`] decisions, so
+    /// the newest [`CAPACITY`] of the whole proxy are always among them.
+    pub(crate) fn new(lanes: usize) -> Self {
+        DecisionLog {
+            lanes: (0..lanes.max(1)).map(|_| Lane::default()).collect(),
+        }
+    }
+
+    /// Newest first, at most `limit` (and at most [`CAPACITY`]).
     pub(crate) fn recent(&self, limit: usize) -> Vec<Decision> {
-        let ring = lock(&self.ring);
-        let n = ring.slots.len();
-        (1..=n.min(limit))
-            .map(|k| ring.slots[(ring.next + CAPACITY - k) % CAPACITY % n.max(1)].clone())
-            .collect()
+        let limit = limit.min(CAPACITY);
+        let mut all = Vec::new();
+        for lane in self.lanes.iter() {
+            let ring = lock(&lane.0);
+            let n = ring.slots.len();
+            all.extend(
+                (1..=n.min(limit))
+                    .map(|k| ring.slots[(ring.next + CAPACITY - k) % CAPACITY % n.max(1)].clone()),
+            );
+        }
+        // Stable: equal times keep each ring's own newest-first order.
+        all.sort_by_key(|d| std::cmp::Reverse(d.at));
+        all.truncate(limit);
+        all
     }
 }
 
@@ -254,6 +284,37 @@ mod tests {
         few.record_draft(draft(2, b"SELECT 1", &shard, &node));
         let r = few.recent(10);
         assert_eq!(r.iter().map(|d| d.session).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn rings_of_several_workers_read_back_merged_newest_first() {
+        let (shard, node) = names();
+        let log = Arc::new(DecisionLog::new(2));
+        for lane in 0..2u64 {
+            let (log, shard, node) = (log.clone(), shard.clone(), node.clone());
+            std::thread::spawn(move || {
+                shardgate_pool::bind_thread(lane as usize);
+                for i in 0..1500 {
+                    log.record_draft(draft(lane * 10_000 + i, b"SELECT 1", &shard, &node));
+                    if i % 100 == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            })
+            .join()
+            .expect("recording thread");
+        }
+        // Lane 1 recorded after lane 0: its newest 1,000 are the newest of all.
+        let recent = log.recent(5000);
+        assert_eq!(recent.len(), CAPACITY);
+        assert_eq!(recent[0].session, 11_499);
+        assert_eq!(recent[CAPACITY - 1].session, 10_500);
+        let both = log.recent(CAPACITY).iter().any(|d| d.session < 10_000);
+        assert!(
+            !both,
+            "lane 0's older decisions must not push out lane 1's newer ones"
+        );
+        assert!(recent.windows(2).all(|w| w[0].at >= w[1].at));
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub fn bind_thread(lane: usize) {
     HERE.with(|h| h.set((lane, reactor)));
 }
 
+/// The calling thread's lane (0 for threads that never called [`bind_thread`]). Other
+/// per-worker structures (the decision log) shard by it too.
+pub fn thread_lane() -> usize {
+    here().0
+}
+
 /// The calling thread's lane and reactor id (0: undeclared).
 pub(crate) fn here() -> (usize, u64) {
     HERE.with(Cell::get)

@@ -13,6 +13,6 @@ mod stream;
 pub use conn::{BackendKey, Credentials, ServerConn};
 pub use error::{BackendError, PoolError};
 pub use lag::{LagBounds, MonitorSettings, ReplicaHealth, ReplicaStatus};
-pub use lane::{bind_thread, heartbeat};
+pub use lane::{bind_thread, heartbeat, thread_lane};
 pub use pool::{NodePool, PoolStats, PooledConn, ServerParams, HEARTBEAT};
 pub use stream::BackendStream;
