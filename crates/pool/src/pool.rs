@@ -309,13 +309,11 @@ impl NodePool {
                 Err(slot) => slot,
             };
             if self.reserve_open() {
-                let conn = match self.connect(timeout).await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        self.stats.open.fetch_sub(1, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                };
+                // Counted before it exists: a failed connect, or this future dropped
+                // mid-connect, must give the room back.
+                let reserved = Reserved(&self.stats.open);
+                let conn = self.connect(timeout).await?;
+                std::mem::forget(reserved);
                 self.stats.active.fetch_add(1, Ordering::Relaxed);
                 return Ok(PooledConn {
                     conn: Some(conn),
@@ -490,6 +488,16 @@ impl NodePool {
             let drained: Vec<ServerConn> = std::mem::take(&mut *lock(&lane.idle));
             self.stats.open.fetch_sub(drained.len(), Ordering::Relaxed);
         }
+    }
+}
+
+/// A connection [`NodePool::reserve_open`] counted in `stats.open` that is not open yet:
+/// uncounted on drop unless forgotten once the connection exists.
+struct Reserved<'a>(&'a AtomicUsize);
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -203,3 +203,78 @@ fn shrinking_closes_connections_as_they_return_and_growing_adds_slots() -> TestR
     })?;
     Ok(())
 }
+
+/// A TCP relay on 127.0.0.1 to `backend` whose first connection is accepted and then never
+/// answered (a server stuck before the login completes); later ones are relayed.
+async fn relay_stalling_first(backend: String) -> Result<String, String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let mut stalled = Vec::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            if stalled.is_empty() {
+                stalled.push(client);
+                continue;
+            }
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    Ok(addr.to_string())
+}
+
+#[test]
+fn a_checkout_dropped_while_connecting_gives_its_room_back() -> TestResult {
+    let topo = Topology::builder().build()?;
+    let creds = Credentials {
+        user: topo.user().to_owned(),
+        password: topo.password().to_owned(),
+        database: topo.database().to_owned(),
+    };
+    let backend = topo.shards[0].primary.addr().to_string();
+    joined(on_worker(0, move || async move {
+        let relay = relay_stalling_first(backend).await?;
+        let pool = NodePool::new(relay.parse().map_err(|e| format!("{e:?}"))?, creds, 1);
+        // The client goes away (or cancels) while the pool logs in to the stuck server.
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(300), pool.checkout(TIMEOUT)).await;
+        if dropped.is_ok() {
+            return Err("the first login should never finish".to_owned());
+        }
+        let open_after_drop = pool.stats.open.load(Ordering::Relaxed);
+        // The one slot is free and nothing is open: the next checkout opens a connection.
+        let next = pool.checkout(Duration::from_secs(3)).await;
+        let works = match next {
+            Ok(mut conn) => {
+                backend_pid(&mut conn).await?;
+                conn.release();
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        Ok((
+            open_after_drop,
+            works,
+            pool.stats.open.load(Ordering::Relaxed),
+        ))
+    }))
+    .map(|(open_after_drop, works, open)| {
+        assert_eq!(
+            open_after_drop, 0,
+            "a connect that never finished is not open"
+        );
+        assert_eq!(
+            works,
+            Ok(()),
+            "the pool must not wait for a connection that does not exist"
+        );
+        assert_eq!(open, 1);
+    })?;
+    Ok(())
+}
