@@ -40,6 +40,7 @@ impl NodeRuntime {
     fn build(
         addr: &NodeAddr,
         config: &Config,
+        lanes: usize,
         replica: bool,
         previous: Option<&NodeRuntime>,
     ) -> Arc<NodeRuntime> {
@@ -63,12 +64,7 @@ impl NodeRuntime {
                         }
                         pool
                     }
-                    None => NodePool::with_lanes(
-                        addr.clone(),
-                        creds,
-                        config.pool.size,
-                        config.worker_threads() as usize,
-                    ),
+                    None => NodePool::with_lanes(addr.clone(), creds, config.pool.size, lanes),
                 };
                 (u.name.clone(), pool)
             })
@@ -168,6 +164,12 @@ impl Snapshot {
                 (u.name.clone(), entry)
             })
             .collect();
+        // One pool lane per worker thread the process runs: a reload that changes `workers`
+        // takes effect at the next restart, so new pools keep the running count.
+        let lanes = previous
+            .and_then(|p| p.pools().next())
+            .map(|p| p.lanes())
+            .unwrap_or(config.worker_threads() as usize);
         let shards = config
             .shards
             .iter()
@@ -179,11 +181,17 @@ impl Snapshot {
                 };
                 ShardRuntime {
                     name: Arc::from(s.name.as_str()),
-                    primary: NodeRuntime::build(&s.primary, &config, false, old(&s.primary, false)),
+                    primary: NodeRuntime::build(
+                        &s.primary,
+                        &config,
+                        lanes,
+                        false,
+                        old(&s.primary, false),
+                    ),
                     replicas: s
                         .replicas
                         .iter()
-                        .map(|r| NodeRuntime::build(r, &config, true, old(r, true)))
+                        .map(|r| NodeRuntime::build(r, &config, lanes, true, old(r, true)))
                         .collect(),
                 }
             })

@@ -146,6 +146,11 @@ impl NodePool {
         &self.creds
     }
 
+    /// How many lanes (worker threads) the pool was built for.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
     /// The calling thread's lane.
     fn my_lane(&self) -> usize {
         crate::lane::here().0 % self.lanes.len()
