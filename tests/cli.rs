@@ -1,5 +1,5 @@
 //! The command line: `shardgate check` on good and bad files, the `SHARDGATE_CONFIG`
-//! fallback, and `--help`.
+//! fallback, `--help`, and the README's first command, `shardgate demo`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -128,4 +128,87 @@ fn help_lists_the_subcommands() {
             "{sub} missing:\n{help}"
         );
     }
+}
+
+/// `shardgate demo` end to end, as the README's first command: it starts 2 shards with a
+/// replica each, prints a psql line that works, and on Ctrl-C stops and removes its data.
+/// It listens on the fixed ports 6432 and 9930; if either is taken here, the test says so
+/// and skips.
+#[test]
+fn demo_prints_a_working_psql_line_and_cleans_up_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    for port in [6432, 9930] {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            eprintln!("skipped: 127.0.0.1:{port} is in use");
+            return;
+        }
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the demo");
+    // The psql line is on stdout, progress (and the data directory) on stderr.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    for pipe in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut psql, mut data) = (None, None);
+    while psql.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("the demo printed no psql line within 120 s");
+        };
+        if let Some(dir) = line.trim().strip_prefix("data under ") {
+            data = Some(std::path::PathBuf::from(dir));
+        }
+        if line.trim_start().starts_with("PGPASSWORD=") && line.contains("psql ") {
+            psql = Some(line.trim().to_owned());
+        }
+    }
+    let psql = psql.expect("psql line");
+    let data = data.expect("the demo names its data directory");
+    assert!(data.is_dir(), "{}", data.display());
+    // The line as printed, with a statement added.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{psql} -XAtq -c \"INSERT INTO users (id, name) VALUES (1, 'ann'), (2, 'bob')\" \
+             -c 'SELECT name FROM users WHERE id = 2' -c 'SELECT count(*) FROM users'"
+        ))
+        .output()
+        .expect("run psql");
+    let shown = text(&out);
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let stopped = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the demo") {
+            break status;
+        }
+        if Instant::now() > stopped {
+            let _ = child.kill();
+            panic!("the demo did not stop within 60 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(out.status.success(), "{shown}");
+    assert_eq!(shown.lines().collect::<Vec<_>>(), ["bob", "2"], "{shown}");
+    assert!(status.success(), "{status:?}");
+    assert!(!data.exists(), "{} was left behind", data.display());
 }
