@@ -346,11 +346,10 @@ fn is_own_command(classifier: &Classifier, sql: &[u8]) -> bool {
 /// Whether `sql` contains "shardgate" in any case: only positions holding an `s` are compared.
 fn mentions_shardgate(sql: &[u8]) -> bool {
     const WORD: &[u8] = b"shardgate";
-    let last = sql.len().saturating_sub(WORD.len() - 1);
-    sql[..last]
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b | 0x20 == b's' && sql[i..i + WORD.len()].eq_ignore_ascii_case(WORD))
+    memchr::memchr2_iter(b's', b'S', sql).any(|i| {
+        sql.get(i..i + WORD.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(WORD))
+    })
 }
 
 /// The client's statement behind `name`, when shardgate renames it.

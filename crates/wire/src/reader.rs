@@ -68,11 +68,7 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string, returned without its NUL.
     pub(crate) fn cstr(&mut self) -> Result<&'a [u8]> {
-        let nul = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.err("missing NUL terminator"))?;
+        let nul = memchr::memchr(0, self.buf).ok_or_else(|| self.err("missing NUL terminator"))?;
         let s = self.bytes(nul)?;
         self.bytes(1)?;
         Ok(s)
@@ -112,7 +108,7 @@ impl<'a> Reader<'a> {
 /// Appends `s` as a C string. Writing stops at an embedded NUL: such a string cannot be
 /// represented on the wire, and a stray NUL would shift every later field of the message.
 pub(crate) fn put_cstr(dst: &mut bytes::BytesMut, s: &[u8]) {
-    let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+    let end = memchr::memchr(0, s).unwrap_or(s.len());
     dst.extend_from_slice(s.get(..end).unwrap_or_default());
     dst.extend_from_slice(&[0]);
 }
