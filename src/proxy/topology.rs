@@ -291,3 +291,32 @@ impl Snapshot {
         self.nodes().flat_map(|(_, n)| n.pools.values())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(workers: u32, replicas: &str) -> Config {
+        Config::from_yaml_str(&format!(
+            "workers: {workers}\nlisten: 127.0.0.1:1\nadmin_listen: 127.0.0.1:2\ndatabase: app\n\
+             users: [{{name: app, password: pw}}]\n\
+             shards: [{{name: s0, primary: 127.0.0.1:3, replicas: [{replicas}]}}]\n"
+        ))
+        .expect("valid config")
+    }
+
+    #[test]
+    fn pools_a_reload_adds_keep_the_running_lane_count() {
+        let metrics = Metrics::new();
+        let first = Snapshot::build(config(2, ""), 1, &metrics, None);
+        assert!(first.pools().all(|p| p.lanes() == 2));
+        // `workers` changes only at restart: the new replica's pool must match the threads
+        // that run, not the reloaded value.
+        let second = Snapshot::build(config(4, "127.0.0.1:4"), 2, &metrics, Some(&first));
+        assert_eq!(second.pools().count(), 2);
+        assert!(second.pools().all(|p| p.lanes() == 2));
+        // A fresh start takes the configured count.
+        let fresh = Snapshot::build(config(4, "127.0.0.1:4"), 1, &metrics, None);
+        assert!(fresh.pools().all(|p| p.lanes() == 4));
+    }
+}
