@@ -197,10 +197,6 @@ pub(crate) async fn run(
             source,
         })?;
     let workers = Workers::start(config.worker_threads()).map_err(StartError::Workers)?;
-    if config.worker_threads() <= 1 {
-        // Sessions run on this runtime.
-        tokio::spawn(shardgate_pool::heartbeat());
-    }
     let lanes = config.worker_threads() as usize;
     let max_clients = config.pool.max_client_connections as usize;
     let metrics = Arc::new(Metrics::new());

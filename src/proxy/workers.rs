@@ -52,10 +52,12 @@ impl Drop for Counted {
 pub(crate) struct Workers(Vec<Worker>);
 
 impl Workers {
-    /// `count` worker threads (none when `count` is 1). The calling thread is bound to pool
-    /// lane 0; worker `i` to lane `i`.
+    /// `count` worker threads, each keeping [`shardgate_pool::heartbeat`] running. With a
+    /// `count` of 1 there are none: sessions run on the calling runtime (bound to pool lane 0,
+    /// see `app::build_runtime`), which then gets the heartbeat. Worker `i` serves lane `i`.
     pub(crate) fn start(count: u32) -> std::io::Result<Workers> {
         if count <= 1 {
+            tokio::spawn(shardgate_pool::heartbeat());
             return Ok(Workers(Vec::new()));
         }
         let mut workers = Vec::with_capacity(count as usize);

@@ -40,7 +40,7 @@ struct Backoff {
 /// another lane (and then how often it looks again). Taking one moves a connection between
 /// threads, which costs system calls and a cross-thread wake-up; waiting this long first
 /// keeps lanes stable under an even load, where their own slots come back within a query.
-/// A multiple of [`HEARTBEAT`], so that arming it does not wake the thread's reactor.
+/// Longer than [`HEARTBEAT`], so that arming it does not wake the thread's reactor.
 const STEAL_AFTER: Duration = Duration::from_millis(50);
 
 /// The period of a timer each worker runtime should keep running (see
@@ -261,7 +261,7 @@ impl NodePool {
         };
         let lane = &self.lanes[me];
         lane.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&lane.waiting);
+        let _waiting = Counted(&lane.waiting);
         // Pairs with the fence in `hand_to_waiting`: either that release sees this waiter,
         // or this scan sees its slot.
         fence(Ordering::SeqCst);
@@ -313,10 +313,7 @@ impl NodePool {
                 Ok(pooled) => return Ok(pooled),
                 Err(slot) => slot,
             };
-            if self.reserve_open() {
-                // Counted before it exists: a failed connect, or this future dropped
-                // mid-connect, must give the room back.
-                let reserved = Reserved(&self.stats.open);
+            if let Some(reserved) = self.reserve_open() {
                 let conn = self.connect(timeout).await?;
                 std::mem::forget(reserved);
                 self.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -343,14 +340,17 @@ impl NodePool {
 
     /// Counts a connection about to be opened, if the node has room for it: fewer open
     /// than the slots that exist (the size, plus slots a shrink has yet to take back).
-    fn reserve_open(&self) -> bool {
+    /// Counted before it exists, so the count comes back when the guard drops: a failed
+    /// connect, or a checkout dropped mid-connect. Forget the guard once connected.
+    fn reserve_open(&self) -> Option<Counted<'_>> {
         let limit = self.size() as usize + self.debt.load(Ordering::Acquire) as usize;
         self.stats
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < limit).then_some(open + 1)
             })
-            .is_ok()
+            .ok()
+            .map(|_| Counted(&self.stats.open))
     }
 
     /// A live idle connection without waiting, if a slot and one are free right now. The
@@ -496,20 +496,11 @@ impl NodePool {
     }
 }
 
-/// A connection [`NodePool::reserve_open`] counted in `stats.open` that is not open yet:
-/// uncounted on drop unless forgotten once the connection exists.
-struct Reserved<'a>(&'a AtomicUsize);
+/// One unit of a counter (an open connection being made, a waiting checkout), taken back
+/// when dropped: cancel safe.
+struct Counted<'a>(&'a AtomicUsize);
 
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a waiting checkout for as long as it waits (cancel safe).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
