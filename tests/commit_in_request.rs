@@ -11,8 +11,8 @@ mod support;
 use std::time::Duration;
 
 use shardgate_testkit::Topology;
-use support::raw::{error_field, login_trust, message, query, RawConn};
-use support::sharded::{int_keys_on, primaries};
+use support::raw::{error_field, extended, login_trust, message, query, tags, RawConn};
+use support::sharded::{create_orders, int_keys_on, notes_by_shard, prepared_xacts, primaries};
 use support::{start_trust, Proxy, ProxyOptions};
 use tokio::time::timeout;
 
@@ -37,13 +37,7 @@ async fn start(two_phase: bool) -> Started {
         .build()
         .expect("topology");
     let direct = primaries(&topology).await;
-    for c in &direct {
-        c.batch_execute(
-            "CREATE TABLE orders (user_id bigint, note text); GRANT ALL ON orders TO PUBLIC",
-        )
-        .await
-        .expect("create");
-    }
+    create_orders(&direct).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let two_phase = if two_phase {
         format!(
@@ -81,52 +75,14 @@ impl Started {
     }
 }
 
-/// Each shard's notes, sorted.
-async fn notes(direct: &[tokio_postgres::Client]) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    for c in direct {
-        let rows = c
-            .query("SELECT note FROM orders ORDER BY note", &[])
-            .await
-            .expect("read");
-        out.push(rows.iter().map(|r| r.get(0)).collect());
-    }
-    out
-}
-
-async fn prepared(direct: &[tokio_postgres::Client]) -> i64 {
-    let mut n = 0;
-    for c in direct {
-        let row = c
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await
-            .expect("count");
-        n += row.get::<_, i64>(0);
-    }
-    n
-}
-
 fn insert(key: i64, note: &str) -> String {
     format!("INSERT INTO orders (user_id, note) VALUES ({key}, '{note}')")
-}
-
-/// Parse, Bind and Execute of `sql` (no parameters) through the unnamed statement and portal.
-fn run_extended(sql: &str) -> Vec<u8> {
-    let mut parse = vec![0u8];
-    parse.extend_from_slice(sql.as_bytes());
-    parse.extend_from_slice(&[0, 0, 0]);
-    let mut out = message(b'P', &parse);
-    out.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
-    out.extend(message(b'E', b"\0\0\0\0\0"));
-    out
 }
 
 /// Runs each simple query; none may fail.
 async fn run_ok(conn: &mut RawConn, sqls: &[String]) {
     for sql in sqls {
-        conn.send(&query(sql)).await;
-        let got = conn.until_ready(T).await;
-        assert!(got.iter().all(|(tag, _)| *tag != b'E'), "{sql}: {got:?}");
+        conn.run_ok(sql, T).await;
     }
 }
 
@@ -135,8 +91,7 @@ async fn run_ok(conn: &mut RawConn, sqls: &[String]) {
 async fn expect_refused_then_rollback(conn: &mut RawConn, request: &[u8], what: &str) {
     conn.send(request).await;
     let got = conn.until_ready(T).await;
-    let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-    assert_eq!(tags, b"EZ".to_vec(), "{what}: {got:?}");
+    assert_eq!(tags(&got), b"EZ".to_vec(), "{what}: {got:?}");
     assert_eq!(
         error_field(&got[0].1, b'C').as_deref(),
         Some("0A000"),
@@ -156,8 +111,7 @@ async fn expect_refused_then_rollback(conn: &mut RawConn, request: &[u8], what: 
     conn.send(&query("ROLLBACK")).await;
     let got = conn.until_ready(T).await;
     let got: Vec<_> = got.into_iter().filter(|(tag, _)| *tag != b'N').collect();
-    let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-    assert_eq!(tags, b"CZ".to_vec(), "{what}: ROLLBACK {got:?}");
+    assert_eq!(tags(&got), b"CZ".to_vec(), "{what}: ROLLBACK {got:?}");
     assert_eq!(got[0].1, b"ROLLBACK\0".to_vec(), "{what}");
     assert_eq!(got[1].1, b"I".to_vec(), "{what}");
 }
@@ -182,14 +136,14 @@ async fn two_phase_commit_beside_other_statements_is_refused_and_rolls_back() {
 
         // (a) A pipeline: a write on a shard already in the transaction, then COMMIT, one Sync.
         run_ok(&mut conn, &open("1")).await;
-        let mut request = run_extended(&insert(b, "1c"));
-        request.extend(run_extended("COMMIT"));
+        let mut request = extended(&insert(b, "1c"));
+        request.extend(extended("COMMIT"));
         request.extend(&sync);
         expect_refused_then_rollback(&mut conn, &request, "write, COMMIT, Sync").await;
         // The same with a read.
         run_ok(&mut conn, &open("2")).await;
-        let mut request = run_extended(&format!("SELECT note FROM orders WHERE user_id = {b}"));
-        request.extend(run_extended("COMMIT"));
+        let mut request = extended(&format!("SELECT note FROM orders WHERE user_id = {b}"));
+        request.extend(extended("COMMIT"));
         request.extend(&sync);
         expect_refused_then_rollback(&mut conn, &request, "read, COMMIT, Sync").await;
         // (b) One simple Query.
@@ -202,21 +156,26 @@ async fn two_phase_commit_beside_other_statements_is_refused_and_rolls_back() {
         run_ok(&mut conn, &open("5")).await;
         expect_refused_then_rollback(&mut conn, &query("COMMIT AND CHAIN"), "AND CHAIN").await;
 
-        assert_eq!(notes(&s.direct).await, vec![Vec::<String>::new(), vec![]]);
-        assert_eq!(prepared(&s.direct).await, 0, "nothing left prepared");
+        assert_eq!(
+            notes_by_shard(&s.direct).await,
+            vec![Vec::<String>::new(), vec![]]
+        );
+        assert_eq!(prepared_xacts(&s.direct).await, 0, "nothing left prepared");
 
         // A lone COMMIT commits on both shards, in either protocol.
         run_ok(&mut conn, &open("6")).await;
-        let mut request = run_extended("COMMIT");
+        let mut request = extended("COMMIT");
         request.extend(&sync);
         conn.send(&request).await;
         let got = conn.until_ready(T).await;
-        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-        assert_eq!(tags, b"12CZ".to_vec(), "{got:?}");
+        assert_eq!(tags(&got), b"12CZ".to_vec(), "{got:?}");
         assert_eq!(got[2].1, b"COMMIT\0".to_vec());
         assert_eq!(got[3].1, b"I".to_vec());
-        assert_eq!(notes(&s.direct).await, vec![vec!["6a"], vec!["6b"]]);
-        assert_eq!(prepared(&s.direct).await, 0, "nothing left prepared");
+        assert_eq!(
+            notes_by_shard(&s.direct).await,
+            vec![vec!["6a"], vec!["6b"]]
+        );
+        assert_eq!(prepared_xacts(&s.direct).await, 0, "nothing left prepared");
     })
     .await
     .expect("bounded");
@@ -244,13 +203,12 @@ async fn commit_beside_statements_runs_on_one_shard_and_is_refused_across_shards
             conn.send(&query(&format!("{}; COMMIT", insert(a, "1b"))))
                 .await;
             let got = conn.until_ready(T).await;
-            let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-            assert_eq!(tags, b"CCZ".to_vec(), "{mode}: {got:?}");
+            assert_eq!(tags(&got), b"CCZ".to_vec(), "{mode}: {got:?}");
             assert_eq!(got[0].1, b"INSERT 0 1\0".to_vec(), "{mode}");
             assert_eq!(got[1].1, b"COMMIT\0".to_vec(), "{mode}");
             assert_eq!(got[2].1, b"I".to_vec(), "{mode}");
             assert_eq!(
-                notes(&s.direct).await,
+                notes_by_shard(&s.direct).await,
                 vec![vec!["1a", "1b"], vec!["seed"]],
                 "{mode}"
             );
@@ -261,8 +219,8 @@ async fn commit_beside_statements_runs_on_one_shard_and_is_refused_across_shards
             expect_refused_then_rollback(&mut conn, &request, mode).await;
             // Wrote on s0; the request reads s1 before COMMIT.
             run_ok(&mut conn, &["BEGIN".to_owned(), insert(a, "3a")]).await;
-            let mut request = run_extended(&format!("SELECT note FROM orders WHERE user_id = {b}"));
-            request.extend(run_extended("COMMIT"));
+            let mut request = extended(&format!("SELECT note FROM orders WHERE user_id = {b}"));
+            request.extend(extended("COMMIT"));
             request.extend(&sync);
             expect_refused_then_rollback(&mut conn, &request, mode).await;
             // Wrote on s0 and read s1 (held by the transaction); the request reads s1.
@@ -274,33 +232,32 @@ async fn commit_beside_statements_runs_on_one_shard_and_is_refused_across_shards
                 ]
             };
             run_ok(&mut conn, &open("4a")).await;
-            let mut request = run_extended(&format!("SELECT note FROM orders WHERE user_id = {b}"));
-            request.extend(run_extended("COMMIT"));
+            let mut request = extended(&format!("SELECT note FROM orders WHERE user_id = {b}"));
+            request.extend(extended("COMMIT"));
             request.extend(&sync);
             expect_refused_then_rollback(&mut conn, &request, mode).await;
             assert_eq!(
-                notes(&s.direct).await,
+                notes_by_shard(&s.direct).await,
                 vec![vec!["1a", "1b"], vec!["seed"]],
                 "{mode}: nothing else committed, nothing on the wrong shard"
             );
             // The same transaction, and the request reads s0, where it wrote: it runs there.
             run_ok(&mut conn, &open("5a")).await;
-            let mut request = run_extended(&format!("SELECT note FROM orders WHERE user_id = {a}"));
-            request.extend(run_extended("COMMIT"));
+            let mut request = extended(&format!("SELECT note FROM orders WHERE user_id = {a}"));
+            request.extend(extended("COMMIT"));
             request.extend(&sync);
             conn.send(&request).await;
             let got = conn.until_ready(T).await;
-            let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-            assert_eq!(tags, b"12DDDC12CZ".to_vec(), "{mode}: {got:?}");
+            assert_eq!(tags(&got), b"12DDDC12CZ".to_vec(), "{mode}: {got:?}");
             assert_eq!(got[5].1, b"SELECT 3\0".to_vec(), "{mode}");
             assert_eq!(got[8].1, b"COMMIT\0".to_vec(), "{mode}");
             assert_eq!(got[9].1, b"I".to_vec(), "{mode}");
             assert_eq!(
-                notes(&s.direct).await,
+                notes_by_shard(&s.direct).await,
                 vec![vec!["1a", "1b", "5a"], vec!["seed"]],
                 "{mode}"
             );
-            assert_eq!(prepared(&s.direct).await, 0, "{mode}");
+            assert_eq!(prepared_xacts(&s.direct).await, 0, "{mode}");
         }
     })
     .await

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use shardgate_testkit::Topology;
-use support::raw::{login_trust, message, query};
+use support::raw::{extended, first_column, login_trust, message, tags};
 use support::{direct_conn_str, port, ports, start_trust, wait_routable, Proxy, ProxyOptions};
 use tokio::time::timeout;
 use tokio_postgres::error::SqlState;
@@ -668,24 +668,15 @@ async fn a_read_beside_a_prepared_begin_is_a_plain_read() {
         // Prepares `begin` as statement `name` and runs an unnamed read, in one request;
         // returns the port the read ran on and the transaction status after it.
         let mut run = async |target: &str, name: &str, begin: &str| {
-            conn.send(&query(&format!("SET shardgate.target = '{target}'")))
+            conn.run_ok(&format!("SET shardgate.target = '{target}'"), t)
                 .await;
-            let got = conn.until_ready(t).await;
-            assert!(got.iter().all(|(tag, _)| *tag != b'E'), "{got:?}");
             let mut request = message(b'P', format!("{name}\0{begin}\0\0\0").as_bytes());
-            request.extend(message(b'P', b"\0SELECT inet_server_port()\0\0\0"));
-            request.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
-            request.extend(message(b'E', b"\0\0\0\0\0"));
+            request.extend(extended("SELECT inet_server_port()"));
             request.extend(message(b'S', b""));
             conn.send(&request).await;
             let got = conn.until_ready(t).await;
-            let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-            assert_eq!(tags, b"112DCZ".to_vec(), "{begin}: {got:?}");
-            // DataRow: one column, its length, its text.
-            let port: u16 = std::str::from_utf8(&got[3].1[6..])
-                .expect("text")
-                .parse()
-                .expect("port");
+            assert_eq!(tags(&got), b"112DCZ".to_vec(), "{begin}: {got:?}");
+            let port: u16 = first_column(&got[3].1).parse().expect("port");
             (port, got[5].1.clone())
         };
         assert_eq!(
@@ -701,24 +692,14 @@ async fn a_read_beside_a_prepared_begin_is_a_plain_read() {
 
         // Prepared and run in the same request, BEGIN READ ONLY does open a read-only
         // transaction, which takes the read to a replica whatever the target.
-        conn.send(&query("SET shardgate.target = 'primary'")).await;
-        let got = conn.until_ready(t).await;
-        assert!(got.iter().all(|(tag, _)| *tag != b'E'), "{got:?}");
-        let mut request = Vec::new();
-        for sql in ["BEGIN READ ONLY", "SELECT inet_server_port()"] {
-            request.extend(message(b'P', format!("\0{sql}\0\0\0").as_bytes()));
-            request.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
-            request.extend(message(b'E', b"\0\0\0\0\0"));
-        }
+        conn.run_ok("SET shardgate.target = 'primary'", t).await;
+        let mut request = extended("BEGIN READ ONLY");
+        request.extend(extended("SELECT inet_server_port()"));
         request.extend(message(b'S', b""));
         conn.send(&request).await;
         let got = conn.until_ready(t).await;
-        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-        assert_eq!(tags, b"12C12DCZ".to_vec(), "{got:?}");
-        let port: u16 = std::str::from_utf8(&got[5].1[6..])
-            .expect("text")
-            .parse()
-            .expect("port");
+        assert_eq!(tags(&got), b"12C12DCZ".to_vec(), "{got:?}");
+        let port: u16 = first_column(&got[5].1).parse().expect("port");
         assert!(
             replicas.contains(&port) && got[7].1 == b"T",
             "BEGIN READ ONLY run in the request: the read ran on {port}, status {:?}",

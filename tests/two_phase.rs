@@ -7,12 +7,13 @@ mod support;
 use std::time::Duration;
 
 use shardgate_testkit::{free_port, Topology};
-use support::raw::{login_trust, message, query};
-use support::sharded::{int_keys_on, primaries};
-use support::{Proxy, ProxyOptions};
+use support::raw::{login_trust, message, tags, RawConn};
+use support::sharded::{create_orders, int_keys_on, notes_by_shard, prepared_xacts, primaries};
+use support::{start_trust, Proxy, ProxyOptions};
 use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(60);
+const T: Duration = Duration::from_secs(10);
 
 fn topology() -> Topology {
     Topology::builder()
@@ -23,15 +24,19 @@ fn topology() -> Topology {
         .expect("topology")
 }
 
-fn yaml(topology: &Topology, port: u16, admin: u16, log: &std::path::Path) -> String {
-    let options = ProxyOptions {
+/// `orders` sharded by `user_id`, with two-phase commit logging to `log`.
+fn options(log: &std::path::Path) -> ProxyOptions {
+    ProxyOptions {
         extra_yaml: format!(
             "sharding:\n  logical_shards: 1024\n  tables:\n    orders: user_id\n  two_phase_commit: true\n  two_phase_log: {}\n",
             log.display()
         ),
         ..ProxyOptions::default()
-    };
-    Proxy::config_yaml(topology, port, admin, &options)
+    }
+}
+
+fn yaml(topology: &Topology, port: u16, admin: u16, log: &std::path::Path) -> String {
+    Proxy::config_yaml(topology, port, admin, &options(log))
 }
 
 fn start(topology: &Topology, log: &std::path::Path, env: &[(&str, &str)]) -> Proxy {
@@ -41,13 +46,7 @@ fn start(topology: &Topology, log: &std::path::Path, env: &[(&str, &str)]) -> Pr
 
 async fn setup(topology: &Topology) -> Vec<tokio_postgres::Client> {
     let direct = primaries(topology).await;
-    for c in &direct {
-        c.batch_execute(
-            "CREATE TABLE orders (user_id bigint, note text); GRANT ALL ON orders TO PUBLIC",
-        )
-        .await
-        .expect("create");
-    }
+    create_orders(&direct).await;
     direct
 }
 
@@ -83,30 +82,6 @@ impl Started {
     }
 }
 
-async fn notes(direct: &[tokio_postgres::Client]) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    for c in direct {
-        let rows = c
-            .query("SELECT note FROM orders ORDER BY note", &[])
-            .await
-            .expect("read");
-        out.push(rows.iter().map(|r| r.get(0)).collect());
-    }
-    out
-}
-
-async fn prepared(direct: &[tokio_postgres::Client]) -> i64 {
-    let mut n = 0;
-    for c in direct {
-        let row = c
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await
-            .expect("count");
-        n += row.get::<_, i64>(0);
-    }
-    n
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
     timeout(LIMIT, async {
@@ -127,7 +102,7 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
         ] {
             client.batch_execute(&sql).await.expect(&sql);
         }
-        assert_eq!(notes(direct).await, vec![vec!["a"], vec!["b"]]);
+        assert_eq!(notes_by_shard(direct).await, vec![vec!["a"], vec!["b"]]);
         // Statement by statement, and the extended protocol.
         client.batch_execute("BEGIN").await.expect("begin");
         client
@@ -139,7 +114,10 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
             .await
             .expect("s1");
         client.batch_execute("COMMIT").await.expect("commit");
-        assert_eq!(notes(direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
+        assert_eq!(
+            notes_by_shard(direct).await,
+            vec![vec!["a", "c"], vec!["b", "d"]]
+        );
         // ROLLBACK leaves nothing anywhere.
         client.batch_execute("BEGIN").await.expect("begin");
         client
@@ -155,7 +133,10 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
             .await
             .expect("s1");
         client.batch_execute("ROLLBACK").await.expect("rollback");
-        assert_eq!(notes(direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
+        assert_eq!(
+            notes_by_shard(direct).await,
+            vec![vec!["a", "c"], vec!["b", "d"]]
+        );
         // A failed statement turns COMMIT into ROLLBACK on every shard.
         client.batch_execute("BEGIN").await.expect("begin");
         client
@@ -178,7 +159,10 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
             .batch_execute("COMMIT")
             .await
             .expect("commit answers");
-        assert_eq!(notes(direct).await, vec![vec!["a", "c"], vec!["b", "d"]]);
+        assert_eq!(
+            notes_by_shard(direct).await,
+            vec![vec!["a", "c"], vec!["b", "d"]]
+        );
         // An autocommit multi-row INSERT across shards is committed the same way.
         let n = client
             .execute(
@@ -189,10 +173,10 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
             .expect("split insert");
         assert_eq!(n, 2);
         assert_eq!(
-            notes(direct).await,
+            notes_by_shard(direct).await,
             vec![vec!["a", "c", "e"], vec!["b", "d", "f"]]
         );
-        assert_eq!(prepared(direct).await, 0, "nothing left prepared");
+        assert_eq!(prepared_xacts(direct).await, 0, "nothing left prepared");
         let committed = proxy.metric("shardgate_2pc_total{outcome=\"committed\"}");
         assert!(committed.unwrap_or(0.0) >= 3.0, "{committed:?}");
     })
@@ -204,32 +188,49 @@ async fn a_transaction_writing_two_shards_commits_on_both_or_neither() {
 /// drivers that prepare and run in one round trip send it) is answered as PostgreSQL answers
 /// it: ParseComplete, ParameterDescription (no parameters), NoData, BindComplete, NoData,
 /// CommandComplete, ReadyForQuery; and commits on both shards.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_extended_protocol_commit_is_answered_as_postgresql_does() {
-    timeout(LIMIT, async {
+/// A raw-protocol session (`auth: trust`) in a transaction that wrote 'a' on s0 and 'b' on s1,
+/// through a 2PC proxy. Fields drop in order: the proxy, then the servers.
+struct Open {
+    direct: Vec<tokio_postgres::Client>,
+    _proxy: Proxy,
+    _dir: tempfile::TempDir,
+    _topology: Topology,
+}
+
+impl Open {
+    async fn begin() -> (Open, RawConn) {
         let topology = topology();
         let direct = setup(&topology).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let (port, admin) = (free_port(), free_port());
-        let password_line = format!("    password: {}\n", topology.password());
-        let yaml = yaml(&topology, port, admin, &dir.path().join("2pc.log")).replacen(
-            &password_line,
-            &format!("{password_line}    auth: trust\n"),
-            1,
-        );
-        let proxy = Proxy::start_yaml(&yaml, port, admin);
+        let proxy = start_trust(&topology, options(&dir.path().join("2pc.log")));
         let mut conn = login_trust(proxy.addr(), topology.user(), topology.database()).await;
-        let t = Duration::from_secs(10);
         let (a, b) = (int_keys_on(0, 1, 1)[0], int_keys_on(1, 1, 1)[0]);
-        for sql in [
-            "BEGIN".to_owned(),
-            format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'a')"),
-            format!("INSERT INTO orders (user_id, note) VALUES ({b}, 'b')"),
-        ] {
-            conn.send(&query(&sql)).await;
-            let got = conn.until_ready(t).await;
-            assert!(got.iter().all(|(tag, _)| *tag != b'E'), "{sql}: {got:?}");
-        }
+        conn.run_ok("BEGIN", T).await;
+        conn.run_ok(
+            &format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'a')"),
+            T,
+        )
+        .await;
+        conn.run_ok(
+            &format!("INSERT INTO orders (user_id, note) VALUES ({b}, 'b')"),
+            T,
+        )
+        .await;
+        let open = Open {
+            direct,
+            _proxy: proxy,
+            _dir: dir,
+            _topology: topology,
+        };
+        (open, conn)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extended_protocol_commit_is_answered_as_postgresql_does() {
+    timeout(LIMIT, async {
+        let (open, mut conn) = Open::begin().await;
+        let (direct, t) = (&open.direct, T);
         let mut request = message(b'P', b"\0COMMIT\0\0\0");
         request.extend(message(b'D', b"S\0"));
         request.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
@@ -238,13 +239,12 @@ async fn an_extended_protocol_commit_is_answered_as_postgresql_does() {
         request.extend(message(b'S', b""));
         conn.send(&request).await;
         let got = conn.until_ready(t).await;
-        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-        assert_eq!(tags, b"1tn2nCZ".to_vec(), "{got:?}");
+        assert_eq!(tags(&got), b"1tn2nCZ".to_vec(), "{got:?}");
         assert_eq!(got[1].1, vec![0u8, 0], "no parameters");
         assert_eq!(got[5].1, b"COMMIT\0".to_vec());
         assert_eq!(got[6].1, b"I".to_vec());
-        assert_eq!(notes(&direct).await, vec![vec!["a"], vec!["b"]]);
-        assert_eq!(prepared(&direct).await, 0, "nothing left prepared");
+        assert_eq!(notes_by_shard(direct).await, vec![vec!["a"], vec!["b"]]);
+        assert_eq!(prepared_xacts(direct).await, 0, "nothing left prepared");
     })
     .await
     .expect("bounded");
@@ -255,35 +255,13 @@ async fn an_extended_protocol_commit_is_answered_as_postgresql_does() {
 #[tokio::test(flavor = "multi_thread")]
 async fn running_rollback_beside_a_prepared_commit_rolls_back() {
     timeout(LIMIT, async {
-        let topology = topology();
-        let direct = setup(&topology).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (port, admin) = (free_port(), free_port());
-        let password_line = format!("    password: {}\n", topology.password());
-        let yaml = yaml(&topology, port, admin, &dir.path().join("2pc.log")).replacen(
-            &password_line,
-            &format!("{password_line}    auth: trust\n"),
-            1,
-        );
-        let proxy = Proxy::start_yaml(&yaml, port, admin);
-        let mut conn = login_trust(proxy.addr(), topology.user(), topology.database()).await;
-        let t = Duration::from_secs(10);
-        let (a, b) = (int_keys_on(0, 1, 1)[0], int_keys_on(1, 1, 1)[0]);
-        for sql in [
-            "BEGIN".to_owned(),
-            format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'a')"),
-            format!("INSERT INTO orders (user_id, note) VALUES ({b}, 'b')"),
-        ] {
-            conn.send(&query(&sql)).await;
-            let got = conn.until_ready(t).await;
-            assert!(got.iter().all(|(tag, _)| *tag != b'E'), "{sql}: {got:?}");
-        }
+        let (open, mut conn) = Open::begin().await;
+        let (direct, t) = (&open.direct, T);
         let mut request = message(b'P', b"rb\0ROLLBACK\0\0\0");
         request.extend(message(b'S', b""));
         conn.send(&request).await;
         let got = conn.until_ready(t).await;
-        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-        assert_eq!(tags, b"1Z".to_vec(), "{got:?}");
+        assert_eq!(tags(&got), b"1Z".to_vec(), "{got:?}");
         assert_eq!(got[1].1, b"T".to_vec(), "still in the transaction");
 
         let mut request = message(b'P', b"c\0COMMIT\0\0\0");
@@ -292,12 +270,14 @@ async fn running_rollback_beside_a_prepared_commit_rolls_back() {
         request.extend(message(b'S', b""));
         conn.send(&request).await;
         let got = conn.until_ready(t).await;
-        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-        assert_eq!(tags, b"12CZ".to_vec(), "{got:?}");
+        assert_eq!(tags(&got), b"12CZ".to_vec(), "{got:?}");
         assert_eq!(got[2].1, b"ROLLBACK\0".to_vec());
         assert_eq!(got[3].1, b"I".to_vec());
-        assert_eq!(notes(&direct).await, vec![Vec::<String>::new(), vec![]]);
-        assert_eq!(prepared(&direct).await, 0, "nothing left prepared");
+        assert_eq!(
+            notes_by_shard(direct).await,
+            vec![Vec::<String>::new(), vec![]]
+        );
+        assert_eq!(prepared_xacts(direct).await, 0, "nothing left prepared");
     })
     .await
     .expect("bounded");
@@ -333,11 +313,14 @@ async fn crash_and_recover(point: &str) -> Vec<Vec<String>> {
         assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(false));
     }
     assert_eq!(
-        prepared(&direct).await,
+        prepared_xacts(&direct).await,
         2,
         "both shards hold the prepared transaction"
     );
-    assert_eq!(notes(&direct).await, vec![Vec::<String>::new(), vec![]]);
+    assert_eq!(
+        notes_by_shard(&direct).await,
+        vec![Vec::<String>::new(), vec![]]
+    );
     let _proxy = start(
         &topology,
         &log,
@@ -347,14 +330,14 @@ async fn crash_and_recover(point: &str) -> Vec<Vec<String>> {
         ],
     );
     let resolved = support::poll_until(Duration::from_secs(20), || async {
-        prepared(&direct).await == 0
+        prepared_xacts(&direct).await == 0
     })
     .await;
     assert!(
         resolved.is_some(),
         "recovery resolved the prepared transactions"
     );
-    notes(&direct).await
+    notes_by_shard(&direct).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -397,8 +380,11 @@ async fn preparing_commit_does_not_commit_until_it_is_executed() {
         }
         let commit = client.prepare("COMMIT").await.expect("prepare COMMIT");
         // Still one open transaction: nothing visible, nothing prepared, and it goes on.
-        assert_eq!(notes(direct).await, vec![Vec::<String>::new(), vec![]]);
-        assert_eq!(prepared(direct).await, 0);
+        assert_eq!(
+            notes_by_shard(direct).await,
+            vec![Vec::<String>::new(), vec![]]
+        );
+        assert_eq!(prepared_xacts(direct).await, 0);
         client
             .batch_execute(&format!(
                 "INSERT INTO orders (user_id, note) VALUES ({b}, 'c')"
@@ -406,8 +392,11 @@ async fn preparing_commit_does_not_commit_until_it_is_executed() {
             .await
             .expect("still in the transaction");
         client.execute(&commit, &[]).await.expect("COMMIT");
-        assert_eq!(notes(direct).await, vec![vec!["a"], vec!["b", "c"]]);
-        assert_eq!(prepared(direct).await, 0);
+        assert_eq!(
+            notes_by_shard(direct).await,
+            vec![vec!["a"], vec!["b", "c"]]
+        );
+        assert_eq!(prepared_xacts(direct).await, 0);
         // The session goes on outside a transaction.
         let n: i64 = client
             .query_one("SELECT count(*) FROM orders WHERE user_id = $1", &[&b])

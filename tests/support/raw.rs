@@ -136,6 +136,14 @@ impl RawConn {
         }
     }
 
+    /// Runs `sql` as a simple query, which must not fail; returns its messages.
+    pub async fn run_ok(&mut self, sql: &str, timeout: Duration) -> Vec<(u8, Vec<u8>)> {
+        self.send(&query(sql)).await;
+        let got = self.until_ready(timeout).await;
+        assert!(got.iter().all(|(tag, _)| *tag != b'E'), "{sql}: {got:?}");
+        got
+    }
+
     /// Whether the peer closes the connection within `timeout` (reading and discarding
     /// anything it sends first); returns the messages seen before the close.
     pub async fn closed_within(&mut self, timeout: Duration) -> Result<Vec<(u8, Vec<u8>)>, String> {
@@ -170,4 +178,23 @@ pub async fn login_trust(addr: SocketAddr, user: &str, database: &str) -> RawCon
         "expected BackendKeyData"
     );
     conn
+}
+
+/// Parse, Bind and Execute of `sql` (no parameters) through the unnamed statement and portal.
+pub fn extended(sql: &str) -> Vec<u8> {
+    let mut out = message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    out.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    out.extend(message(b'E', b"\0\0\0\0\0"));
+    out
+}
+
+/// The message types of a reply, in order.
+pub fn tags(got: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    got.iter().map(|(tag, _)| *tag).collect()
+}
+
+/// The first column of a DataRow body (count, then length), as text.
+pub fn first_column(data_row: &[u8]) -> String {
+    let len = i32::from_be_bytes(data_row[2..6].try_into().expect("length")) as usize;
+    String::from_utf8(data_row[6..6 + len].to_vec()).expect("text")
 }

@@ -285,3 +285,40 @@ pub async fn notes_on(direct: &[tokio_postgres::Client], note: &str) -> Vec<i64>
     }
     out
 }
+
+/// `orders (user_id bigint, note text)`, usable by the test user, on each primary.
+pub async fn create_orders(direct: &[tokio_postgres::Client]) {
+    for c in direct {
+        c.batch_execute(
+            "CREATE TABLE orders (user_id bigint, note text); GRANT ALL ON orders TO PUBLIC",
+        )
+        .await
+        .expect("create orders");
+    }
+}
+
+/// Each primary's `orders.note` values, sorted.
+pub async fn notes_by_shard(direct: &[tokio_postgres::Client]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for c in direct {
+        let rows = c
+            .query("SELECT note FROM orders ORDER BY note", &[])
+            .await
+            .expect("read notes");
+        out.push(rows.iter().map(|r| r.get(0)).collect());
+    }
+    out
+}
+
+/// Prepared (two-phase) transactions left on the primaries.
+pub async fn prepared_xacts(direct: &[tokio_postgres::Client]) -> i64 {
+    let mut n = 0;
+    for c in direct {
+        let row = c
+            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            .await
+            .expect("count prepared transactions");
+        n += row.get::<_, i64>(0);
+    }
+    n
+}
