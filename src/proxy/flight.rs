@@ -340,7 +340,9 @@ impl Flight {
 /// Whether a statement is `SET/RESET/SHOW shardgate.*` (a byte search first, so other
 /// statements cost almost nothing).
 fn is_own_command(classifier: &Classifier, sql: &[u8]) -> bool {
-    mentions_shardgate(sql) && classifier.classify(sql).shardgate.is_some()
+    super::params::may_start_with(sql, &[b"SET", b"RESET", b"SHOW"])
+        && mentions_shardgate(sql)
+        && classifier.classify(sql).shardgate.is_some()
 }
 
 /// Whether `sql` contains "shardgate" in any case: only positions holding an `s` are compared.
@@ -362,6 +364,38 @@ fn tracked<'s>(
         statements.get(name)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn only_texts_not_starting_with_another_word_may_be_session_commands() {
+    for yes in [
+        &b"SET shardgate.target = primary"[..],
+        b"  \n\treset shardgate.target",
+        b"Show shardgate.route",
+        b"/* hint */ SET shardgate.target = primary",
+        b"-- c\nSHOW shardgate.route",
+        b"set/**/shardgate.target = primary",
+        b"",
+    ] {
+        assert!(
+            super::params::may_start_with(yes, &[b"SET", b"RESET", b"SHOW"]),
+            "{}",
+            String::from_utf8_lossy(yes)
+        );
+    }
+    for no in [
+        &b"SELECT 'shardgate'"[..],
+        b" select shardgate.x()",
+        b"SETTINGS shardgate",
+        b"SHOWS shardgate",
+    ] {
+        assert!(
+            !super::params::may_start_with(no, &[b"SET", b"RESET", b"SHOW"]),
+            "{}",
+            String::from_utf8_lossy(no)
+        );
     }
 }
 

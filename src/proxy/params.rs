@@ -44,11 +44,27 @@ pub(crate) struct SessionParams {
 /// a literal or comment that ends the text just leaves that literal or comment unterminated,
 /// which the server rejects. Anything else may hold several statements: `None`.
 fn single_statement(sql: &[u8]) -> Option<&[u8]> {
-    match sql.iter().position(|&b| b == b';') {
+    match memchr::memchr(b';', sql) {
         None => Some(sql),
         Some(i) if sql[i + 1..].iter().all(u8::is_ascii_whitespace) => Some(&sql[..i]),
         Some(_) => None,
     }
+}
+
+/// False only when the first word of `sql`, after ASCII blanks, is a run of letters that is
+/// none of `words` (compared case-insensitively). Anything else (a comment first, an unusual
+/// character) may still start with one of them, as far as this cheap look can tell.
+pub(crate) fn may_start_with(sql: &[u8], words: &[&[u8]]) -> bool {
+    let mut end = 0;
+    while sql.get(end).is_some_and(u8::is_ascii_whitespace) {
+        end += 1;
+    }
+    let start = end;
+    while sql.get(end).is_some_and(u8::is_ascii_alphabetic) {
+        end += 1;
+    }
+    let word = sql.get(start..end).unwrap_or_default();
+    word.is_empty() || words.iter().any(|k| word.eq_ignore_ascii_case(k))
 }
 
 /// A SQL string literal, quoted the way PostgreSQL reads it with standard_conforming_strings.
@@ -129,12 +145,11 @@ impl SessionParams {
 
     /// Looks for session commands in a simple-protocol Query or a Parse.
     pub(crate) fn observe(&mut self, sql: &[u8]) {
-        // Fast reject: every tracked command starts with one of these letters.
-        if !sql.iter().any(|b| matches!(b | 0x20, b's' | b'r' | b'd')) {
-            return;
-        }
         let pending = &mut self.pending;
         if let Some(one) = single_statement(sql) {
+            if !may_start_with(one, &[b"SET", b"RESET", b"DISCARD", b"DEALLOCATE"]) {
+                return;
+            }
             // One statement: its first tokens decide, no need to split the whole text.
             if let Some(cmd) = session_command(one) {
                 if cmd != SessionCommand::Local {

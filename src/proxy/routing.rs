@@ -114,6 +114,20 @@ pub(crate) fn choose(
 
 /// Each replica of a shard and why it is excluded, e.g.
 /// "replica 127.0.0.1:5434 excluded: lag 12.0 MiB > bound 1.0 MiB".
+/// [`replicas_detail`] as the decision log keeps it. A shard without replicas (every read goes
+/// to its primary) shares one text per thread instead of allocating it for each query.
+pub(crate) fn replicas_detail_shared(snapshot: &Snapshot, shard_index: usize) -> Arc<str> {
+    thread_local! {
+        static NO_REPLICAS: Arc<str> = Arc::from(NO_REPLICAS_TEXT);
+    }
+    if snapshot.shards[shard_index].replicas.is_empty() {
+        return NO_REPLICAS.with(Arc::clone);
+    }
+    Arc::from(replicas_detail(snapshot, shard_index))
+}
+
+const NO_REPLICAS_TEXT: &str = "the shard has no replicas";
+
 pub(crate) fn replicas_detail(snapshot: &Snapshot, shard_index: usize) -> String {
     let why: Vec<String> = snapshot.shards[shard_index]
         .replicas
@@ -128,7 +142,7 @@ pub(crate) fn replicas_detail(snapshot: &Snapshot, shard_index: usize) -> String
         })
         .collect();
     if why.is_empty() {
-        "the shard has no replicas".to_owned()
+        NO_REPLICAS_TEXT.to_owned()
     } else {
         why.join("; ")
     }

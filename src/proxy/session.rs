@@ -241,6 +241,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .get_mut()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             tokio::select! {
+                // The read first: when it is ready the signal is not polled at all.
+                biased;
                 n = self.client.read_buf(&mut self.cbuf) => {
                     if n? == 0 {
                         return Ok(false);
@@ -486,7 +488,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             class: scanned.class.as_ref().filter(|c| c.write.is_some()),
             // Only a degraded shard pays for naming its replicas.
             detail: (reason == Reason::NoRoutableReplica)
-                .then(|| Arc::from(super::routing::replicas_detail(snapshot, shard))),
+                .then(|| super::routing::replicas_detail_shared(snapshot, shard)),
             shards,
             shard_reason: (!shard_why.is_empty()).then(|| Arc::from(shard_why)),
         };

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use shardgate_auth::ScramSecret;
 use shardgate_config::{Config, NodeAddr, UserConfig};
@@ -29,7 +30,9 @@ pub(crate) struct UserEntry {
 /// One PostgreSQL server: its pools and, for a replica, its health.
 pub(crate) struct NodeRuntime {
     pub(crate) addr: Arc<NodeAddr>,
-    pub(crate) pools: HashMap<String, Arc<NodePool>>,
+    /// By user name. Hashed with xxh3 (already used for shard keys) rather than SipHash: the
+    /// keys come from the config, not from clients, and one lookup happens per transaction.
+    pub(crate) pools: HashMap<String, Arc<NodePool>, Xxh3DefaultBuilder>,
     pub(crate) health: Option<Arc<ReplicaHealth>>,
 }
 

@@ -287,7 +287,7 @@ impl ServerConn {
 
     /// This connection, usable by the calling thread's runtime: moved to its reactor unless
     /// it is registered there already.
-    pub(crate) fn for_this_thread(mut self) -> std::io::Result<ServerConn> {
+    pub(crate) fn for_this_thread(mut self: Box<Self>) -> std::io::Result<Box<ServerConn>> {
         let here = crate::lane::here().1;
         if here == 0 || self.reactor != here {
             self.stream = self.stream.rebind()?;

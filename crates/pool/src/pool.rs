@@ -54,7 +54,10 @@ pub const HEARTBEAT: Duration = Duration::from_millis(25);
 #[derive(Debug)]
 struct Lane {
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed, so that checkout and release move a pointer, not the connection (callgrind
+    /// counted nine ~200-byte copies per transaction before).
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     /// Slots that belong to this lane, free or in use.
     slots: AtomicUsize,
     /// Checkouts of this lane waiting for a slot. When the lane has no slots at all, a
@@ -429,7 +432,7 @@ impl NodePool {
         self.lanes[to].permits.add_permits(1);
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<ServerConn, PoolError> {
+    async fn connect(&self, timeout: Duration) -> Result<Box<ServerConn>, PoolError> {
         {
             let backoff = lock(&self.backoff);
             if let Some(until) = backoff.until {
@@ -452,7 +455,7 @@ impl NodePool {
                 if params.is_none() {
                     *params = Some(Arc::new(conn.params.clone()));
                 }
-                Ok(conn)
+                Ok(Box::new(conn))
             }
             Err(e) => {
                 self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -490,7 +493,7 @@ impl NodePool {
     /// Closes every idle connection (shutdown, or a node leaving the topology).
     pub fn close_idle(&self) {
         for lane in self.lanes.iter() {
-            let drained: Vec<ServerConn> = std::mem::take(&mut *lock(&lane.idle));
+            let drained: Vec<Box<ServerConn>> = std::mem::take(&mut *lock(&lane.idle));
             self.stats.open.fetch_sub(drained.len(), Ordering::Relaxed);
         }
     }
@@ -552,7 +555,7 @@ impl Drop for Slot {
 /// it is idle and clean; dropping it closes the connection instead.
 #[derive(Debug)]
 pub struct PooledConn {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     /// Some until the connection is released.
     slot: Option<Slot>,
 }
