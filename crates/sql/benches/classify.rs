@@ -1,6 +1,7 @@
 //! Classifier timings: `cargo bench -p shardgate-sql --bench classify`. A plain loop over
 //! `Instant` (no criterion, to keep the dev tree lean); it reports the best of several rounds.
 
+use shardgate_sql::cache_key_internals::{cache_key, cache_key_reference};
 use shardgate_sql::Classifier;
 use std::hint::black_box;
 use std::time::Instant;
@@ -18,11 +19,28 @@ fn time(label: &str, iters: u32, mut f: impl FnMut()) {
 }
 
 fn main() {
-    let pgbench: &[u8] = b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;";
+    let pgbench: &[u8] = b"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;";
     let update: &[u8] = b"UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 1;";
     let join: &[u8] = b"/* shardgate: replica */ WITH r AS (SELECT a.id, sum(b.v) AS s FROM a \
         JOIN b ON b.a_id = a.id WHERE a.created > now() - interval '1 day' GROUP BY a.id) \
         SELECT * FROM r WHERE s > 10 ORDER BY s DESC LIMIT 20";
+    let mut key = Vec::new();
+    // The reference (the lexer's token stream) next to the key the classifier uses.
+    for (name, f) in [
+        ("cache_key", cache_key as fn(&[u8], &mut Vec<u8>)),
+        ("cache_key_reference", cache_key_reference),
+    ] {
+        for (what, sql) in [
+            ("pgbench select", pgbench),
+            ("pgbench update", update),
+            ("CTE + join + hint", join),
+        ] {
+            time(&format!("{name} {what}"), 1_000_000, || {
+                f(black_box(sql), &mut key);
+                black_box(&key);
+            });
+        }
+    }
     let c = Classifier::new(1024, &[]);
     time("uncached (parse) pgbench select", 20_000, || {
         black_box(c.classify_uncached(black_box(pgbench)));

@@ -10,9 +10,10 @@
 //! are, and SET/RESET/SHOW keep their exact text because shardgate's own settings carry their
 //! value in a literal.
 
+use crate::cache_key::cache_key;
 use crate::classification::{find_hint, Classification, TxnControl, WhyWrite};
 use crate::guards::WriteFunctions;
-use crate::lexer::{for_each_statement, LexOptions, Lexer, TokenKind};
+use crate::lexer::{for_each_statement, LexOptions};
 use crate::statement::{classify_statement, StatementFacts};
 use lru::LruCache;
 use std::num::NonZeroUsize;
@@ -26,40 +27,9 @@ const MAX_CACHED_LEN: usize = 64 * 1024;
 /// Normalized SQL (see the module doc) to its classification.
 type Cache = Mutex<LruCache<Box<[u8]>, Arc<Classification>>>;
 
-/// Stands in for a blanked literal; cannot occur in SQL text outside a literal.
-const LITERAL_MARK: &[u8] = b"\x00";
-
 thread_local! {
     /// Scratch space for cache keys, so a hit allocates nothing.
     static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Writes the cache key for `sql` into `out` (see the module doc).
-fn cache_key(sql: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    let mut lexer = Lexer::new(sql, LexOptions::default());
-    let first_word = lexer.clone().find(|t| !t.is_comment());
-    let exact = first_word.is_some_and(|t| {
-        t.kind == TokenKind::Word
-            && sql.get(t.start..t.end).is_some_and(|w| {
-                [&b"SET"[..], b"RESET", b"SHOW"]
-                    .iter()
-                    .any(|k| w.eq_ignore_ascii_case(k))
-            })
-    });
-    if exact {
-        out.extend_from_slice(sql);
-        return;
-    }
-    let mut copied = 0;
-    for token in &mut lexer {
-        if matches!(token.kind, TokenKind::Number | TokenKind::String) && token.terminated {
-            out.extend_from_slice(sql.get(copied..token.start).unwrap_or_default());
-            out.extend_from_slice(LITERAL_MARK);
-            copied = token.end;
-        }
-    }
-    out.extend_from_slice(sql.get(copied..).unwrap_or_default());
 }
 
 /// Classifies SQL text as read-only or write, with a bounded LRU cache keyed by the exact bytes.

@@ -62,10 +62,10 @@ impl Token {
     }
 }
 
-const SPACE: u8 = 1;
-const IDENT_START: u8 = 2;
-const IDENT_CONT: u8 = 4;
-const DIGIT: u8 = 8;
+pub(crate) const SPACE: u8 = 1;
+pub(crate) const IDENT_START: u8 = 2;
+pub(crate) const IDENT_CONT: u8 = 4;
+pub(crate) const DIGIT: u8 = 8;
 /// `[ \t\f\v]`: whitespace that may precede the newline of a string continuation.
 const NON_NEWLINE_SPACE: u8 = 16;
 
@@ -101,7 +101,7 @@ static CLASS: [u8; 256] = {
 };
 
 #[inline]
-fn class(b: u8) -> u8 {
+pub(crate) fn class(b: u8) -> u8 {
     // Any u8 is in bounds, so the optimizer drops the check and the fallback.
     CLASS.get(usize::from(b)).copied().unwrap_or(0)
 }
@@ -144,6 +144,22 @@ impl<'a> Lexer<'a> {
             QuoteMode::Escape
         } else {
             QuoteMode::Standard
+        }
+    }
+
+    /// The token starting at `start`, whose first byte `b` is not whitespace. Public to the crate
+    /// so that scanners stepping over the common tokens themselves (the classifier's cache key)
+    /// can hand every other token here and never disagree with the lexer on where it ends.
+    #[inline]
+    pub(crate) fn token_at(&self, start: usize, b: u8) -> Token {
+        let (kind, end, terminated) = self.scan_token(start, b);
+        // Every scanner returns an end past `start`, at most the input length.
+        let end = end.clamp(start + 1, self.src.len());
+        Token {
+            kind,
+            start,
+            end,
+            terminated,
         }
     }
 
@@ -193,20 +209,13 @@ impl Iterator for Lexer<'_> {
             }
             start += 1;
         };
-        let (kind, end, terminated) = self.scan_token(start, b);
-        // Every scanner above returns an end past `start`, at most the input length.
-        let end = end.clamp(start + 1, self.src.len());
-        self.pos = end;
-        Some(Token {
-            kind,
-            start,
-            end,
-            terminated,
-        })
+        let token = self.token_at(start, b);
+        self.pos = token.end;
+        Some(token)
     }
 }
 
-fn word_end(src: &[u8], mut i: usize) -> usize {
+pub(crate) fn word_end(src: &[u8], mut i: usize) -> usize {
     while src.get(i).is_some_and(|&b| class(b) & IDENT_CONT != 0) {
         i += 1;
     }
@@ -222,7 +231,7 @@ fn digits_end(src: &[u8], mut i: usize) -> usize {
 
 /// Integer, decimal or real. Trailing letters are left for the next token, as older servers did
 /// (PostgreSQL 15+ rejects them as "trailing junk", so either reading is safe for splitting).
-fn number_end(src: &[u8], start: usize) -> usize {
+pub(crate) fn number_end(src: &[u8], start: usize) -> usize {
     let mut i = digits_end(src, start);
     // `1..10` is an integer followed by `..` in the server too.
     if src.get(i) == Some(&b'.') && src.get(i + 1) != Some(&b'.') {

@@ -16,6 +16,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod ast;
+mod cache_key;
 mod classification;
 mod classifier;
 mod guards;
@@ -28,6 +29,13 @@ mod statement;
 
 pub use classification::{Classification, Hint, ShardgateCommand, TxnControl, WhyWrite};
 pub use classifier::Classifier;
+
+/// Not part of the API: the classifier's cache key, public only so that `benches/` can time it
+/// and `tests/cache_key.rs` can compare it with its reference implementation.
+#[doc(hidden)]
+pub mod cache_key_internals {
+    pub use crate::cache_key::{cache_key, cache_key_reference};
+}
 pub use keywords::{has_keyword, leading_keywords, Keywords, MAX_KEYWORDS, MAX_KEYWORD_LEN};
 pub use lexer::{called_functions, comments, for_each_statement, split_statements, LexOptions};
 pub use scatter::{
