@@ -68,7 +68,12 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string, returned without its NUL.
     pub(crate) fn cstr(&mut self) -> Result<&'a [u8]> {
-        let nul = memchr::memchr(0, self.buf).ok_or_else(|| self.err("missing NUL terminator"))?;
+        // Empty names (the unnamed statement and portal) are the common case: no memchr setup.
+        let nul = if self.buf.first() == Some(&0) {
+            0
+        } else {
+            memchr::memchr(0, self.buf).ok_or_else(|| self.err("missing NUL terminator"))?
+        };
         let s = self.bytes(nul)?;
         self.bytes(1)?;
         Ok(s)
@@ -139,6 +144,11 @@ mod tests {
         let mut r = Reader::new(b"abc\0x", "test");
         assert_eq!(r.cstr().ok(), Some(&b"abc"[..]));
         assert!(r.finish().is_err());
+        let mut r = Reader::new(b"\0\0abc\0", "test");
+        assert_eq!(r.cstr().ok(), Some(&b""[..]));
+        assert_eq!(r.cstr().ok(), Some(&b""[..]));
+        assert_eq!(r.cstr().ok(), Some(&b"abc"[..]));
+        assert!(r.cstr().is_err());
     }
 
     #[test]
