@@ -7,6 +7,7 @@
 //! goals. Targets take turns round by round, so drift on a shared machine (other builds, CPU
 //! frequency) spreads over all of them instead of biasing whichever ran last.
 
+mod cpu;
 mod pgbench;
 mod pgbouncer;
 mod report;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use shardgate_testkit::{pg_bindir, TestkitError, Topology};
 
+use crate::cpu::CpuPerTxn;
 use crate::pgbench::{Pgbench, RunOutcome, Script, Target, Workload};
 use crate::report::Measurements;
 use crate::shardgate::Backend;
@@ -198,11 +200,11 @@ fn run_select_only(
             Backend::Unix => ("shardgate-unix", "pgbouncer-unix"),
         };
         let proxy = shardgate::Shardgate::start_over(&topology, POOL_SIZE, backend)?;
-        targets.push(Target::new(sg_name, proxy.port()));
+        targets.push(Target::proxy(sg_name, proxy.port(), Some(proxy.pid())));
         proxies.push(proxy);
         if let Some(bin) = &bouncer_bin {
             let b = pgbouncer::Pgbouncer::start(bin, &topology, POOL_SIZE, backend)?;
-            targets.push(Target::new(pgb_name, b.port()));
+            targets.push(Target::proxy(pgb_name, b.port(), b.pid()));
             bouncers.push(b);
         }
     }
@@ -266,10 +268,13 @@ fn measure(
             for i in 0..targets.len() {
                 let index = (round + i) % targets.len();
                 let target = &targets[index];
+                let before = target.proxy_pid.and_then(cpu::read);
                 let outcome = pgbench.run(target, workload, script, duration);
-                log_run(workload, target, round, &outcome);
+                let after = target.proxy_pid.and_then(cpu::read);
+                let cpu = cpu::per_transaction(before, after, &outcome);
+                log_run(workload, target, round, &outcome, cpu);
                 seen(index, &outcome);
-                measurements.record(workload, target.name, outcome);
+                measurements.record(workload, target.name, outcome, cpu);
             }
         }
     }
@@ -309,15 +314,25 @@ fn print_header(
     );
 }
 
-fn log_run(workload: Workload, target: &Target, round: usize, outcome: &RunOutcome) {
+fn log_run(
+    workload: Workload,
+    target: &Target,
+    round: usize,
+    outcome: &RunOutcome,
+    cpu: Option<CpuPerTxn>,
+) {
     match outcome {
         Ok(s) => eprintln!(
-            "{:<16} {:<12} round {}: {:>10.1} tps, {:.3} ms",
+            "{:<16} {:<12} round {}: {:>10.1} tps, {:.3} ms{}",
             workload.name(),
             target.name,
             round + 1,
             s.tps,
-            s.latency_ms
+            s.latency_ms,
+            cpu.map_or_else(String::new, |c| format!(
+                ", proxy cpu {:.1}+{:.1} us/txn",
+                c.user_us, c.system_us
+            ))
         ),
         Err(why) => eprintln!(
             "{:<16} {:<12} round {}: FAILED: {why}",

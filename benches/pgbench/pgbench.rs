@@ -101,11 +101,26 @@ pub(crate) enum Script<'a> {
 pub(crate) struct Target {
     pub(crate) name: &'static str,
     port: u16,
+    /// The proxy's process, whose CPU time each run is charged with; `None` for PostgreSQL.
+    pub(crate) proxy_pid: Option<u32>,
 }
 
 impl Target {
     pub(crate) fn new(name: &'static str, port: u16) -> Target {
-        Target { name, port }
+        Target {
+            name,
+            port,
+            proxy_pid: None,
+        }
+    }
+
+    /// A proxy on `port` running as process `pid` (`None` when its pid is unknown).
+    pub(crate) fn proxy(name: &'static str, port: u16, pid: Option<u32>) -> Target {
+        Target {
+            name,
+            port,
+            proxy_pid: pid,
+        }
     }
 }
 

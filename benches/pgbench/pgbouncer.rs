@@ -19,6 +19,8 @@ const OS_USER: &str = "postgres";
 /// How long PgBouncer may take to listen, and to stop after SIGTERM.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after it listens PgBouncer may take to write its pid file.
+const PID_FILE_TIMEOUT: Duration = Duration::from_secs(2);
 /// PgBouncer's (and runuser's) stderr, in the temp dir.
 const CONSOLE_LOG: &str = "console.log";
 /// Where PgBouncer writes its own process id.
@@ -39,6 +41,8 @@ pub(crate) struct Pgbouncer {
     version: String,
     /// `runuser` when we are root, else PgBouncer itself.
     child: Child,
+    /// PgBouncer's own process id, `None` if it could not be learnt.
+    pid: Option<u32>,
     dir: tempfile::TempDir,
 }
 
@@ -68,7 +72,8 @@ impl Pgbouncer {
         // PgBouncer logs to stderr in the foreground; a file keeps the benchmark's own output
         // readable and is shown if start-up fails.
         let console = std::fs::File::create(dir.path().join(CONSOLE_LOG))?;
-        let child = if running_as_root()? {
+        let as_root = running_as_root()?;
+        let child = if as_root {
             run_checked(Command::new("chown").arg("-R").arg(OS_USER).arg(dir.path()))?;
             Command::new("runuser")
                 .args(["-u", OS_USER, "--"])
@@ -88,14 +93,24 @@ impl Pgbouncer {
             port,
             version,
             child,
+            pid: None,
             dir,
         };
         bouncer.wait_ready()?;
+        bouncer.pid = bouncer.wait_pid_file();
+        if bouncer.pid.is_none() && !as_root {
+            bouncer.pid = Some(bouncer.child.id());
+        }
         Ok(bouncer)
     }
 
     pub(crate) fn port(&self) -> u16 {
         self.port
+    }
+
+    /// PgBouncer's own process (not `runuser`'s), for reading its CPU time from `/proc`.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.pid
     }
 
     /// Such as `PgBouncer 1.18.0`.
@@ -124,6 +139,24 @@ impl Pgbouncer {
         })
     }
 
+    /// The pid PgBouncer wrote to its pid file, waiting a little for the file to appear.
+    fn wait_pid_file(&self) -> Option<u32> {
+        let deadline = Instant::now() + PID_FILE_TIMEOUT;
+        loop {
+            let pid = self.pid_file();
+            if pid.is_some() || Instant::now() >= deadline {
+                return pid;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn pid_file(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join(PID_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+    }
+
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join(CONSOLE_LOG)).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -136,10 +169,7 @@ impl Drop for Pgbouncer {
     /// Signalling `runuser` instead would make it SIGKILL PgBouncer two seconds later and exit
     /// without reaping it, and `Child::kill` on `runuser` would orphan PgBouncer.
     fn drop(&mut self) {
-        let pid = std::fs::read_to_string(self.dir.path().join(PID_FILE))
-            .ok()
-            .and_then(|text| text.trim().parse::<u32>().ok())
-            .unwrap_or_else(|| self.child.id());
+        let pid = self.pid_file().unwrap_or_else(|| self.child.id());
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();

@@ -1,10 +1,12 @@
 //! Collecting run outcomes and printing the summary table: medians per workload and target,
-//! ratios against direct PostgreSQL, and whether shardgate meets the issue's goals (the
-//! sharding workloads have none: the issue asks only for their numbers).
+//! ratios against direct PostgreSQL, each proxy's CPU time per transaction, and whether
+//! shardgate meets the issue's goals (the sharding workloads have none: the issue asks only for
+//! their numbers).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::cpu::CpuPerTxn;
 use crate::pgbench::{RunOutcome, Workload};
 
 /// The target every ratio is taken against.
@@ -15,15 +17,28 @@ const SUBJECT: &str = "shardgate";
 /// Every run's outcome, by workload name and target name, in the order they ran.
 #[derive(Debug, Default)]
 pub(crate) struct Measurements {
-    runs: BTreeMap<(&'static str, &'static str), Vec<RunOutcome>>,
+    runs: BTreeMap<(&'static str, &'static str), Vec<Run>>,
+}
+
+/// One measured run: what pgbench reported and, for a proxy, its CPU time per transaction.
+#[derive(Debug)]
+struct Run {
+    outcome: RunOutcome,
+    cpu: Option<CpuPerTxn>,
 }
 
 impl Measurements {
-    pub(crate) fn record(&mut self, workload: Workload, target: &'static str, outcome: RunOutcome) {
+    pub(crate) fn record(
+        &mut self,
+        workload: Workload,
+        target: &'static str,
+        outcome: RunOutcome,
+        cpu: Option<CpuPerTxn>,
+    ) {
         self.runs
             .entry((workload.name(), target))
             .or_default()
-            .push(outcome);
+            .push(Run { outcome, cpu });
     }
 
     /// The median TPS of `workload` on `target`, if any run succeeded.
@@ -33,11 +48,17 @@ impl Measurements {
 
     fn summary(&self, workload: Workload, target: &str) -> Option<Summary> {
         let runs = self.runs.get(&(workload.name(), target))?;
-        let ok: Vec<_> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
-        let first_failure = runs.iter().find_map(|r| r.as_ref().err()).cloned();
+        let ok: Vec<_> = runs
+            .iter()
+            .filter_map(|r| r.outcome.as_ref().ok())
+            .collect();
+        let first_failure = runs.iter().find_map(|r| r.outcome.as_ref().err()).cloned();
+        let cpu: Vec<CpuPerTxn> = runs.iter().filter_map(|r| r.cpu).collect();
         Some(Summary {
             tps: median(ok.iter().map(|s| s.tps).collect()),
             latency_ms: median(ok.iter().map(|s| s.latency_ms).collect()),
+            cpu_user_us: median(cpu.iter().map(|c| c.user_us).collect()),
+            cpu_system_us: median(cpu.iter().map(|c| c.system_us).collect()),
             round_tps: ok.iter().map(|s| s.tps).collect(),
             failed: runs.len() - ok.len(),
             runs: runs.len(),
@@ -51,6 +72,9 @@ impl Measurements {
 struct Summary {
     tps: Option<f64>,
     latency_ms: Option<f64>,
+    /// The proxy's user and system CPU time per transaction, each its own median over rounds.
+    cpu_user_us: Option<f64>,
+    cpu_system_us: Option<f64>,
     round_tps: Vec<f64>,
     failed: usize,
     runs: usize,
@@ -83,9 +107,17 @@ pub(crate) fn table(m: &Measurements, workloads: &[Workload], targets: &[&str]) 
     let t = targets.iter().map(|t| t.len()).fold(10, usize::max);
     let _ = writeln!(
         out,
-        "{:<w$} {:<t$} {:>11} {:>11} {:>10} {:>13}  {:<20} rounds (TPS)",
-        "workload", "target", "median TPS", "avg lat ms", "TPS/direct", "added lat us", "goal"
+        "{:<w$} {:<t$} {:>11} {:>11} {:>10} {:>13} {:>11}  {:<20} rounds (TPS)",
+        "workload",
+        "target",
+        "median TPS",
+        "avg lat ms",
+        "TPS/direct",
+        "added lat us",
+        "cpu us/txn",
+        "goal"
     );
+    let mut any_cpu = false;
     for &workload in workloads {
         let baseline = m.summary(workload, BASELINE);
         for &target in targets {
@@ -101,19 +133,34 @@ pub(crate) fn table(m: &Measurements, workloads: &[Workload], targets: &[&str]) 
                 Some(goal) if target.starts_with(SUBJECT) => verdict(goal, ratio, added_us),
                 _ => String::new(),
             };
+            let cpu = match (s.cpu_user_us, s.cpu_system_us) {
+                (Some(user), Some(system)) => {
+                    any_cpu = true;
+                    format!("{user:.1}+{system:.1}")
+                }
+                _ => "-".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "{:<w$} {:<t$} {:>11} {:>11} {:>10} {:>13}  {:<20} {}",
+                "{:<w$} {:<t$} {:>11} {:>11} {:>10} {:>13} {:>11}  {:<20} {}",
                 workload.name(),
                 target,
                 fmt(s.tps, 1),
                 fmt(s.latency_ms, 3),
                 fmt(ratio, 2),
                 fmt(added_us, 1),
+                cpu,
                 verdict,
                 rounds_note(&s)
             );
         }
+    }
+    if any_cpu {
+        let _ = writeln!(
+            out,
+            "cpu us/txn: the proxy's user+system CPU time per transaction (/proc/<pid>/stat), \
+             medians over rounds"
+        );
     }
     out
 }

@@ -81,9 +81,9 @@ pub(crate) fn run(
     let sg_two = Shardgate::start_with(&two, POOL_SIZE, &sharding_yaml())?;
     let targets = [
         Target::new(BASELINE, one.shards[0].primary.port()),
-        Target::new(UNSHARDED, sg_plain.port()),
-        Target::new(ONE_SHARD, sg_one.port()),
-        Target::new(TWO_SHARDS, sg_two.port()),
+        Target::proxy(UNSHARDED, sg_plain.port(), Some(sg_plain.pid())),
+        Target::proxy(ONE_SHARD, sg_one.port(), Some(sg_one.pid())),
+        Target::proxy(TWO_SHARDS, sg_two.port(), Some(sg_two.pid())),
     ];
     let pgbench = Pgbench::new(bindir.join("pgbench"), &two);
     let pg_version = one.shards[0]

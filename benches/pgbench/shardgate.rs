@@ -83,7 +83,7 @@ impl Shardgate {
         self.port
     }
 
-    /// The process id, for reading its memory from `/proc`.
+    /// The process id, for reading its memory and CPU time from `/proc`.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
