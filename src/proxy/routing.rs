@@ -112,8 +112,6 @@ pub(crate) fn choose(
     }
 }
 
-/// Each replica of a shard and why it is excluded, e.g.
-/// "replica 127.0.0.1:5434 excluded: lag 12.0 MiB > bound 1.0 MiB".
 /// [`replicas_detail`] as the decision log keeps it. A shard without replicas (every read goes
 /// to its primary) shares one text per thread instead of allocating it for each query.
 pub(crate) fn replicas_detail_shared(snapshot: &Snapshot, shard_index: usize) -> Arc<str> {
@@ -128,6 +126,8 @@ pub(crate) fn replicas_detail_shared(snapshot: &Snapshot, shard_index: usize) ->
 
 const NO_REPLICAS_TEXT: &str = "the shard has no replicas";
 
+/// Each replica of a shard and why it is excluded, e.g.
+/// "replica 127.0.0.1:5434 excluded: lag 12.0 MiB > bound 1.0 MiB".
 pub(crate) fn replicas_detail(snapshot: &Snapshot, shard_index: usize) -> String {
     let why: Vec<String> = snapshot.shards[shard_index]
         .replicas

@@ -18,7 +18,7 @@ use super::sharding_runtime::ShardingRuntime;
 use super::two_phase::TwoPhase;
 use crate::metrics::{Metrics, RoutedCounters};
 
-/// Classification cache size (distinct SQL texts).
+/// Classification cache size (distinct SQL texts), per worker thread.
 const CLASSIFIER_CACHE: usize = 10_000;
 
 /// How a user authenticates to shardgate, derived once per config version.
@@ -210,7 +210,12 @@ impl Snapshot {
             Some(p) if p.config.routing.write_functions == r.write_functions => {
                 p.classifier.clone()
             }
-            _ => Arc::new(Classifier::new(CLASSIFIER_CACHE, &r.write_functions)),
+            // A cache per worker thread (see `Classifier::with_caches`).
+            _ => Arc::new(Classifier::with_caches(
+                CLASSIFIER_CACHE,
+                lanes,
+                &r.write_functions,
+            )),
         };
         let routed = config
             .shards

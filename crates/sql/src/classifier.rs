@@ -17,28 +17,42 @@ use crate::lexer::{for_each_statement, LexOptions};
 use crate::statement::{classify_statement, StatementFacts};
 use lru::LruCache;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Texts longer than this are classified every time instead of cached, so the cache's memory is
 /// bounded by `capacity * MAX_CACHED_LEN` rather than by what clients send.
 const MAX_CACHED_LEN: usize = 64 * 1024;
 
-/// Normalized SQL (see the module doc) to its classification.
-type Cache = Mutex<LruCache<Box<[u8]>, Arc<Classification>>>;
+/// One cache: normalized SQL (see the module doc) to its classification, and its counts.
+/// Aligned to its own cache lines, so threads using neighbouring caches do not share one.
+#[repr(align(128))]
+struct Cache(Mutex<CacheState>);
+
+struct CacheState {
+    lru: LruCache<Box<[u8]>, Arc<Classification>>,
+    hits: u64,
+    misses: u64,
+}
 
 thread_local! {
     /// Scratch space for cache keys, so a hit allocates nothing.
     static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This thread's number, given out in the order threads first classify: it picks the
+    /// thread's cache in a classifier built with several.
+    static THREAD_SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Classifies SQL text as read-only or write, with a bounded LRU cache keyed by the exact bytes.
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+/// Classifies SQL text as read-only or write, with bounded LRU caches keyed by the text up to
+/// its literals.
 pub struct Classifier {
-    /// `None` when built with capacity 0.
-    cache: Option<Cache>,
+    /// Empty when built with capacity 0. With several, each thread uses one (threads take them
+    /// in turn), so worker threads on different cores do not take the same lock and move
+    /// entries in the same list on every query.
+    caches: Box<[Cache]>,
     functions: WriteFunctions,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -57,37 +71,71 @@ impl Classifier {
     /// `write_functions` adds function names, case-insensitive and possibly schema-qualified, to
     /// the built-in list of functions that make a query a write.
     pub fn new(cache_capacity: usize, write_functions: &[String]) -> Classifier {
+        Classifier::with_caches(cache_capacity, 1, write_functions)
+    }
+
+    /// [`Classifier::new`] with `caches` caches of `cache_capacity` texts each (at least one),
+    /// for `caches` threads classifying at once: one per worker thread.
+    pub fn with_caches(
+        cache_capacity: usize,
+        caches: usize,
+        write_functions: &[String],
+    ) -> Classifier {
+        let caches = match NonZeroUsize::new(cache_capacity) {
+            None => Box::default(),
+            Some(n) => (0..caches.max(1))
+                .map(|_| {
+                    Cache(Mutex::new(CacheState {
+                        lru: LruCache::new(n),
+                        hits: 0,
+                        misses: 0,
+                    }))
+                })
+                .collect(),
+        };
         Classifier {
-            cache: NonZeroUsize::new(cache_capacity).map(|n| Mutex::new(LruCache::new(n))),
+            caches,
             functions: WriteFunctions::new(write_functions),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The calling thread's cache, if caching is on.
+    fn cache(&self) -> Option<&Cache> {
+        match self.caches.len() {
+            0 => None,
+            1 => self.caches.first(),
+            n => self.caches.get(THREAD_SLOT.with(|slot| *slot) % n),
         }
     }
 
     /// The classification of `sql`, from the cache when the same text up to literal values
     /// was seen recently.
     pub fn classify(&self, sql: &[u8]) -> Arc<Classification> {
-        let Some(cache) = &self.cache else {
+        let Some(cache) = self.cache() else {
             return Arc::new(self.classify_uncached(sql));
         };
         if sql.len() > MAX_CACHED_LEN {
-            self.misses.fetch_add(1, Ordering::Relaxed);
+            lock(&cache.0).misses += 1;
             return Arc::new(self.classify_uncached(sql));
         }
         KEY.with(|key| {
             let mut key = key.borrow_mut();
             cache_key(sql, &mut key);
-            if let Some(hit) = lock(cache).get(key.as_slice()) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Arc::clone(hit);
+            {
+                let mut state = lock(&cache.0);
+                if let Some(hit) = state.lru.get(key.as_slice()).cloned() {
+                    state.hits += 1;
+                    return hit;
+                }
+                state.misses += 1;
             }
-            self.misses.fetch_add(1, Ordering::Relaxed);
             // Classify outside the lock: parsing takes microseconds and other sessions' hits
             // must not wait for it. Two sessions may race to classify the same text; both get
             // the same answer.
             let fresh = Arc::new(self.classify_uncached(sql));
-            lock(cache).put(key.as_slice().into(), Arc::clone(&fresh));
+            lock(&cache.0)
+                .lru
+                .put(key.as_slice().into(), Arc::clone(&fresh));
             fresh
         })
     }
@@ -126,12 +174,12 @@ impl Classifier {
         out
     }
 
-    /// Cache hits and misses so far.
+    /// Cache hits and misses so far, over all caches.
     pub fn cache_stats(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
+        self.caches.iter().fold((0, 0), |(hits, misses), cache| {
+            let state = lock(&cache.0);
+            (hits + state.hits, misses + state.misses)
+        })
     }
 }
 
