@@ -290,7 +290,7 @@ impl Metrics {
             }
         }
         for pool in snapshot.pools() {
-            let active = pool.stats.active.load(Ordering::Relaxed) as i64;
+            let active = pool.active() as i64;
             let open = pool.stats.open.load(Ordering::Relaxed) as i64;
             for (state, v) in [("active", active), ("idle", (open - active).max(0))] {
                 self.server_connections

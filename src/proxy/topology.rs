@@ -108,10 +108,7 @@ impl ShardRuntime {
                 Some(h) => (h.routable(), h.replay_lsn()),
                 None => (false, 0),
             };
-            let active = node
-                .pool(user)
-                .map(|p| p.stats.active.load(std::sync::atomic::Ordering::Relaxed) as u32)
-                .unwrap_or(0);
+            let active = node.pool(user).map(|p| p.active() as u32).unwrap_or(0);
             *slot = ReplicaView {
                 routable,
                 replay_lsn,

@@ -1,7 +1,9 @@
 //! The pool for one (node, user) pair: a bounded set of logged-in server connections,
 //! LIFO reuse, checkout with a deadline, and reconnect backoff after failures.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicIsize, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -22,8 +24,6 @@ pub type ServerParams = Arc<Vec<(String, String)>>;
 pub struct PoolStats {
     /// Open server connections (idle plus checked out).
     pub open: AtomicUsize,
-    /// Connections currently checked out by a client.
-    pub active: AtomicUsize,
     /// Successful connects and failed connect attempts, for metrics.
     pub connects: AtomicU64,
     pub connect_failures: AtomicU64,
@@ -50,8 +50,11 @@ const STEAL_AFTER: Duration = Duration::from_millis(50);
 pub const HEARTBEAT: Duration = Duration::from_millis(25);
 
 /// One worker thread's share of a pool: free slots and idle connections registered with
-/// that worker's reactor (see [`crate::bind_thread`]).
+/// that worker's reactor (see [`crate::bind_thread`]). Aligned to its own cache lines: each
+/// checkout and release locks its lane's idle stack, and lanes side by side in one line would
+/// make worker threads on different cores contend for it anyway.
 #[derive(Debug)]
+#[repr(align(128))]
 struct Lane {
     permits: Arc<Semaphore>,
     /// Boxed, so that checkout and release move a pointer, not the connection (callgrind
@@ -63,6 +66,10 @@ struct Lane {
     /// Checkouts of this lane waiting for a slot. When the lane has no slots at all, a
     /// release on another lane that nobody there waits for hands its slot over.
     waiting: AtomicUsize,
+    /// Checkouts made on this lane's thread minus connections given back (released or
+    /// dropped) on it. Summed over lanes, the connections in use; one lane's share may go
+    /// negative when a connection is given back on another thread.
+    active: AtomicIsize,
 }
 
 /// Server connections to one node, logged in as one user.
@@ -119,6 +126,7 @@ impl NodePool {
                     idle: Mutex::new(Vec::with_capacity(share)),
                     slots: AtomicUsize::new(share),
                     waiting: AtomicUsize::new(0),
+                    active: AtomicIsize::new(0),
                 }
             })
             .collect();
@@ -218,7 +226,24 @@ impl NodePool {
     pub fn retire(&self) -> usize {
         self.retired.store(true, Ordering::Release);
         self.close_idle();
-        self.stats.active.load(Ordering::Relaxed)
+        self.active()
+    }
+
+    /// Connections checked out by clients now.
+    pub fn active(&self) -> usize {
+        let sum: isize = self
+            .lanes
+            .iter()
+            .map(|l| l.active.load(Ordering::Relaxed))
+            .sum();
+        sum.max(0) as usize
+    }
+
+    /// Counts a connection checked out (+1) or given back (-1) on the calling thread's lane.
+    fn count_active(&self, delta: isize) {
+        self.lanes[self.my_lane()]
+            .active
+            .fetch_add(delta, Ordering::Relaxed);
     }
 
     pub fn user(&self) -> &str {
@@ -319,7 +344,7 @@ impl NodePool {
             if let Some(reserved) = self.reserve_open() {
                 let conn = self.connect(timeout).await?;
                 std::mem::forget(reserved);
-                self.stats.active.fetch_add(1, Ordering::Relaxed);
+                self.count_active(1);
                 return Ok(PooledConn {
                     conn: Some(conn),
                     slot: Some(slot),
@@ -387,7 +412,7 @@ impl NodePool {
                         continue;
                     }
                 };
-                self.stats.active.fetch_add(1, Ordering::Relaxed);
+                self.count_active(1);
                 return Ok(PooledConn {
                     conn: Some(conn),
                     slot: Some(slot),
@@ -579,7 +604,7 @@ impl PooledConn {
             return;
         };
         let pool = slot.pool.clone();
-        pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        pool.count_active(-1);
         if pool.pay_debt() {
             pool.stats.open.fetch_sub(1, Ordering::Relaxed);
             drop(conn);
@@ -607,7 +632,7 @@ impl Drop for PooledConn {
     fn drop(&mut self) {
         if let (Some(_), Some(slot)) = (self.conn.take(), self.slot.take()) {
             let pool = &slot.pool;
-            pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+            pool.count_active(-1);
             pool.stats.open.fetch_sub(1, Ordering::Relaxed);
             if pool.pay_debt() {
                 slot.forget();

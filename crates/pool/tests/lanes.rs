@@ -278,3 +278,19 @@ fn a_checkout_dropped_while_connecting_gives_its_room_back() -> TestResult {
     })?;
     Ok(())
 }
+
+#[test]
+fn connections_in_use_are_counted_over_the_threads_that_take_and_give_them_back() -> TestResult {
+    let topo = Topology::builder().build()?;
+    let pool = pool(&topo, 2, 2)?;
+    let p = pool.clone();
+    let conn = joined(on_worker(1, move || async move {
+        p.checkout(TIMEOUT).await.map_err(|e| e.to_string())
+    }))?;
+    assert_eq!(pool.active(), 1);
+    // Given back (closed) on this thread, whose lane is not the one that took it.
+    drop(conn);
+    assert_eq!(pool.active(), 0);
+    assert_eq!(pool.stats.open.load(Ordering::Relaxed), 0);
+    Ok(())
+}
