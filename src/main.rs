@@ -8,6 +8,7 @@ mod app_tls;
 mod decisions;
 mod demo;
 mod explain;
+mod lane_metrics;
 mod metrics;
 mod monitors;
 mod proxy;

@@ -1,5 +1,6 @@
-//! Prometheus metrics: counters updated on the hot path are lock-free atomics; pool
-//! gauges are read from the pools when scraped.
+//! Prometheus metrics: counters updated on the hot path are lock-free atomics (per worker
+//! lane for the per-transaction ones, see `lane_metrics`); pool gauges are read from the pools
+//! when scraped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,11 +10,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use shardgate_router::Role;
 
 use crate::decisions::Kind;
+use crate::lane_metrics::{LaneCounter, LaneHistogram};
 use crate::proxy::Snapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,7 +63,7 @@ struct OutcomeLabels {
 /// counting a routed request is one atomic add with no label lookup.
 #[derive(Debug, Clone)]
 pub(crate) struct RoutedCounters {
-    by: [[Counter; 4]; 2],
+    by: [[LaneCounter; 4]; 2],
 }
 
 impl RoutedCounters {
@@ -77,10 +78,10 @@ impl RoutedCounters {
 pub(crate) struct Metrics {
     registry: Registry,
     pub(crate) clients: Gauge,
-    pub(crate) transactions: Counter,
-    query_duration: Histogram,
+    pub(crate) transactions: LaneCounter,
+    query_duration: LaneHistogram,
     server_connections: Family<ServerLabels, Gauge>,
-    routed: Family<RoutedLabels, Counter>,
+    routed: Family<RoutedLabels, LaneCounter>,
     pub(crate) unparsed: Counter,
     pub(crate) scatter: Counter,
     pub(crate) merge_rows: Counter,
@@ -99,14 +100,14 @@ impl Metrics {
         let mut registry = Registry::with_prefix("shardgate");
         let clients = Gauge::default();
         registry.register("client_connections", "Connected clients", clients.clone());
-        let transactions = Counter::default();
+        let transactions = LaneCounter::default();
         registry.register(
             "transactions",
             "Server connection checkouts returned clean (transactions in transaction mode)",
             transactions.clone(),
         );
         // 50 µs .. ~26 s
-        let query_duration = Histogram::new(
+        let query_duration = LaneHistogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 20),
         );
         registry.register(
@@ -120,7 +121,7 @@ impl Metrics {
             "Server connections per node, user and state (idle, active)",
             server_connections.clone(),
         );
-        let routed = Family::<RoutedLabels, Counter>::default();
+        let routed = Family::<RoutedLabels, LaneCounter>::default();
         registry.register(
             "routed",
             "Requests routed, by shard, node role and kind (read, write, transaction, unparsed)",
