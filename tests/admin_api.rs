@@ -231,6 +231,15 @@ async fn metrics_has_every_family() {
             "{text}"
         );
         assert_eq!(value("shardgate_client_connections", &[]), 1.0, "{text}");
+        // The per-worker-lane counter and histogram are summed into one sample each.
+        assert!(value("shardgate_transactions_total", &[]) >= 1.0, "{text}");
+        let count = value("shardgate_query_duration_seconds_count", &[]);
+        assert!(count >= 1.0, "{text}");
+        assert_eq!(
+            value("shardgate_query_duration_seconds_bucket", &["le=\"+Inf\""]),
+            count,
+            "{text}"
+        );
     })
     .await
     .expect("test timed out");
