@@ -154,9 +154,10 @@ pub(crate) enum StartError {
 
 /// The runtime of the calling (main) thread: it accepts clients and runs the admin API, the
 /// monitors and reloads; sessions run there too when `workers` is 1, else on worker threads
-/// of their own ([`Workers`]). The thread is bound to pool lane 0.
+/// of their own ([`Workers`]). The thread is bound to lane 0 (pool lane and classification
+/// cache).
 pub(crate) fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    shardgate_pool::bind_thread(0);
+    crate::proxy::workers::bind_thread(0);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

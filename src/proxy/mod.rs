@@ -33,7 +33,7 @@ mod statements;
 mod topology;
 mod two_phase;
 mod txn_shards;
-mod workers;
+pub(crate) mod workers;
 
 use std::sync::Arc;
 

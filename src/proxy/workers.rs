@@ -48,6 +48,13 @@ impl Drop for Counted {
     }
 }
 
+/// Binds the calling thread to worker `lane`: its pool lane ([`shardgate_pool::bind_thread`])
+/// and its classification cache ([`shardgate_sql::bind_thread_cache`]).
+pub(crate) fn bind_thread(lane: usize) {
+    shardgate_pool::bind_thread(lane);
+    shardgate_sql::bind_thread_cache(lane);
+}
+
 /// Where sessions run: on worker threads, or (none) on the calling runtime.
 pub(crate) struct Workers(Vec<Worker>);
 
@@ -71,7 +78,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("shardgate-worker-{lane}"))
                 .spawn(move || {
-                    shardgate_pool::bind_thread(lane);
+                    bind_thread(lane);
                     runtime.block_on(async move {
                         tokio::spawn(shardgate_pool::heartbeat());
                         while let Some(job) = queue.recv().await {

@@ -68,8 +68,10 @@ fn main() {
         for _ in 0..5 {
             let start = Instant::now();
             std::thread::scope(|s| {
-                for _ in 0..2 {
-                    s.spawn(|| {
+                for slot in 0..2 {
+                    let c = &c;
+                    s.spawn(move || {
+                        shardgate_sql::bind_thread_cache(slot);
                         for _ in 0..iters {
                             black_box(c.classify(black_box(pgbench)));
                         }

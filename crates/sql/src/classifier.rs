@@ -17,7 +17,6 @@ use crate::lexer::{for_each_statement, LexOptions};
 use crate::statement::{classify_statement, StatementFacts};
 use lru::LruCache;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Texts longer than this are classified every time instead of cached, so the cache's memory is
@@ -38,19 +37,24 @@ struct CacheState {
 thread_local! {
     /// Scratch space for cache keys, so a hit allocates nothing.
     static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// This thread's number, given out in the order threads first classify: it picks the
-    /// thread's cache in a classifier built with several.
-    static THREAD_SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+    /// Which cache this thread uses in a classifier built with several (see
+    /// [`bind_thread_cache`]).
+    static THREAD_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+/// Makes the calling thread use cache `slot` (modulo their number) of every classifier built
+/// with several. shardgate's worker thread `i` binds slot `i`, as it binds pool lane `i`, so no
+/// two workers share a cache; threads that never bind use cache 0.
+pub fn bind_thread_cache(slot: usize) {
+    THREAD_SLOT.with(|s| s.set(slot));
+}
 
 /// Classifies SQL text as read-only or write, with bounded LRU caches keyed by the text up to
 /// its literals.
 pub struct Classifier {
-    /// Empty when built with capacity 0. With several, each thread uses one (threads take them
-    /// in turn), so worker threads on different cores do not take the same lock and move
-    /// entries in the same list on every query.
+    /// Empty when built with capacity 0. With several, each thread uses the one it is bound to
+    /// ([`bind_thread_cache`]), so worker threads on different cores do not take the same lock
+    /// and move entries in the same list on every query.
     caches: Box<[Cache]>,
     functions: WriteFunctions,
 }
@@ -75,7 +79,8 @@ impl Classifier {
     }
 
     /// [`Classifier::new`] with `caches` caches of `cache_capacity` texts each (at least one),
-    /// for `caches` threads classifying at once: one per worker thread.
+    /// for `caches` threads classifying at once, each bound to its own with
+    /// [`bind_thread_cache`]: one per worker thread.
     pub fn with_caches(
         cache_capacity: usize,
         caches: usize,
@@ -104,7 +109,7 @@ impl Classifier {
         match self.caches.len() {
             0 => None,
             1 => self.caches.first(),
-            n => self.caches.get(THREAD_SLOT.with(|slot| *slot) % n),
+            n => self.caches.get(THREAD_SLOT.with(std::cell::Cell::get) % n),
         }
     }
 

@@ -28,7 +28,7 @@ pub mod shard_keys;
 mod statement;
 
 pub use classification::{Classification, Hint, ShardgateCommand, TxnControl, WhyWrite};
-pub use classifier::Classifier;
+pub use classifier::{bind_thread_cache, Classifier};
 
 /// Not part of the API: the classifier's cache key, public only so that `benches/` can time it
 /// and `tests/cache_key.rs` can compare it with its reference implementation.

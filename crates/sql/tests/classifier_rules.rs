@@ -420,6 +420,28 @@ fn cache_hits_return_the_same_answer() {
 }
 
 #[test]
+fn each_thread_uses_the_cache_it_is_bound_to_and_every_cache_answers_the_same() {
+    let c = shardgate_sql::Classifier::with_caches(16, 2, &[]);
+    // Two texts, one key each (the key blanks literals), classified three times on threads
+    // bound to caches 0, 1 and 2 (which wraps to 0).
+    for slot in [0, 1, 2] {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                shardgate_sql::bind_thread_cache(slot);
+                assert!(!c.classify(b"INSERT INTO t VALUES (1)").is_read());
+                assert!(c.classify(b"SELECT 1").is_read());
+            });
+        });
+    }
+    // Cache 0 missed both texts once and then hit both; cache 1 missed both. One shared cache
+    // would have missed twice and hit four times.
+    assert_eq!(c.cache_stats(), (2, 4));
+    assert!(shardgate_sql::Classifier::with_caches(0, 4, &[])
+        .classify(b"SELECT 1")
+        .is_read());
+}
+
+#[test]
 fn long_operator_chains_fit_a_small_stack() {
     // A left-deep tree as long as the parse-length cap allows, on a thread with a
     // tokio-worker-sized stack: dropping or walking it must not overflow.
