@@ -51,6 +51,9 @@ fn single_statement(sql: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// The words every command [`session_command`] recognises starts with.
+const SESSION_COMMAND_WORDS: &[&[u8]] = &[b"SET", b"RESET", b"DISCARD", b"DEALLOCATE"];
+
 /// False only when the first word of `sql`, after ASCII blanks, is a run of letters that is
 /// none of `words` (compared case-insensitively). Anything else (a comment first, an unusual
 /// character) may still start with one of them, as far as this cheap look can tell.
@@ -147,7 +150,7 @@ impl SessionParams {
     pub(crate) fn observe(&mut self, sql: &[u8]) {
         let pending = &mut self.pending;
         if let Some(one) = single_statement(sql) {
-            if !may_start_with(one, &[b"SET", b"RESET", b"DISCARD", b"DEALLOCATE"]) {
+            if !may_start_with(one, SESSION_COMMAND_WORDS) {
                 return;
             }
             // One statement: its first tokens decide, no need to split the whole text.
@@ -233,6 +236,32 @@ impl SessionParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_texts_starting_with_another_word_are_ruled_out() {
+        let words: &[&[u8]] = &[b"SET", b"RESET", b"SHOW"];
+        for (sql, maybe) in [
+            (&b"SET shardgate.target = primary"[..], true),
+            (b"  \n\treset shardgate.target", true),
+            (b"Show shardgate.route", true),
+            (b"/* hint */ SET shardgate.target = primary", true),
+            (b"-- c\nSHOW shardgate.route", true),
+            (b"set/**/shardgate.target = primary", true),
+            (b"\x0bSET x = 1", true),
+            (b"", true),
+            (b"SELECT 'shardgate'", false),
+            (b" select shardgate.x()", false),
+            (b"SETTINGS shardgate", false),
+            (b"SHOWS shardgate", false),
+        ] {
+            assert_eq!(
+                may_start_with(sql, words),
+                maybe,
+                "{}",
+                String::from_utf8_lossy(sql)
+            );
+        }
+    }
 
     fn startup() -> SessionParams {
         SessionParams::from_startup(&[
