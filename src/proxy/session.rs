@@ -226,14 +226,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Cancel safe.
     async fn wait_for_request(&mut self) -> Result<bool, ClientError> {
         loop {
-            if let Some(h) = peek_header(&self.cbuf, self.max_len)? {
-                if self.cbuf.len() >= h.len {
-                    return Ok(h.tag != tag::TERMINATE);
-                }
+            let complete = match peek_header(&self.cbuf, self.max_len)? {
+                Some(h) if self.cbuf.len() >= h.len => Some(h.tag),
+                _ => None,
+            };
+            if complete == Some(tag::TERMINATE) {
+                return Ok(false);
             }
-            // Checked before each wait, so the signal is never polled after it resolved.
+            // Checked before a request is taken, so that once shutdown has begun an idle
+            // session starts nothing new, even when the request's bytes and the signal arrive
+            // together (the read below wins such a tie); and before each wait, so the signal
+            // is never polled after it resolved.
             if *self.shared.shutdown.borrow() {
                 return Err(ClientError::Shutdown);
+            }
+            if complete.is_some() {
+                return Ok(true);
             }
             reserve(&mut self.cbuf);
             let signal = self
