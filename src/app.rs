@@ -158,9 +158,7 @@ pub(crate) enum StartError {
 /// cache).
 pub(crate) fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     crate::proxy::workers::bind_thread(0);
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    crate::proxy::workers::runtime_builder().build()
 }
 
 /// Where a running config came from, for reloads and `/api/config`.
@@ -197,7 +195,8 @@ pub(crate) async fn run(
             addr: admin_listen,
             source,
         })?;
-    let workers = Workers::start(config.worker_threads()).map_err(StartError::Workers)?;
+    let workers =
+        Workers::start(config.worker_threads(), config.busy_poll()).map_err(StartError::Workers)?;
     let lanes = config.worker_threads() as usize;
     let max_clients = config.pool.max_client_connections as usize;
     let metrics = Arc::new(Metrics::new());

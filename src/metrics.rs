@@ -127,6 +127,17 @@ impl Metrics {
             "Requests routed, by shard, node role and kind (read, write, transaction, unparsed)",
             routed.clone(),
         );
+        let sleeps = crate::proxy::busy_poll::counts();
+        registry.register(
+            "worker_polls",
+            "Times a session thread found work by busy polling, without sleeping",
+            sleeps.polled.clone(),
+        );
+        registry.register(
+            "worker_sleeps",
+            "Times a session thread slept waiting for work (after busy polling, when it polls)",
+            sleeps.slept.clone(),
+        );
         let unparsed = Counter::default();
         registry.register(
             "unparsed",

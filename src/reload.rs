@@ -41,7 +41,7 @@ pub(crate) struct Reloader {
     shared: Arc<Shared>,
     path: Option<PathBuf>,
     /// What the process started with and cannot change while running.
-    started: (SocketAddr, SocketAddr, bool, u32),
+    started: (SocketAddr, SocketAddr, bool, u32, Duration),
     inner: Mutex<Inner>,
 }
 
@@ -67,6 +67,7 @@ impl Reloader {
                 c.admin_listen,
                 c.tls.is_some(),
                 c.worker_threads(),
+                c.busy_poll(),
             ),
             inner: Mutex::new(Inner {
                 monitors: Some(Monitors::start(&snapshot)),
@@ -154,6 +155,9 @@ impl Reloader {
         }
         if config.worker_threads() != self.started.3 {
             restart_required.push("workers");
+        }
+        if config.busy_poll() != self.started.4 {
+            restart_required.push("busy_poll_us");
         }
         if config.tls.is_some() != self.started.2 || config.tls != old.config.tls {
             restart_required.push("tls");

@@ -504,7 +504,7 @@ fn api_config_redacts_passwords_and_hashes_the_file() {
 }
 
 #[tokio::test]
-async fn listen_and_workers_changes_require_a_restart_and_the_rest_applies() {
+async fn listen_workers_and_busy_poll_changes_require_a_restart_and_the_rest_applies() {
     timeout(TEST_TIMEOUT, async {
         let topology = Topology::builder().build().expect("topology");
         let proxy = Proxy::start(&topology);
@@ -512,7 +512,7 @@ async fn listen_and_workers_changes_require_a_restart_and_the_rest_applies() {
         // A thread count other than the one running (one per core by default).
         let workers = std::thread::available_parallelism().map_or(1, usize::from) + 1;
         let text = format!(
-            "workers: {workers}\n{}",
+            "workers: {workers}\nbusy_poll_us: 0\n{}",
             Proxy::config_yaml(&topology, new_port, proxy.admin_port, &with_pool_size(5))
         );
         proxy.rewrite_config(&text);
@@ -525,7 +525,7 @@ async fn listen_and_workers_changes_require_a_restart_and_the_rest_applies() {
             .iter()
             .map(|s| s.as_str().expect("string"))
             .collect();
-        assert_eq!(restart, vec!["listen", "workers"], "{body}");
+        assert_eq!(restart, vec!["listen", "workers", "busy_poll_us"], "{body}");
         // The rest of the file is in force.
         let config = proxy.admin_json("/api/config");
         assert_eq!(config["config"]["pool"]["size"], 5, "{config}");

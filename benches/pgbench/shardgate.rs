@@ -117,9 +117,15 @@ impl Drop for Shardgate {
     }
 }
 
+/// The generated config; `SG_BENCH_BUSY_POLL_US`, when set, becomes its `busy_poll_us` (to
+/// compare with polling off, `0`, or another window).
 fn config_yaml(topology: &Topology, port: u16, admin_port: u16, pool_size: u32) -> String {
+    let busy_poll = match std::env::var("SG_BENCH_BUSY_POLL_US") {
+        Ok(us) => format!("busy_poll_us: {us}\n"),
+        Err(_) => String::new(),
+    };
     format!(
-        "listen: 127.0.0.1:{port}\n\
+        "{busy_poll}listen: 127.0.0.1:{port}\n\
          admin_listen: 127.0.0.1:{admin_port}\n\
          database: {db}\n\
          users:\n  - name: {user}\n    password: {password}\n\

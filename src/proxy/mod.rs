@@ -2,6 +2,7 @@
 //! the per-client session that relays traffic through pooled server connections.
 
 mod answer;
+pub(crate) mod busy_poll;
 mod cancel;
 mod errors;
 mod fanout;

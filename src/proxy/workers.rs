@@ -10,9 +10,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
+
+use super::busy_poll;
 
 type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -55,23 +58,36 @@ pub(crate) fn bind_thread(lane: usize) {
     shardgate_sql::bind_thread_cache(lane);
 }
 
+/// A single-threaded runtime whose thread may poll for work before it sleeps, once
+/// [`busy_poll::enable`] is called on it.
+pub(crate) fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder
+        .enable_all()
+        .on_thread_park(busy_poll::before_park)
+        .on_thread_unpark(busy_poll::after_unpark);
+    builder
+}
+
 /// Where sessions run: on worker threads, or (none) on the calling runtime.
 pub(crate) struct Workers(Vec<Worker>);
 
 impl Workers {
     /// `count` worker threads, each keeping [`shardgate_pool::heartbeat`] running. With a
     /// `count` of 1 there are none: sessions run on the calling runtime (bound to pool lane 0,
-    /// see `app::build_runtime`), which then gets the heartbeat. Worker `i` serves lane `i`.
-    pub(crate) fn start(count: u32) -> std::io::Result<Workers> {
+    /// see `app::build_runtime`), which then gets the heartbeat and the busy polling. Worker
+    /// `i` serves lane `i`.
+    ///
+    /// Each worker polls for up to `busy_poll` before it sleeps (see [`super::busy_poll`]).
+    pub(crate) fn start(count: u32, busy_poll: Duration) -> std::io::Result<Workers> {
         if count <= 1 {
+            busy_poll::enable(busy_poll);
             tokio::spawn(shardgate_pool::heartbeat());
             return Ok(Workers(Vec::new()));
         }
         let mut workers = Vec::with_capacity(count as usize);
         for lane in 0..count as usize {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = runtime_builder().build()?;
             let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
             let load = Arc::new(Load::default());
             let worker_load = load.clone();
@@ -80,6 +96,7 @@ impl Workers {
                 .spawn(move || {
                     bind_thread(lane);
                     runtime.block_on(async move {
+                        busy_poll::enable(busy_poll);
                         tokio::spawn(shardgate_pool::heartbeat());
                         while let Some(job) = queue.recv().await {
                             tokio::spawn(job());

@@ -47,6 +47,8 @@ const DEFAULT_ADMIN_LISTEN: SocketAddr =
 
 /// More worker threads than any machine shardgate runs on has cores.
 const MAX_WORKERS: u64 = 1024;
+/// A millisecond: polling longer than that costs more CPU than the sleep it saves.
+const MAX_BUSY_POLL_US: u64 = 1000;
 
 /// A validated shardgate configuration. Only [`Config::from_yaml_str`] and [`Config::load`]
 /// build one from text, so holding a `Config` means the file passed every check.
@@ -60,6 +62,10 @@ pub struct Config {
     /// Runtime worker threads; `None` picks [`Config::default_workers`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<u32>,
+    /// How long, at most, a worker thread polls for work before it sleeps, in microseconds;
+    /// `None` picks [`Config::DEFAULT_BUSY_POLL_US`], 0 turns polling off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy_poll_us: Option<u32>,
     pub database: String,
     pub users: Vec<UserConfig>,
     pub pool: PoolConfig,
@@ -105,6 +111,18 @@ impl Config {
     pub fn default_workers() -> u32 {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         u32::try_from(cores).unwrap_or(u32::MAX).max(1)
+    }
+
+    /// The default `busy_poll_us`: long enough to cover a short query's round trip to a
+    /// nearby PostgreSQL (pgbench's `SELECT` by primary key, which takes 80-130 us end to end
+    /// on the development VM), so a worker waiting for that reply does not sleep and then
+    /// wait to be woken. 50 us measured no better than not polling there.
+    pub const DEFAULT_BUSY_POLL_US: u32 = 100;
+
+    /// The longest a worker thread polls for work before it sleeps (zero: it never polls).
+    pub fn busy_poll(&self) -> std::time::Duration {
+        let us = self.busy_poll_us.unwrap_or(Config::DEFAULT_BUSY_POLL_US);
+        std::time::Duration::from_micros(u64::from(us))
     }
 
     /// The user called `name`, if configured.
@@ -164,6 +182,10 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
         let n = tree::integer(v, p, 1, MAX_WORKERS, problems)?;
         u32::try_from(n).ok()
     });
+    let busy_poll_us = table.optional("busy_poll_us", problems, |v, p, problems| {
+        let n = tree::integer(v, p, 0, MAX_BUSY_POLL_US, problems)?;
+        u32::try_from(n).ok()
+    });
     let database = table.required("database", problems, tree::non_empty_string);
     let users = table.required("users", problems, users::read);
     let pool = table.or_default("pool", PoolConfig::default(), problems, pool::read);
@@ -177,6 +199,7 @@ fn read_root(root: &Value, problems: &mut Problems) -> Option<Config> {
         listen: listen?,
         admin_listen: admin_listen?,
         workers: workers?,
+        busy_poll_us: busy_poll_us?,
         database: database?,
         users: users?,
         pool: pool?,

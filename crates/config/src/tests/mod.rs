@@ -56,6 +56,7 @@ fn expected_example() -> Config {
         listen: socket("127.0.0.1:6432"),
         admin_listen: socket("127.0.0.1:9930"),
         workers: None,
+        busy_poll_us: None,
         database: "app".into(),
         users: vec![UserConfig {
             name: "app".into(),
@@ -115,6 +116,41 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(config.workers, None);
     assert!(config.worker_threads() >= 1);
     assert_eq!(config.worker_threads(), Config::default_workers());
+}
+
+#[test]
+fn busy_poll_us_defaults_to_100_accepts_0_to_1000_and_nothing_else() {
+    let base = "database: app\nusers: [{name: app, password: pw}]\n\
+                shards: [{name: s0, primary: db:5432}]\n";
+    let default = parse(base);
+    assert_eq!(default.busy_poll_us, None);
+    assert_eq!(default.busy_poll(), std::time::Duration::from_micros(100));
+    for (text, us) in [
+        ("busy_poll_us: 0", 0),
+        ("busy_poll_us: 1000", 1000),
+        ("busy_poll_us: 7", 7),
+    ] {
+        let config = parse(&format!("{text}\n{base}"));
+        assert_eq!(
+            config.busy_poll(),
+            std::time::Duration::from_micros(us),
+            "{text}"
+        );
+    }
+    for bad in [
+        "busy_poll_us: -1",
+        "busy_poll_us: 1001",
+        "busy_poll_us: fast",
+        "busy_poll_us: 2.5",
+    ] {
+        match Config::from_yaml_str(&format!("{bad}\n{base}")) {
+            Err(crate::ConfigError::Invalid { problems }) => {
+                assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+                assert_eq!(problems[0].path, "busy_poll_us", "{bad}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -48,7 +48,7 @@ fn unknown_keys_list_what_was_expected() {
     assert_one(
         &valid_with("sharing: {}"),
         "sharing",
-        "unknown key \"sharing\" (expected one of: listen, admin_listen, workers, database, users, pool, shards, sharding, routing, reload, tls)",
+        "unknown key \"sharing\" (expected one of: listen, admin_listen, workers, busy_poll_us, database, users, pool, shards, sharding, routing, reload, tls)",
     );
     assert_one(
         &valid_with("tls: {cert: c, key: k, ca: x}"),
