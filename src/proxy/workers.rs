@@ -78,10 +78,11 @@ impl Workers {
     /// see `app::build_runtime`), which then gets the heartbeat and the busy polling. Worker
     /// `i` serves lane `i`.
     ///
-    /// Each worker polls for up to `busy_poll` before it sleeps (see [`super::busy_poll`]).
-    pub(crate) fn start(count: u32, busy_poll: Duration) -> std::io::Result<Workers> {
+    /// Each session thread polls for up to `poll_window` before it sleeps (see
+    /// [`super::busy_poll`]).
+    pub(crate) fn start(count: u32, poll_window: Duration) -> std::io::Result<Workers> {
         if count <= 1 {
-            busy_poll::enable(busy_poll);
+            busy_poll::enable(poll_window);
             tokio::spawn(shardgate_pool::heartbeat());
             return Ok(Workers(Vec::new()));
         }
@@ -96,7 +97,7 @@ impl Workers {
                 .spawn(move || {
                     bind_thread(lane);
                     runtime.block_on(async move {
-                        busy_poll::enable(busy_poll);
+                        busy_poll::enable(poll_window);
                         tokio::spawn(shardgate_pool::heartbeat());
                         while let Some(job) = queue.recv().await {
                             tokio::spawn(job());
