@@ -119,12 +119,13 @@ pub(crate) fn before_park() {
     POLLER.with(|p| {
         let mut p = p.borrow_mut();
         let Some(poller) = p.as_mut() else { return };
-        let start = Instant::now();
-        poller.parked_at = start;
         poller.caught = false;
-        let (Some(epoll), window) = (poller.epoll, poller.window.current()) else {
+        let Some(epoll) = poller.epoll else {
             return;
         };
+        let start = Instant::now();
+        poller.parked_at = start;
+        let window = poller.window.current();
         if window.is_zero() {
             return;
         }
@@ -152,7 +153,9 @@ pub(crate) fn after_unpark() {
             } else {
                 counts.slept.inc();
             }
-            poller.window.observe(poller.parked_at.elapsed());
+            if poller.epoll.is_some() {
+                poller.window.observe(poller.parked_at.elapsed());
+            }
         }
     });
 }
