@@ -337,13 +337,10 @@ impl Flight {
     }
 }
 
-/// The words shardgate's own commands start with.
-const OWN_COMMAND_WORDS: &[&[u8]] = &[b"SET", b"RESET", b"SHOW"];
-
 /// Whether a statement is `SET/RESET/SHOW shardgate.*` (a byte search first, so other
 /// statements cost almost nothing).
 fn is_own_command(classifier: &Classifier, sql: &[u8]) -> bool {
-    super::params::may_start_with(sql, OWN_COMMAND_WORDS)
+    super::params::may_start_with(sql, shardgate_sql::SHARDGATE_COMMAND_WORDS)
         && mentions_shardgate(sql)
         && classifier.classify(sql).shardgate.is_some()
 }

@@ -8,6 +8,7 @@
 use crate::lexer::{
     class, number_end, word_end, LexOptions, Lexer, Token, TokenKind, DIGIT, IDENT_START, SPACE,
 };
+use crate::statement::SHARDGATE_COMMAND_WORDS;
 
 /// Stands in for a blanked literal; cannot occur in SQL text outside a literal.
 const LITERAL_MARK: &[u8] = b"\x00";
@@ -90,24 +91,20 @@ fn is_literal(token: Token) -> bool {
 
 /// SET, RESET and SHOW keep their literals: shardgate's own settings carry their value in one.
 fn keeps_exact_text(first_word: &[u8]) -> bool {
-    [&b"SET"[..], b"RESET", b"SHOW"]
+    SHARDGATE_COMMAND_WORDS
         .iter()
         .any(|k| first_word.eq_ignore_ascii_case(k))
 }
 
 /// The key as first written, on the lexer's token stream: slower (a token per word and the first
-/// word scanned twice) but plainly right, so the tests hold [`cache_key`] to it.
+/// word scanned twice) but plainly right, so the tests hold [`cache_key`]'s scanning to it (the
+/// two share what counts as a literal and which first words keep the text whole).
 pub fn cache_key_reference(sql: &[u8], out: &mut Vec<u8>) {
     out.clear();
     let mut lexer = Lexer::new(sql, LexOptions::default());
     let first_word = lexer.clone().find(|t| !t.is_comment());
     let exact = first_word.is_some_and(|t| {
-        t.kind == TokenKind::Word
-            && sql.get(t.start..t.end).is_some_and(|w| {
-                [&b"SET"[..], b"RESET", b"SHOW"]
-                    .iter()
-                    .any(|k| w.eq_ignore_ascii_case(k))
-            })
+        t.kind == TokenKind::Word && sql.get(t.start..t.end).is_some_and(keeps_exact_text)
     });
     if exact {
         out.extend_from_slice(sql);
@@ -115,7 +112,7 @@ pub fn cache_key_reference(sql: &[u8], out: &mut Vec<u8>) {
     }
     let mut copied = 0;
     for token in &mut lexer {
-        if matches!(token.kind, TokenKind::Number | TokenKind::String) && token.terminated {
+        if is_literal(token) {
             out.extend_from_slice(sql.get(copied..token.start).unwrap_or_default());
             out.extend_from_slice(LITERAL_MARK);
             copied = token.end;

@@ -29,6 +29,7 @@ mod statement;
 
 pub use classification::{Classification, Hint, ShardgateCommand, TxnControl, WhyWrite};
 pub use classifier::{bind_thread_cache, Classifier};
+pub use statement::SHARDGATE_COMMAND_WORDS;
 
 /// Not part of the API: the classifier's cache key, public only so that `benches/` can time it
 /// and `tests/cache_key.rs` can compare it with its reference implementation.

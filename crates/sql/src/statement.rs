@@ -208,6 +208,10 @@ fn txn_statement(kw: &Keywords, stmt: &[u8]) -> Option<StatementFacts> {
     Some(facts)
 }
 
+/// The first words of shardgate's own commands (`SET`/`RESET`/`SHOW shardgate.*`, read by
+/// [`shardgate_command`]): a text starting with any other word is none of them.
+pub const SHARDGATE_COMMAND_WORDS: &[&[u8]] = &[b"SET", b"RESET", b"SHOW"];
+
 fn shardgate_command(kw: &Keywords, stmt: &[u8]) -> Option<ShardgateCommand> {
     match kw.get(0)? {
         "SET" | "RESET" => match session_command(stmt)? {
