@@ -41,8 +41,17 @@ pub(crate) struct Reloader {
     shared: Arc<Shared>,
     path: Option<PathBuf>,
     /// What the process started with and cannot change while running.
-    started: (SocketAddr, SocketAddr, bool, u32, Duration),
+    started: Started,
     inner: Mutex<Inner>,
+}
+
+/// The settings a reload cannot change (each needs a restart).
+struct Started {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    tls: bool,
+    workers: u32,
+    busy_poll: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -62,13 +71,13 @@ impl Reloader {
         let snapshot = shared.snapshot.load_full();
         let c = &snapshot.config;
         Reloader {
-            started: (
-                c.listen,
-                c.admin_listen,
-                c.tls.is_some(),
-                c.worker_threads(),
-                c.busy_poll(),
-            ),
+            started: Started {
+                listen: c.listen,
+                admin_listen: c.admin_listen,
+                tls: c.tls.is_some(),
+                workers: c.worker_threads(),
+                busy_poll: c.busy_poll(),
+            },
             inner: Mutex::new(Inner {
                 monitors: Some(Monitors::start(&snapshot)),
                 file_sha256,
@@ -147,19 +156,19 @@ impl Reloader {
         let mut inner = lock(&self.inner);
         let old = self.shared.snapshot.load_full();
         let mut restart_required = Vec::new();
-        if config.listen != self.started.0 {
+        if config.listen != self.started.listen {
             restart_required.push("listen");
         }
-        if config.admin_listen != self.started.1 {
+        if config.admin_listen != self.started.admin_listen {
             restart_required.push("admin_listen");
         }
-        if config.worker_threads() != self.started.3 {
+        if config.worker_threads() != self.started.workers {
             restart_required.push("workers");
         }
-        if config.busy_poll() != self.started.4 {
+        if config.busy_poll() != self.started.busy_poll {
             restart_required.push("busy_poll_us");
         }
-        if config.tls.is_some() != self.started.2 || config.tls != old.config.tls {
+        if config.tls.is_some() != self.started.tls || config.tls != old.config.tls {
             restart_required.push("tls");
         }
         resize_semaphore(
