@@ -114,7 +114,7 @@ impl Config {
     }
 
     /// The default `busy_poll_us`: long enough to cover a short query's round trip to a
-    /// nearby PostgreSQL (pgbench's `SELECT` by primary key, which takes 80-130 us end to end
+    /// nearby PostgreSQL (pgbench's `SELECT` by primary key, which took 80-150 us end to end
     /// on the development VM), so a worker waiting for that reply does not sleep and then
     /// wait to be woken. 50 us measured no better than not polling there.
     pub const DEFAULT_BUSY_POLL_US: u32 = 100;
