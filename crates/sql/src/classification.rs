@@ -110,6 +110,13 @@ pub struct Classification {
     /// The session must stick to the primary from now on: creates a temp table, or takes a
     /// SESSION-level advisory lock (`pg_advisory_lock` / `pg_try_advisory_lock`, not `_xact_`).
     pub sticky_primary: bool,
+    /// The first statement that leaves state on the server session which outlives its
+    /// transaction and which no other server connection could be given (a temporary table, a
+    /// session-level advisory lock, an object in `pg_temp`, `LISTEN`, a cursor `WITH HOLD`, SQL `PREPARE`,
+    /// `set_config(..., false)`, `LOAD`, `SET SESSION CHARACTERISTICS`, `dblink_connect`),
+    /// named for messages. A transaction-pooled session that runs one keeps its server
+    /// connection from then on.
+    pub pins_session: Option<&'static str>,
     /// False if sqlparser could not parse at least one statement that needed it (a statement whose
     /// leading keywords already prove a write, or a transaction or session command, is read by
     /// the lexer alone and never handed to sqlparser).

@@ -152,6 +152,7 @@ impl Classifier {
             txn: Vec::new(),
             hint: find_hint(sql),
             sticky_primary: false,
+            pins_session: None,
             parsed: true,
             statements: 0,
             shardgate: None,
@@ -219,6 +220,9 @@ fn absorb(
         }
     }
     out.sticky_primary |= facts.sticky;
+    if out.pins_session.is_none() {
+        out.pins_session = facts.pins;
+    }
     out.parsed &= facts.parsed;
     if let Some(cmd) = facts.shardgate {
         *shardgate_seen = true;

@@ -42,6 +42,8 @@ const WRITE_FUNCTIONS: &[&str] = &[
     "pg_truncate_visibility_map",
     "pg_stat_statements_reset",
     "dblink",
+    "dblink_connect",
+    "dblink_connect_u",
     "dblink_exec",
     "dblink_send_query",
     "pg_file_write",
@@ -124,6 +126,17 @@ pub(crate) struct Guards {
     pub(crate) session_lock: bool,
     /// Creates (`CREATE [GLOBAL|LOCAL] TEMP`, `INTO TEMP`) or names (`pg_temp`) a temporary table.
     pub(crate) temp: bool,
+    /// Names the `pg_temp` schema (a temporary function, type or table, created or used).
+    pub(crate) pg_temp: bool,
+    /// `ON COMMIT DROP`: a temporary table created here ends with its transaction.
+    pub(crate) on_commit_drop: bool,
+    /// `WITH HOLD`: a cursor that outlives its transaction.
+    pub(crate) hold: bool,
+    /// `set_config` is called without a literal `true` as its third argument (`is_local`):
+    /// the setting lasts for the session, and shardgate cannot see its value to carry it.
+    pub(crate) session_setting: bool,
+    /// `dblink_connect` or `dblink_connect_u` is called: a named connection kept by the session.
+    pub(crate) dblink_connection: bool,
     /// `FROM` at parenthesis depth 0 (for COPY: `COPY ... FROM`).
     pub(crate) from_top: bool,
     /// `FROM STDIN` at parenthesis depth 0.
@@ -209,7 +222,73 @@ pub(crate) fn scan(stmt: &[u8], fns: &WriteFunctions) -> Guards {
             b""
         };
     }
+    if g.session_setting {
+        g.session_setting = sets_config_for_the_session(stmt);
+    }
     g
+}
+
+/// Whether some call of `set_config` in `stmt` may change a setting for the whole session:
+/// its third argument (`is_local`) is anything but a literal true (`true`, `'t'`, `'on'`, ...).
+/// A parameter (`$3`) counts as session-wide, since its value is not known here.
+fn sets_config_for_the_session(stmt: &[u8]) -> bool {
+    let tokens: Vec<(TokenKind, &[u8])> = Lexer::new(stmt, LexOptions::default())
+        .filter(|t| !t.is_comment())
+        .map(|t| (t.kind, stmt.get(t.start..t.end).unwrap_or_default()))
+        .collect();
+    let mut rest = tokens.as_slice();
+    while let Some((&(kind, text), after)) = rest.split_first() {
+        rest = after;
+        let name = match kind {
+            TokenKind::Word => text,
+            TokenKind::QuotedIdent => text
+                .get(1..text.len().saturating_sub(1))
+                .unwrap_or_default(),
+            _ => continue,
+        };
+        let opens = matches!(rest.first(), Some((TokenKind::Punct, b"(")));
+        if !is(name, "set_config") || !opens {
+            continue;
+        }
+        // The third argument's tokens, up to the `)` that closes the call.
+        let (mut depth, mut arg) = (0usize, 0usize);
+        let mut third: Vec<(TokenKind, &[u8])> = Vec::new();
+        for (n, &(kind, text)) in rest.iter().enumerate() {
+            let punct = kind == TokenKind::Punct;
+            if punct && text == b"(" {
+                depth += 1;
+                if depth == 1 {
+                    continue;
+                }
+            } else if punct && text == b")" {
+                depth -= 1;
+                if depth == 0 {
+                    rest = rest.get(n + 1..).unwrap_or_default();
+                    break;
+                }
+            } else if punct && text == b"," && depth == 1 {
+                arg += 1;
+                continue;
+            }
+            if arg == 2 {
+                third.push((kind, text));
+            }
+        }
+        let local = match third.as_slice() {
+            [(TokenKind::Word, t)] => is(t, "true"),
+            [(TokenKind::String, t)] => {
+                let inner = t.get(1..t.len().saturating_sub(1)).unwrap_or_default();
+                ["t", "true", "y", "yes", "on", "1"]
+                    .iter()
+                    .any(|v| is(inner, v))
+            }
+            _ => false,
+        };
+        if !local {
+            return true;
+        }
+    }
+    false
 }
 
 fn scan_keyword(g: &mut Guards, prev: &[u8], word: &[u8], depth: usize) {
@@ -227,6 +306,10 @@ fn scan_keyword(g: &mut Guards, prev: &[u8], word: &[u8], depth: usize) {
         } else {
             g.dml_word = true;
         }
+    } else if is(prev, "COMMIT") && is(word, "DROP") {
+        g.on_commit_drop = true;
+    } else if is(prev, "WITH") && is(word, "HOLD") {
+        g.hold = true;
     } else if is(word, "TEMP") || is(word, "TEMPORARY") {
         if ["CREATE", "GLOBAL", "LOCAL", "INTO", "REPLACE"]
             .iter()
@@ -236,6 +319,7 @@ fn scan_keyword(g: &mut Guards, prev: &[u8], word: &[u8], depth: usize) {
         }
     } else if word.len() >= 7 && word.get(..7).is_some_and(|h| is(h, "pg_temp")) {
         g.temp = true;
+        g.pg_temp = true;
     } else if OPERATOR_WORDS.iter().any(|k| is(word, k)) {
         g.operators += 1;
     } else if depth == 0 && is(word, "FROM") {
@@ -251,6 +335,13 @@ fn note_function(g: &mut Guards, name: &[u8]) {
         .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
     {
         g.session_lock = true;
+    }
+    if is(name, "set_config") {
+        // Settled after the scan, by looking at the arguments.
+        g.session_setting = true;
+    }
+    if is(name, "dblink_connect") || is(name, "dblink_connect_u") {
+        g.dblink_connection = true;
     }
     if g.write_function.is_none() {
         g.write_function = Some(String::from_utf8_lossy(name).to_ascii_lowercase());
@@ -317,6 +408,9 @@ pub(crate) fn scan_do_body(stmt: &[u8], fns: &WriteFunctions) -> Guards {
         let g = scan(inner, fns);
         out.temp |= g.temp;
         out.session_lock |= g.session_lock;
+        out.session_setting |= g.session_setting;
+        out.hold |= g.hold;
+        out.dblink_connection |= g.dblink_connection;
     }
     out
 }

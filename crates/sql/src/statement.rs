@@ -19,6 +19,8 @@ pub(crate) struct StatementFacts {
     /// `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN`: a new transaction opens right away.
     pub(crate) chained: bool,
     pub(crate) sticky: bool,
+    /// Why the statement pins a transaction-pooled session to its server connection.
+    pub(crate) pins: Option<&'static str>,
     pub(crate) parsed: bool,
     pub(crate) shardgate: Option<ShardgateCommand>,
     pub(crate) copy_from_stdin: bool,
@@ -49,7 +51,17 @@ pub(crate) fn classify_statement(stmt: &[u8], fns: &WriteFunctions) -> Statement
     let first = kw.get(0).unwrap_or("");
     match first {
         "SET" | "RESET" | "DISCARD" | "DEALLOCATE" | "LOAD" => {
-            StatementFacts::write(WhyWrite::Other("session"))
+            let pins = if first == "LOAD" {
+                Some("LOAD")
+            } else if kw.starts_with(&["SET", "SESSION", "CHARACTERISTICS"]) {
+                Some("SET SESSION CHARACTERISTICS")
+            } else {
+                None
+            };
+            StatementFacts {
+                pins,
+                ..StatementFacts::write(WhyWrite::Other("session"))
+            }
         }
         "SHOW" if show_name(stmt).is_some() => StatementFacts {
             parsed: true,
@@ -57,17 +69,20 @@ pub(crate) fn classify_statement(stmt: &[u8], fns: &WriteFunctions) -> Statement
         },
         "SHOW" => StatementFacts::write(WhyWrite::Other("show")),
         "SELECT" | "WITH" | "VALUES" | "TABLE" | "EXPLAIN" | "" => maybe_read(first, stmt, fns),
-        _ => by_keyword(first, stmt, fns),
+        _ => by_keyword(&kw, first, stmt, fns),
     }
 }
 
 /// A statement whose kind is a write: the reason follows from its first keyword.
-fn by_keyword(first: &str, stmt: &[u8], fns: &WriteFunctions) -> StatementFacts {
+fn by_keyword(kw: &Keywords, first: &str, stmt: &[u8], fns: &WriteFunctions) -> StatementFacts {
     let mut g = scan(stmt, fns);
     if first == "DO" {
         let body = scan_do_body(stmt, fns);
         g.temp |= body.temp;
         g.session_lock |= body.session_lock;
+        g.session_setting |= body.session_setting;
+        g.hold |= body.hold;
+        g.dblink_connection |= body.dblink_connection;
     }
     let why = match first {
         "CREATE" if g.temp => WhyWrite::TempTable,
@@ -89,8 +104,14 @@ fn by_keyword(first: &str, stmt: &[u8], fns: &WriteFunctions) -> StatementFacts 
         "PREPARE" | "EXECUTE" => WhyWrite::Other("prepared statement"),
         _ => WhyWrite::Other("statement"),
     };
+    let pins = match first {
+        "LISTEN" => Some("LISTEN"),
+        "PREPARE" if kw.get(1) != Some("TRANSACTION") => Some("PREPARE"),
+        _ => pin_reason(&g),
+    };
     StatementFacts {
         sticky: g.temp || g.session_lock,
+        pins,
         copy_from_stdin: first == "COPY" && g.from_stdin,
         ..StatementFacts::write(why)
     }
@@ -120,8 +141,28 @@ fn maybe_read(first: &str, stmt: &[u8], fns: &WriteFunctions) -> StatementFacts 
     StatementFacts {
         write,
         sticky,
+        pins: pin_reason(&g),
         parsed,
         ..Default::default()
+    }
+}
+
+/// Why the facts found by the token scan pin a transaction-pooled session, if they do.
+fn pin_reason(g: &Guards) -> Option<&'static str> {
+    if g.temp && !g.on_commit_drop && !g.pg_temp {
+        Some("a temporary table")
+    } else if g.pg_temp {
+        Some("an object in pg_temp")
+    } else if g.session_lock {
+        Some("a session-level advisory lock")
+    } else if g.hold {
+        Some("a cursor WITH HOLD")
+    } else if g.session_setting {
+        Some("set_config(..., false)")
+    } else if g.dblink_connection {
+        Some("dblink_connect()")
+    } else {
+        None
     }
 }
 

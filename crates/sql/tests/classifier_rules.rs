@@ -452,3 +452,74 @@ fn long_operator_chains_fit_a_small_stack() {
         .expect("spawn");
     assert!(handle.join().is_ok());
 }
+
+#[test]
+fn statements_leaving_session_state_pin_the_session_and_say_why() {
+    for (sql, why) in [
+        ("CREATE TEMP TABLE t (a int)", "a temporary table"),
+        ("SELECT 1 INTO TEMP t", "a temporary table"),
+        ("CREATE TABLE pg_temp.t (a int)", "an object in pg_temp"),
+        (
+            "CREATE FUNCTION pg_temp.f() RETURNS int AS 'SELECT 1' LANGUAGE sql",
+            "an object in pg_temp",
+        ),
+        (
+            "SELECT pg_advisory_lock(42)",
+            "a session-level advisory lock",
+        ),
+        (
+            "select pg_try_advisory_lock_shared(1, 2)",
+            "a session-level advisory lock",
+        ),
+        ("LISTEN chan", "LISTEN"),
+        ("listen \"Chan\"", "LISTEN"),
+        (
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "a cursor WITH HOLD",
+        ),
+        ("PREPARE q (int) AS SELECT $1", "PREPARE"),
+        (
+            "SELECT set_config('search_path', 'x', false)",
+            "set_config(..., false)",
+        ),
+        (
+            "SELECT pg_catalog.set_config('a.b', 'x', $3)",
+            "set_config(..., false)",
+        ),
+        (
+            "SELECT set_config('a.b', 'x', true), set_config('a.c', 'y', 'off')",
+            "set_config(..., false)",
+        ),
+        ("LOAD 'auto_explain'", "LOAD"),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "SET SESSION CHARACTERISTICS",
+        ),
+        ("SELECT dblink_connect('c', 'dbname=x')", "dblink_connect()"),
+        (
+            "DO $$ BEGIN PERFORM set_config('a.b', 'x', false); END $$",
+            "set_config(..., false)",
+        ),
+        ("SELECT 1; LISTEN chan; SELECT 2", "LISTEN"),
+    ] {
+        assert_eq!(classify(sql).pins_session, Some(why), "{sql}");
+    }
+    for sql in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+        "SELECT pg_advisory_xact_lock(1)",
+        "CREATE TEMP TABLE t (a int) ON COMMIT DROP",
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        "SELECT set_config('a.b', 'x', 't'), set_config('a.c', 'y', TRUE)",
+        "SELECT temp, hold, listen FROM weather",
+        "UNLISTEN *",
+        "NOTIFY chan",
+        "DECLARE c CURSOR FOR SELECT 1",
+        "PREPARE TRANSACTION 'gid'",
+        "SET search_path TO x",
+        "DISCARD ALL",
+        "SELECT 'set_config(1, 2, false)'",
+        "-- LISTEN chan\nSELECT 1",
+    ] {
+        assert_eq!(classify(sql).pins_session, None, "{sql}");
+    }
+}

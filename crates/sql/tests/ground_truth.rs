@@ -185,3 +185,152 @@ fn no_statement_postgres_calls_a_write_is_classified_read() {
         offenders.len()
     );
 }
+
+/// PostgreSQL's tree says the statement leaves state on the session that outlives its
+/// transaction: why, or `None`. Written from the grammar, independently of the classifier's
+/// token rules. `DO` bodies are opaque to the parser and not judged here.
+fn pg_pin_reason(v: &Value) -> Option<String> {
+    match v {
+        Value::Array(items) => items.iter().find_map(pg_pin_reason),
+        Value::Object(map) => {
+            // A relation created temporary (CreateStmt, the IntoClause of CREATE TABLE AS and
+            // SELECT INTO, views, sequences): the parser marks references permanent ('p'), so
+            // 't' is only ever a creation. ON COMMIT DROP ends it with the transaction.
+            let dropped = ["oncommit", "on_commit"].iter().any(|k| {
+                map.get(*k).is_some_and(|o| {
+                    o.as_i64() == Some(4) || o.as_str().is_some_and(|s| s.contains("DROP"))
+                })
+            });
+            if dropped {
+                return None;
+            }
+            if map.get("relpersistence").and_then(Value::as_str) == Some("t") {
+                return Some("temporary relation".to_owned());
+            }
+            for (key, child) in map {
+                let found = match key.as_str() {
+                    "ListenStmt" => Some("LISTEN".to_owned()),
+                    "PrepareStmt" => Some("PREPARE".to_owned()),
+                    "LoadStmt" => Some("LOAD".to_owned()),
+                    "DeclareCursorStmt" => child
+                        .get("options")
+                        .and_then(Value::as_i64)
+                        // CURSOR_OPT_HOLD
+                        .filter(|o| o & 0x20 != 0)
+                        .map(|_| "WITH HOLD".to_owned()),
+                    "VariableSetStmt" => child
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .filter(|n| n.eq_ignore_ascii_case("SESSION CHARACTERISTICS"))
+                        .map(|_| "SESSION CHARACTERISTICS".to_owned()),
+                    "FuncCall" => pg_pinning_call(child),
+                    _ => None,
+                };
+                if found.is_some() {
+                    return found;
+                }
+                if let Some(why) = pg_pin_reason(child) {
+                    return Some(why);
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// A call that pins: a session-level advisory lock, `dblink_connect`, or `set_config` whose
+/// third argument is not a constant true.
+fn pg_pinning_call(call: &Value) -> Option<String> {
+    let name = call
+        .get("funcname")
+        .and_then(Value::as_array)
+        .and_then(|parts| parts.last())
+        .and_then(|n| n.pointer("/node/String/sval"))
+        .and_then(Value::as_str)?
+        .to_ascii_lowercase();
+    let session_lock = [
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+    ];
+    if session_lock.contains(&name.as_str()) || name.starts_with("dblink_connect") {
+        return Some(name);
+    }
+    if name != "set_config" {
+        return None;
+    }
+    let third = call.get("args").and_then(Value::as_array)?.get(2)?;
+    let konst = third.pointer("/node/AConst");
+    let local = konst.is_some_and(|c| {
+        c.pointer("/val/Boolval/boolval").and_then(Value::as_bool) == Some(true)
+            || c.pointer("/val/Sval/sval")
+                .and_then(Value::as_str)
+                .is_some_and(|s| {
+                    ["t", "true", "y", "yes", "on", "1"].contains(&s.to_ascii_lowercase().as_str())
+                })
+    });
+    (!local).then(|| "set_config".to_owned())
+}
+
+#[test]
+fn no_statement_postgres_says_outlives_its_transaction_leaves_the_session_unpinned() {
+    let classifier = Classifier::new(100_000, &[]);
+    let (mut pg_pins, mut extra) = (0usize, 0usize);
+    let mut offenders = Vec::new();
+    let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+    let files = common::for_each_corpus_statement(|stmt| {
+        let Ok(text) = std::str::from_utf8(stmt) else {
+            return;
+        };
+        let Ok(parsed) = pg_query::parse(text, 0) else {
+            return;
+        };
+        let Ok(tree) = serde_json::to_value(&parsed.protobuf) else {
+            return;
+        };
+        let ours = classifier.classify(stmt).pins_session;
+        match pg_pin_reason(&tree) {
+            Some(why) => {
+                pg_pins += 1;
+                let key = why.split(' ').next().unwrap_or_default().to_owned();
+                *reasons.entry(key).or_default() += 1;
+                if ours.is_none() {
+                    offenders.push(format!("{why}: {text}"));
+                }
+            }
+            None => extra += usize::from(ours.is_some()),
+        }
+    });
+    if files.is_none() {
+        return;
+    }
+    for o in &offenders {
+        eprintln!("PINNING STATEMENT NOT PINNED: {o}");
+    }
+    eprintln!(
+        "PostgreSQL's tree finds {pg_pins} statements that outlive their transaction ({reasons:?}); \
+         ours misses {}, and pins {extra} more (objects named in pg_temp: \
+         temporary functions, types, views, and tables created by schema).",
+        offenders.len()
+    );
+    for reason in [
+        "LISTEN",
+        "PREPARE",
+        "WITH",
+        "temporary",
+        "pg_advisory_lock",
+        "set_config",
+    ] {
+        assert!(
+            reasons.contains_key(reason),
+            "ground truth never saw {reason}"
+        );
+    }
+    assert!(
+        offenders.is_empty(),
+        "{} pinning statements not pinned",
+        offenders.len()
+    );
+}
