@@ -78,6 +78,7 @@ impl RoutedCounters {
 pub(crate) struct Metrics {
     registry: Registry,
     pub(crate) clients: Gauge,
+    pub(crate) pinned_sessions: Gauge,
     pub(crate) transactions: LaneCounter,
     query_duration: LaneHistogram,
     server_connections: Family<ServerLabels, Gauge>,
@@ -100,6 +101,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("shardgate");
         let clients = Gauge::default();
         registry.register("client_connections", "Connected clients", clients.clone());
+        let pinned_sessions = Gauge::default();
+        registry.register(
+            "pinned_sessions",
+            "Transaction-pooled clients keeping their server connection, since they left session state on it (a temporary table, a session advisory lock, LISTEN, ...)",
+            pinned_sessions.clone(),
+        );
         let transactions = LaneCounter::default();
         registry.register(
             "transactions",
@@ -213,6 +220,7 @@ impl Metrics {
             config_version,
             registry,
             clients,
+            pinned_sessions,
             transactions,
             query_duration,
             server_connections,

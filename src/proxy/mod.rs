@@ -13,6 +13,7 @@ mod local;
 mod merge;
 mod mirror;
 mod params;
+mod pinning;
 mod relay;
 mod request;
 mod routing;

@@ -180,6 +180,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .server
             .as_ref()
             .is_some_and(|c| c.snapshot.sharding.is_some());
+        if !sharded && self.mode == PoolMode::Transaction && self.pinned.is_none() {
+            return self.unplanned_pins();
+        }
         if !sharded || self.mode != PoolMode::Transaction || self.flight.in_copy() {
             return Ok(self.cbuf.len());
         }
@@ -220,6 +223,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.unnamed_parse = Some(bytes::Bytes::copy_from_slice(&self.cbuf[r]));
         }
         let plan = self.plan_once(&rt, &scanned);
+        if self.pin_problem(&scanned, Some(&plan.need), role).is_some() {
+            // Refused once the server is idle.
+            return Ok(false);
+        }
         let here = match plan.need {
             Need::One(i) => i == shard,
             Need::Any | Need::AnyReference => true,
@@ -285,6 +292,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             self.settle_parked().await;
         } else if let Some(plan) = self.plan_shards(&snapshot, &mut scanned).await? {
+            let role = self.server.as_ref().map_or(Role::Primary, |c| c.role);
+            if let Some(fields) = self.pin_problem(&scanned, Some(&plan.need), role) {
+                self.refuse_pin(fields, in_transaction).await?;
+                return Ok(true);
+            }
             match plan.need {
                 Need::Refuse(fields) if in_transaction => {
                     self.shared.metrics.refused("unroutable");
@@ -330,6 +342,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(true);
         };
         let (shard, node, role) = (checkout.shard, checkout.node.clone(), checkout.role);
+        if let Some(fields) = self.pin_problem(&scanned, None, role) {
+            self.refuse_pin(fields, in_transaction).await?;
+            return Ok(true);
+        }
         let reason = match (self.mode, role) {
             (PoolMode::Session, _) => Reason::SessionPooling,
             (_, Role::Replica) => Reason::ReadOnlyTransaction,
@@ -414,6 +430,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// (transaction mode). True if it was released.
     fn release_if_done(&mut self) -> bool {
         if self.mode != PoolMode::Transaction
+            || self.pinned.is_some()
             || !self.flight.idle()
             || self.flight.tx_status != b'I'
         {

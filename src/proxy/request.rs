@@ -44,6 +44,9 @@ pub(crate) struct Scanned {
     pub(crate) ends_transaction: bool,
     /// It makes the session stick to the primary.
     pub(crate) sticky: bool,
+    /// It leaves session state on its server connection (why, for messages): a
+    /// transaction-pooled session keeps that connection from then on.
+    pub(crate) pins: Option<&'static str>,
     /// It holds a COPY FROM: the server may enter copy-in mode, where any Query sent
     /// behind the request (the read-your-writes probe) would abort the COPY.
     pub(crate) copy_from: bool,
@@ -131,6 +134,9 @@ fn merge(s: &mut Scanned, c: &Arc<Classification>, sql: SqlText, runs: bool) {
         }
     }
     s.sticky |= c.sticky_primary;
+    if s.pins.is_none() {
+        s.pins = c.pins_session;
+    }
     s.copy_from |= matches!(
         c.write,
         Some(WhyWrite::CopyFrom | WhyWrite::CopyFromStdinThenMore)

@@ -82,6 +82,9 @@ pub(crate) struct Session<S> {
     pub(super) probe_after_idle: bool,
     /// The buffered request was already planned when its server was taken.
     pub(super) fresh_checkout: bool,
+    /// Transaction mode: the session left state on its server connection (why) and keeps
+    /// that connection until it ends (see `pinning`).
+    pub(super) pinned: Option<&'static str>,
     /// A request failed inside the held-back transaction: it is aborted.
     pub(super) deferred_failed: bool,
     /// Connections the open transaction holds on shards other than the current one.
@@ -150,6 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             probe_pending: false,
             probe_after_idle: false,
             fresh_checkout: false,
+            pinned: None,
             deferred_failed: false,
             parked: Vec::new(),
             txn_begin: None,
@@ -178,8 +182,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if let Some(Checkout { mut conn, .. }) = self.server.take() {
             let clean = self.flight.idle() && self.flight.tx_status == b'I';
-            if clean && self.mode == PoolMode::Session {
-                // A session-mode server leaves with the client's state: reset it.
+            if clean && (self.mode == PoolMode::Session || self.pinned.is_some()) {
+                // A session-mode (or pinned) server leaves with the client's state: reset it.
                 match conn.run_discarding("DISCARD ALL").await {
                     Ok(()) => {
                         conn.prepared.clear();
@@ -193,6 +197,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             } else {
                 conn.discard();
             }
+        }
+        if self.pinned.is_some() {
+            self.shared.metrics.pinned_sessions.dec();
         }
         let _ = self.client.shutdown().await;
         result
@@ -298,6 +305,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut shard_index = 0;
         let mut shard_why = String::new();
         if let Some(plan) = self.plan_shards(&snapshot, &mut scanned).await? {
+            if let Some(fields) = self.pin_problem(&scanned, Some(&plan.need), Role::Primary) {
+                self.refuse_pin(fields, false).await?;
+                return Ok(false);
+            }
             match plan.need {
                 Need::Refuse(fields) => {
                     self.shared.metrics.refused("unroutable");
@@ -405,6 +416,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         let mut conn = conn;
+        if let Some(fields) = self.pin_problem(&scanned, None, chosen.role) {
+            conn.release();
+            self.refuse_pin(fields, false).await?;
+            return Ok(false);
+        }
         if let Some(fields) = super::relay::apply_session_state(&mut conn, &self.params).await? {
             // Its settings are unknown now: close it rather than hand them to anyone.
             conn.discard();
@@ -448,6 +464,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if scanned.sticky {
             self.routing.sticky = true;
         }
+        self.pin_if_needed(scanned);
         let in_txn = in_transaction || scanned.view.begins.is_some();
         if scanned.view.write && in_txn && (scanned.executes || !scanned.complete) {
             self.routing.txn_wrote = true;
