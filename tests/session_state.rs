@@ -239,3 +239,70 @@ async fn set_local_does_not_leak() {
     assert_eq!(show(&a, "statement_timeout").await, "0");
     assert_eq!(show(&b, "statement_timeout").await, "0");
 }
+
+/// `options` (libpq's PGOPTIONS) and list-valued startup parameters reach the client's session
+/// exactly as PostgreSQL reads them when connected directly, and stay with that client.
+#[tokio::test]
+async fn options_and_list_valued_parameters_match_a_direct_connection() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let options =
+        r"options='-c search_path=s1,s2 -cstatement_timeout=7s --application-name=my\\ app'";
+    let direct = support::direct_conn_str(&topo, &topo.shards[0].primary);
+    let d = support::connect(&format!("{direct} {options}"))
+        .await
+        .expect("direct");
+    let a = support::connect(&format!("{} {options}", proxy.conn_str(&topo)))
+        .await
+        .expect("through shardgate");
+    let b = proxy.connect(&topo).await;
+    let names = ["search_path", "statement_timeout", "application_name"];
+    let mut want = Vec::new();
+    for n in names {
+        want.push(show(&d, n).await);
+    }
+    assert_eq!(want, ["s1,s2", "7s", "my app"]);
+    for _ in 0..2 {
+        for (n, w) in names.iter().zip(&want) {
+            assert_eq!(&show(&a, n).await, w, "{n}");
+        }
+        // The other client on the same server connection has none of it.
+        assert_eq!(show(&b, "search_path").await, "\"$user\", public");
+        assert_eq!(show(&b, "statement_timeout").await, "0");
+    }
+
+    // A list-valued startup parameter of its own (asyncpg's server_settings, JDBC's
+    // currentSchema) names two schemas, not one called "s1,s2".
+    let trust = support::start_trust(&topo, ProxyOptions::default());
+    let mut raw = support::raw::RawConn::connect(trust.addr()).await;
+    raw.send(&support::raw::startup_message(&[
+        ("user", topo.user()),
+        ("database", topo.database()),
+        ("search_path", "s1,s2"),
+    ]))
+    .await;
+    raw.until_ready(Duration::from_secs(10)).await;
+    let got = raw
+        .run_ok("SHOW search_path", Duration::from_secs(10))
+        .await;
+    let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert_eq!(support::raw::first_column(&row.1), "s1,s2");
+}
+
+#[tokio::test]
+async fn startup_options_shardgate_cannot_honour_are_refused() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    for (options, code) in [
+        ("-B 100", SqlState::FEATURE_NOT_SUPPORTED),
+        ("-c search_path", SqlState::SYNTAX_ERROR),
+    ] {
+        let err = support::connect(&format!("{} options='{options}'", proxy.conn_str(&topo)))
+            .await
+            .expect_err(options);
+        assert_eq!(err.code(), Some(&code), "{options}: {err:?}");
+    }
+    // The proxy carries on.
+    let c = proxy.connect(&topo).await;
+    assert_eq!(show(&c, "statement_timeout").await, "0");
+}

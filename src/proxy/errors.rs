@@ -26,6 +26,8 @@ pub(crate) enum ClientError {
     TooManyClients,
     #[error("terminating connection due to administrator command")]
     Shutdown,
+    #[error("{}", .0.message)]
+    StartupOption(super::params::BadOption),
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
     #[error(transparent)]
@@ -64,6 +66,7 @@ impl ClientError {
             }
             ClientError::TooManyClients => fatal(sqlstate::TOO_MANY_CONNECTIONS, self.to_string()),
             ClientError::Shutdown => fatal(sqlstate::ADMIN_SHUTDOWN, self.to_string()),
+            ClientError::StartupOption(b) => fatal(b.code, b.message.clone()),
             ClientError::Pool(e) => {
                 let code = match e {
                     PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,

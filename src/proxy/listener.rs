@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::errors::ClientError;
-use super::params::SessionParams;
+use super::params::{expand_options, SessionParams};
 use super::session::Session;
 use super::startup::{authenticate, greeting, read_startup};
 use super::workers::Workers;
@@ -177,7 +177,11 @@ async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await
     .map_err(|_| ClientError::Protocol("authentication timed out"));
-    let startup = match auth.and_then(|r| r) {
+    // As on the server, `options` is read once the client is authenticated.
+    let startup = match auth.and_then(|r| r).and_then(|mut s| {
+        s.params = expand_options(s.params).map_err(ClientError::StartupOption)?;
+        Ok(s)
+    }) {
         Ok(s) => s,
         Err(e) => {
             if let Some((fields, _)) = e.to_response() {

@@ -70,6 +70,92 @@ pub(crate) fn may_start_with(sql: &[u8], words: &[&[u8]]) -> bool {
     word.is_empty() || words.iter().any(|k| word.eq_ignore_ascii_case(k))
 }
 
+/// Why a startup packet's `options` cannot be honoured: SQLSTATE and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadOption {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+/// The settings in a startup packet's `options` (libpq's `PGOPTIONS`), read as PostgreSQL
+/// reads them: split at whitespace (a backslash keeps the next character, a space included),
+/// then each `-c name=value`, `-cname=value` or `--name=value` sets `name` (a `-` in it read
+/// as `_`). PostgreSQL's other switches (`-B`, `-d`, `-S`, ...) are refused rather than ignored.
+pub(crate) fn options_settings(options: &str) -> Result<Vec<(String, String)>, BadOption> {
+    let mut args: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_whitespace() {
+            args.extend(current.take());
+            continue;
+        }
+        let c = if c == '\\' {
+            chars.next().unwrap_or('\\')
+        } else {
+            c
+        };
+        current.get_or_insert_with(String::new).push(c);
+    }
+    args.extend(current);
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let pair = if arg == "-c" {
+            args.next().ok_or_else(|| BadOption {
+                code: super::sqlstate::SYNTAX_ERROR,
+                message: "option -c requires a value (-c name=value)".to_owned(),
+            })?
+        } else if let Some(rest) = arg.strip_prefix("--").or_else(|| arg.strip_prefix("-c")) {
+            rest.to_owned()
+        } else {
+            return Err(BadOption {
+                code: super::sqlstate::FEATURE_NOT_SUPPORTED,
+                message: format!(
+                    "startup option \"{arg}\" is not supported by shardgate: only -c name=value \
+                     and --name=value settings are"
+                ),
+            });
+        };
+        match pair.split_once('=') {
+            Some((name, value)) if !name.is_empty() => {
+                out.push((name.replace('-', "_"), value.to_owned()));
+            }
+            _ => {
+                return Err(BadOption {
+                    code: super::sqlstate::SYNTAX_ERROR,
+                    message: format!("startup option -c {pair} requires a value"),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The startup parameters with `options` expanded into the settings it holds. As on the
+/// server, a parameter given on its own wins over the same one in `options`.
+pub(crate) fn expand_options(
+    params: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, BadOption> {
+    let Some(options) = params
+        .iter()
+        .find(|(k, _)| k == "options")
+        .map(|(_, v)| v.clone())
+    else {
+        return Ok(params);
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, value) in options_settings(&options)? {
+        let given = params.iter().any(|(k, _)| k.eq_ignore_ascii_case(&name));
+        if !given {
+            out.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
+            out.push((name, value));
+        }
+    }
+    out.extend(params.into_iter().filter(|(k, _)| k != "options"));
+    Ok(out)
+}
+
 /// A SQL string literal, quoted the way PostgreSQL reads it with standard_conforming_strings.
 fn quote_literal(v: &str) -> String {
     let mut s = String::with_capacity(v.len() + 2);
@@ -133,12 +219,18 @@ impl SessionParams {
         // them GUC_NO_RESET_ALL): reset those explicitly, or one client's SET ROLE
         // would follow the connection to the next client.
         let mut sql = String::from("RESET ALL;RESET ROLE;SET SESSION AUTHORIZATION DEFAULT");
+        // A startup parameter's value is read as the server reads it from the startup packet,
+        // which set_config does and SET does not: `SET search_path TO 'a,b'` names one schema
+        // called "a,b", where the startup parameter `search_path=a,b` names two.
         for (name, value) in self
             .startup
             .iter()
             .filter(|(k, _)| !self.sets.contains_key(*k))
         {
-            sql.push_str(&format!(";SET {} TO {}", quote_name(name), value));
+            sql.push_str(&format!(
+                ";SELECT pg_catalog.set_config({}, {value}, false)",
+                quote_literal(name)
+            ));
         }
         for (name, value) in &self.sets {
             sql.push_str(&format!(";SET {} TO {}", quote_name(name), value));
@@ -280,7 +372,54 @@ mod tests {
         assert_ne!(p.fingerprint(), before);
         assert_eq!(
             p.sync_sql(),
-            "RESET ALL;RESET ROLE;SET SESSION AUTHORIZATION DEFAULT;SET application_name TO 'it''s';SET statement_timeout TO '5s'"
+            "RESET ALL;RESET ROLE;SET SESSION AUTHORIZATION DEFAULT;\
+             SELECT pg_catalog.set_config('application_name', 'it''s', false);\
+             SET statement_timeout TO '5s'"
+        );
+    }
+
+    #[test]
+    fn options_are_read_as_the_server_reads_them() {
+        let got = options_settings(
+            " -c search_path=a,b  -cstatement_timeout=5s --application-name=my\\ app\\\\x ",
+        )
+        .expect("valid");
+        assert_eq!(
+            got,
+            vec![
+                ("search_path".to_owned(), "a,b".to_owned()),
+                ("statement_timeout".to_owned(), "5s".to_owned()),
+                ("application_name".to_owned(), "my app\\x".to_owned()),
+            ]
+        );
+        assert_eq!(options_settings("").expect("empty"), vec![]);
+        for (bad, code) in [
+            ("-c", "42601"),
+            ("-c search_path", "42601"),
+            ("--=x", "42601"),
+            ("-B 100", "0A000"),
+            ("search_path=x", "0A000"),
+        ] {
+            assert_eq!(
+                options_settings(bad).map_err(|e| e.code),
+                Err(code),
+                "{bad}"
+            );
+        }
+        let params = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect()
+        };
+        // A parameter given on its own wins; the last of a repeated setting wins.
+        assert_eq!(
+            expand_options(params(&[
+                ("user", "app"),
+                ("options", "-c a.x=1 -c TimeZone=UTC -c a.x=2"),
+                ("timezone", "Japan"),
+            ]))
+            .expect("valid"),
+            params(&[("a.x", "2"), ("user", "app"), ("timezone", "Japan")])
         );
     }
 

@@ -27,5 +27,7 @@ pub(crate) const INVALID_PARAMETER_VALUE: &str = "22023";
 /// A statement shardgate cannot route or merge exactly.
 pub(crate) const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub(crate) const DATATYPE_MISMATCH: &str = "42804";
+/// 42601: malformed input (a startup option without a value).
+pub(crate) const SYNTAX_ERROR: &str = "42601";
 /// A statement inside a transaction that already failed.
 pub(crate) const IN_FAILED_TRANSACTION: &str = "25P02";
