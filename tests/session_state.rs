@@ -306,3 +306,56 @@ async fn startup_options_shardgate_cannot_honour_are_refused() {
     let c = proxy.connect(&topo).await;
     assert_eq!(show(&c, "statement_timeout").await, "0");
 }
+
+/// Each form of SET gives the client the value a direct connection gets, even after another
+/// client used the (only) server connection in between, so that its settings were re-applied.
+#[tokio::test]
+async fn every_form_of_set_survives_reapplication_as_on_a_direct_connection() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let direct = support::direct_conn_str(&topo, &topo.shards[0].primary);
+    let other = proxy.connect(&topo).await;
+    let cases = [
+        ("SET TIME ZONE 'Europe/Paris'", "TimeZone"),
+        ("SET TIME ZONE INTERVAL '+05:30' HOUR TO MINUTE", "TimeZone"),
+        ("SET TIME ZONE -7", "TimeZone"),
+        (
+            "SET timezone = 'UTC'; SET TIME ZONE 'Asia/Tokyo'",
+            "TimeZone",
+        ),
+        ("SET search_path = a, b", "search_path"),
+        (
+            "SET search_path = \"$user\", public, \"Weird Name\"",
+            "search_path",
+        ),
+        ("SET SCHEMA 'x'", "search_path"),
+        ("SET XML OPTION DOCUMENT", "xmloption"),
+        ("SET datestyle = iso, dmy", "DateStyle"),
+        ("set \"application_name\" = 'x y'", "application_name"),
+        ("SET statement_timeout = 5000", "statement_timeout"),
+        ("SET SESSION my.custom = 'z2'", "my.custom"),
+        ("SET work_mem = '8MB'; SET work_mem TO DEFAULT", "work_mem"),
+        ("SET intervalstyle = postgres_verbose", "IntervalStyle"),
+        ("SET ROLE NONE", "role"),
+        ("BEGIN; SET search_path = inside; COMMIT", "search_path"),
+        ("BEGIN; SET search_path = inside; ROLLBACK", "search_path"),
+        ("SET search_path = a; SELECT 1/0", "search_path"),
+    ];
+    for (sql, name) in cases {
+        let mut got = Vec::new();
+        for through_proxy in [false, true] {
+            let conn = if through_proxy {
+                proxy.conn_str(&topo)
+            } else {
+                direct.clone()
+            };
+            let c = support::connect(&conn).await.expect("connect");
+            let _ = c.batch_execute(sql).await;
+            if through_proxy {
+                exec(&other, "SELECT 1").await;
+            }
+            got.push(show(&c, &format!("\"{name}\"")).await);
+        }
+        assert_eq!(got[1], got[0], "{sql}: through shardgate vs direct");
+    }
+}

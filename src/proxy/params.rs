@@ -233,7 +233,13 @@ impl SessionParams {
             ));
         }
         for (name, value) in &self.sets {
-            sql.push_str(&format!(";SET {} TO {}", quote_name(name), value));
+            if name == "timezone" {
+                // `SET TIME ZONE` takes forms `SET timezone TO` does not (`INTERVAL '+05:30'
+                // HOUR TO MINUTE`), and every value `SET timezone TO` takes.
+                sql.push_str(&format!(";SET TIME ZONE {value}"));
+            } else {
+                sql.push_str(&format!(";SET {} TO {}", quote_name(name), value));
+            }
         }
         sql
     }
