@@ -2,7 +2,7 @@
 //! temporary table, takes a session-level advisory lock, LISTENs, or sets a setting with
 //! `set_config(..., false)` keeps its server connection until it disconnects. It sees its own
 //! state in every later transaction, as on a server, and no other client ever sees it: the
-//! connection is reset with DISCARD ALL before anyone else gets it. The transaction-scoped forms
+//! connection is closed when it leaves, never handed to anyone else. The transaction-scoped forms
 //! pin nothing. Against real PostgreSQL 15.
 
 mod support;
@@ -397,6 +397,43 @@ async fn a_pinned_session_keeps_to_its_shard_and_says_so() {
         assert_eq!(
             text(&other_client, "SELECT to_regclass('pg_temp.mine')::text").await,
             None
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_dblink_connection_never_reaches_another_client() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().build().expect("topology");
+        topology.shards[0]
+            .primary
+            .sql("app", "CREATE EXTENSION dblink")
+            .expect("dblink");
+        let proxy = support::start_trust(&topology, one_connection());
+        let wait = Duration::from_secs(10);
+        let mut x = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        x.run_ok(
+            &format!(
+                "SELECT dblink_connect('mine', format('host=127.0.0.1 port=%s dbname=%s \
+                 user=%s password={}', current_setting('port'), current_database(), \
+                 current_user))",
+                topology.password()
+            ),
+            wait,
+        )
+        .await;
+        wait_pinned(&proxy, 1.0).await;
+        // Gone without a Terminate (a killed client): the proxy resets the connection itself.
+        drop(x);
+        wait_pinned(&proxy, 0.0).await;
+        // DISCARD ALL leaves dblink's connections open: the server connection must be closed.
+        let y = proxy.connect(&topology).await;
+        assert_eq!(
+            text(&y, "SELECT dblink_get_connections()::text").await,
+            None,
+            "another client got the first one's dblink connection"
         );
     })
     .await

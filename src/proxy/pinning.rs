@@ -2,9 +2,9 @@
 //! outlives the transaction, and which no other connection could be given (a temporary table,
 //! a session-level advisory lock, `LISTEN`, a cursor `WITH HOLD`, SQL `PREPARE`,
 //! `set_config(..., false)`, ...), keeps that connection until it disconnects, as a
-//! session-pooled one would. The connection is then reset with `DISCARD ALL` before another
-//! client gets it. So the session sees its own state, exactly as on a server, and no other
-//! client ever sees it.
+//! session-pooled one would. The connection is then closed (`DISCARD ALL` would leave a
+//! dblink connection or a loaded library behind). So the session sees its own state, exactly
+//! as on a server, and no other client ever sees it.
 //!
 //! A pinned session holds one server connection: what would need another one (a statement for
 //! another shard, a fan-out, a scatter) is refused with 0A000, and so is pinning a session to

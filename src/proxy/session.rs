@@ -182,8 +182,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if let Some(Checkout { mut conn, .. }) = self.server.take() {
             let clean = self.flight.idle() && self.flight.tx_status == b'I';
-            if clean && (self.mode == PoolMode::Session || self.pinned.is_some()) {
-                // A session-mode (or pinned) server leaves with the client's state: reset it.
+            if self.pinned.is_some() {
+                // What pinned it may be state DISCARD ALL leaves behind (dblink's named
+                // connections, a LOADed library), and a pipelined request after the pin is
+                // never classified: only closing is sure to end it.
+                conn.discard();
+            } else if clean && self.mode == PoolMode::Session {
+                // A session-mode server leaves with the client's state: reset it.
                 match conn.run_discarding("DISCARD ALL").await {
                     Ok(()) => {
                         conn.prepared.clear();
