@@ -439,3 +439,48 @@ async fn a_dblink_connection_never_reaches_another_client() {
     .await
     .expect("test timed out");
 }
+#[tokio::test]
+async fn a_search_path_naming_pg_temp_pins_since_plain_create_table_makes_a_temp_table() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().build().expect("topology");
+        let proxy = Proxy::start_with(&topology, one_connection());
+        let x = proxy.connect(&topology).await;
+        let y = proxy.connect(&topology).await;
+        // With pg_temp first in search_path, an unqualified CREATE TABLE makes a temporary
+        // table: the SET (or SET LOCAL, or set_config(..., true)) must pin, since the
+        // CREATE TABLE itself cannot tell.
+        x.batch_execute(
+            "BEGIN; SET LOCAL search_path = pg_temp, public; CREATE TABLE via_path (a int); \
+             COMMIT",
+        )
+        .await
+        .expect("temp table through search_path");
+        assert_eq!(
+            text(&x, "SELECT to_regclass('pg_temp.via_path')::text")
+                .await
+                .as_deref(),
+            Some("via_path"),
+            "the table is temporary"
+        );
+        match y
+            .query_one("SELECT to_regclass('pg_temp.via_path')::text", &[])
+            .await
+        {
+            Ok(row) => assert_eq!(
+                row.get::<_, Option<String>>(0),
+                None,
+                "another client sees the temporary table"
+            ),
+            Err(e) => assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{e:?}"),
+        }
+        assert_eq!(proxy.metric(PINNED), Some(1.0));
+        drop(x);
+        wait_pinned(&proxy, 0.0).await;
+        assert_eq!(
+            text(&y, "SELECT to_regclass('pg_temp.via_path')::text").await,
+            None
+        );
+    })
+    .await
+    .expect("test timed out");
+}

@@ -137,6 +137,11 @@ pub(crate) struct Guards {
     pub(crate) session_setting: bool,
     /// `dblink_connect` or `dblink_connect_u` is called: a named connection kept by the session.
     pub(crate) dblink_connection: bool,
+    /// A `set_config` call names `pg_temp` (even with `is_local` true): with `pg_temp` first in
+    /// `search_path`, a plain `CREATE TABLE` in the same transaction makes a temporary table.
+    pub(crate) temp_search_path: bool,
+    /// The word `LISTEN` (read only in `DO` bodies, where it starts a statement).
+    pub(crate) listen: bool,
     /// `FROM` at parenthesis depth 0 (for COPY: `COPY ... FROM`).
     pub(crate) from_top: bool,
     /// `FROM STDIN` at parenthesis depth 0.
@@ -210,6 +215,10 @@ pub(crate) fn scan(stmt: &[u8], fns: &WriteFunctions) -> Guards {
         };
         if tok.kind == TokenKind::Word {
             scan_keyword(&mut g, prev, word, depth);
+        } else if names_pg_temp(word) {
+            // `"pg_temp".t` is `pg_temp.t`.
+            g.temp = true;
+            g.pg_temp = true;
         }
         if fns.exact(word) {
             note_function(&mut g, word);
@@ -223,19 +232,31 @@ pub(crate) fn scan(stmt: &[u8], fns: &WriteFunctions) -> Guards {
         };
     }
     if g.session_setting {
-        g.session_setting = sets_config_for_the_session(stmt);
+        (g.session_setting, g.temp_search_path) = sets_config_for_the_session(stmt);
     }
     g
 }
 
+fn names_pg_temp(word: &[u8]) -> bool {
+    word.get(..7).is_some_and(|h| is(h, "pg_temp"))
+}
+
+/// Whether `text` mentions `pg_temp` anywhere (case-insensitively).
+pub(crate) fn mentions_pg_temp(text: &[u8]) -> bool {
+    text.windows(7).any(|w| is(w, "pg_temp"))
+}
+
 /// Whether some call of `set_config` in `stmt` may change a setting for the whole session:
 /// its third argument (`is_local`) is anything but a literal true (`true`, `'t'`, `'on'`, ...).
-/// A parameter (`$3`) counts as session-wide, since its value is not known here.
-fn sets_config_for_the_session(stmt: &[u8]) -> bool {
+/// A parameter (`$3`) counts as session-wide, since its value is not known here. Also says
+/// whether some call names `pg_temp` in its arguments (a `search_path` that makes plain
+/// `CREATE TABLE` temporary), local or not.
+fn sets_config_for_the_session(stmt: &[u8]) -> (bool, bool) {
     let tokens: Vec<(TokenKind, &[u8])> = Lexer::new(stmt, LexOptions::default())
         .filter(|t| !t.is_comment())
         .map(|t| (t.kind, stmt.get(t.start..t.end).unwrap_or_default()))
         .collect();
+    let (mut session, mut temp_path) = (false, false);
     let mut rest = tokens.as_slice();
     while let Some((&(kind, text), after)) = rest.split_first() {
         rest = after;
@@ -250,11 +271,13 @@ fn sets_config_for_the_session(stmt: &[u8]) -> bool {
         if !is(name, "set_config") || !opens {
             continue;
         }
-        // The third argument's tokens, up to the `)` that closes the call.
+        // The third argument's tokens, up to the `)` that closes the call. The scan goes on
+        // inside the call: a `set_config` nested in its arguments is a call too.
         let (mut depth, mut arg) = (0usize, 0usize);
         let mut third: Vec<(TokenKind, &[u8])> = Vec::new();
-        for (n, &(kind, text)) in rest.iter().enumerate() {
+        for &(kind, text) in rest {
             let punct = kind == TokenKind::Punct;
+            temp_path |= !punct && mentions_pg_temp(text);
             if punct && text == b"(" {
                 depth += 1;
                 if depth == 1 {
@@ -263,7 +286,6 @@ fn sets_config_for_the_session(stmt: &[u8]) -> bool {
             } else if punct && text == b")" {
                 depth -= 1;
                 if depth == 0 {
-                    rest = rest.get(n + 1..).unwrap_or_default();
                     break;
                 }
             } else if punct && text == b"," && depth == 1 {
@@ -284,11 +306,9 @@ fn sets_config_for_the_session(stmt: &[u8]) -> bool {
             }
             _ => false,
         };
-        if !local {
-            return true;
-        }
+        session |= !local;
     }
-    false
+    (session, temp_path)
 }
 
 fn scan_keyword(g: &mut Guards, prev: &[u8], word: &[u8], depth: usize) {
@@ -317,9 +337,11 @@ fn scan_keyword(g: &mut Guards, prev: &[u8], word: &[u8], depth: usize) {
         {
             g.temp = true;
         }
-    } else if word.len() >= 7 && word.get(..7).is_some_and(|h| is(h, "pg_temp")) {
+    } else if names_pg_temp(word) {
         g.temp = true;
         g.pg_temp = true;
+    } else if is(word, "LISTEN") {
+        g.listen = true;
     } else if OPERATOR_WORDS.iter().any(|k| is(word, k)) {
         g.operators += 1;
     } else if depth == 0 && is(word, "FROM") {
@@ -411,6 +433,8 @@ pub(crate) fn scan_do_body(stmt: &[u8], fns: &WriteFunctions) -> Guards {
         out.session_setting |= g.session_setting;
         out.hold |= g.hold;
         out.dblink_connection |= g.dblink_connection;
+        out.temp_search_path |= g.temp_search_path;
+        out.listen |= g.listen;
     }
     out
 }

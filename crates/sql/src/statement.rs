@@ -6,7 +6,9 @@
 
 use crate::ast::{parse_and_check, MAX_OPERATORS, MAX_PARSE_LEN};
 use crate::classification::{ShardgateCommand, TxnControl, WhyWrite};
-use crate::guards::{and_chain, read_only_mode, scan, scan_do_body, Guards, WriteFunctions};
+use crate::guards::{
+    and_chain, mentions_pg_temp, read_only_mode, scan, scan_do_body, Guards, WriteFunctions,
+};
 use crate::keywords::{leading_keywords, Keywords};
 use crate::lexer::{LexOptions, Lexer, TokenKind};
 use crate::session::{session_command, SessionCommand};
@@ -55,6 +57,9 @@ pub(crate) fn classify_statement(stmt: &[u8], fns: &WriteFunctions) -> Statement
                 Some("LOAD")
             } else if kw.starts_with(&["SET", "SESSION", "CHARACTERISTICS"]) {
                 Some("SET SESSION CHARACTERISTICS")
+            } else if first == "SET" && mentions_pg_temp(stmt) {
+                // Even SET LOCAL: a plain CREATE TABLE after it makes a temporary table.
+                Some(TEMP_SEARCH_PATH)
             } else {
                 None
             };
@@ -76,13 +81,16 @@ pub(crate) fn classify_statement(stmt: &[u8], fns: &WriteFunctions) -> Statement
 /// A statement whose kind is a write: the reason follows from its first keyword.
 fn by_keyword(kw: &Keywords, first: &str, stmt: &[u8], fns: &WriteFunctions) -> StatementFacts {
     let mut g = scan(stmt, fns);
+    let mut do_listens = false;
     if first == "DO" {
         let body = scan_do_body(stmt, fns);
+        do_listens = body.listen;
         g.temp |= body.temp;
         g.session_lock |= body.session_lock;
         g.session_setting |= body.session_setting;
         g.hold |= body.hold;
         g.dblink_connection |= body.dblink_connection;
+        g.temp_search_path |= body.temp_search_path;
     }
     let why = match first {
         "CREATE" if g.temp => WhyWrite::TempTable,
@@ -106,6 +114,7 @@ fn by_keyword(kw: &Keywords, first: &str, stmt: &[u8], fns: &WriteFunctions) -> 
     };
     let pins = match first {
         "LISTEN" => Some("LISTEN"),
+        "DO" if do_listens => Some("LISTEN"),
         "PREPARE" if kw.get(1) != Some("TRANSACTION") => Some("PREPARE"),
         _ => pin_reason(&g),
     };
@@ -147,6 +156,10 @@ fn maybe_read(first: &str, stmt: &[u8], fns: &WriteFunctions) -> StatementFacts 
     }
 }
 
+/// Why a `search_path` naming `pg_temp` pins: a plain `CREATE TABLE` then makes a temporary
+/// table, which nothing in that statement says.
+const TEMP_SEARCH_PATH: &str = "a search_path naming pg_temp";
+
 /// Why the facts found by the token scan pin a transaction-pooled session, if they do.
 fn pin_reason(g: &Guards) -> Option<&'static str> {
     if g.temp && !g.on_commit_drop && !g.pg_temp {
@@ -161,6 +174,8 @@ fn pin_reason(g: &Guards) -> Option<&'static str> {
         Some("set_config(..., false)")
     } else if g.dblink_connection {
         Some("dblink_connect()")
+    } else if g.temp_search_path {
+        Some(TEMP_SEARCH_PATH)
     } else {
         None
     }

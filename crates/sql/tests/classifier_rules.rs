@@ -523,3 +523,38 @@ fn statements_leaving_session_state_pin_the_session_and_say_why() {
         assert_eq!(classify(sql).pins_session, None, "{sql}");
     }
 }
+
+#[test]
+fn variants_that_leave_session_state_pin_too() {
+    for (sql, why) in [
+        // A set_config nested in another's arguments runs too.
+        (
+            "SELECT set_config('a.b', set_config('search_path', 'x', false), true)",
+            "set_config(..., false)",
+        ),
+        // pg_temp first in search_path: a plain CREATE TABLE then makes a temporary table.
+        (
+            "SET search_path = pg_temp, public",
+            "a search_path naming pg_temp",
+        ),
+        (
+            "SET LOCAL search_path TO 'PG_TEMP'",
+            "a search_path naming pg_temp",
+        ),
+        (
+            "SELECT set_config('search_path', 'pg_temp', true)",
+            "a search_path naming pg_temp",
+        ),
+        ("CREATE TABLE \"pg_temp\".t (a int)", "an object in pg_temp"),
+        ("DO $$ BEGIN LISTEN chan; END $$", "LISTEN"),
+    ] {
+        assert_eq!(classify(sql).pins_session, Some(why), "{sql}");
+    }
+    for sql in [
+        "SELECT set_config('a.b', set_config('a.c', 'x', true), true)",
+        "SET LOCAL search_path TO public",
+        "DO $$ BEGIN PERFORM 1; END $$",
+    ] {
+        assert_eq!(classify(sql).pins_session, None, "{sql}");
+    }
+}
