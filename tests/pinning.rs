@@ -484,3 +484,86 @@ async fn a_search_path_naming_pg_temp_pins_since_plain_create_table_makes_a_temp
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn a_refusal_inside_a_transaction_keeps_the_pinned_connection() {
+    timeout(TEST_TIMEOUT, async {
+        let s = support::sharded::sharded_setup(None).await;
+        let c = &s.client;
+        c.batch_execute("/* shardgate: shard=s1 */ CREATE TEMP TABLE mine (x int)")
+            .await
+            .expect("temp table");
+        wait_pinned(&s.proxy, 1.0).await;
+        let pid = text(c, "/* shardgate: shard=s1 */ SELECT pg_backend_pid()::text").await;
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .expect("port")
+            .get(0);
+        let home = s
+            .topology
+            .shards
+            .iter()
+            .position(|sh| i32::from(sh.primary.port()) == port)
+            .expect("pinned to a primary");
+        let other = support::sharded::int_keys_on(1 - home, 1, 1)[0];
+        c.batch_execute("BEGIN").await.expect("begin");
+        refused(
+            c,
+            &format!("SELECT note FROM orders WHERE user_id = {other}"),
+            &["keeps its server connection", "a temporary table"],
+            "ON COMMIT DROP",
+        )
+        .await;
+        // The session still holds its server connection, in a failed transaction.
+        let active = format!(
+            "shardgate_server_connections{{node=\"127.0.0.1:{port}\",user=\"{}\",state=\"active\"}}",
+            s.topology.user()
+        );
+        assert_eq!(
+            s.proxy.metric(&active),
+            Some(1.0),
+            "the pinned server connection was given back to the pool"
+        );
+        // The refusal failed the transaction, on the server, as an error there would.
+        let err = c.batch_execute("SELECT 1").await.expect_err("failed transaction");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+            "{err:?}"
+        );
+        c.batch_execute("ROLLBACK").await.expect("rollback");
+        // The refusal failed the transaction, not the session: it keeps its connection.
+        assert_eq!(
+            text(c, "/* shardgate: shard=s1 */ SELECT pg_backend_pid()::text").await,
+            pid,
+            "the pinned server connection was given back to the pool"
+        );
+        let n: i64 = c
+            .query_one("/* shardgate: shard=s1 */ SELECT count(*) FROM mine", &[])
+            .await
+            .expect("the temporary table is still there")
+            .get(0);
+        assert_eq!(n, 0);
+
+        // A pin for another shard than the one a transaction started on would park that one.
+        let d = s.proxy.connect(&s.topology).await;
+        let same = support::sharded::int_keys_on(home, 1, 1)[0];
+        d.batch_execute(&format!(
+            "BEGIN; SELECT note FROM orders WHERE user_id = {same}"
+        ))
+        .await
+        .expect("transaction on the home shard");
+        refused(
+            &d,
+            &format!("SELECT pg_advisory_lock(9) FROM orders WHERE user_id = {other}"),
+            &["transaction that spans shards"],
+            "pg_advisory_xact_lock",
+        )
+        .await;
+        d.batch_execute("ROLLBACK").await.expect("rollback");
+        assert_eq!(s.proxy.metric(PINNED), Some(1.0));
+    })
+    .await
+    .expect("test timed out");
+}

@@ -28,6 +28,9 @@ pub(crate) enum ClientError {
     Shutdown,
     #[error("{}", .0.message)]
     StartupOption(super::params::BadOption),
+    /// A pinned session lost the server connection that held its session state.
+    #[error("the server connection holding this session's state (temporary tables, locks, LISTEN, ...) was lost")]
+    PinLost,
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
     #[error(transparent)]
@@ -67,6 +70,7 @@ impl ClientError {
             ClientError::TooManyClients => fatal(sqlstate::TOO_MANY_CONNECTIONS, self.to_string()),
             ClientError::Shutdown => fatal(sqlstate::ADMIN_SHUTDOWN, self.to_string()),
             ClientError::StartupOption(b) => fatal(b.code, b.message.clone()),
+            ClientError::PinLost => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
             ClientError::Pool(e) => {
                 let code = match e {
                     PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,

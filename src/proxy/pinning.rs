@@ -11,16 +11,22 @@
 //! a replica or inside a transaction that spans shards.
 
 use shardgate_config::PoolMode;
+use shardgate_pool::BackendError;
 use shardgate_router::Role;
 use shardgate_wire::ErrorFields;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::errors::ClientError;
 use super::fanout::request_len;
+use super::flight::Flight;
 use super::request::{scan, Scanned};
 use super::session::Session;
 use super::shard_plan::Need;
 use super::sqlstate::FEATURE_NOT_SUPPORTED;
+
+/// Puts the server's transaction in the failed state (what shardgate refused failed it).
+const FAIL_TRANSACTION_SQL: &str = "DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
+     MESSAGE = 'shardgate refused a statement of this transaction'; END$$";
 
 /// How to keep sessions unpinned, for hints.
 const UNPINNED_FORMS: &str = "To keep a session unpinned, use the transaction-scoped forms: \
@@ -154,6 +160,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         Ok(self.cbuf.len())
+    }
+
+    /// Fails the open transaction of a pinned session on its own server connection, which it
+    /// keeps (giving it back would hand its state to another client): the server then answers
+    /// what follows as PostgreSQL would (25P02, and COMMIT rolls back). False if that did not
+    /// work: the connection is closed, and the session ends at its next request. Not cancel
+    /// safe.
+    pub(super) async fn fail_pinned_transaction(&mut self) -> bool {
+        let Some(co) = self.server.as_mut() else {
+            return false;
+        };
+        match co.conn.run_discarding(FAIL_TRANSACTION_SQL).await {
+            Err(BackendError::Server { .. }) => {
+                self.flight = Flight::with_status(b'E');
+                true
+            }
+            _ => {
+                if let Some(co) = self.server.take() {
+                    co.conn.discard();
+                }
+                self.registration.slot.clear();
+                false
+            }
+        }
     }
 
     /// Refuses a request for [`Session::pin_problem`]'s reason; inside a transaction the

@@ -216,6 +216,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if !self.wait_for_request().await? {
                     return Ok(());
                 }
+                if self.pinned.is_some() {
+                    // Its state went with that connection: running on another would be wrong.
+                    return Err(ClientError::PinLost);
+                }
                 if self.answer_prepare_locally().await? {
                     continue;
                 }

@@ -239,6 +239,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Rolls back every connection of the open transaction, gives them back, and leaves the
     /// session in a failed transaction answered locally.
     pub(super) async fn abort_locally(&mut self) {
+        if self.pinned.is_some() && self.parked.is_empty() && self.fail_pinned_transaction().await {
+            return;
+        }
         let mut conns: Vec<Checkout> = self.parked.drain(..).map(|p| p.co).collect();
         conns.extend(self.server.take());
         for co in conns {
