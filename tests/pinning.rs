@@ -567,3 +567,49 @@ async fn a_refusal_inside_a_transaction_keeps_the_pinned_connection() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn a_pin_arriving_mid_request_on_a_replica_does_not_hang() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().replicas(1).build().expect("topology");
+        let proxy = support::start_trust(
+            &topology,
+            ProxyOptions {
+                extra_yaml: "routing:\n  lag_check_interval_ms: 100\n".to_owned(),
+                ..ProxyOptions::default()
+            },
+        );
+        support::wait_routable(&proxy, 1, Duration::from_secs(15)).await;
+        let wait = Duration::from_secs(5);
+        let mut x = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        x.run_ok("BEGIN READ ONLY", wait).await;
+        // The request's first frame arrives alone, and is sent on; its pin comes later.
+        x.send(&message(b'P', b"\0SELECT 1\0\0\0")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        x.send(
+            &[
+                message(b'B', b"\0\0\0\0\0\0\0\0"),
+                message(b'E', b"\0\0\0\0\0"),
+                extended("DECLARE cur CURSOR WITH HOLD FOR SELECT 1"),
+                message(b'S', b""),
+            ]
+            .concat(),
+        )
+        .await;
+        // Refused, and the session ends: the replica's half-sent request dies with it.
+        let got = x.closed_within(wait).await.expect("the session ends");
+        let fields = got
+            .iter()
+            .find(|(t, _)| *t == b'E')
+            .map(|(_, body)| support::raw::error_fields(body))
+            .unwrap_or_else(|| panic!("no error: {got:?}"));
+        assert!(
+            fields.contains(&(b'C', "0A000".to_owned()))
+                && fields.contains(&(b'S', "FATAL".to_owned())),
+            "{fields:?}"
+        );
+        assert_eq!(proxy.metric(PINNED), Some(0.0));
+    })
+    .await
+    .expect("test timed out");
+}

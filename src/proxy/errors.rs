@@ -28,6 +28,9 @@ pub(crate) enum ClientError {
     Shutdown,
     #[error("{}", .0.message)]
     StartupOption(super::params::BadOption),
+    /// A request whose first frames already went to a replica went on to pin the session.
+    #[error("a statement that would keep this session on a replica arrived in a request partly sent there already")]
+    PinMidRequest,
     /// A pinned session lost the server connection that held its session state.
     #[error("the server connection holding this session's state (temporary tables, locks, LISTEN, ...) was lost")]
     PinLost,
@@ -70,6 +73,14 @@ impl ClientError {
             ClientError::TooManyClients => fatal(sqlstate::TOO_MANY_CONNECTIONS, self.to_string()),
             ClientError::Shutdown => fatal(sqlstate::ADMIN_SHUTDOWN, self.to_string()),
             ClientError::StartupOption(b) => fatal(b.code, b.message.clone()),
+            ClientError::PinMidRequest => Some((
+                ErrorFields::new("FATAL", sqlstate::FEATURE_NOT_SUPPORTED, self.to_string()).with(
+                    b'H',
+                    "Reconnect, and send it outside the read-only transaction, or start the \
+                     transaction with /* shardgate: primary */.",
+                ),
+                false,
+            )),
             ClientError::PinLost => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
             ClientError::Pool(e) => {
                 let code = match e {

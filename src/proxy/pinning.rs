@@ -148,6 +148,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             )?;
             if scanned.pins.is_some() {
                 if self.pin_problem(&scanned, None, role).is_some() {
+                    if pos == 0 && !self.flight.at_request_boundary() {
+                        // Its first frames are on the server already: it can be neither held
+                        // back (the server waits for the rest) nor refused alone.
+                        return Err(ClientError::PinMidRequest);
+                    }
                     return Ok(pos);
                 }
                 self.pin_if_needed(&scanned);
