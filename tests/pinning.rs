@@ -439,6 +439,7 @@ async fn a_dblink_connection_never_reaches_another_client() {
     .await
     .expect("test timed out");
 }
+
 #[tokio::test]
 async fn a_search_path_naming_pg_temp_pins_since_plain_create_table_makes_a_temp_table() {
     timeout(TEST_TIMEOUT, async {
@@ -609,6 +610,85 @@ async fn a_pin_arriving_mid_request_on_a_replica_does_not_hang() {
             "{fields:?}"
         );
         assert_eq!(proxy.metric(PINNED), Some(0.0));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn session_mode_closes_a_connection_that_ran_dblink_connect() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().build().expect("topology");
+        topology.shards[0]
+            .primary
+            .sql("app", "CREATE EXTENSION dblink")
+            .expect("dblink");
+        let proxy = support::start_trust(
+            &topology,
+            ProxyOptions {
+                pool_mode: "session",
+                ..one_connection()
+            },
+        );
+        let x = proxy.connect(&topology).await;
+        x.batch_execute(&format!(
+            "SELECT dblink_connect('mine', 'host=127.0.0.1 port={} dbname={} user={} password={}')",
+            topology.shards[0].primary.port(),
+            topology.database(),
+            topology.user(),
+            topology.password()
+        ))
+        .await
+        .expect("dblink_connect");
+        assert_eq!(proxy.metric(PINNED), Some(0.0), "session mode does not pin");
+        drop(x);
+        // The only server connection was closed, not reset: DISCARD ALL keeps dblink's.
+        let reached = poll_until(Duration::from_secs(10), || async {
+            match support::connect(&proxy.conn_str(&topology)).await {
+                Ok(y) => y
+                    .query_one("SELECT dblink_get_connections()::text", &[])
+                    .await
+                    .map(|r| r.get::<_, Option<String>>(0).is_none())
+                    .unwrap_or(false),
+                Err(_) => false,
+            }
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "another client got the first one's dblink connection"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_fastpath_function_call_pins() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().build().expect("topology");
+        let proxy = support::start_trust(&topology, one_connection());
+        let mut x = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        // pg_advisory_lock(bigint), OID 2880, called by OID with one text argument.
+        let key = b"4243";
+        let mut body = 2880u32.to_be_bytes().to_vec();
+        body.extend(1u16.to_be_bytes()); // one argument format
+        body.extend(0u16.to_be_bytes()); // text
+        body.extend(1u16.to_be_bytes()); // one argument
+        body.extend((key.len() as u32).to_be_bytes());
+        body.extend(key);
+        body.extend(0u16.to_be_bytes()); // text result
+        x.send(&message(b'F', &body)).await;
+        let got = x.until_ready(Duration::from_secs(10)).await;
+        assert!(tags(&got).contains(&b'V'), "{got:?}");
+        wait_pinned(&proxy, 1.0).await;
+        drop(x);
+        wait_pinned(&proxy, 0.0).await;
+        let y = proxy.connect(&topology).await;
+        assert!(
+            flag(&y, "SELECT pg_try_advisory_xact_lock(4243)").await,
+            "the lock taken by OID outlived its client"
+        );
     })
     .await
     .expect("test timed out");

@@ -37,7 +37,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// (transaction mode only: session mode keeps its connection anyway).
     pub(super) fn pin_if_needed(&mut self, scanned: &Scanned) {
         let Some(why) = scanned.pins else { return };
-        if self.mode != PoolMode::Transaction || self.pinned.is_some() {
+        if self.mode == PoolMode::Session {
+            // Session mode resets its connection with DISCARD ALL when the client leaves,
+            // which leaves these behind: the connection is closed instead.
+            self.close_at_end |= matches!(why, "LOAD" | "dblink_connect()");
+            return;
+        }
+        if self.pinned.is_some() {
             return;
         }
         self.pinned = Some(why);

@@ -240,6 +240,9 @@ pub(crate) fn scan(
                     executes += 1;
                     s.view.write = true;
                     other = true;
+                    // Called by OID: it may take a session advisory lock, say, and nothing
+                    // here can tell.
+                    s.pins = s.pins.or(Some("a fastpath function call"));
                 }
                 s.complete = true;
                 break;

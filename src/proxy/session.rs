@@ -85,6 +85,9 @@ pub(crate) struct Session<S> {
     /// Transaction mode: the session left state on its server connection (why) and keeps
     /// that connection until it ends (see `pinning`).
     pub(super) pinned: Option<&'static str>,
+    /// Session mode: the client ran `LOAD` or `dblink_connect`, which `DISCARD ALL` does not
+    /// undo: its server connection is closed when it leaves, not reset and reused.
+    pub(super) close_at_end: bool,
     /// A request failed inside the held-back transaction: it is aborted.
     pub(super) deferred_failed: bool,
     /// Connections the open transaction holds on shards other than the current one.
@@ -154,6 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             probe_after_idle: false,
             fresh_checkout: false,
             pinned: None,
+            close_at_end: false,
             deferred_failed: false,
             parked: Vec::new(),
             txn_begin: None,
@@ -182,7 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if let Some(Checkout { mut conn, .. }) = self.server.take() {
             let clean = self.flight.idle() && self.flight.tx_status == b'I';
-            if self.pinned.is_some() {
+            if self.pinned.is_some() || self.close_at_end {
                 // What pinned it may be state DISCARD ALL leaves behind (dblink's named
                 // connections, a LOADed library), and a pipelined request after the pin is
                 // never classified: only closing is sure to end it.

@@ -312,7 +312,7 @@ fn no_statement_postgres_says_outlives_its_transaction_leaves_the_session_unpinn
     eprintln!(
         "PostgreSQL's tree finds {pg_pins} statements that outlive their transaction ({reasons:?}); \
          ours misses {}, and pins {extra} more (objects named in pg_temp: \
-         temporary functions, types, views, and tables created by schema).",
+         temporary functions, types, views, tables created by schema, and search_paths naming it).",
         offenders.len()
     );
     for reason in [
