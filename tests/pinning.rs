@@ -693,3 +693,50 @@ async fn a_fastpath_function_call_pins() {
     .await
     .expect("test timed out");
 }
+
+/// SIGTERM ends a client that keeps its server connection between transactions (pinned, or
+/// session mode) as soon as it has no transaction open, as it ends an idle transaction-pooled
+/// one: the proxy exits without waiting out the 30 s drain.
+#[tokio::test]
+async fn sigterm_ends_idle_pinned_and_session_mode_clients_at_once() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().build().expect("topology");
+        for mode in ["transaction", "session"] {
+            let mut proxy = Proxy::start_with(
+                &topology,
+                ProxyOptions {
+                    pool_mode: mode,
+                    ..ProxyOptions::default()
+                },
+            );
+            let c = proxy.connect(&topology).await;
+            c.batch_execute("CREATE TEMP TABLE mine (x int)")
+                .await
+                .expect("temp table");
+            let started = std::time::Instant::now();
+            proxy.sigterm();
+            let exit = tokio::task::spawn_blocking(move || {
+                let exit = proxy.wait_exit(Duration::from_secs(20));
+                (exit, proxy)
+            })
+            .await
+            .expect("join");
+            assert_eq!(exit.0, Some(true), "{mode}: shardgate should exit 0");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{mode}: waited {:?} for an idle client",
+                started.elapsed()
+            );
+            let err = c
+                .batch_execute("SELECT 1")
+                .await
+                .expect_err("the proxy is gone");
+            assert!(
+                err.code() == Some(&SqlState::ADMIN_SHUTDOWN) || err.is_closed(),
+                "{mode}: {err:?}"
+            );
+        }
+    })
+    .await
+    .expect("test timed out");
+}

@@ -113,6 +113,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // While the server owes only replies, read just the server: polling the client
             // as well would cost a failed read per request.
             let read_client = !self.flight.awaiting_replies_only();
+            // A session that keeps its server connection between transactions (session mode,
+            // or pinned) ends when shutdown starts while it has no transaction open, as an
+            // idle transaction-pooled one does in `wait_for_request`.
+            let keeps = self.mode == PoolMode::Session || self.pinned.is_some();
+            let watch_shutdown = keeps && self.flight.idle() && self.flight.tx_status == b'I';
+            if watch_shutdown && *self.shared.shutdown.borrow() {
+                return Err(ClientError::Shutdown);
+            }
+            let signal = self
+                .shutdown
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             tokio::select! {
                 n = conn.stream.read_buf(&mut conn.rbuf) => {
                     let n = n.map_err(|source| server_io(conn, source))?;
@@ -131,6 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         return Ok(false);
                     }
                 }
+                () = signal.as_mut(), if watch_shutdown => return Err(ClientError::Shutdown),
             }
         }
     }

@@ -104,10 +104,10 @@ pub(crate) struct Session<S> {
     /// Resolves once shutdown starts. Made once and polled across waits: a fresh
     /// `changed()` per request registered with the channel every client shares, and left it.
     /// In a Mutex only so the session stays Sync; `get_mut` never locks.
-    shutdown: std::sync::Mutex<ShutdownSignal>,
+    pub(super) shutdown: std::sync::Mutex<ShutdownSignal>,
 }
 
-type ShutdownSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub(super) type ShutdownSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 fn shutdown_signal(mut rx: tokio::sync::watch::Receiver<bool>) -> ShutdownSignal {
     Box::pin(async move {
