@@ -359,3 +359,39 @@ async fn every_form_of_set_survives_reapplication_as_on_a_direct_connection() {
         assert_eq!(got[1], got[0], "{sql}: through shardgate vs direct");
     }
 }
+
+/// Clients whose settings differ do not share a server-side statement: under another
+/// `search_path` the same text reads another table, and a statement analysed for one client
+/// would fail for the other ("cached plan must not change result type").
+#[tokio::test]
+async fn the_same_text_prepared_under_other_settings_is_another_statement() {
+    let topo = Topology::builder().build().expect("topology");
+    topo.shards[0]
+        .primary
+        .sql(
+            "app",
+            "CREATE SCHEMA sa; CREATE SCHEMA sb; CREATE TABLE sa.t (x int); \
+             CREATE TABLE sb.t (y text, z text); INSERT INTO sa.t VALUES (1); \
+             INSERT INTO sb.t VALUES ('b', 'c'); GRANT ALL ON SCHEMA sa, sb TO app; \
+             GRANT ALL ON ALL TABLES IN SCHEMA sa, sb TO app",
+        )
+        .expect("schemas");
+    let proxy = one_server(&topo);
+    let conn = proxy.conn_str(&topo);
+    let a = support::connect(&format!("{conn} options='-c search_path=sa'"))
+        .await
+        .expect("a");
+    let b = support::connect(&format!("{conn} options='-c search_path=sb'"))
+        .await
+        .expect("b");
+    let sa = a.prepare("SELECT * FROM t").await.expect("prepare a");
+    let row = a.query_one(&sa, &[]).await.expect("a");
+    assert_eq!(row.get::<_, i32>(0), 1);
+    let sb = b.prepare("SELECT * FROM t").await.expect("prepare b");
+    for _ in 0..2 {
+        let row = b.query_one(&sb, &[]).await.expect("b");
+        assert_eq!(row.get::<_, String>(1), "c");
+        let row = a.query_one(&sa, &[]).await.expect("a");
+        assert_eq!(row.get::<_, i32>(0), 1);
+    }
+}

@@ -275,8 +275,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             {
                 if !p.name.is_empty() {
                     let class = snapshot.classifier.classify(p.query);
-                    self.statements
-                        .insert(p.name, super::statements::Prepared::new(&p, class));
+                    self.statements.insert(
+                        p.name,
+                        super::statements::Prepared::new(&p, class, self.params.fingerprint()),
+                    );
                 }
             }
             pos += h.len;

@@ -198,7 +198,8 @@ impl Flight {
                     self.unsynced = true;
                     if rename && !p.name.is_empty() {
                         handled = true;
-                        let prepared = Prepared::new(&p, classifier.classify(p.query));
+                        let prepared =
+                            Prepared::new(&p, classifier.classify(p.query), params.fingerprint());
                         let id = prepared.id;
                         to_server.extend_from_slice(&input[run_start..pos]);
                         if server.prepared.contains(&id) {

@@ -18,7 +18,8 @@ const NAME_LEN: usize = 35;
 /// One client statement, as shardgate re-creates it on server connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
-    /// Identity of (SQL, parameter types); also what server connections remember.
+    /// Identity of (SQL, parameter types, the client's settings when it prepared); also what
+    /// server connections remember.
     pub(crate) id: u128,
     pub(crate) name: [u8; NAME_LEN],
     /// The complete Parse frame under the internal name, replayed on other servers.
@@ -30,11 +31,17 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    pub(crate) fn new(parse: &ParseRef<'_>, class: Arc<Classification>) -> Prepared {
+    /// The statement `parse` prepares, for a client whose settings have `settings` as their
+    /// fingerprint. Clients share a server-side statement only when their settings match too:
+    /// the same text means another table under another `search_path`, and the server
+    /// re-analyses a statement used under a changed `search_path`, failing it with 0A000
+    /// ("cached plan must not change result type") when its columns differ.
+    pub(crate) fn new(parse: &ParseRef<'_>, class: Arc<Classification>, settings: u64) -> Prepared {
         let mut h = Xxh3::new();
         h.update(&(parse.query.len() as u64).to_le_bytes());
         h.update(parse.query);
         h.update(parse.param_types.raw());
+        h.update(&settings.to_le_bytes());
         let id = h.digest128();
         let mut name = [0u8; NAME_LEN];
         // Writing 35 bytes of ASCII into a 35-byte buffer cannot fail.
