@@ -715,3 +715,82 @@ async fn five_hundred_clients_on_five_servers() {
         started.elapsed()
     );
 }
+
+/// The next `n` messages from `x`.
+async fn replies(n: usize, x: &mut support::raw::RawConn) -> Vec<(u8, Vec<u8>)> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(x.next(STEP).await.expect("a reply"));
+    }
+    got
+}
+
+/// asyncpg prepares with Parse, Describe and Flush, and sends its Sync only with the next
+/// execution. Once the server has answered such a run, shardgate ends it with a Sync of its
+/// own and the connection goes back to the pool: here the only one, which another client then
+/// uses while the first waits. After an error the server skips to the client's Sync, so the
+/// connection stays until that Sync.
+#[tokio::test]
+async fn a_prepare_ended_by_flush_does_not_hold_the_server() {
+    use support::raw::{login_trust, message, tags};
+    let topo = topology();
+    let proxy = support::start_trust(
+        &topo,
+        ProxyOptions {
+            pool_size: 1,
+            checkout_timeout_ms: 1000,
+            ..ProxyOptions::default()
+        },
+    );
+    let mut x = login_trust(proxy.addr(), topo.user(), topo.database()).await;
+    let y = proxy.connect(&topo).await;
+    x.send(
+        &[
+            message(b'P', b"s1\0SELECT 41 + 1\0\0\0"),
+            message(b'D', b"Ss1\0"),
+            message(b'H', b""),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(tags(&replies(3, &mut x).await), b"1tT");
+    step(
+        "another client on the only connection",
+        y.simple_query("SELECT 1"),
+    )
+    .await
+    .expect("the connection went back after the prepare");
+    x.send(
+        &[
+            message(b'B', b"\0s1\0\0\0\0\0\0\0"),
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'S', b""),
+        ]
+        .concat(),
+    )
+    .await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(tags(&got), b"2DCZ", "{got:?}");
+    assert_eq!(support::raw::first_column(&got[1].1), "42");
+
+    // A failed prepare keeps its connection until the client's Sync.
+    x.send(
+        &[
+            message(b'P', b"s2\0SELEC 1\0\0\0"),
+            message(b'D', b"Ss2\0"),
+            message(b'H', b""),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(tags(&replies(1, &mut x).await), b"E");
+    let err = step("another client", y.simple_query("SELECT 1"))
+        .await
+        .expect_err("the failed run holds the only connection");
+    assert_eq!(code(&err), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
+    x.send(&message(b'S', b"")).await;
+    assert_eq!(tags(&x.until_ready(STEP).await), b"Z");
+    step("another client", y.simple_query("SELECT 1"))
+        .await
+        .expect("released at the client's Sync");
+}

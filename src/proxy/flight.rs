@@ -48,6 +48,9 @@ enum Expect {
     /// The client ended a COPY here (CopyDone/CopyFail): no reply of its own, it only
     /// tells which Syncs the server ignored in copy-in mode.
     CopyEnd,
+    /// shardgate's own Sync ending a run that only prepared and described named statements
+    /// (see [`Flight::can_end_prepares`]): its ReadyForQuery is dropped.
+    HiddenSync,
     /// shardgate's own simple Query: every reply is dropped. A probe's DataRow carries
     /// the primary's WAL insert position.
     Hidden {
@@ -61,6 +64,9 @@ pub(crate) struct Flight {
     expect: VecDeque<Expect>,
     /// Extended-protocol messages forwarded since the last Sync.
     unsynced: bool,
+    /// Every message of the unsynced run so far prepared or described a tracked named
+    /// statement (or was a Flush).
+    prepares_only: bool,
     /// An ErrorResponse arrived since the last ReadyForQuery.
     had_error: bool,
     /// Transaction status from the last ReadyForQuery.
@@ -77,6 +83,7 @@ impl Default for Flight {
         Flight {
             expect: VecDeque::with_capacity(8),
             unsynced: false,
+            prepares_only: true,
             had_error: false,
             tx_status: b'I',
             copy_in: false,
@@ -187,6 +194,14 @@ impl Flight {
             }
             // None: forward the frame as is. Some: it was handled (rewritten or answered).
             let mut handled = false;
+            let prepare_like = match &msg {
+                FrontendRef::Parse(p) => rename && !p.name.is_empty(),
+                FrontendRef::Describe { kind: b'S', name } => {
+                    rename && !name.is_empty() && statements.get(name).is_some()
+                }
+                FrontendRef::Flush => true,
+                _ => false,
+            };
             match msg {
                 FrontendRef::Query { sql } => {
                     params.observe(sql);
@@ -278,6 +293,11 @@ impl Flight {
                     ))
                 }
             }
+            if !self.unsynced {
+                self.prepares_only = true;
+            } else if !prepare_like {
+                self.prepares_only = false;
+            }
             pos += h.len;
             if handled {
                 run_start = pos;
@@ -305,6 +325,29 @@ impl Flight {
             to_server.extend_from_slice(&prep.parse);
             self.expect.push_back(Expect::HiddenParse(prep.id));
         }
+    }
+
+    /// Whether a Sync of shardgate's own may end the unsynced run now, so that the connection
+    /// can go back to the pool: the server answered everything, outside a transaction and
+    /// without error, and the run only prepared and described named statements, which are
+    /// tracked and re-created on whichever connection the client gets next. asyncpg
+    /// prepares that way (Parse, Describe, Flush) and sends its Sync only with the next
+    /// execution, which would otherwise hold a server connection for as long as it waits.
+    pub(crate) fn can_end_prepares(&self) -> bool {
+        self.unsynced
+            && self.prepares_only
+            && self.expect.is_empty()
+            && !self.had_error
+            && !self.copy_in
+            && self.tx_status == b'I'
+    }
+
+    /// Ends the unsynced run with a Sync of shardgate's own (see [`Flight::can_end_prepares`]).
+    pub(crate) fn end_prepares(&mut self, to_server: &mut BytesMut) {
+        frontend::sync(to_server);
+        self.expect.push_back(Expect::HiddenSync);
+        self.unsynced = false;
+        self.prepares_only = true;
     }
 
     /// Sends a query of shardgate's own after what was translated so far; the client

@@ -101,6 +101,19 @@ impl Flight {
         server_prepared: &mut HashSet<u128>,
         result: &mut Relayed,
     ) -> bool {
+        if head == Expect::HiddenSync {
+            if tag != b'Z' {
+                // Nothing but ReadyForQuery answers a Sync after a complete run; pass
+                // anything else (a notice) on.
+                return true;
+            }
+            let status = body.first().copied().unwrap_or(b'I');
+            self.tx_status = status;
+            self.expect.pop_front();
+            // As at the client's own Sync: what the run's Parses held is settled.
+            let _ = params.end_cycle(status, std::mem::take(&mut self.had_error));
+            return false;
+        }
         if let Expect::Hidden { probe } = head {
             match tag {
                 b'D' if probe => self.probe_lsn = first_column_lsn(body),

@@ -292,3 +292,47 @@ fn hidden_probe_replies_are_dropped_and_the_lsn_reported() {
     assert_eq!(relayed.probe, Some((Some(0x3000060), b'I')));
     assert!(h.flight.idle());
 }
+
+#[test]
+fn a_run_that_only_prepares_named_statements_may_be_ended_by_shardgate() {
+    let prepare = |name: &[u8]| {
+        let mut b = BytesMut::new();
+        frontend::parse(name, b"SELECT 1", &[], &mut b);
+        frontend::describe(b'S', name, &mut b);
+        frontend::flush(&mut b);
+        b
+    };
+    let mut h = Harness::new();
+    h.client(&prepare(b"s1"));
+    assert!(
+        !h.flight.can_end_prepares(),
+        "not before the server answered"
+    );
+    let mut answer = reply("1");
+    backend::no_data(&mut answer);
+    h.server(&answer);
+    assert!(h.flight.can_end_prepares());
+    let mut to_server = BytesMut::new();
+    h.flight.end_prepares(&mut to_server);
+    assert_eq!(tags(&to_server), "S");
+    // Its ReadyForQuery is the proxy's: the client sees nothing, and the flight is idle.
+    assert!(h.server(&reply("Z")).is_empty());
+    assert!(h.flight.idle());
+
+    // Anything that runs or binds, an unnamed Parse, or an error: the client's Sync ends it.
+    let mut with_bind = prepare(b"s2");
+    with_bind.extend_from_slice(&request(b"s2", false)[..]);
+    let without_sync = with_bind.len() - 5;
+    let mut h = Harness::new();
+    h.client(&with_bind[..without_sync]);
+    h.server(&reply("12"));
+    assert!(!h.flight.can_end_prepares());
+    let mut h = Harness::new();
+    h.client(&prepare(b""));
+    h.server(&answer);
+    assert!(!h.flight.can_end_prepares());
+    let mut h = Harness::new();
+    h.client(&prepare(b"bad"));
+    h.server(&reply("E"));
+    assert!(!h.flight.can_end_prepares());
+}

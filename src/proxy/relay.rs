@@ -133,6 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                     self.forward_server_data().await?;
                     self.send_probe_if_idle().await?;
+                    self.end_prepares_if_answered().await?;
                     self.forget_server_readiness();
                     if self.release_if_done() {
                         return Ok(true);
@@ -163,6 +164,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
                 });
         }
+    }
+
+    /// Ends, with a Sync of its own, a run that only prepared and described named statements
+    /// once the server has answered it (see `Flight::can_end_prepares`), so that a client
+    /// waiting after a Flush does not hold its server connection (transaction mode, when
+    /// nothing more from the client is waiting). Not cancel safe.
+    async fn end_prepares_if_answered(&mut self) -> Result<(), ClientError> {
+        if self.mode != PoolMode::Transaction
+            || self.pinned.is_some()
+            || !self.cbuf.is_empty()
+            || !self.flight.can_end_prepares()
+        {
+            return Ok(());
+        }
+        let Some(checkout) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let conn = &mut *checkout.conn;
+        self.flight.end_prepares(&mut self.sbuf);
+        let sent = conn.stream.write_all(&self.sbuf).await;
+        self.sbuf.clear();
+        sent.map_err(|source| server_io(conn, source))
     }
 
     /// Sends a held-back read-your-writes probe (see `probe_after_idle`) once the
