@@ -395,3 +395,36 @@ async fn the_same_text_prepared_under_other_settings_is_another_statement() {
         assert_eq!(row.get::<_, i32>(0), 1);
     }
 }
+
+/// A statement re-created on a server connection is analysed under the client's settings of
+/// that moment: it must not be shared with clients whose settings are those the statement
+/// was first prepared under. A time stamp literal is read at analysis, in the session's time
+/// zone, and PostgreSQL does not re-analyse when the time zone changes.
+#[tokio::test]
+async fn a_statement_re_created_under_changed_settings_is_not_shared() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let conn = proxy.conn_str(&topo);
+    let utc = format!("{conn} options='-c TimeZone=UTC'");
+    let sql = "SELECT extract(epoch FROM '2020-01-01 00:00'::timestamptz)::int8";
+    let a = support::connect(&utc).await.expect("a");
+    let b = support::connect(&utc).await.expect("b");
+    let other = proxy.connect(&topo).await;
+    let sa = a.prepare(sql).await.expect("prepare a");
+    // The only server connection forgets every statement; a then changes its time zone and
+    // runs its statement, which shardgate re-creates under Asia/Tokyo.
+    exec(&other, "DEALLOCATE ALL").await;
+    exec(&a, "SET TIME ZONE 'Asia/Tokyo'").await;
+    let _ = a.query_one(&sa, &[]).await.expect("a runs");
+    // b, still in UTC, prepares the same text: it must read the literal in UTC.
+    let sb = b.prepare(sql).await.expect("prepare b");
+    let row = timeout(Duration::from_secs(10), b.query_one(&sb, &[]))
+        .await
+        .expect("in time")
+        .expect("b runs");
+    assert_eq!(
+        row.get::<_, i64>(0),
+        1_577_836_800,
+        "b's literal read in UTC"
+    );
+}

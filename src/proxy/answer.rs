@@ -52,8 +52,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 FrontendRef::decode(h.tag, &self.cbuf[pos + 5..pos + h.len])?
             {
                 let class = classifier.classify(p.query);
-                self.statements
-                    .insert(p.name, Prepared::new(&p, class, self.params.fingerprint()));
+                self.statements.insert(
+                    p.name,
+                    Prepared::new(&p, class, self.params.statement_settings()),
+                );
                 backend::parse_complete(&mut self.out);
             }
             pos += h.len;
@@ -162,8 +164,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     if p.name.is_empty() {
                         self.unnamed = Some(class);
                     } else {
-                        self.statements
-                            .insert(p.name, Prepared::new(&p, class, self.params.fingerprint()));
+                        self.statements.insert(
+                            p.name,
+                            Prepared::new(&p, class, self.params.statement_settings()),
+                        );
                     }
                     backend::parse_complete(&mut self.out);
                 }

@@ -277,7 +277,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     let class = snapshot.classifier.classify(p.query);
                     self.statements.insert(
                         p.name,
-                        super::statements::Prepared::new(&p, class, self.params.fingerprint()),
+                        super::statements::Prepared::new(
+                            &p,
+                            class,
+                            self.params.statement_settings(),
+                        ),
                     );
                 }
             }

@@ -213,8 +213,11 @@ impl Flight {
                     self.unsynced = true;
                     if rename && !p.name.is_empty() {
                         handled = true;
-                        let prepared =
-                            Prepared::new(&p, classifier.classify(p.query), params.fingerprint());
+                        let prepared = Prepared::new(
+                            &p,
+                            classifier.classify(p.query),
+                            params.statement_settings(),
+                        );
                         let id = prepared.id;
                         to_server.extend_from_slice(&input[run_start..pos]);
                         if server.prepared.contains(&id) {
@@ -232,7 +235,9 @@ impl Flight {
                 }
                 FrontendRef::Bind(b) => {
                     self.unsynced = true;
-                    if let Some(prep) = tracked(rename, statements, b.statement) {
+                    if let Some(prep) =
+                        for_server(rename, statements, b.statement, params, server.prepared)
+                    {
                         handled = true;
                         to_server.extend_from_slice(&input[run_start..pos]);
                         self.ensure_prepared(prep, server.prepared, to_server);
@@ -243,7 +248,9 @@ impl Flight {
                 FrontendRef::Describe { kind, name } => {
                     self.unsynced = true;
                     if kind == b'S' {
-                        if let Some(prep) = tracked(rename, statements, name) {
+                        if let Some(prep) =
+                            for_server(rename, statements, name, params, server.prepared)
+                        {
                             handled = true;
                             to_server.extend_from_slice(&input[run_start..pos]);
                             self.ensure_prepared(prep, server.prepared, to_server);
@@ -398,14 +405,16 @@ fn mentions_shardgate(sql: &[u8]) -> bool {
     })
 }
 
-/// The client's statement behind `name`, when shardgate renames it.
-fn tracked<'s>(
+/// The client's statement behind `name`, when shardgate renames it, as this server runs it.
+fn for_server<'s>(
     rename: bool,
-    statements: &'s ClientStatements,
+    statements: &'s mut ClientStatements,
     name: &[u8],
+    params: &SessionParams,
+    server_prepared: &HashSet<u128>,
 ) -> Option<&'s Prepared> {
     if rename && !name.is_empty() {
-        statements.get(name)
+        statements.for_server(name, server_prepared, || params.statement_settings())
     } else {
         None
     }

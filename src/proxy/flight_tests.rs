@@ -336,3 +336,24 @@ fn a_run_that_only_prepares_named_statements_may_be_ended_by_shardgate() {
     h.server(&reply("E"));
     assert!(!h.flight.can_end_prepares());
 }
+
+#[test]
+fn a_statement_parsed_behind_an_unanswered_set_is_shared_with_nobody() {
+    let parse = |h: &mut Harness, before: &[u8]| {
+        let mut b = BytesMut::from(before);
+        frontend::parse(b"s1", b"SELECT now()", &[], &mut b);
+        h.client(&b);
+        h.statements.get(b"s1").expect("tracked").id
+    };
+    let mut plain = Harness::new();
+    let shared = parse(&mut plain, b"");
+    // The server analyses this Parse under the new time zone; the fingerprint is still the
+    // old one until the SET is answered.
+    let mut set = BytesMut::new();
+    frontend::query(b"SET TIME ZONE 'Asia/Tokyo'", &mut set);
+    let mut h = Harness::new();
+    let behind_set = parse(&mut h, &set);
+    assert_ne!(behind_set, shared);
+    let mut again = Harness::new();
+    assert_ne!(parse(&mut again, &set), behind_set, "not even with itself");
+}

@@ -205,6 +205,17 @@ impl SessionParams {
         self.fingerprint
     }
 
+    /// The settings key of a statement parsed now: the fingerprint, unless a session command
+    /// seen this cycle or in the open transaction is not settled yet, when the server may
+    /// analyse the statement under settings no fingerprint describes.
+    pub(crate) fn statement_settings(&self) -> u64 {
+        if self.watching() {
+            super::statements::unshared_settings()
+        } else {
+            self.fingerprint
+        }
+    }
+
     fn refingerprint(&mut self) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.startup.hash(&mut h);

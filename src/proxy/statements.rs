@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -28,6 +29,16 @@ pub(crate) struct Prepared {
     pub(crate) query: Range<usize>,
     /// How the query routes (classified once, at Parse).
     pub(crate) class: Arc<Classification>,
+    /// The fingerprint of the settings the server analyses it under (see [`unshared_settings`]).
+    pub(crate) settings: u64,
+}
+
+/// A settings key no other statement has: for a statement whose settings at analysis are not
+/// known (a SET not yet answered is ahead of it), so that no other client shares it. Even,
+/// where a client's fingerprint is odd.
+pub(crate) fn unshared_settings() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed) << 1
 }
 
 impl Prepared {
@@ -37,26 +48,41 @@ impl Prepared {
     /// re-analyses a statement used under a changed `search_path`, failing it with 0A000
     /// ("cached plan must not change result type") when its columns differ.
     pub(crate) fn new(parse: &ParseRef<'_>, class: Arc<Classification>, settings: u64) -> Prepared {
+        Prepared::build(parse.query, parse.param_types.raw(), class, settings)
+    }
+
+    fn build(query: &[u8], types: &[u8], class: Arc<Classification>, settings: u64) -> Prepared {
         let mut h = Xxh3::new();
-        h.update(&(parse.query.len() as u64).to_le_bytes());
-        h.update(parse.query);
-        h.update(parse.param_types.raw());
+        h.update(&(query.len() as u64).to_le_bytes());
+        h.update(query);
+        h.update(types);
         h.update(&settings.to_le_bytes());
         let id = h.digest128();
         let mut name = [0u8; NAME_LEN];
         // Writing 35 bytes of ASCII into a 35-byte buffer cannot fail.
         let _ = write!(&mut name[..], "sg_{id:032x}");
-        let mut frame = BytesMut::with_capacity(parse.query.len() + NAME_LEN + 16);
-        frontend::parse_raw_types(&name, parse.query, parse.param_types.raw(), &mut frame);
+        let mut frame = BytesMut::with_capacity(query.len() + NAME_LEN + 16);
+        frontend::parse_raw_types(&name, query, types, &mut frame);
         // Frame layout: tag, length, name, NUL, query, NUL, parameter types.
         let start = 5 + NAME_LEN + 1;
         Prepared {
             id,
             name,
             parse: frame.freeze(),
-            query: start..start + parse.query.len(),
+            query: start..start + query.len(),
             class,
+            settings,
         }
+    }
+
+    /// The same statement for a client whose settings are now `settings`. A server analyses a
+    /// statement under the settings of the moment it is parsed: re-created after the client
+    /// changed them, it is another statement, never to be shared with clients whose settings
+    /// are those it was first prepared under.
+    fn under(&self, settings: u64) -> Prepared {
+        let query = self.parse.get(self.query.clone()).unwrap_or_default();
+        let types = self.parse.get(self.query.end + 1..).unwrap_or_default();
+        Prepared::build(query, types, self.class.clone(), settings)
     }
 }
 
@@ -74,6 +100,25 @@ impl ClientStatements {
 
     pub(crate) fn get(&self, client_name: &[u8]) -> Option<&Prepared> {
         self.by_name.get(client_name)
+    }
+
+    /// The statement behind `client_name`, to be run on a server holding the statements in
+    /// `on_server`, for a client whose settings are now `settings()`: one the server lacks is
+    /// re-created under those settings, so it becomes the statement of those settings.
+    pub(crate) fn for_server(
+        &mut self,
+        client_name: &[u8],
+        on_server: &std::collections::HashSet<u128>,
+        settings: impl FnOnce() -> u64,
+    ) -> Option<&Prepared> {
+        let prep = self.by_name.get_mut(client_name)?;
+        if !on_server.contains(&prep.id) {
+            let now = settings();
+            if now != prep.settings {
+                *prep = prep.under(now);
+            }
+        }
+        Some(prep)
     }
 
     pub(crate) fn remove(&mut self, client_name: &[u8]) {
