@@ -35,6 +35,10 @@ pub(crate) struct SessionParams {
     pending: Vec<SessionCommand>,
     /// Seen inside a still-open transaction block.
     in_transaction: Vec<SessionCommand>,
+    /// A `SET LOCAL` (or `SET TRANSACTION`, `SET CONSTRAINTS`) was seen in the open
+    /// transaction: statements parsed until it ends may be analysed under settings no
+    /// fingerprint describes (see [`SessionParams::statement_settings`]).
+    local_in_transaction: bool,
     /// The last CommandComplete of the cycle was ROLLBACK (only tracked while something is pending).
     last_was_rollback: bool,
 }
@@ -209,7 +213,7 @@ impl SessionParams {
     /// seen this cycle or in the open transaction is not settled yet, when the server may
     /// analyse the statement under settings no fingerprint describes.
     pub(crate) fn statement_settings(&self) -> u64 {
-        if self.watching() {
+        if self.watching() || self.local_in_transaction {
             super::statements::unshared_settings()
         } else {
             self.fingerprint
@@ -264,19 +268,25 @@ impl SessionParams {
             }
             // One statement: its first tokens decide, no need to split the whole text.
             if let Some(cmd) = session_command(one) {
-                if cmd != SessionCommand::Local {
+                if cmd == SessionCommand::Local {
+                    self.local_in_transaction = true;
+                } else {
                     pending.push(cmd);
                 }
             }
             return;
         }
+        let mut local = false;
         for_each_statement(sql, LexOptions::default(), |range| {
             if let Some(cmd) = session_command(&sql[range]) {
-                if cmd != SessionCommand::Local {
+                if cmd == SessionCommand::Local {
+                    local = true;
+                } else {
                     pending.push(cmd);
                 }
             }
         });
+        self.local_in_transaction |= local;
     }
 
     /// Whether CommandComplete tags matter this cycle.
@@ -291,6 +301,9 @@ impl SessionParams {
     /// Called at each ReadyForQuery with its status and whether the cycle saw an error.
     pub(crate) fn end_cycle(&mut self, status: u8, had_error: bool) -> Effects {
         let rollback = std::mem::take(&mut self.last_was_rollback);
+        if status == b'I' {
+            self.local_in_transaction = false;
+        }
         if self.pending.is_empty() && self.in_transaction.is_empty() {
             return Effects::default();
         }
@@ -438,6 +451,19 @@ mod tests {
             .expect("valid"),
             params(&[("a.x", "2"), ("user", "app"), ("timezone", "Japan")])
         );
+    }
+
+    #[test]
+    fn statements_parsed_after_set_local_are_shared_with_nobody_until_the_transaction_ends() {
+        let mut p = startup();
+        assert_eq!(p.statement_settings(), p.fingerprint());
+        p.observe(b"BEGIN; SET LOCAL search_path = tenant_a");
+        let (a, b) = (p.statement_settings(), p.statement_settings());
+        assert!(a != p.fingerprint() && b != a, "unshared keys");
+        p.end_cycle(b'T', false);
+        assert_ne!(p.statement_settings(), p.fingerprint());
+        p.end_cycle(b'I', false);
+        assert_eq!(p.statement_settings(), p.fingerprint());
     }
 
     #[test]
