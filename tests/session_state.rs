@@ -428,3 +428,20 @@ async fn a_statement_re_created_under_changed_settings_is_not_shared() {
         "b's literal read in UTC"
     );
 }
+
+/// A startup value with a backslash is re-applied intact even on a connection the previous
+/// client left with standard_conforming_strings off (where '\a' would read as an escape).
+#[tokio::test]
+async fn a_backslash_in_a_startup_value_survives_a_connection_left_without_standard_strings() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let conn = proxy.conn_str(&topo);
+    let a = support::connect(&format!(r"{conn} application_name='C:\\app\\new'"))
+        .await
+        .expect("a");
+    let b = proxy.connect(&topo).await;
+    for _ in 0..2 {
+        exec(&b, "SET standard_conforming_strings = off").await;
+        assert_eq!(show(&a, "application_name").await, r"C:\app\new");
+    }
+}

@@ -162,11 +162,17 @@ pub(crate) fn expand_options(
 
 /// A SQL string literal, quoted the way PostgreSQL reads it with standard_conforming_strings.
 fn quote_literal(v: &str) -> String {
-    let mut s = String::with_capacity(v.len() + 2);
+    let mut s = String::with_capacity(v.len() + 3);
+    // With a backslash, an E'' literal: it reads the same whatever standard_conforming_strings
+    // the server connection was left with (a plain '' literal does not).
+    let escape = v.contains('\\');
+    if escape {
+        s.push('E');
+    }
     s.push('\'');
     for c in v.chars() {
-        if c == '\'' {
-            s.push('\'');
+        if c == '\'' || (escape && c == '\\') {
+            s.push(c);
         }
         s.push(c);
     }
@@ -464,6 +470,12 @@ mod tests {
         assert_ne!(p.statement_settings(), p.fingerprint());
         p.end_cycle(b'I', false);
         assert_eq!(p.statement_settings(), p.fingerprint());
+    }
+
+    #[test]
+    fn literals_read_the_same_whatever_standard_conforming_strings() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"C:\app's"), r"E'C:\\app''s'");
     }
 
     #[test]
