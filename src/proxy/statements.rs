@@ -112,11 +112,10 @@ impl ClientStatements {
         settings: impl FnOnce() -> u64,
     ) -> Option<&Prepared> {
         let prep = self.by_name.get_mut(client_name)?;
-        if !on_server.contains(&prep.id) {
-            let now = settings();
-            if now != prep.settings {
-                *prep = prep.under(now);
-            }
+        // Settings first: they almost always match, and then the server set is not hashed.
+        let now = settings();
+        if now != prep.settings && !on_server.contains(&prep.id) {
+            *prep = prep.under(now);
         }
         Some(prep)
     }
