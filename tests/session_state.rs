@@ -445,3 +445,32 @@ async fn a_backslash_in_a_startup_value_survives_a_connection_left_without_stand
         assert_eq!(show(&a, "application_name").await, r"C:\app\new");
     }
 }
+
+/// A setting the server takes only at backend start (`ignore_system_indexes`) cannot be
+/// re-applied on a pooled connection: the session's requests fail with a clear error that says
+/// so, rather than run without it.
+#[tokio::test]
+async fn a_backend_only_setting_in_options_fails_clearly_rather_than_being_dropped() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let c = support::connect(&format!(
+        "{} options='-c ignore_system_indexes=on'",
+        proxy.conn_str(&topo)
+    ))
+    .await
+    .expect("connect");
+    let err = c
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("the setting cannot be applied");
+    let db = err.as_db_error().expect("server-style error");
+    assert!(
+        db.message().contains("could not re-apply")
+            && db.message().contains("ignore_system_indexes")
+            && db.hint().is_some_and(|h| h.contains("pool.mode session")),
+        "{db:?}"
+    );
+    // Other clients are unaffected.
+    let other = proxy.connect(&topo).await;
+    assert_eq!(show(&other, "ignore_system_indexes").await, "off");
+}

@@ -513,9 +513,12 @@ pub(super) async fn apply_session_state(
             fields.fields.retain(|(c, _)| *c != b'H');
             fields.fields.push((
                 b'H',
-                "A setting this session made no longer applies (for example a role it SET was \
-                 revoked). Running without it would be silently wrong, so this session's \
-                 requests fail until you reconnect."
+                "A setting this session asked for (with SET, as a startup parameter, or in \
+                 options) cannot be applied on a pooled server connection: a role it SET was \
+                 revoked since, say, or a setting only a new backend takes \
+                 (ignore_system_indexes). Running without it would be silently wrong, so this \
+                 session's requests fail. Reconnect without that setting, or use pool.mode \
+                 session for settings only a new backend takes."
                     .to_owned(),
             ));
             Ok(Some(fields))
