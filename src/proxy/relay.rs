@@ -517,8 +517,8 @@ pub(super) async fn apply_session_state(
                  options) cannot be applied on a pooled server connection: a role it SET was \
                  revoked since, say, or a setting only a new backend takes \
                  (ignore_system_indexes). Running without it would be silently wrong, so this \
-                 session's requests fail. Reconnect without that setting, or use pool.mode \
-                 session for settings only a new backend takes."
+                 session's requests fail until you reconnect: without that setting, or, for \
+                 one only a new backend takes, through pool.mode session."
                     .to_owned(),
             ));
             Ok(Some(fields))
