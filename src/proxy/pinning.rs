@@ -13,6 +13,7 @@
 use shardgate_config::PoolMode;
 use shardgate_pool::BackendError;
 use shardgate_router::Role;
+use shardgate_sql::pin_reason;
 use shardgate_wire::ErrorFields;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -40,7 +41,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.mode == PoolMode::Session {
             // Session mode resets its connection with DISCARD ALL when the client leaves,
             // which leaves these behind: the connection is closed instead.
-            self.close_at_end |= matches!(why, "LOAD" | "dblink_connect()");
+            self.close_at_end |= why == pin_reason::LOAD || why == pin_reason::DBLINK_CONNECT;
             return;
         }
         if self.pinned.is_some() {

@@ -242,7 +242,7 @@ pub(crate) fn scan(
                     other = true;
                     // Called by OID: it may take a session advisory lock, say, and nothing
                     // here can tell.
-                    s.pins = s.pins.or(Some("a fastpath function call"));
+                    s.pins = s.pins.or(Some(shardgate_sql::pin_reason::FASTPATH_CALL));
                 }
                 s.complete = true;
                 break;

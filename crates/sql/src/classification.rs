@@ -76,6 +76,35 @@ pub enum WhyWrite {
     Other(&'static str),
 }
 
+/// Why a statement pins a transaction-pooled session ([`Classification::pins_session`]), as
+/// messages name it. The proxy also matches a few of them (which `DISCARD ALL` does not undo).
+pub mod pin_reason {
+    /// `CREATE TEMP TABLE` and the like, unless `ON COMMIT DROP`.
+    pub const TEMP_TABLE: &str = "a temporary table";
+    /// Anything naming the `pg_temp` schema (a temporary function, type or table).
+    pub const PG_TEMP: &str = "an object in pg_temp";
+    /// A `search_path` naming `pg_temp`: a plain `CREATE TABLE` then makes a temporary table.
+    pub const TEMP_SEARCH_PATH: &str = "a search_path naming pg_temp";
+    /// `pg_advisory_lock`, `pg_try_advisory_lock` and their `_shared` forms.
+    pub const SESSION_LOCK: &str = "a session-level advisory lock";
+    /// `DECLARE ... WITH HOLD`.
+    pub const WITH_HOLD: &str = "a cursor WITH HOLD";
+    /// `set_config` unless its `is_local` is a literal true.
+    pub const SESSION_SETTING: &str = "set_config(..., false)";
+    /// `dblink_connect` or `dblink_connect_u` (not undone by `DISCARD ALL`).
+    pub const DBLINK_CONNECT: &str = "dblink_connect()";
+    /// `LISTEN`.
+    pub const LISTEN: &str = "LISTEN";
+    /// SQL `PREPARE` (not `PREPARE TRANSACTION`).
+    pub const PREPARE: &str = "PREPARE";
+    /// `LOAD` (not undone by `DISCARD ALL`).
+    pub const LOAD: &str = "LOAD";
+    /// `SET SESSION CHARACTERISTICS AS TRANSACTION ...`.
+    pub const SESSION_CHARACTERISTICS: &str = "SET SESSION CHARACTERISTICS";
+    /// Not the classifier's: a FunctionCall message calls a function by OID, unreadable here.
+    pub const FASTPATH_CALL: &str = "a fastpath function call";
+}
+
 /// shardgate's own settings, handled by the proxy itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardgateCommand {

@@ -152,6 +152,19 @@ pub(crate) struct Guards {
     pub(crate) operators: usize,
 }
 
+impl Guards {
+    /// Adds what `other` (a `DO` body's scan) found about state left on the session.
+    pub(crate) fn add_session_state(&mut self, other: &Guards) {
+        self.temp |= other.temp;
+        self.session_lock |= other.session_lock;
+        self.session_setting |= other.session_setting;
+        self.hold |= other.hold;
+        self.dblink_connection |= other.dblink_connection;
+        self.temp_search_path |= other.temp_search_path;
+        self.listen |= other.listen;
+    }
+}
+
 /// Keywords that combine two operands (or chain onto one) in an expression or query.
 const OPERATOR_WORDS: &[&str] = &[
     "AND",
@@ -427,14 +440,7 @@ pub(crate) fn scan_do_body(stmt: &[u8], fns: &WriteFunctions) -> Guards {
                 .get(1..body.len().saturating_sub(1))
                 .unwrap_or_default(),
         };
-        let g = scan(inner, fns);
-        out.temp |= g.temp;
-        out.session_lock |= g.session_lock;
-        out.session_setting |= g.session_setting;
-        out.hold |= g.hold;
-        out.dblink_connection |= g.dblink_connection;
-        out.temp_search_path |= g.temp_search_path;
-        out.listen |= g.listen;
+        out.add_session_state(&scan(inner, fns));
     }
     out
 }

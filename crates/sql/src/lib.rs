@@ -27,7 +27,9 @@ mod session;
 pub mod shard_keys;
 mod statement;
 
-pub use classification::{Classification, Hint, ShardgateCommand, TxnControl, WhyWrite};
+pub use classification::{
+    pin_reason, Classification, Hint, ShardgateCommand, TxnControl, WhyWrite,
+};
 pub use classifier::{bind_thread_cache, Classifier};
 pub use statement::SHARDGATE_COMMAND_WORDS;
 

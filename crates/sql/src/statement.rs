@@ -5,7 +5,7 @@
 //! token guards to agree; any doubt is a write.
 
 use crate::ast::{parse_and_check, MAX_OPERATORS, MAX_PARSE_LEN};
-use crate::classification::{ShardgateCommand, TxnControl, WhyWrite};
+use crate::classification::{pin_reason, ShardgateCommand, TxnControl, WhyWrite};
 use crate::guards::{
     and_chain, mentions_pg_temp, read_only_mode, scan, scan_do_body, Guards, WriteFunctions,
 };
@@ -54,12 +54,12 @@ pub(crate) fn classify_statement(stmt: &[u8], fns: &WriteFunctions) -> Statement
     match first {
         "SET" | "RESET" | "DISCARD" | "DEALLOCATE" | "LOAD" => {
             let pins = if first == "LOAD" {
-                Some("LOAD")
+                Some(pin_reason::LOAD)
             } else if kw.starts_with(&["SET", "SESSION", "CHARACTERISTICS"]) {
-                Some("SET SESSION CHARACTERISTICS")
+                Some(pin_reason::SESSION_CHARACTERISTICS)
             } else if first == "SET" && mentions_pg_temp(stmt) {
                 // Even SET LOCAL: a plain CREATE TABLE after it makes a temporary table.
-                Some(TEMP_SEARCH_PATH)
+                Some(pin_reason::TEMP_SEARCH_PATH)
             } else {
                 None
             };
@@ -81,16 +81,8 @@ pub(crate) fn classify_statement(stmt: &[u8], fns: &WriteFunctions) -> Statement
 /// A statement whose kind is a write: the reason follows from its first keyword.
 fn by_keyword(kw: &Keywords, first: &str, stmt: &[u8], fns: &WriteFunctions) -> StatementFacts {
     let mut g = scan(stmt, fns);
-    let mut do_listens = false;
     if first == "DO" {
-        let body = scan_do_body(stmt, fns);
-        do_listens = body.listen;
-        g.temp |= body.temp;
-        g.session_lock |= body.session_lock;
-        g.session_setting |= body.session_setting;
-        g.hold |= body.hold;
-        g.dblink_connection |= body.dblink_connection;
-        g.temp_search_path |= body.temp_search_path;
+        g.add_session_state(&scan_do_body(stmt, fns));
     }
     let why = match first {
         "CREATE" if g.temp => WhyWrite::TempTable,
@@ -113,9 +105,10 @@ fn by_keyword(kw: &Keywords, first: &str, stmt: &[u8], fns: &WriteFunctions) -> 
         _ => WhyWrite::Other("statement"),
     };
     let pins = match first {
-        "LISTEN" => Some("LISTEN"),
-        "DO" if do_listens => Some("LISTEN"),
-        "PREPARE" if kw.get(1) != Some("TRANSACTION") => Some("PREPARE"),
+        "LISTEN" => Some(pin_reason::LISTEN),
+        // `listen` counts only from a body, where the word starts a statement.
+        "DO" if g.listen => Some(pin_reason::LISTEN),
+        "PREPARE" if kw.get(1) != Some("TRANSACTION") => Some(pin_reason::PREPARE),
         _ => pin_reason(&g),
     };
     StatementFacts {
@@ -156,26 +149,22 @@ fn maybe_read(first: &str, stmt: &[u8], fns: &WriteFunctions) -> StatementFacts 
     }
 }
 
-/// Why a `search_path` naming `pg_temp` pins: a plain `CREATE TABLE` then makes a temporary
-/// table, which nothing in that statement says.
-const TEMP_SEARCH_PATH: &str = "a search_path naming pg_temp";
-
 /// Why the facts found by the token scan pin a transaction-pooled session, if they do.
 fn pin_reason(g: &Guards) -> Option<&'static str> {
     if g.temp && !g.on_commit_drop && !g.pg_temp {
-        Some("a temporary table")
+        Some(pin_reason::TEMP_TABLE)
     } else if g.pg_temp {
-        Some("an object in pg_temp")
+        Some(pin_reason::PG_TEMP)
     } else if g.session_lock {
-        Some("a session-level advisory lock")
+        Some(pin_reason::SESSION_LOCK)
     } else if g.hold {
-        Some("a cursor WITH HOLD")
+        Some(pin_reason::WITH_HOLD)
     } else if g.session_setting {
-        Some("set_config(..., false)")
+        Some(pin_reason::SESSION_SETTING)
     } else if g.dblink_connection {
-        Some("dblink_connect()")
+        Some(pin_reason::DBLINK_CONNECT)
     } else if g.temp_search_path {
-        Some(TEMP_SEARCH_PATH)
+        Some(pin_reason::TEMP_SEARCH_PATH)
     } else {
         None
     }
