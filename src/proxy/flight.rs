@@ -194,14 +194,6 @@ impl Flight {
             }
             // None: forward the frame as is. Some: it was handled (rewritten or answered).
             let mut handled = false;
-            let prepare_like = match &msg {
-                FrontendRef::Parse(p) => rename && !p.name.is_empty(),
-                FrontendRef::Describe { kind: b'S', name } => {
-                    rename && !name.is_empty() && statements.get(name).is_some()
-                }
-                FrontendRef::Flush => true,
-                _ => false,
-            };
             match msg {
                 FrontendRef::Query { sql } => {
                     params.observe(sql);
@@ -300,6 +292,12 @@ impl Flight {
                     ))
                 }
             }
+            // A Parse or Describe that was handled named a tracked statement.
+            let prepare_like = match h.tag {
+                b'P' | b'D' => handled,
+                b'H' => true,
+                _ => false,
+            };
             if !self.unsynced {
                 self.prepares_only = true;
             } else if !prepare_like {

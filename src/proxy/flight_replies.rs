@@ -107,11 +107,9 @@ impl Flight {
                 // anything else (a notice) on.
                 return true;
             }
-            let status = body.first().copied().unwrap_or(b'I');
-            self.tx_status = status;
             self.expect.pop_front();
             // As at the client's own Sync: what the run's Parses held is settled.
-            let _ = params.end_cycle(status, std::mem::take(&mut self.had_error));
+            self.end_cycle(body, params, statements, server_prepared, result);
             return false;
         }
         if let Expect::Hidden { probe } = head {
@@ -135,21 +133,13 @@ impl Flight {
                 true
             }
             b'Z' => {
-                let status = body.first().copied().unwrap_or(b'I');
-                self.tx_status = status;
                 // Everything up to and including the Sync/Query this answers is done.
                 while let Some(e) = self.expect.pop_front() {
                     if matches!(e, Expect::Sync | Expect::Query) {
                         break;
                     }
                 }
-                let effects = params.end_cycle(status, std::mem::take(&mut self.had_error));
-                if effects.statements_dropped {
-                    statements.clear();
-                    server_prepared.clear();
-                }
-                result.effects.statements_dropped |= effects.statements_dropped;
-                result.effects.server_reset |= effects.server_reset;
+                self.end_cycle(body, params, statements, server_prepared, result);
                 result.cycles_ended += 1;
                 true
             }
@@ -210,6 +200,27 @@ impl Flight {
 }
 
 impl Flight {
+    /// A ReadyForQuery (`body`) ended a cycle: its transaction status, and what the session
+    /// commands seen in it did to the client's settings and statements.
+    fn end_cycle(
+        &mut self,
+        body: &[u8],
+        params: &mut SessionParams,
+        statements: &mut ClientStatements,
+        server_prepared: &mut HashSet<u128>,
+        result: &mut Relayed,
+    ) {
+        let status = body.first().copied().unwrap_or(b'I');
+        self.tx_status = status;
+        let effects = params.end_cycle(status, std::mem::take(&mut self.had_error));
+        if effects.statements_dropped {
+            statements.clear();
+            server_prepared.clear();
+        }
+        result.effects.statements_dropped |= effects.statements_dropped;
+        result.effects.server_reset |= effects.server_reset;
+    }
+
     /// The server answered `head` with CopyInResponse. Syncs the client sent after it
     /// but before ending the COPY are ignored by the server (libpq and tokio-postgres
     /// send one right after Execute), so they expect nothing.
