@@ -90,6 +90,42 @@ async fn refused(c: &Client, sql: &str, message: &[&str], hint: &str) {
     );
 }
 
+/// A primary and one replica, and a proxy started by `start` with a fast lag monitor, once the
+/// replica is routable.
+async fn with_a_replica(start: fn(&Topology, ProxyOptions) -> Proxy) -> (Topology, Proxy) {
+    let topology = Topology::builder().replicas(1).build().expect("topology");
+    let proxy = start(
+        &topology,
+        ProxyOptions {
+            extra_yaml: "routing:\n  lag_check_interval_ms: 100\n".to_owned(),
+            ..ProxyOptions::default()
+        },
+    );
+    support::wait_routable(&proxy, 1, Duration::from_secs(15)).await;
+    (topology, proxy)
+}
+
+/// A primary with the dblink extension.
+fn with_dblink() -> Topology {
+    let topology = Topology::builder().build().expect("topology");
+    topology.shards[0]
+        .primary
+        .sql("app", "CREATE EXTENSION dblink")
+        .expect("dblink");
+    topology
+}
+
+/// Opens a dblink connection named `mine` back to the primary.
+fn dblink_connect(topology: &Topology) -> String {
+    format!(
+        "SELECT dblink_connect('mine', 'host=127.0.0.1 port={} dbname={} user={} password={}')",
+        topology.shards[0].primary.port(),
+        topology.database(),
+        topology.user(),
+        topology.password()
+    )
+}
+
 async fn wait_pinned(proxy: &Proxy, n: f64) {
     let reached = poll_until(Duration::from_secs(10), || async {
         proxy.metric(PINNED) == Some(n)
@@ -247,15 +283,7 @@ async fn transaction_scoped_forms_do_not_pin_and_a_pin_holds_its_connection() {
 #[tokio::test]
 async fn a_session_is_never_pinned_to_a_replica() {
     timeout(TEST_TIMEOUT, async {
-        let topology = Topology::builder().replicas(1).build().expect("topology");
-        let proxy = Proxy::start_with(
-            &topology,
-            ProxyOptions {
-                extra_yaml: "routing:\n  lag_check_interval_ms: 100\n".to_owned(),
-                ..ProxyOptions::default()
-            },
-        );
-        support::wait_routable(&proxy, 1, Duration::from_secs(15)).await;
+        let (topology, proxy) = with_a_replica(Proxy::start_with).await;
         let c = proxy.connect(&topology).await;
         c.batch_execute("BEGIN READ ONLY").await.expect("begin");
         assert!(
@@ -406,24 +434,11 @@ async fn a_pinned_session_keeps_to_its_shard_and_says_so() {
 #[tokio::test]
 async fn a_dblink_connection_never_reaches_another_client() {
     timeout(TEST_TIMEOUT, async {
-        let topology = Topology::builder().build().expect("topology");
-        topology.shards[0]
-            .primary
-            .sql("app", "CREATE EXTENSION dblink")
-            .expect("dblink");
+        let topology = with_dblink();
         let proxy = support::start_trust(&topology, one_connection());
         let wait = Duration::from_secs(10);
         let mut x = login_trust(proxy.addr(), topology.user(), topology.database()).await;
-        x.run_ok(
-            &format!(
-                "SELECT dblink_connect('mine', format('host=127.0.0.1 port=%s dbname=%s \
-                 user=%s password={}', current_setting('port'), current_database(), \
-                 current_user))",
-                topology.password()
-            ),
-            wait,
-        )
-        .await;
+        x.run_ok(&dblink_connect(&topology), wait).await;
         wait_pinned(&proxy, 1.0).await;
         // Gone without a Terminate (a killed client): the proxy resets the connection itself.
         drop(x);
@@ -572,15 +587,7 @@ async fn a_refusal_inside_a_transaction_keeps_the_pinned_connection() {
 #[tokio::test]
 async fn a_pin_arriving_mid_request_on_a_replica_does_not_hang() {
     timeout(TEST_TIMEOUT, async {
-        let topology = Topology::builder().replicas(1).build().expect("topology");
-        let proxy = support::start_trust(
-            &topology,
-            ProxyOptions {
-                extra_yaml: "routing:\n  lag_check_interval_ms: 100\n".to_owned(),
-                ..ProxyOptions::default()
-            },
-        );
-        support::wait_routable(&proxy, 1, Duration::from_secs(15)).await;
+        let (topology, proxy) = with_a_replica(support::start_trust).await;
         let wait = Duration::from_secs(5);
         let mut x = login_trust(proxy.addr(), topology.user(), topology.database()).await;
         x.run_ok("BEGIN READ ONLY", wait).await;
@@ -618,11 +625,7 @@ async fn a_pin_arriving_mid_request_on_a_replica_does_not_hang() {
 #[tokio::test]
 async fn session_mode_closes_a_connection_that_ran_dblink_connect() {
     timeout(TEST_TIMEOUT, async {
-        let topology = Topology::builder().build().expect("topology");
-        topology.shards[0]
-            .primary
-            .sql("app", "CREATE EXTENSION dblink")
-            .expect("dblink");
+        let topology = with_dblink();
         let proxy = support::start_trust(
             &topology,
             ProxyOptions {
@@ -631,15 +634,9 @@ async fn session_mode_closes_a_connection_that_ran_dblink_connect() {
             },
         );
         let x = proxy.connect(&topology).await;
-        x.batch_execute(&format!(
-            "SELECT dblink_connect('mine', 'host=127.0.0.1 port={} dbname={} user={} password={}')",
-            topology.shards[0].primary.port(),
-            topology.database(),
-            topology.user(),
-            topology.password()
-        ))
-        .await
-        .expect("dblink_connect");
+        x.batch_execute(&dblink_connect(&topology))
+            .await
+            .expect("dblink_connect");
         assert_eq!(proxy.metric(PINNED), Some(0.0), "session mode does not pin");
         drop(x);
         // The only server connection was closed, not reset: DISCARD ALL keeps dblink's.
