@@ -474,3 +474,34 @@ async fn a_backend_only_setting_in_options_fails_clearly_rather_than_being_dropp
     let other = proxy.connect(&topo).await;
     assert_eq!(show(&other, "ignore_system_indexes").await, "off");
 }
+
+#[tokio::test]
+async fn a_prepared_set_takes_effect_when_it_runs_not_when_it_is_prepared() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let a = proxy.connect(&topo).await;
+    let b = proxy.connect(&topo).await;
+    let default_path = show(&b, "search_path").await;
+    exec(
+        &b,
+        "CREATE SCHEMA IF NOT EXISTS sa; CREATE SCHEMA IF NOT EXISTS sb",
+    )
+    .await;
+    // Parse and Describe only: nothing runs on the server.
+    let to_sa = a
+        .prepare("SET search_path = sa")
+        .await
+        .expect("prepare SET");
+    exec(&b, "SELECT 1").await;
+    assert_eq!(
+        show(&a, "search_path").await,
+        default_path,
+        "a SET that was only prepared changed the session"
+    );
+    // Run later, after a SET by simple query: the prepared one is the last to run.
+    exec(&a, "SET search_path = sb").await;
+    a.execute(&to_sa, &[]).await.expect("run the prepared SET");
+    exec(&b, "SELECT 1").await;
+    assert_eq!(show(&a, "search_path").await, "sa");
+    assert_eq!(show(&b, "search_path").await, default_path);
+}

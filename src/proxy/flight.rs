@@ -201,7 +201,7 @@ impl Flight {
                 }
                 FrontendRef::FunctionCall(_) => self.expect.push_back(Expect::Query),
                 FrontendRef::Parse(p) => {
-                    params.observe(p.query);
+                    params.observe_parse(p.name, p.query);
                     self.unsynced = true;
                     if rename && !p.name.is_empty() {
                         handled = true;
@@ -227,6 +227,7 @@ impl Flight {
                 }
                 FrontendRef::Bind(b) => {
                     self.unsynced = true;
+                    params.observe_bind(b.portal, b.statement);
                     if let Some(prep) =
                         for_server(rename, statements, b.statement, params, server.prepared)
                     {
@@ -251,8 +252,9 @@ impl Flight {
                     }
                     self.expect.push_back(Expect::Describe);
                 }
-                FrontendRef::Execute { .. } => {
+                FrontendRef::Execute { portal, .. } => {
                     self.unsynced = true;
+                    params.observe_execute(portal);
                     self.expect.push_back(Expect::Execute);
                 }
                 FrontendRef::Close { kind, name } => {

@@ -2,7 +2,7 @@
 //! tracked so that it can be re-applied on whichever server connection the client
 //! gets next, and never seen by another client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use shardgate_sql::{for_each_statement, session_command, LexOptions, SessionCommand};
@@ -41,6 +41,29 @@ pub(crate) struct SessionParams {
     local_in_transaction: bool,
     /// The last CommandComplete of the cycle was ROLLBACK (only tracked while something is pending).
     last_was_rollback: bool,
+    /// The session command of each of the client's prepared statements that is one, by name
+    /// (empty: the unnamed statement).
+    statement_commands: HashMap<Vec<u8>, SessionCommand>,
+    /// The session command each bound portal runs when executed, by portal name.
+    portal_commands: HashMap<Vec<u8>, SessionCommand>,
+}
+
+/// Calls `f` with each session command in `sql`, in order.
+fn session_commands(sql: &[u8], mut f: impl FnMut(SessionCommand)) {
+    if let Some(one) = single_statement(sql) {
+        // One statement: its first tokens decide, no need to split the whole text.
+        if may_start_with(one, SESSION_COMMAND_WORDS) {
+            if let Some(cmd) = session_command(one) {
+                f(cmd);
+            }
+        }
+        return;
+    }
+    for_each_statement(sql, LexOptions::default(), |range| {
+        if let Some(cmd) = session_command(&sql[range]) {
+            f(cmd);
+        }
+    });
 }
 
 /// The text as one statement, without a trailing `;`, when it has no `;` or only blanks after
@@ -265,34 +288,62 @@ impl SessionParams {
         sql
     }
 
-    /// Looks for session commands in a simple-protocol Query or a Parse.
+    /// Looks for session commands in a simple-protocol Query, which runs them now.
     pub(crate) fn observe(&mut self, sql: &[u8]) {
-        let pending = &mut self.pending;
-        if let Some(one) = single_statement(sql) {
-            if !may_start_with(one, SESSION_COMMAND_WORDS) {
-                return;
-            }
-            // One statement: its first tokens decide, no need to split the whole text.
-            if let Some(cmd) = session_command(one) {
-                if cmd == SessionCommand::Local {
-                    self.local_in_transaction = true;
-                } else {
-                    pending.push(cmd);
-                }
-            }
-            return;
-        }
-        let mut local = false;
-        for_each_statement(sql, LexOptions::default(), |range| {
-            if let Some(cmd) = session_command(&sql[range]) {
-                if cmd == SessionCommand::Local {
-                    local = true;
-                } else {
-                    pending.push(cmd);
-                }
-            }
+        let (pending, mut local) = (&mut self.pending, false);
+        session_commands(sql, |cmd| match cmd {
+            SessionCommand::Local => local = true,
+            cmd => pending.push(cmd),
         });
         self.local_in_transaction |= local;
+    }
+
+    /// Looks for a session command in a Parse of statement `name` (empty: the unnamed one). It
+    /// takes effect when a portal bound to the statement runs ([`SessionParams::observe_bind`],
+    /// [`SessionParams::observe_execute`]), not when it is prepared: a SET that is parsed and
+    /// never executed changes nothing on the server. A `SET LOCAL` counts from the Parse on,
+    /// which only keeps the statements parsed meanwhile to this client.
+    pub(crate) fn observe_parse(&mut self, name: &[u8], sql: &[u8]) {
+        let (mut found, mut local) = (None, false);
+        session_commands(sql, |cmd| match cmd {
+            SessionCommand::Local => local = true,
+            cmd => found = Some(cmd),
+        });
+        self.local_in_transaction |= local;
+        match found {
+            Some(cmd) => {
+                self.statement_commands.insert(name.to_vec(), cmd);
+            }
+            None if !self.statement_commands.is_empty() => {
+                self.statement_commands.remove(name);
+            }
+            None => {}
+        }
+    }
+
+    /// A Bind of `portal` to `statement`: the portal runs the statement's session command.
+    pub(crate) fn observe_bind(&mut self, portal: &[u8], statement: &[u8]) {
+        if self.statement_commands.is_empty() && self.portal_commands.is_empty() {
+            return;
+        }
+        match self.statement_commands.get(statement) {
+            Some(cmd) => {
+                self.portal_commands.insert(portal.to_vec(), cmd.clone());
+            }
+            None => {
+                self.portal_commands.remove(portal);
+            }
+        }
+    }
+
+    /// An Execute of `portal`: its session command, if any, runs now.
+    pub(crate) fn observe_execute(&mut self, portal: &[u8]) {
+        if self.portal_commands.is_empty() {
+            return;
+        }
+        if let Some(cmd) = self.portal_commands.get(portal) {
+            self.pending.push(cmd.clone());
+        }
     }
 
     /// Whether CommandComplete tags matter this cycle.
@@ -412,6 +463,44 @@ mod tests {
              SELECT pg_catalog.set_config('application_name', 'it''s', false);\
              SET statement_timeout TO '5s'"
         );
+    }
+
+    #[test]
+    fn a_prepared_set_applies_when_it_runs_not_when_it_is_parsed() {
+        let mut p = startup();
+        let before = p.fingerprint();
+        p.observe_parse(b"s", b"SET search_path = a");
+        p.observe_parse(b"", b"SELECT 1");
+        p.observe_bind(b"", b"");
+        p.observe_execute(b"");
+        p.end_cycle(b'I', false);
+        assert_eq!(p.fingerprint(), before, "parsed, never executed");
+        // Run later, in a cycle of its own, through a named portal.
+        p.observe_bind(b"pt", b"s");
+        p.observe_execute(b"pt");
+        p.end_cycle(b'I', false);
+        let with_a = p.fingerprint();
+        assert_ne!(with_a, before);
+        assert!(
+            p.sync_sql().ends_with(";SET search_path TO a"),
+            "{}",
+            p.sync_sql()
+        );
+        // A SET by simple query, then the prepared one again: the prepared one wins.
+        p.observe(b"SET search_path = b");
+        p.end_cycle(b'I', false);
+        assert!(p.sync_sql().ends_with(";SET search_path TO b"));
+        p.observe_bind(b"", b"s");
+        p.observe_execute(b"");
+        p.end_cycle(b'I', false);
+        assert_eq!(p.fingerprint(), with_a);
+        // The unnamed statement replaced by one that is no session command.
+        p.observe_parse(b"", b"SET search_path = c");
+        p.observe_parse(b"", b"SELECT 2");
+        p.observe_bind(b"", b"");
+        p.observe_execute(b"");
+        p.end_cycle(b'I', false);
+        assert_eq!(p.fingerprint(), with_a);
     }
 
     #[test]

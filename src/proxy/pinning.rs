@@ -124,10 +124,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         None
     }
 
-    /// Without sharding, everything the client sent goes to the server at once, and only
-    /// the first request was planned (when the server was idle). The requests pipelined
-    /// behind it are looked at here for one that pins the session: it pins it now, before
-    /// the connection could go back to the pool. One that must be refused (on a replica)
+    /// Without sharding, or in session mode, everything the client sent goes to the server at
+    /// once, and only the first request was planned (when the server was idle). The requests
+    /// pipelined behind it are looked at here for one that pins the session: it pins it now,
+    /// before the connection could go back to the pool (in session mode: one that makes the
+    /// connection close at the end, see `pin_if_needed`). One that must be refused (on a replica)
     /// is held back, with what follows it, until the server is idle and it is planned.
     /// Returns how much of the client buffer may be translated.
     pub(super) fn unplanned_pins(&mut self) -> Result<usize, ClientError> {
@@ -163,10 +164,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     return Ok(pos);
                 }
                 self.pin_if_needed(&scanned);
-                break;
+                if self.pinned.is_some() || self.close_at_end {
+                    break;
+                }
             }
             unnamed = scanned.unnamed;
-            match request_len(rest, self.max_len)? {
+            match request_len(&self.cbuf[pos..], self.max_len)? {
                 Some((len, _)) => pos += len,
                 None => break,
             }

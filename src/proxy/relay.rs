@@ -216,7 +216,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .server
             .as_ref()
             .is_some_and(|c| c.snapshot.sharding.is_some());
-        if !sharded && self.mode == PoolMode::Transaction && self.pinned.is_none() {
+        let unpinned = match self.mode {
+            PoolMode::Transaction => self.pinned.is_none(),
+            // Session mode keeps its connection anyway, but closes it at the end after a
+            // LOAD or dblink_connect, pipelined or not (DISCARD ALL leaves them behind).
+            PoolMode::Session => !self.close_at_end,
+        };
+        if unpinned && (!sharded || self.mode == PoolMode::Session) {
             return self.unplanned_pins();
         }
         if !sharded || self.mode != PoolMode::Transaction || self.flight.in_copy() {
