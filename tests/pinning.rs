@@ -690,6 +690,34 @@ async fn session_mode_closes_a_connection_whose_dblink_connect_was_pipelined() {
 }
 
 #[tokio::test]
+async fn a_set_inside_a_do_block_pins() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().build().expect("topology");
+        let proxy = support::start_trust(&topology, one_connection());
+        let a = proxy.connect(&topology).await;
+        let default_path = text(&a, "SHOW search_path").await;
+        a.batch_execute("DO $$BEGIN EXECUTE 'SET search_path TO do_set'; END$$")
+            .await
+            .expect("DO");
+        wait_pinned(&proxy, 1.0).await;
+        assert_eq!(
+            text(&a, "SHOW search_path").await.as_deref(),
+            Some("do_set")
+        );
+        drop(a);
+        wait_pinned(&proxy, 0.0).await;
+        let b = proxy.connect(&topology).await;
+        assert_eq!(
+            text(&b, "SHOW search_path").await,
+            default_path,
+            "the DO block's SET reached another client"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
 async fn a_fastpath_function_call_pins() {
     timeout(TEST_TIMEOUT, async {
         let topology = Topology::builder().build().expect("topology");

@@ -505,3 +505,68 @@ async fn a_prepared_set_takes_effect_when_it_runs_not_when_it_is_prepared() {
     assert_eq!(show(&a, "search_path").await, "sa");
     assert_eq!(show(&b, "search_path").await, default_path);
 }
+
+/// Multi-statement requests, savepoints and failures: each client's `search_path` afterwards is
+/// what a direct connection has after the same requests, and the other client never sees it.
+#[tokio::test]
+async fn sets_kept_or_undone_by_transactions_within_a_request_match_a_direct_connection() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let direct = support::direct_conn_str(&topo, &topo.shards[0].primary);
+    let scenarios: [&[&str]; 6] = [
+        &["BEGIN; SET search_path TO x1; COMMIT; BEGIN; SELECT 1; ROLLBACK"],
+        &["BEGIN; SET search_path TO x2; ROLLBACK; SELECT 1"],
+        &["BEGIN; SET search_path TO x3; COMMIT; SELECT 1/0"],
+        &["BEGIN; SAVEPOINT s; SET search_path TO x4; ROLLBACK TO SAVEPOINT s; COMMIT"],
+        &[
+            "BEGIN; SAVEPOINT s; SET search_path TO x5; RELEASE s",
+            "COMMIT",
+        ],
+        &[
+            "BEGIN",
+            "SET search_path TO x6",
+            "COMMIT AND CHAIN",
+            "SET search_path TO x7",
+            "ROLLBACK",
+        ],
+    ];
+    for steps in scenarios {
+        let d = support::connect(&direct).await.expect("direct");
+        let (a, b) = (proxy.connect(&topo).await, proxy.connect(&topo).await);
+        let default_path = show(&b, "search_path").await;
+        for step in steps {
+            let on_direct = d.batch_execute(step).await.map_err(|e| e.code().cloned());
+            let on_proxy = a.batch_execute(step).await.map_err(|e| e.code().cloned());
+            assert_eq!(on_proxy, on_direct, "{steps:?}: {step}");
+        }
+        // The other client takes the only server connection, then the first gets it back.
+        assert_eq!(
+            show(&b, "search_path").await,
+            default_path,
+            "{steps:?}: leaked"
+        );
+        assert_eq!(
+            show(&a, "search_path").await,
+            show(&d, "search_path").await,
+            "{steps:?}"
+        );
+    }
+}
+
+/// With `standard_conforming_strings` off, `'it\'s'` is one literal: the SET after it is seen,
+/// kept for its client, and never reaches another.
+#[tokio::test]
+async fn a_set_after_a_backslash_quote_is_seen_when_standard_strings_are_off() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let off = format!(
+        "{} options='-c standard_conforming_strings=off'",
+        proxy.conn_str(&topo)
+    );
+    let a = support::connect(&off).await.expect("a");
+    let b = support::connect(&off).await.expect("b");
+    let default_path = show(&b, "search_path").await;
+    exec(&a, r"SELECT 'it\'s'; SET search_path TO scs_seen").await;
+    assert_eq!(show(&b, "search_path").await, default_path, "leaked");
+    assert_eq!(show(&a, "search_path").await, "scs_seen");
+}

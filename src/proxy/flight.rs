@@ -199,7 +199,10 @@ impl Flight {
                     params.observe(sql);
                     self.expect.push_back(Expect::Query);
                 }
-                FrontendRef::FunctionCall(_) => self.expect.push_back(Expect::Query),
+                FrontendRef::FunctionCall(_) => {
+                    params.observe_sync();
+                    self.expect.push_back(Expect::Query);
+                }
                 FrontendRef::Parse(p) => {
                     params.observe_parse(p.name, p.query);
                     self.unsynced = true;
@@ -272,6 +275,7 @@ impl Flight {
                 }
                 FrontendRef::Sync if self.copy_in => {}
                 FrontendRef::Sync => {
+                    params.observe_sync();
                     self.unsynced = false;
                     self.expect.push_back(Expect::Sync);
                 }

@@ -115,6 +115,12 @@ impl Flight {
         if let Expect::Hidden { probe } = head {
             match tag {
                 b'D' if probe => self.probe_lsn = first_column_lsn(body),
+                // A held-back BEGIN: the client's transaction block starts here.
+                b'C' if body.starts_with(b"BEGIN\0")
+                    || body.starts_with(b"START TRANSACTION\0") =>
+                {
+                    params.observe_hidden_begin();
+                }
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
                     self.tx_status = status;
@@ -129,7 +135,8 @@ impl Flight {
         }
         match tag {
             b'G' => {
-                self.enter_copy_in(head);
+                let skipped = self.enter_copy_in(head);
+                params.syncs_skipped(skipped);
                 true
             }
             b'Z' => {
@@ -145,6 +152,7 @@ impl Flight {
             }
             b'E' => {
                 self.had_error = true;
+                params.observe_error();
                 // An error ends copy-in mode; the client's next Sync is answered again.
                 self.copy_in = false;
                 if head != Expect::Query {
@@ -162,9 +170,7 @@ impl Flight {
                 true
             }
             b'C' => {
-                if params.watching() {
-                    params.observe_command_tag(body);
-                }
+                params.observe_command_tag(body);
                 if head == Expect::Execute {
                     self.expect.pop_front();
                 }
@@ -212,7 +218,8 @@ impl Flight {
     ) {
         let status = body.first().copied().unwrap_or(b'I');
         self.tx_status = status;
-        let effects = params.end_cycle(status, std::mem::take(&mut self.had_error));
+        self.had_error = false;
+        let effects = params.end_cycle(status);
         if effects.statements_dropped {
             statements.clear();
             server_prepared.clear();
@@ -224,7 +231,7 @@ impl Flight {
     /// The server answered `head` with CopyInResponse. Syncs the client sent after it
     /// but before ending the COPY are ignored by the server (libpq and tokio-postgres
     /// send one right after Execute), so they expect nothing.
-    fn enter_copy_in(&mut self, head: Expect) {
+    fn enter_copy_in(&mut self, head: Expect) -> u64 {
         self.copy_in = true;
         let mut end = 1;
         while end < self.expect.len() && self.expect[end] != Expect::CopyEnd {
@@ -234,11 +241,12 @@ impl Flight {
             // The client already ended the COPY: from here its Syncs count again.
             self.copy_in = false;
         }
-        let mut i = 1;
+        let (mut i, mut skipped) = (1, 0);
         while i < end {
             if self.expect[i] == Expect::Sync {
                 self.expect.remove(i);
                 end -= 1;
+                skipped += 1;
             } else {
                 i += 1;
             }
@@ -247,6 +255,7 @@ impl Flight {
             // The extended-protocol COPY still needs a Sync from the client.
             self.unsynced = true;
         }
+        skipped
     }
 }
 

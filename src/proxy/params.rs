@@ -2,10 +2,13 @@
 //! tracked so that it can be re-applied on whichever server connection the client
 //! gets next, and never seen by another client.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
-use shardgate_sql::{for_each_statement, session_command, LexOptions, SessionCommand};
+use shardgate_sql::{
+    for_each_statement, session_command_with, transaction_command, LexOptions, SessionCommand,
+    TransactionCommand,
+};
 
 /// Startup parameters that are protocol plumbing, not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
@@ -31,39 +34,105 @@ pub(crate) struct SessionParams {
     /// From SET, as the client wrote the value.
     sets: BTreeMap<String, String>,
     fingerprint: u64,
-    /// Seen since the last ReadyForQuery.
-    pending: Vec<SessionCommand>,
-    /// Seen inside a still-open transaction block.
-    in_transaction: Vec<SessionCommand>,
+    /// The session's `standard_conforming_strings` is off: `'...'` literals take backslash
+    /// escapes, which changes where statements end.
+    backslash_strings: bool,
+    /// Session commands and transaction-control statements sent to the server and not
+    /// answered yet, in order, each with the number of the request (Query or Sync) it is in.
+    /// Each takes effect when its CommandComplete arrives (see [`SessionParams::observe_command_tag`]).
+    queued: VecDeque<(u64, Op)>,
+    /// How many of `queued` change settings.
+    queued_settings: usize,
+    /// Requests sent and answered (or skipped by the server), numbering `queued`.
+    requests_sent: u64,
+    requests_answered: u64,
+    /// Settings changed in the current implicit transaction (outside a transaction block):
+    /// kept at its ReadyForQuery('I'), dropped by an error.
+    implicit: Vec<SessionCommand>,
+    /// The open transaction block, as the settings changed at each level: the block's own,
+    /// then one per savepoint (with its name). Kept by COMMIT, dropped by ROLLBACK, cut back
+    /// by ROLLBACK TO.
+    block: Option<Vec<(Option<String>, Vec<SessionCommand>)>>,
+    /// What settled commands did since the last ReadyForQuery.
+    effects: Effects,
     /// A `SET LOCAL` (or `SET TRANSACTION`, `SET CONSTRAINTS`) was seen in the open
     /// transaction: statements parsed until it ends may be analysed under settings no
     /// fingerprint describes (see [`SessionParams::statement_settings`]).
     local_in_transaction: bool,
-    /// The last CommandComplete of the cycle was ROLLBACK (only tracked while something is pending).
-    last_was_rollback: bool,
-    /// The session command of each of the client's prepared statements that is one, by name
+    /// The tracked command of each of the client's prepared statements that is one, by name
     /// (empty: the unnamed statement).
-    statement_commands: HashMap<Vec<u8>, SessionCommand>,
-    /// The session command each bound portal runs when executed, by portal name.
-    portal_commands: HashMap<Vec<u8>, SessionCommand>,
+    statement_commands: HashMap<Vec<u8>, Op>,
+    /// The tracked command each bound portal runs when executed, by portal name.
+    portal_commands: HashMap<Vec<u8>, Op>,
 }
 
-/// Calls `f` with each session command in `sql`, in order.
-fn session_commands(sql: &[u8], mut f: impl FnMut(SessionCommand)) {
-    if let Some(one) = single_statement(sql) {
-        // One statement: its first tokens decide, no need to split the whole text.
-        if may_start_with(one, SESSION_COMMAND_WORDS) {
-            if let Some(cmd) = session_command(one) {
-                f(cmd);
+/// A statement whose outcome decides the settings a session has once its transaction ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    Session(SessionCommand),
+    Transaction(TransactionCommand),
+}
+
+impl Op {
+    /// Whether `tag` (a CommandComplete tag without its NUL) is the server's answer to it.
+    fn answered_by(&self, tag: &[u8]) -> bool {
+        use TransactionCommand as T;
+        match self {
+            Op::Session(SessionCommand::DiscardAll | SessionCommand::Discard) => {
+                tag.starts_with(b"DISCARD")
             }
+            Op::Session(SessionCommand::Deallocate { .. }) => tag.starts_with(b"DEALLOCATE"),
+            Op::Session(_) => matches!(tag, b"SET" | b"RESET" | b"SET CONSTRAINTS"),
+            Op::Transaction(T::Begin) => matches!(tag, b"BEGIN" | b"START TRANSACTION"),
+            // A COMMIT of a failed transaction answers ROLLBACK.
+            Op::Transaction(T::Commit { .. }) => matches!(tag, b"COMMIT" | b"ROLLBACK"),
+            Op::Transaction(T::Prepare) => matches!(tag, b"PREPARE TRANSACTION" | b"ROLLBACK"),
+            Op::Transaction(T::Rollback { .. } | T::RollbackTo { .. }) => tag == b"ROLLBACK",
+            Op::Transaction(T::Savepoint { .. }) => tag == b"SAVEPOINT",
+            Op::Transaction(T::Release { .. }) => tag == b"RELEASE",
+        }
+    }
+
+    fn changes_settings(&self) -> bool {
+        matches!(self, Op::Session(cmd) if *cmd != SessionCommand::Local)
+    }
+}
+
+/// Whether a CommandComplete tag is one that only the statements tracked here produce.
+fn tracked_tag(tag: &[u8]) -> bool {
+    matches!(
+        tag,
+        b"SET"
+            | b"RESET"
+            | b"SET CONSTRAINTS"
+            | b"BEGIN"
+            | b"START TRANSACTION"
+            | b"COMMIT"
+            | b"ROLLBACK"
+            | b"SAVEPOINT"
+            | b"RELEASE"
+            | b"PREPARE TRANSACTION"
+    ) || tag.starts_with(b"DISCARD")
+        || tag.starts_with(b"DEALLOCATE")
+}
+
+/// Calls `f` with each tracked command in `sql`, in order.
+fn tracked_commands(sql: &[u8], opts: LexOptions, mut f: impl FnMut(Op)) {
+    let mut one = |stmt: &[u8]| {
+        if let Some(cmd) = session_command_with(stmt, opts) {
+            f(Op::Session(cmd));
+        } else if let Some(cmd) = transaction_command(stmt) {
+            f(Op::Transaction(cmd));
+        }
+    };
+    if let Some(stmt) = single_statement(sql) {
+        // One statement: its first tokens decide, no need to split the whole text.
+        if may_start_with(stmt, TRACKED_WORDS) {
+            one(stmt);
         }
         return;
     }
-    for_each_statement(sql, LexOptions::default(), |range| {
-        if let Some(cmd) = session_command(&sql[range]) {
-            f(cmd);
-        }
-    });
+    for_each_statement(sql, opts, |range| one(&sql[range]));
 }
 
 /// The text as one statement, without a trailing `;`, when it has no `;` or only blanks after
@@ -78,8 +147,32 @@ fn single_statement(sql: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// The words every command [`session_command`] recognises starts with.
-const SESSION_COMMAND_WORDS: &[&[u8]] = &[b"SET", b"RESET", b"DISCARD", b"DEALLOCATE"];
+/// Whether a boolean setting's value, as written in SQL or a startup packet, is false.
+fn is_off(value: &str) -> bool {
+    let v = value.trim_matches(|c: char| c == '\'' || c == '"' || c.is_whitespace());
+    [
+        "off", "of", "false", "fals", "fal", "fa", "f", "no", "n", "0",
+    ]
+    .iter()
+    .any(|w| v.eq_ignore_ascii_case(w))
+}
+
+/// The words every command `session_command` or `transaction_command` recognises starts with.
+const TRACKED_WORDS: &[&[u8]] = &[
+    b"SET",
+    b"RESET",
+    b"DISCARD",
+    b"DEALLOCATE",
+    b"BEGIN",
+    b"START",
+    b"COMMIT",
+    b"END",
+    b"ROLLBACK",
+    b"ABORT",
+    b"SAVEPOINT",
+    b"RELEASE",
+    b"PREPARE",
+];
 
 /// False only when the first word of `sql`, after ASCII blanks, is a run of letters that is
 /// none of `words` (compared case-insensitively). Anything else (a comment first, an unusual
@@ -242,7 +335,7 @@ impl SessionParams {
     /// seen this cycle or in the open transaction is not settled yet, when the server may
     /// analyse the statement under settings no fingerprint describes.
     pub(crate) fn statement_settings(&self) -> u64 {
-        if self.watching() || self.local_in_transaction {
+        if self.unsettled() || self.local_in_transaction {
             super::statements::unshared_settings()
         } else {
             self.fingerprint
@@ -255,6 +348,17 @@ impl SessionParams {
         self.sets.hash(&mut h);
         // 0 is reserved for "server defaults".
         self.fingerprint = h.finish() | 1;
+        let scs = self
+            .sets
+            .get("standard_conforming_strings")
+            .or_else(|| self.startup.get("standard_conforming_strings"));
+        self.backslash_strings = scs.is_some_and(|v| is_off(v));
+    }
+
+    fn lex_options(&self) -> LexOptions {
+        LexOptions {
+            standard_conforming_strings: !self.backslash_strings,
+        }
     }
 
     /// SQL that turns a server connection's settings into this client's.
@@ -288,31 +392,46 @@ impl SessionParams {
         sql
     }
 
-    /// Looks for session commands in a simple-protocol Query, which runs them now.
+    /// Looks for tracked commands in a simple-protocol Query, which runs them now.
     pub(crate) fn observe(&mut self, sql: &[u8]) {
-        let (pending, mut local) = (&mut self.pending, false);
-        session_commands(sql, |cmd| match cmd {
-            SessionCommand::Local => local = true,
-            cmd => pending.push(cmd),
-        });
-        self.local_in_transaction |= local;
+        let opts = self.lex_options();
+        let mut ops = Vec::new();
+        tracked_commands(sql, opts, |op| ops.push(op));
+        for op in ops {
+            self.queue(op);
+        }
+        self.requests_sent += 1;
     }
 
-    /// Looks for a session command in a Parse of statement `name` (empty: the unnamed one). It
+    /// A request ended by a Sync (the client's, or shardgate's own) was sent.
+    pub(crate) fn observe_sync(&mut self) {
+        self.requests_sent += 1;
+    }
+
+    fn queue(&mut self, op: Op) {
+        if op == Op::Session(SessionCommand::Local) {
+            self.local_in_transaction = true;
+        }
+        if op.changes_settings() {
+            self.queued_settings += 1;
+        }
+        self.queued.push_back((self.requests_sent, op));
+    }
+
+    /// Looks for a tracked command in a Parse of statement `name` (empty: the unnamed one). It
     /// takes effect when a portal bound to the statement runs ([`SessionParams::observe_bind`],
     /// [`SessionParams::observe_execute`]), not when it is prepared: a SET that is parsed and
     /// never executed changes nothing on the server. A `SET LOCAL` counts from the Parse on,
     /// which only keeps the statements parsed meanwhile to this client.
     pub(crate) fn observe_parse(&mut self, name: &[u8], sql: &[u8]) {
-        let (mut found, mut local) = (None, false);
-        session_commands(sql, |cmd| match cmd {
-            SessionCommand::Local => local = true,
-            cmd => found = Some(cmd),
-        });
-        self.local_in_transaction |= local;
+        let mut found = None;
+        tracked_commands(sql, self.lex_options(), |op| found = Some(op));
+        if found == Some(Op::Session(SessionCommand::Local)) {
+            self.local_in_transaction = true;
+        }
         match found {
-            Some(cmd) => {
-                self.statement_commands.insert(name.to_vec(), cmd);
+            Some(op) => {
+                self.statement_commands.insert(name.to_vec(), op);
             }
             None if !self.statement_commands.is_empty() => {
                 self.statement_commands.remove(name);
@@ -321,14 +440,14 @@ impl SessionParams {
         }
     }
 
-    /// A Bind of `portal` to `statement`: the portal runs the statement's session command.
+    /// A Bind of `portal` to `statement`: the portal runs the statement's tracked command.
     pub(crate) fn observe_bind(&mut self, portal: &[u8], statement: &[u8]) {
         if self.statement_commands.is_empty() && self.portal_commands.is_empty() {
             return;
         }
         match self.statement_commands.get(statement) {
-            Some(cmd) => {
-                self.portal_commands.insert(portal.to_vec(), cmd.clone());
+            Some(op) => {
+                self.portal_commands.insert(portal.to_vec(), op.clone());
             }
             None => {
                 self.portal_commands.remove(portal);
@@ -336,79 +455,224 @@ impl SessionParams {
         }
     }
 
-    /// An Execute of `portal`: its session command, if any, runs now.
+    /// An Execute of `portal`: its tracked command, if any, runs now.
     pub(crate) fn observe_execute(&mut self, portal: &[u8]) {
         if self.portal_commands.is_empty() {
             return;
         }
-        if let Some(cmd) = self.portal_commands.get(portal) {
-            self.pending.push(cmd.clone());
+        if let Some(op) = self.portal_commands.get(portal).cloned() {
+            self.queue(op);
         }
     }
 
-    /// Whether CommandComplete tags matter this cycle.
-    pub(crate) fn watching(&self) -> bool {
-        !self.pending.is_empty() || !self.in_transaction.is_empty()
+    /// Whether settings may be changing: a command that changes them was sent and not
+    /// answered, or ran in a transaction that has not ended.
+    fn unsettled(&self) -> bool {
+        self.queued_settings > 0
+            || !self.implicit.is_empty()
+            || self
+                .block
+                .as_ref()
+                .is_some_and(|levels| levels.iter().any(|(_, cmds)| !cmds.is_empty()))
     }
 
+    /// A CommandComplete (`tag`, with its NUL) arrived. Tracked commands take effect in the
+    /// order the server completes them; one the server completed that was not seen being sent
+    /// means the server connection's settings are no longer known.
     pub(crate) fn observe_command_tag(&mut self, tag: &[u8]) {
-        self.last_was_rollback = tag.starts_with(b"ROLLBACK");
+        let tag = tag.strip_suffix(&[0]).unwrap_or(tag);
+        let matches = match self.queued.front() {
+            Some((_, op)) => op.answered_by(tag),
+            None => false,
+        };
+        if matches {
+            if let Some((_, op)) = self.queued.pop_front() {
+                if op.changes_settings() {
+                    self.queued_settings -= 1;
+                }
+                self.apply(op, tag);
+            }
+        } else if tracked_tag(tag) {
+            self.lost_track();
+        }
     }
 
-    /// Called at each ReadyForQuery with its status and whether the cycle saw an error.
-    pub(crate) fn end_cycle(&mut self, status: u8, had_error: bool) -> Effects {
-        let rollback = std::mem::take(&mut self.last_was_rollback);
-        if status == b'I' {
-            self.local_in_transaction = false;
-        }
-        if self.pending.is_empty() && self.in_transaction.is_empty() {
-            return Effects::default();
-        }
-        if had_error && status == b'I' {
-            // Outside a block an error undoes the whole implicit transaction.
-            self.pending.clear();
-            self.in_transaction.clear();
-            return Effects::default();
-        }
-        if status != b'I' {
-            let pending = std::mem::take(&mut self.pending);
-            self.in_transaction.extend(pending);
-            return Effects::default();
-        }
-        let mut cmds = std::mem::take(&mut self.in_transaction);
-        cmds.append(&mut self.pending);
-        if rollback {
-            return Effects::default();
-        }
-        let mut effects = Effects::default();
-        for cmd in cmds {
-            match cmd {
-                SessionCommand::Set { name, value } => {
-                    self.sets.insert(name, value);
+    /// shardgate's own BEGIN (a held-back one) completed.
+    pub(crate) fn observe_hidden_begin(&mut self) {
+        self.begin_block();
+    }
+
+    /// An ErrorResponse: the rest of the request is skipped by the server, and an implicit
+    /// transaction is undone (a transaction block is failed, and its end will undo it).
+    pub(crate) fn observe_error(&mut self) {
+        self.drop_answered(false);
+        self.implicit.clear();
+    }
+
+    /// Drops what the request being answered still has queued; `unexpected`: it should have
+    /// been answered.
+    fn drop_answered(&mut self, unexpected: bool) {
+        while let Some((request, _)) = self.queued.front() {
+            if *request > self.requests_answered {
+                break;
+            }
+            if let Some((_, op)) = self.queued.pop_front() {
+                if op.changes_settings() {
+                    self.queued_settings -= 1;
                 }
-                SessionCommand::Reset { name } => {
-                    effects.server_reset |= self.startup.contains_key(&name);
-                    self.sets.remove(&name);
+                if unexpected {
+                    self.lost_track();
                 }
-                SessionCommand::ResetAll => {
-                    effects.server_reset |= !self.startup.is_empty();
-                    // As on the server, RESET ALL keeps the role and session authorization.
-                    self.sets
-                        .retain(|name, _| NOT_RESET_BY_RESET_ALL.contains(&name.as_str()));
-                }
-                SessionCommand::DiscardAll => {
-                    self.sets.clear();
-                    effects.statements_dropped = true;
-                    effects.server_reset = true;
-                }
-                SessionCommand::Deallocate { name: None } => effects.statements_dropped = true,
-                SessionCommand::Deallocate { name: Some(_) }
-                | SessionCommand::Discard
-                | SessionCommand::Local => {}
             }
         }
+    }
+
+    /// The server connection may carry settings this client's fingerprint does not describe:
+    /// the next checkout re-applies the client's settings from scratch (`RESET ALL` first).
+    fn lost_track(&mut self) {
+        tracing::debug!("session settings changed in a way shardgate did not follow");
+        self.effects.server_reset = true;
+    }
+
+    fn begin_block(&mut self) {
+        if self.block.is_none() {
+            // A BEGIN inside a multi-statement request takes what ran before it in.
+            self.block = Some(vec![(None, std::mem::take(&mut self.implicit))]);
+        }
+    }
+
+    fn end_block(&mut self, keep: bool, chain: bool) {
+        let levels = match self.block.take() {
+            Some(levels) => levels,
+            // COMMIT or ROLLBACK outside a block ends the implicit transaction.
+            None => vec![(None, std::mem::take(&mut self.implicit))],
+        };
+        if keep {
+            for (_, cmds) in levels {
+                for cmd in cmds {
+                    self.settle(cmd);
+                }
+            }
+        }
+        if chain {
+            self.block = Some(vec![(None, Vec::new())]);
+        }
+    }
+
+    /// What a tracked command does once the server completed it with `tag`.
+    fn apply(&mut self, op: Op, tag: &[u8]) {
+        use TransactionCommand as T;
+        match op {
+            Op::Session(SessionCommand::Local) => {}
+            // Not transactional: they take effect at once, whatever follows.
+            Op::Session(
+                cmd @ (SessionCommand::Deallocate { .. }
+                | SessionCommand::Discard
+                | SessionCommand::DiscardAll),
+            ) => self.settle(cmd),
+            Op::Session(cmd) => match self.block.as_mut().and_then(|levels| levels.last_mut()) {
+                Some((_, cmds)) => cmds.push(cmd),
+                None => self.implicit.push(cmd),
+            },
+            Op::Transaction(T::Begin) => self.begin_block(),
+            Op::Transaction(T::Commit { chain }) => self.end_block(tag == b"COMMIT", chain),
+            Op::Transaction(T::Prepare) => self.end_block(tag != b"ROLLBACK", false),
+            Op::Transaction(T::Rollback { chain }) => self.end_block(false, chain),
+            Op::Transaction(T::Savepoint { name }) => {
+                self.begin_block();
+                if let Some(levels) = self.block.as_mut() {
+                    levels.push((Some(name), Vec::new()));
+                }
+            }
+            Op::Transaction(T::Release { name }) => match self.savepoint(&name) {
+                // Its level and those above it join the level below.
+                Some(i) => {
+                    if let Some(levels) = self.block.as_mut() {
+                        let merged: Vec<SessionCommand> =
+                            levels.drain(i..).flat_map(|(_, cmds)| cmds).collect();
+                        if let Some((_, below)) = levels.last_mut() {
+                            below.extend(merged);
+                        }
+                    }
+                }
+                None => self.lost_track(),
+            },
+            Op::Transaction(T::RollbackTo { name }) => match self.savepoint(&name) {
+                // The savepoint stays; what ran since it is undone.
+                Some(i) => {
+                    if let Some(levels) = self.block.as_mut() {
+                        levels.truncate(i + 1);
+                        if let Some((_, cmds)) = levels.last_mut() {
+                            cmds.clear();
+                        }
+                    }
+                }
+                None => self.lost_track(),
+            },
+        }
+    }
+
+    /// The level of the innermost savepoint called `name`.
+    fn savepoint(&self, name: &str) -> Option<usize> {
+        let levels = self.block.as_ref()?;
+        levels
+            .iter()
+            .rposition(|(n, _)| n.as_deref() == Some(name))
+            .filter(|&i| i > 0)
+    }
+
+    /// A command whose effect is final: it changes the client's settings.
+    fn settle(&mut self, cmd: SessionCommand) {
+        match cmd {
+            SessionCommand::Set { name, value } => {
+                self.sets.insert(name, value);
+            }
+            SessionCommand::Reset { name } => {
+                self.effects.server_reset |= self.startup.contains_key(&name);
+                self.sets.remove(&name);
+            }
+            SessionCommand::ResetAll => {
+                self.effects.server_reset |= !self.startup.is_empty();
+                // As on the server, RESET ALL keeps the role and session authorization.
+                self.sets
+                    .retain(|name, _| NOT_RESET_BY_RESET_ALL.contains(&name.as_str()));
+            }
+            SessionCommand::DiscardAll => {
+                self.sets.clear();
+                self.effects.statements_dropped = true;
+                self.effects.server_reset = true;
+            }
+            SessionCommand::Deallocate { name: None } => self.effects.statements_dropped = true,
+            SessionCommand::Deallocate { name: Some(_) }
+            | SessionCommand::Discard
+            | SessionCommand::Local => {}
+        }
         self.refingerprint();
-        effects
+    }
+
+    /// Called at each ReadyForQuery with its status: what the request's commands did.
+    pub(crate) fn end_cycle(&mut self, status: u8) -> Effects {
+        self.drop_answered(true);
+        self.requests_answered += 1;
+        if status == b'I' {
+            self.local_in_transaction = false;
+            if self.block.take().is_some() {
+                // The block ended without an end the server reported to this session.
+                self.lost_track();
+            }
+            for cmd in std::mem::take(&mut self.implicit) {
+                self.settle(cmd);
+            }
+        } else {
+            // In a block (one whose BEGIN shardgate sent itself, too).
+            self.begin_block();
+        }
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The server skipped `n` Syncs the client sent during a COPY: they get no answer.
+    pub(crate) fn syncs_skipped(&mut self, n: u64) {
+        self.requests_answered += n;
     }
 }
 
@@ -449,13 +713,38 @@ mod tests {
         ])
     }
 
+    /// Sends `sql` as a simple Query and answers it as the server would: `replies` are the
+    /// CommandComplete tags in order (`"E"` an ErrorResponse), then ReadyForQuery(`status`).
+    fn query(p: &mut SessionParams, sql: &str, replies: &[&str], status: u8) -> Effects {
+        p.observe(sql.as_bytes());
+        answer(p, replies, status)
+    }
+
+    fn answer(p: &mut SessionParams, replies: &[&str], status: u8) -> Effects {
+        for r in replies {
+            if *r == "E" {
+                p.observe_error();
+            } else {
+                p.observe_command_tag(format!("{r}\0").as_bytes());
+            }
+        }
+        p.end_cycle(status)
+    }
+
+    fn search_path(p: &SessionParams) -> Option<String> {
+        let sql = p.sync_sql();
+        let (_, tail) = sql.rsplit_once("SET search_path TO ")?;
+        Some(tail.split(';').next()?.to_owned())
+    }
+
     #[test]
     fn set_outside_transaction_applies_at_ready() {
         let mut p = startup();
         let before = p.fingerprint();
         p.observe(b"SET statement_timeout = '5s'");
+        p.observe_command_tag(b"SET\0");
         assert_eq!(p.fingerprint(), before);
-        p.end_cycle(b'I', false);
+        p.end_cycle(b'I');
         assert_ne!(p.fingerprint(), before);
         assert_eq!(
             p.sync_sql(),
@@ -465,42 +754,142 @@ mod tests {
         );
     }
 
+    /// Runs a prepared statement's portal in a request of its own.
+    fn execute(p: &mut SessionParams, statement: &str, replies: &[&str]) -> Effects {
+        p.observe_bind(b"", statement.as_bytes());
+        p.observe_execute(b"");
+        p.observe_sync();
+        answer(p, replies, b'I')
+    }
+
     #[test]
     fn a_prepared_set_applies_when_it_runs_not_when_it_is_parsed() {
         let mut p = startup();
         let before = p.fingerprint();
         p.observe_parse(b"s", b"SET search_path = a");
         p.observe_parse(b"", b"SELECT 1");
-        p.observe_bind(b"", b"");
-        p.observe_execute(b"");
-        p.end_cycle(b'I', false);
+        execute(&mut p, "", &["SELECT 1"]);
         assert_eq!(p.fingerprint(), before, "parsed, never executed");
-        // Run later, in a cycle of its own, through a named portal.
-        p.observe_bind(b"pt", b"s");
-        p.observe_execute(b"pt");
-        p.end_cycle(b'I', false);
+        // Run later, in a request of its own.
+        execute(&mut p, "s", &["SET"]);
         let with_a = p.fingerprint();
         assert_ne!(with_a, before);
-        assert!(
-            p.sync_sql().ends_with(";SET search_path TO a"),
-            "{}",
-            p.sync_sql()
-        );
+        assert_eq!(search_path(&p).as_deref(), Some("a"));
         // A SET by simple query, then the prepared one again: the prepared one wins.
-        p.observe(b"SET search_path = b");
-        p.end_cycle(b'I', false);
-        assert!(p.sync_sql().ends_with(";SET search_path TO b"));
-        p.observe_bind(b"", b"s");
-        p.observe_execute(b"");
-        p.end_cycle(b'I', false);
+        query(&mut p, "SET search_path = b", &["SET"], b'I');
+        assert_eq!(search_path(&p).as_deref(), Some("b"));
+        execute(&mut p, "s", &["SET"]);
         assert_eq!(p.fingerprint(), with_a);
         // The unnamed statement replaced by one that is no session command.
         p.observe_parse(b"", b"SET search_path = c");
         p.observe_parse(b"", b"SELECT 2");
-        p.observe_bind(b"", b"");
-        p.observe_execute(b"");
-        p.end_cycle(b'I', false);
+        execute(&mut p, "", &["SELECT 1"]);
         assert_eq!(p.fingerprint(), with_a);
+    }
+
+    #[test]
+    fn multi_statement_requests_and_savepoints_keep_what_the_server_keeps() {
+        let path = |sql: &str, replies: &[&str]| {
+            let mut p = startup();
+            let e = query(&mut p, sql, replies, b'I');
+            assert!(!e.server_reset, "{sql}: lost track");
+            search_path(&p)
+        };
+        let x = Some("x".to_owned());
+        // Committed, then a later transaction in the same request rolls back.
+        assert_eq!(
+            path(
+                "BEGIN; SET search_path TO x; COMMIT; BEGIN; SELECT 1; ROLLBACK",
+                &["BEGIN", "SET", "COMMIT", "BEGIN", "SELECT 1", "ROLLBACK"]
+            ),
+            x
+        );
+        // Committed, then a later statement of the request fails.
+        assert_eq!(
+            path(
+                "BEGIN; SET search_path TO x; COMMIT; SELECT 1/0",
+                &["BEGIN", "SET", "COMMIT", "E"]
+            ),
+            x
+        );
+        // Rolled back, then a later statement succeeds.
+        assert_eq!(
+            path(
+                "BEGIN; SET search_path TO x; ROLLBACK; SELECT 1",
+                &["BEGIN", "SET", "ROLLBACK", "SELECT 1"]
+            ),
+            None
+        );
+        // Undone by ROLLBACK TO; the savepoint stays.
+        assert_eq!(
+            path(
+                "BEGIN; SAVEPOINT s; SET search_path TO x; ROLLBACK TO SAVEPOINT s; COMMIT",
+                &["BEGIN", "SAVEPOINT", "SET", "ROLLBACK", "COMMIT"]
+            ),
+            None
+        );
+        // Kept by RELEASE, then COMMIT.
+        assert_eq!(
+            path(
+                "BEGIN; SAVEPOINT s; SET search_path TO x; RELEASE s; COMMIT",
+                &["BEGIN", "SAVEPOINT", "SET", "RELEASE", "COMMIT"]
+            ),
+            x
+        );
+        // The implicit transaction of a request fails as a whole.
+        assert_eq!(
+            path("SET search_path TO x; SELECT 1/0", &["SET", "E"]),
+            None
+        );
+        // A failed transaction's COMMIT answers ROLLBACK.
+        assert_eq!(
+            path(
+                "BEGIN; SET search_path TO x; COMMIT",
+                &["BEGIN", "SET", "ROLLBACK"]
+            ),
+            None
+        );
+        // COMMIT AND CHAIN keeps what ran, and what follows is in a new block.
+        let mut p = startup();
+        query(
+            &mut p,
+            "BEGIN; SET search_path TO x; COMMIT AND CHAIN; SET search_path TO y",
+            &["BEGIN", "SET", "COMMIT", "SET"],
+            b'T',
+        );
+        query(&mut p, "ROLLBACK", &["ROLLBACK"], b'I');
+        assert_eq!(search_path(&p), x);
+    }
+
+    #[test]
+    fn a_set_the_server_ran_unseen_forces_a_fresh_reapply() {
+        let mut p = startup();
+        // As if the text had been misread: the server says SET, nothing was expected.
+        let e = query(&mut p, "SELECT 1", &["SET"], b'I');
+        assert!(e.server_reset);
+        // Expected but never answered, without an error.
+        let e = query(&mut p, "SET search_path TO x", &[], b'I');
+        assert!(e.server_reset);
+        assert_eq!(search_path(&p), None);
+    }
+
+    #[test]
+    fn backslash_strings_are_read_as_the_session_reads_them() {
+        let mut p = startup();
+        query(
+            &mut p,
+            "SET standard_conforming_strings = off",
+            &["SET"],
+            b'I',
+        );
+        let e = query(
+            &mut p,
+            "SELECT 'it\\'s'; SET search_path TO x",
+            &["SELECT 1", "SET"],
+            b'I',
+        );
+        assert!(!e.server_reset);
+        assert_eq!(search_path(&p).as_deref(), Some("x"));
     }
 
     #[test]
@@ -555,9 +944,9 @@ mod tests {
         p.observe(b"BEGIN; SET LOCAL search_path = tenant_a");
         let (a, b) = (p.statement_settings(), p.statement_settings());
         assert!(a != p.fingerprint() && b != a, "unshared keys");
-        p.end_cycle(b'T', false);
+        answer(&mut p, &["BEGIN", "SET"], b'T');
         assert_ne!(p.statement_settings(), p.fingerprint());
-        p.end_cycle(b'I', false);
+        query(&mut p, "COMMIT", &["COMMIT"], b'I');
         assert_eq!(p.statement_settings(), p.fingerprint());
     }
 
@@ -575,22 +964,17 @@ mod tests {
         assert_eq!(single_statement(b"SELECT 1; SET a = 1"), None);
         assert_eq!(single_statement(b"SET a = ';'"), None);
         // Every form reaches the same tracked state.
-        for text in [
-            &b"SET search_path TO x"[..],
-            b"SET search_path TO x;",
-            b"SET search_path TO x ;\n",
-            b"SELECT 1; SET search_path TO x",
+        for (text, replies) in [
+            ("SET search_path TO x", &["SET"][..]),
+            ("SET search_path TO x;", &["SET"]),
+            ("SET search_path TO x ;\n", &["SET"]),
+            ("SELECT 1; SET search_path TO x", &["SELECT 1", "SET"]),
         ] {
             let mut p = startup();
             let before = p.fingerprint();
-            p.observe(text);
-            p.end_cycle(b'I', false);
-            assert_ne!(p.fingerprint(), before, "{}", String::from_utf8_lossy(text));
-            assert!(
-                p.sync_sql().ends_with("SET search_path TO x"),
-                "{}",
-                p.sync_sql()
-            );
+            query(&mut p, text, replies, b'I');
+            assert_ne!(p.fingerprint(), before, "{text}");
+            assert_eq!(search_path(&p).as_deref(), Some("x"), "{text}");
         }
     }
 
@@ -598,13 +982,20 @@ mod tests {
     fn rolled_back_or_failed_sets_are_dropped() {
         let mut p = startup();
         let before = p.fingerprint();
-        p.observe(b"BEGIN; SET search_path TO x");
-        p.end_cycle(b'T', false);
-        p.observe_command_tag(b"ROLLBACK");
-        p.end_cycle(b'I', false);
+        query(
+            &mut p,
+            "BEGIN; SET search_path TO x",
+            &["BEGIN", "SET"],
+            b'T',
+        );
+        query(&mut p, "ROLLBACK", &["ROLLBACK"], b'I');
         assert_eq!(p.fingerprint(), before);
-        p.observe(b"SET search_path TO x; SELECT 1/0");
-        p.end_cycle(b'I', true);
+        query(
+            &mut p,
+            "SET search_path TO x; SELECT 1/0",
+            &["SET", "E"],
+            b'I',
+        );
         assert_eq!(p.fingerprint(), before);
     }
 
@@ -612,34 +1003,36 @@ mod tests {
     fn committed_transaction_sets_apply_and_reset_all_clears() {
         let mut p = startup();
         let before = p.fingerprint();
-        p.observe(b"SET TimeZone = 'UTC'");
-        p.end_cycle(b'T', false);
-        p.observe_command_tag(b"COMMIT");
-        p.end_cycle(b'I', false);
+        query(
+            &mut p,
+            "BEGIN; SET TimeZone = 'UTC'",
+            &["BEGIN", "SET"],
+            b'T',
+        );
+        query(&mut p, "COMMIT", &["COMMIT"], b'I');
         assert_ne!(p.fingerprint(), before);
-        p.observe(b"RESET ALL");
-        p.end_cycle(b'I', false);
+        query(&mut p, "RESET ALL", &["RESET"], b'I');
         assert_eq!(p.fingerprint(), before);
     }
 
     #[test]
     fn reset_of_startup_parameters_asks_for_reapply() {
         let mut p = startup();
-        p.observe(b"RESET ALL");
-        assert!(p.end_cycle(b'I', false).server_reset);
-        p.observe(b"RESET application_name");
-        assert!(p.end_cycle(b'I', false).server_reset);
-        p.observe(b"RESET statement_timeout");
-        assert!(!p.end_cycle(b'I', false).server_reset);
+        assert!(query(&mut p, "RESET ALL", &["RESET"], b'I').server_reset);
+        assert!(query(&mut p, "RESET application_name", &["RESET"], b'I').server_reset);
+        assert!(!query(&mut p, "RESET statement_timeout", &["RESET"], b'I').server_reset);
     }
 
     #[test]
     fn reset_all_keeps_the_role_as_the_server_does() {
         let mut p = startup();
-        p.observe(b"SET ROLE other; SET search_path TO x");
-        p.end_cycle(b'I', false);
-        p.observe(b"RESET ALL");
-        p.end_cycle(b'I', false);
+        query(
+            &mut p,
+            "SET ROLE other; SET search_path TO x",
+            &["SET", "SET"],
+            b'I',
+        );
+        query(&mut p, "RESET ALL", &["RESET"], b'I');
         let sql = p.sync_sql();
         assert!(sql.ends_with(";SET role TO other"), "{sql}");
         assert!(!sql.contains("search_path"), "{sql}");
@@ -648,8 +1041,7 @@ mod tests {
     #[test]
     fn discard_all_drops_statements() {
         let mut p = startup();
-        p.observe(b"discard all");
-        let e = p.end_cycle(b'I', false);
+        let e = query(&mut p, "discard all", &["DISCARD ALL"], b'I');
         assert!(e.statements_dropped && e.server_reset);
     }
 }

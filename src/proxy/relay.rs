@@ -183,6 +183,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let conn = &mut *checkout.conn;
         self.flight.end_prepares(&mut self.sbuf);
+        self.params.observe_sync();
         let sent = conn.stream.write_all(&self.sbuf).await;
         self.sbuf.clear();
         sent.map_err(|source| server_io(conn, source))

@@ -91,6 +91,8 @@ pub mod pin_reason {
     pub const WITH_HOLD: &str = "a cursor WITH HOLD";
     /// `set_config` unless its `is_local` is a literal true.
     pub const SESSION_SETTING: &str = "set_config(..., false)";
+    /// A session-level `SET` or `RESET` inside a `DO` block, whose value shardgate cannot see.
+    pub const SET_IN_DO: &str = "SET inside a DO block";
     /// `dblink_connect` or `dblink_connect_u` (not undone by `DISCARD ALL`).
     pub const DBLINK_CONNECT: &str = "dblink_connect()";
     /// `LISTEN`.

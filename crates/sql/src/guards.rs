@@ -142,6 +142,8 @@ pub(crate) struct Guards {
     pub(crate) temp_search_path: bool,
     /// The word `LISTEN` (read only in `DO` bodies, where it starts a statement).
     pub(crate) listen: bool,
+    /// A session-level `SET` or `RESET` in a `DO` body (see `sets_session`).
+    pub(crate) do_set: bool,
     /// `FROM` at parenthesis depth 0 (for COPY: `COPY ... FROM`).
     pub(crate) from_top: bool,
     /// `FROM STDIN` at parenthesis depth 0.
@@ -162,6 +164,7 @@ impl Guards {
         self.dblink_connection |= other.dblink_connection;
         self.temp_search_path |= other.temp_search_path;
         self.listen |= other.listen;
+        self.do_set |= other.do_set;
     }
 }
 
@@ -441,6 +444,59 @@ pub(crate) fn scan_do_body(stmt: &[u8], fns: &WriteFunctions) -> Guards {
                 .unwrap_or_default(),
         };
         out.add_session_state(&scan(inner, fns));
+        out.do_set |= sets_session(inner);
     }
     out
+}
+
+/// Whether a `DO` body may change a setting for the session: a `SET` or `RESET` at the start
+/// of a statement (after `;`, `BEGIN`, `THEN`, `ELSE` or `LOOP`), or opening a string (`EXECUTE
+/// 'SET search_path TO ' || ...`), unless it is `SET LOCAL`, `SET TRANSACTION` or `SET
+/// CONSTRAINTS`, which end with the transaction. shardgate cannot see such a setting's value
+/// to carry it to another server connection. Errs on the side of yes: a string that merely
+/// starts with "set" counts too.
+fn sets_session(body: &[u8]) -> bool {
+    let words_of = |text: &[u8]| -> Vec<Vec<u8>> {
+        words(text)
+            .take(2)
+            .map(<[u8]>::to_ascii_uppercase)
+            .collect()
+    };
+    let session_level = |w: &[Vec<u8>]| match w {
+        [first, second, ..] if first == b"SET" => !matches!(
+            second.as_slice(),
+            b"LOCAL" | b"TRANSACTION" | b"CONSTRAINTS"
+        ),
+        [first, ..] => first == b"RESET",
+        [] => false,
+    };
+    let mut at_start = true;
+    for tok in Lexer::new(body, LexOptions::default()).filter(|t| !t.is_comment()) {
+        let text = body.get(tok.start..tok.end).unwrap_or_default();
+        match tok.kind {
+            TokenKind::Word => {
+                if at_start
+                    && (is(text, "SET") || is(text, "RESET"))
+                    && session_level(&words_of(body.get(tok.start..).unwrap_or_default()))
+                {
+                    return true;
+                }
+                at_start = ["BEGIN", "THEN", "ELSE", "LOOP"]
+                    .iter()
+                    .any(|k| is(text, k));
+            }
+            TokenKind::String | TokenKind::DollarString => {
+                let inner = text
+                    .get(1..text.len().saturating_sub(1))
+                    .unwrap_or_default();
+                if session_level(&words_of(inner)) {
+                    return true;
+                }
+                at_start = false;
+            }
+            TokenKind::Punct => at_start = text == b";",
+            _ => at_start = false,
+        }
+    }
+    false
 }

@@ -45,7 +45,9 @@ pub use scatter::{
     scatter_select, AggFn, CmpOp, Count, HavingExpr, HavingOperand, OutputCol, ScatterSelect,
     SortCol, Unsupported,
 };
-pub use session::{session_command, session_command_with, SessionCommand};
+pub use session::{
+    session_command, session_command_with, transaction_command, SessionCommand, TransactionCommand,
+};
 pub use shard_keys::{
     analyze, analyze_with, colocated_insert_select, splice_insert, AnalysisCache, InsertRows,
     KeyConstraint, KeySource, ShardAnalysis, ShardingSpec, SplicedInsert,

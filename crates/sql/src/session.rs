@@ -88,6 +88,96 @@ pub fn session_command_with(stmt: &[u8], opts: LexOptions) -> Option<SessionComm
     }
 }
 
+/// A transaction-control statement, read as far as a pooler tracking session settings needs:
+/// which transaction or savepoint it ends, and whether a new transaction follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransactionCommand {
+    /// `BEGIN`, `START TRANSACTION`.
+    Begin,
+    /// `COMMIT`, `END`; `chain`: `AND CHAIN`.
+    Commit {
+        /// A new transaction with the same characteristics starts at once.
+        chain: bool,
+    },
+    /// `ROLLBACK`, `ABORT`; `chain`: `AND CHAIN`.
+    Rollback {
+        /// A new transaction with the same characteristics starts at once.
+        chain: bool,
+    },
+    /// `PREPARE TRANSACTION 'gid'`: the session's part of the transaction ends as with COMMIT.
+    Prepare,
+    /// `SAVEPOINT name`.
+    Savepoint {
+        /// The savepoint's name, as the server folds it.
+        name: String,
+    },
+    /// `RELEASE [SAVEPOINT] name`.
+    Release {
+        /// The savepoint's name, as the server folds it.
+        name: String,
+    },
+    /// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`.
+    RollbackTo {
+        /// The savepoint's name, as the server folds it.
+        name: String,
+    },
+}
+
+/// `Some(cmd)` if `stmt` (one statement) is a [`TransactionCommand`]. `COMMIT PREPARED` and
+/// `ROLLBACK PREPARED` are not: they end another, prepared transaction. The options of `BEGIN`
+/// are not checked; the server's answer says whether it ran.
+pub fn transaction_command(stmt: &[u8]) -> Option<TransactionCommand> {
+    let mut c = Cursor {
+        src: stmt,
+        lexer: Lexer::new(stmt, LexOptions::default()),
+    };
+    let first = c.next()?;
+    if first.kind != TokenKind::Word {
+        return None;
+    }
+    let word = std::str::from_utf8(c.text(first))
+        .ok()?
+        .to_ascii_uppercase();
+    let (commit, rollback) = match word.as_str() {
+        "BEGIN" => return Some(TransactionCommand::Begin),
+        "START" => return c.eat("TRANSACTION").then_some(TransactionCommand::Begin),
+        "PREPARE" => return c.eat("TRANSACTION").then_some(TransactionCommand::Prepare),
+        "SAVEPOINT" => {
+            let name = savepoint_name(&mut c)?;
+            return Some(TransactionCommand::Savepoint { name });
+        }
+        "RELEASE" => {
+            c.eat("SAVEPOINT");
+            let name = savepoint_name(&mut c)?;
+            return Some(TransactionCommand::Release { name });
+        }
+        "COMMIT" | "END" => (true, false),
+        "ROLLBACK" | "ABORT" => (false, true),
+        _ => return None,
+    };
+    if c.eat("PREPARED") {
+        return None;
+    }
+    let _ = c.eat("WORK") || c.eat("TRANSACTION");
+    if rollback && word == "ROLLBACK" && c.eat("TO") {
+        c.eat("SAVEPOINT");
+        let name = savepoint_name(&mut c)?;
+        return Some(TransactionCommand::RollbackTo { name });
+    }
+    let chain = c.eat("AND") && !c.eat("NO") && c.eat("CHAIN");
+    Some(if commit {
+        TransactionCommand::Commit { chain }
+    } else {
+        TransactionCommand::Rollback { chain }
+    })
+}
+
+fn savepoint_name(c: &mut Cursor<'_>) -> Option<String> {
+    let t = c.next()?;
+    let name = ident(c, t)?;
+    c.at_end().then_some(name)
+}
+
 /// The statement's tokens with comments skipped. Cloning it is a cheap look-ahead.
 #[derive(Clone)]
 struct Cursor<'a> {

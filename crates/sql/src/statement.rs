@@ -161,6 +161,8 @@ fn pin_reason(g: &Guards) -> Option<&'static str> {
         Some(pin_reason::WITH_HOLD)
     } else if g.session_setting {
         Some(pin_reason::SESSION_SETTING)
+    } else if g.do_set {
+        Some(pin_reason::SET_IN_DO)
     } else if g.dblink_connection {
         Some(pin_reason::DBLINK_CONNECT)
     } else if g.temp_search_path {

@@ -547,6 +547,23 @@ fn variants_that_leave_session_state_pin_too() {
         ),
         ("CREATE TABLE \"pg_temp\".t (a int)", "an object in pg_temp"),
         ("DO $$ BEGIN LISTEN chan; END $$", "LISTEN"),
+        // A SET inside a DO block: its value is not seen, so it cannot be carried.
+        (
+            "DO $$BEGIN SET search_path TO do_leak; END$$",
+            "SET inside a DO block",
+        ),
+        (
+            "DO $$ BEGIN IF true THEN reset all; END IF; END $$",
+            "SET inside a DO block",
+        ),
+        (
+            "DO $$BEGIN EXECUTE 'SET search_path TO ' || quote_ident('s'); END$$",
+            "SET inside a DO block",
+        ),
+        (
+            "DO LANGUAGE plpgsql $b$ BEGIN PERFORM 1; SET statement_timeout = 5; END $b$",
+            "SET inside a DO block",
+        ),
     ] {
         assert_eq!(classify(sql).pins_session, Some(why), "{sql}");
     }
@@ -554,6 +571,9 @@ fn variants_that_leave_session_state_pin_too() {
         "SELECT set_config('a.b', set_config('a.c', 'x', true), true)",
         "SET LOCAL search_path TO public",
         "DO $$ BEGIN PERFORM 1; END $$",
+        "DO $$ BEGIN SET LOCAL search_path TO x; UPDATE t SET a = 1; END $$",
+        "DO $$ BEGIN SET TRANSACTION READ ONLY; SET CONSTRAINTS ALL DEFERRED; END $$",
+        "DO $$ BEGIN INSERT INTO t VALUES (1) ON CONFLICT (a) DO UPDATE SET a = 2; END $$",
     ] {
         assert_eq!(classify(sql).pins_session, None, "{sql}");
     }

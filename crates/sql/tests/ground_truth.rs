@@ -280,6 +280,7 @@ fn no_statement_postgres_says_outlives_its_transaction_leaves_the_session_unpinn
     let (mut pg_pins, mut extra) = (0usize, 0usize);
     let mut offenders = Vec::new();
     let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut extra_reasons: std::collections::BTreeMap<&str, usize> = Default::default();
     let files = common::for_each_corpus_statement(|stmt| {
         let Ok(text) = std::str::from_utf8(stmt) else {
             return;
@@ -300,7 +301,12 @@ fn no_statement_postgres_says_outlives_its_transaction_leaves_the_session_unpinn
                     offenders.push(format!("{why}: {text}"));
                 }
             }
-            None => extra += usize::from(ours.is_some()),
+            None => {
+                if let Some(why) = ours {
+                    extra += 1;
+                    *extra_reasons.entry(why).or_default() += 1;
+                }
+            }
         }
     });
     if files.is_none() {
@@ -311,8 +317,9 @@ fn no_statement_postgres_says_outlives_its_transaction_leaves_the_session_unpinn
     }
     eprintln!(
         "PostgreSQL's tree finds {pg_pins} statements that outlive their transaction ({reasons:?}); \
-         ours misses {}, and pins {extra} more (objects named in pg_temp: \
-         temporary functions, types, views, tables created by schema, and search_paths naming it).",
+         ours misses {}, and pins {extra} more, by our reasons {extra_reasons:?} (objects \
+         named in pg_temp: temporary functions, types, views, tables created by schema, and \
+         search_paths naming it; SETs inside DO blocks, which PostgreSQL's tree keeps as text).",
         offenders.len()
     );
     for reason in [

@@ -206,3 +206,43 @@ fn non_utf8_gives_none_and_scs_off_changes_value_end() {
     };
     assert_eq!(session_command_with(stmt, off), set("x", r"'a\' -- '"));
 }
+
+#[test]
+fn transaction_commands() {
+    use shardgate_sql::{transaction_command, TransactionCommand as T};
+    let t = |s: &str| transaction_command(s.as_bytes());
+    let name = |n: &str| n.to_owned();
+    assert_eq!(t("BEGIN"), Some(T::Begin));
+    assert_eq!(t("begin isolation level serializable"), Some(T::Begin));
+    assert_eq!(t("START TRANSACTION READ ONLY"), Some(T::Begin));
+    assert_eq!(t("START"), None);
+    assert_eq!(t("COMMIT"), Some(T::Commit { chain: false }));
+    assert_eq!(t("end work"), Some(T::Commit { chain: false }));
+    assert_eq!(t("COMMIT AND CHAIN"), Some(T::Commit { chain: true }));
+    assert_eq!(t("COMMIT AND NO CHAIN"), Some(T::Commit { chain: false }));
+    assert_eq!(
+        t("ROLLBACK TRANSACTION AND CHAIN"),
+        Some(T::Rollback { chain: true })
+    );
+    assert_eq!(t("ABORT"), Some(T::Rollback { chain: false }));
+    assert_eq!(t("COMMIT PREPARED 'x'"), None);
+    assert_eq!(t("ROLLBACK PREPARED 'x'"), None);
+    assert_eq!(t("PREPARE TRANSACTION 'x'"), Some(T::Prepare));
+    assert_eq!(t("PREPARE p AS SELECT 1"), None);
+    assert_eq!(t("SAVEPOINT Sp1"), Some(T::Savepoint { name: name("sp1") }));
+    assert_eq!(
+        t("SAVEPOINT \"Sp1\""),
+        Some(T::Savepoint { name: name("Sp1") })
+    );
+    assert_eq!(t("RELEASE a"), Some(T::Release { name: name("a") }));
+    assert_eq!(
+        t("release /* c */ savepoint a"),
+        Some(T::Release { name: name("a") })
+    );
+    assert_eq!(t("ROLLBACK TO a"), Some(T::RollbackTo { name: name("a") }));
+    assert_eq!(
+        t("ROLLBACK WORK TO SAVEPOINT a"),
+        Some(T::RollbackTo { name: name("a") })
+    );
+    assert_eq!(t("SELECT 1"), None);
+}
