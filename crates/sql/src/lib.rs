@@ -26,12 +26,14 @@ pub mod scatter;
 mod session;
 pub mod shard_keys;
 mod statement;
+mod txn_text;
 
 pub use classification::{
     pin_reason, Classification, Hint, ShardgateCommand, TxnControl, WhyWrite,
 };
 pub use classifier::{bind_thread_cache, Classifier};
 pub use statement::SHARDGATE_COMMAND_WORDS;
+pub use txn_text::{strict_begin, strict_end, StrictBegin, StrictEnd};
 
 /// Not part of the API: the classifier's cache key, public only so that `benches/` can time it
 /// and `tests/cache_key.rs` can compare it with its reference implementation.
