@@ -89,21 +89,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         drop(snapshot);
         if self.deferred_begin.is_none() && scanned.lone_begin && self.flight.tx_status == b'I' {
             let sql = self.consume_first_message()?;
+            let start = shardgate_sql::strict_begin(&sql).is_some_and(|b| b.start);
             self.deferred_begin = Some(sql);
-            local::answer_deferred_begin(&mut self.out);
+            local::answer_deferred_begin(start, &mut self.out);
             return self.flush_out().await;
         }
         if self.deferred_begin.is_some() && self.first_message_is_query()? {
+            // Only a text in PostgreSQL's exact grammar: any other goes to the server (after
+            // the BEGIN), which answers it as it would directly.
             let end = match scanned.first_txn {
-                Some(TxnControl::Commit) if scanned.statements == 1 => Some(!self.deferred_failed),
-                Some(TxnControl::Rollback) if scanned.statements == 1 => Some(false),
+                Some(TxnControl::Commit | TxnControl::Rollback) if scanned.statements == 1 => {
+                    shardgate_sql::strict_end(scanned.sql.bytes(&self.cbuf))
+                }
                 _ => None,
             };
-            if let Some(commit) = end {
+            if let Some(end) = end {
                 self.consume_first_message()?;
-                self.deferred_begin = None;
+                // An aborted transaction's COMMIT is a ROLLBACK, as in PostgreSQL.
+                let commit = end.commit && !self.deferred_failed;
                 self.deferred_failed = false;
-                local::answer_empty_transaction_end(commit, &mut self.out);
+                if !end.chain {
+                    self.deferred_begin = None;
+                }
+                // AND CHAIN: a transaction with the same modes opens at once, so the same BEGIN
+                // stays held back.
+                let status = if end.chain { b'T' } else { b'I' };
+                local::answer_empty_transaction_end(commit, status, &mut self.out);
                 return self.flush_out().await;
             }
             if self.deferred_failed {

@@ -187,16 +187,17 @@ pub(crate) fn answer_shardgate(
 }
 
 /// The reply to a lone `BEGIN` that shardgate holds back until it knows whether the
-/// transaction is read-only.
-pub(crate) fn answer_deferred_begin(out: &mut BytesMut) {
-    backend::command_complete("BEGIN", out);
+/// transaction is read-only. `start`: it was `START TRANSACTION`, which has its own tag.
+pub(crate) fn answer_deferred_begin(start: bool, out: &mut BytesMut) {
+    backend::command_complete(if start { "START TRANSACTION" } else { "BEGIN" }, out);
     backend::ready_for_query(b'T', out);
 }
 
-/// The reply to COMMIT/ROLLBACK right after a held-back BEGIN: nothing ever ran.
-pub(crate) fn answer_empty_transaction_end(commit: bool, out: &mut BytesMut) {
+/// The reply to COMMIT/ROLLBACK right after a held-back BEGIN: nothing ever ran. `tx_status`
+/// is `T` after `AND CHAIN`.
+pub(crate) fn answer_empty_transaction_end(commit: bool, tx_status: u8, out: &mut BytesMut) {
     backend::command_complete(if commit { "COMMIT" } else { "ROLLBACK" }, out);
-    backend::ready_for_query(b'I', out);
+    backend::ready_for_query(tx_status, out);
 }
 
 /// The reply to anything but COMMIT/ROLLBACK in a held-back transaction that failed.

@@ -534,6 +534,33 @@ pub(super) async fn apply_session_state(
     }
 }
 
+/// Opens the held-back transaction on `conn` and waits for the server's answer, for a BEGIN
+/// that names modes: one a node may refuse (a hot standby refuses `READ WRITE` and
+/// `SERIALIZABLE`). Pipelined in front of the client's request, a refused BEGIN would leave
+/// that request to run, and commit, on its own. A plain `BEGIN` cannot fail so and is
+/// pipelined. `Some(error)`: the server refused it; the connection is idle.
+pub(super) async fn open_held_back_begin(
+    conn: &mut shardgate_pool::ServerConn,
+    begin: &[u8],
+) -> Result<Option<ErrorFields>, ClientError> {
+    match conn.run_discarding(&String::from_utf8_lossy(begin)).await {
+        Ok(()) => Ok(None),
+        Err(BackendError::Server { mut fields, .. }) => {
+            if !fields.fields.iter().any(|(c, _)| *c == b'D') {
+                fields.fields.push((
+                    b'D',
+                    "shardgate answered this transaction's BEGIN itself and sent it with the \
+                     transaction's first statement; the server refused it then, so the \
+                     transaction is aborted and that statement did not run."
+                        .to_owned(),
+                ));
+            }
+            Ok(Some(fields))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A fingerprint no client has (theirs always have the low bit set): forces the next
 /// checkout to re-apply from scratch.
 const UNKNOWN_STATE: u64 = 2;

@@ -60,7 +60,8 @@ pub(crate) struct Scanned {
     /// is shardgate's own command (or only preparing it), with only
     /// Parse/Bind/Describe/Execute/Sync in it.
     pub(crate) shardgate_extended: Option<ShardgateCommand>,
-    /// A lone simple-protocol `BEGIN` with nothing else (may be deferred).
+    /// A lone simple-protocol `BEGIN` with nothing else, in PostgreSQL's exact grammar (may
+    /// be deferred).
     pub(crate) lone_begin: bool,
     /// The first transaction-control statement run, if the first statement the request runs is
     /// one (preparing BEGIN or COMMIT does not count: it changes no transaction state).
@@ -188,9 +189,12 @@ pub(crate) fn scan(
                 merge(&mut s, &c, SqlText::Buffer(start..start + sql.len()), true);
                 if messages == 1 {
                     s.shardgate = c.shardgate.clone();
+                    // Only a text the server certainly accepts: a held-back BEGIN is
+                    // answered before the server sees it.
                     s.lone_begin = c.statements == 1
                         && c.write.is_none()
-                        && matches!(c.txn.as_slice(), [TxnControl::Begin { read_only: false }]);
+                        && matches!(c.txn.as_slice(), [TxnControl::Begin { read_only: false }])
+                        && shardgate_sql::strict_begin(sql).is_some();
                 }
                 s.complete = true;
                 break;

@@ -342,8 +342,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             shard_why = plan.why;
         }
         if in_transaction {
-            // The held-back BEGIN starts now: read-only only if the first statement says so.
-            let read_only = scanned.first_txn == Some(TxnControl::SetTransactionReadOnly);
+            // The held-back BEGIN starts now: read-only only if the first statement says so,
+            // and on the primary if its modes are ones a hot standby refuses.
+            let standby_ok = self
+                .deferred_begin
+                .as_deref()
+                .and_then(shardgate_sql::strict_begin)
+                .is_some_and(|b| !b.primary_only);
+            let read_only =
+                standby_ok && scanned.first_txn == Some(TxnControl::SetTransactionReadOnly);
             scanned.view.begins = Some(read_only);
         }
         let mut failed_replicas = 0;
@@ -439,6 +446,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             conn.discard();
             self.reject_request(fields).await?;
             return Ok(false);
+        }
+        let begin_with_modes = self
+            .deferred_begin
+            .as_deref()
+            .filter(|b| shardgate_sql::strict_begin(b).is_none_or(|b| b.modes));
+        if let Some(begin) = begin_with_modes {
+            if let Some(fields) = super::relay::open_held_back_begin(&mut conn, begin).await? {
+                conn.release();
+                // The client was told BEGIN succeeded: its transaction is now aborted.
+                self.reject_request(fields).await?;
+                return Ok(false);
+            }
+            self.flight.tx_status = b'T';
+            self.txn_begin = self.deferred_begin.take();
         }
         self.registration.slot.set(&conn.addr, conn.key);
         self.note_routed(
