@@ -328,6 +328,25 @@ async fn a_held_back_begin_a_node_refuses_fails_the_statement() {
             transcript(&mut d, &query("SELECT count(*) FROM dbt")).await,
             ["D 0", "C SELECT 1", "Z I"]
         );
+
+        // Ended through the extended protocol, the aborted transaction ends as directly too.
+        for end in ["COMMIT", "COMMIT AND CHAIN", "ROLLBACK"] {
+            let begin = query("BEGIN ISOLATION LEVEL SERIALIZABLE");
+            let mut d = s.direct().await;
+            transcript(&mut d, &begin).await;
+            transcript(&mut d, &query("SELECT 1/0")).await;
+            let mut c = s.proxied().await;
+            transcript(&mut c, &begin).await;
+            let got = transcript(&mut c, &query("/* shardgate: replica */ SELECT 1")).await;
+            assert_eq!(got.last().map(String::as_str), Some("Z E"), "{got:?}");
+            let mut direct = Vec::new();
+            let mut proxied = Vec::new();
+            for r in [ext(end), query("SELECT 1"), query("ROLLBACK")] {
+                direct.push(transcript(&mut d, &r).await);
+                proxied.push(transcript(&mut c, &r).await);
+            }
+            assert_eq!(proxied, direct, "{end} (extended) after the failed BEGIN");
+        }
     })
     .await
     .expect("test timed out");

@@ -107,6 +107,10 @@ pub(crate) struct Session<S> {
     pub(super) shutdown: std::sync::Mutex<ShutdownSignal>,
 }
 
+/// Fails the transaction on the server (shardgate's own statement; its error is dropped).
+const ABORT_ON_SERVER: &[u8] = b"DO $$BEGIN RAISE EXCEPTION 'shardgate: this transaction was \
+    aborted before it reached the server'; END$$";
+
 pub(super) type ShutdownSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 fn shutdown_signal(mut rx: tokio::sync::watch::Receiver<bool>) -> ShutdownSignal {
@@ -300,20 +304,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         mut scanned: Scanned,
     ) -> Result<bool, ClientError> {
         let in_transaction = self.deferred_begin.is_some();
+        // The held-back transaction failed here, without the server: the request ending it
+        // finds it aborted on the server too, which then ends it exactly as PostgreSQL ends
+        // an aborted transaction (tag ROLLBACK for a COMMIT, AND CHAIN, in either protocol).
+        let mut abort_first = false;
         if self.deferred_failed && in_transaction {
-            if scanned.ends_transaction {
-                // The failed transaction ends here; the server sees a statement outside one.
-                self.deferred_begin = None;
-                self.deferred_failed = false;
-                return Box::pin(self.acquire(snapshot, scanned)).await;
+            if !scanned.ends_transaction {
+                let fields = ErrorFields::new(
+                    "ERROR",
+                    super::sqlstate::IN_FAILED_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                );
+                self.reject_request(fields).await?;
+                return Ok(false);
             }
-            let fields = ErrorFields::new(
-                "ERROR",
-                super::sqlstate::IN_FAILED_TRANSACTION,
-                "current transaction is aborted, commands ignored until end of transaction block",
-            );
-            self.reject_request(fields).await?;
-            return Ok(false);
+            self.deferred_failed = false;
+            abort_first = true;
         }
         let mut shard_index = 0;
         let mut shard_why = String::new();
@@ -473,6 +479,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(begin) = self.deferred_begin.take() {
             self.flight.send_hidden(&begin, false, &mut self.sbuf);
             self.txn_begin = Some(begin);
+        }
+        if abort_first {
+            self.flight
+                .send_hidden(ABORT_ON_SERVER, false, &mut self.sbuf);
         }
         self.fresh_checkout = true;
         self.server = Some(Checkout {
