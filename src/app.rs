@@ -210,6 +210,7 @@ pub(crate) async fn run(
         tls,
         mock_key: rand::random(),
         decisions: Arc::new(DecisionLog::new(lanes)),
+        plan_epoch: Default::default(),
     });
     let reloader = Arc::new(Reloader::new(shared.clone(), source.path, source.sha256));
     tokio::spawn(crate::proxy::recovery_loop(

@@ -27,11 +27,13 @@ fn drivers_dir() -> PathBuf {
 }
 
 /// Fewer servers than the drivers' 6 connections, so checkouts really are shared.
-fn small_pool(topology: &Topology) -> Proxy {
+const SMALL_POOL: u32 = 2;
+
+fn small_pool(topology: &Topology, pool_size: u32) -> Proxy {
     Proxy::start_with(
         topology,
         ProxyOptions {
-            pool_size: 2,
+            pool_size,
             checkout_timeout_ms: 20_000,
             ..ProxyOptions::default()
         },
@@ -90,10 +92,11 @@ fn python_has(module: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Runs one Python driver script against the proxy with the conn params as argv.
-fn run_python_check(script: &str) {
+/// Runs one Python driver script against the proxy (a pool of `pool_size` servers) with the
+/// conn params as argv.
+fn run_python_check(script: &str, pool_size: u32) {
     let topology = Topology::builder().build().expect("topology");
-    let proxy = small_pool(&topology);
+    let proxy = small_pool(&topology, pool_size);
     let port = proxy.port.to_string();
     let (ok, out, err) = run_bounded(
         Command::new(PYTHON).arg(drivers_dir().join(script)).args([
@@ -115,7 +118,19 @@ fn asyncpg_through_a_small_pool() {
         eprintln!("SKIP asyncpg_through_a_small_pool: {PYTHON} cannot import asyncpg");
         return;
     }
-    run_python_check("asyncpg_check.py");
+    run_python_check("asyncpg_check.py", SMALL_POOL);
+}
+
+/// asyncpg retries a query whose cached statement the server reports stale (0A000 after an
+/// `ALTER TABLE`) by preparing it again under a new name. One server connection, so that the
+/// statement cached before the change is on the connection that fails it.
+#[test]
+fn asyncpg_recovers_after_alter_table() {
+    if !python_has("asyncpg") {
+        eprintln!("SKIP asyncpg_recovers_after_alter_table: {PYTHON} cannot import asyncpg");
+        return;
+    }
+    run_python_check("asyncpg_ddl_check.py", 1);
 }
 
 #[test]
@@ -124,7 +139,7 @@ fn psycopg3_prepare_threshold_zero_through_a_small_pool() {
         eprintln!("SKIP psycopg3: {PYTHON} cannot import psycopg (python3-psycopg)");
         return;
     }
-    run_python_check("psycopg_check.py");
+    run_python_check("psycopg_check.py", SMALL_POOL);
 }
 
 #[test]
@@ -152,7 +167,7 @@ fn jdbc_through_a_small_pool() {
     assert!(ok, "javac failed\n{out}\n{err}");
 
     let topology = Topology::builder().build().expect("topology");
-    let proxy = small_pool(&topology);
+    let proxy = small_pool(&topology, SMALL_POOL);
     let url = format!(
         "jdbc:postgresql://127.0.0.1:{}/{}?prepareThreshold=1&sslmode=disable&connectTimeout=10",
         proxy.port,

@@ -54,7 +54,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let class = classifier.classify(p.query);
                 self.statements.insert(
                     p.name,
-                    Prepared::new(&p, class, self.params.statement_settings()),
+                    Prepared::new(
+                        &p,
+                        class,
+                        self.params.statement_settings(),
+                        self.shared.plan_epoch.current(),
+                    ),
                 );
                 backend::parse_complete(&mut self.out);
             }
@@ -177,7 +182,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     } else {
                         self.statements.insert(
                             p.name,
-                            Prepared::new(&p, class, self.params.statement_settings()),
+                            Prepared::new(
+                                &p,
+                                class,
+                                self.params.statement_settings(),
+                                self.shared.plan_epoch.current(),
+                            ),
                         );
                     }
                     backend::parse_complete(&mut self.out);

@@ -158,6 +158,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     statements,
                     params,
                     classifier: &classifier,
+                    plan_epoch: self.shared.plan_epoch.current(),
                 },
                 ServerSide {
                     prepared: &mut conn.prepared,
@@ -193,6 +194,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 )?;
                 if r.direct {
                     leg.out.extend_from_slice(&conn.rbuf[..r.consumed]);
+                }
+                if r.stale_statement {
+                    // As the relay does (fan-out runs in transaction mode only).
+                    self.shared.plan_epoch.advance();
                 }
                 if r.cycles_ended > 0 {
                     // As the relay does: the connection now carries these settings.
@@ -281,6 +286,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                             &p,
                             class,
                             self.params.statement_settings(),
+                            self.shared.plan_epoch.current(),
                         ),
                     );
                 }

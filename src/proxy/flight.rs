@@ -115,6 +115,9 @@ pub(crate) struct Relayed {
     /// ran in (only an LSN read outside a transaction is after the commit).
     pub(crate) probe: Option<(Option<u64>, u8)>,
     pub(crate) effects: Effects,
+    /// The server refused a prepared statement whose result type its tables changed (see
+    /// [`super::statements::PlanEpoch`]): the connection keeps failing it.
+    pub(crate) stale_statement: bool,
 }
 
 /// The client-side state the translation reads and updates.
@@ -122,6 +125,8 @@ pub(crate) struct ClientSide<'a> {
     pub(crate) statements: &'a mut ClientStatements,
     pub(crate) params: &'a mut SessionParams,
     pub(crate) classifier: &'a Classifier,
+    /// The [`super::statements::PlanEpoch`] now.
+    pub(crate) plan_epoch: u64,
 }
 
 /// The parts of a server connection the translation touches.
@@ -166,6 +171,7 @@ impl Flight {
             statements,
             params,
             classifier,
+            plan_epoch,
         } = client;
         let rename = mode == PoolMode::Transaction;
         let busy_at_start = !self.idle();
@@ -212,6 +218,7 @@ impl Flight {
                             &p,
                             classifier.classify(p.query),
                             params.statement_settings(),
+                            plan_epoch,
                         );
                         let id = prepared.id;
                         to_server.extend_from_slice(&input[run_start..pos]);
@@ -231,9 +238,14 @@ impl Flight {
                 FrontendRef::Bind(b) => {
                     self.unsynced = true;
                     params.observe_bind(b.portal, b.statement);
-                    if let Some(prep) =
-                        for_server(rename, statements, b.statement, params, server.prepared)
-                    {
+                    if let Some(prep) = for_server(
+                        rename,
+                        statements,
+                        b.statement,
+                        params,
+                        server.prepared,
+                        plan_epoch,
+                    ) {
                         handled = true;
                         to_server.extend_from_slice(&input[run_start..pos]);
                         self.ensure_prepared(prep, server.prepared, to_server);
@@ -244,9 +256,14 @@ impl Flight {
                 FrontendRef::Describe { kind, name } => {
                     self.unsynced = true;
                     if kind == b'S' {
-                        if let Some(prep) =
-                            for_server(rename, statements, name, params, server.prepared)
-                        {
+                        if let Some(prep) = for_server(
+                            rename,
+                            statements,
+                            name,
+                            params,
+                            server.prepared,
+                            plan_epoch,
+                        ) {
                             handled = true;
                             to_server.extend_from_slice(&input[run_start..pos]);
                             self.ensure_prepared(prep, server.prepared, to_server);
@@ -416,9 +433,15 @@ fn for_server<'s>(
     name: &[u8],
     params: &SessionParams,
     server_prepared: &HashSet<u128>,
+    plan_epoch: u64,
 ) -> Option<&'s Prepared> {
     if rename && !name.is_empty() {
-        statements.for_server(name, server_prepared, || params.statement_settings())
+        statements.for_server(
+            name,
+            server_prepared,
+            || params.statement_settings(),
+            plan_epoch,
+        )
     } else {
         None
     }

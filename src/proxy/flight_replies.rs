@@ -153,6 +153,7 @@ impl Flight {
             b'E' => {
                 self.had_error = true;
                 params.observe_error();
+                result.stale_statement |= is_stale_statement_error(body);
                 // An error ends copy-in mode; the client's next Sync is answered again.
                 self.copy_in = false;
                 if head != Expect::Query {
@@ -257,6 +258,30 @@ impl Flight {
         }
         skipped
     }
+}
+
+/// Whether an ErrorResponse is PostgreSQL's "cached plan must not change result type": a
+/// prepared statement whose tables changed under it, which that server connection fails
+/// until the statement is prepared again. Told by its SQLSTATE and the routine that raised
+/// it, which do not depend on `lc_messages`.
+fn is_stale_statement_error(body: &[u8]) -> bool {
+    let (mut code, mut routine) = (false, false);
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Some(end) = memchr::memchr(0, tail) else {
+            break;
+        };
+        match field {
+            b'C' => code = &tail[..end] == b"0A000",
+            b'R' => routine = &tail[..end] == b"RevalidateCachedQuery",
+            _ => {}
+        }
+        rest = &tail[end + 1..];
+    }
+    code && routine
 }
 
 /// The first column of a DataRow, read as a pg_lsn ("16/B374D848").

@@ -15,6 +15,7 @@ struct Harness {
     params: SessionParams,
     prepared: HashSet<u128>,
     classifier: Classifier,
+    plan_epoch: u64,
 }
 
 impl Harness {
@@ -25,6 +26,7 @@ impl Harness {
             params: SessionParams::default(),
             prepared: HashSet::new(),
             classifier: Classifier::new(64, &[]),
+            plan_epoch: 0,
         }
     }
 
@@ -41,6 +43,7 @@ impl Harness {
                     statements: &mut self.statements,
                     params: &mut self.params,
                     classifier: &self.classifier,
+                    plan_epoch: self.plan_epoch,
                 },
                 ServerSide {
                     prepared: &mut self.prepared,
@@ -356,4 +359,68 @@ fn a_statement_parsed_behind_an_unanswered_set_is_shared_with_nobody() {
     assert_ne!(behind_set, shared);
     let mut again = Harness::new();
     assert_ne!(parse(&mut again, &set), behind_set, "not even with itself");
+}
+
+#[test]
+fn a_stale_statement_error_is_told_by_code_and_routine_not_message() {
+    let error = |code: &str, routine: &str| {
+        let mut b = BytesMut::new();
+        backend::error_response(
+            &shardgate_wire::ErrorFields::new(
+                "ERROR",
+                code,
+                "le plan en cache ne doit pas changer",
+            )
+            .with(b'F', "plancache.c")
+            .with(b'R', routine),
+            &mut b,
+        );
+        backend::ready_for_query(b'I', &mut b);
+        b
+    };
+    for (code, routine, stale) in [
+        ("0A000", "RevalidateCachedQuery", true),
+        ("0A000", "transformSelectStmt", false),
+        ("42P01", "RevalidateCachedQuery", false),
+    ] {
+        let mut h = Harness::new();
+        h.client(&request(b"s1", true));
+        let input = error(code, routine);
+        let r = h
+            .flight
+            .relay(
+                &input,
+                &mut h.params,
+                &mut h.statements,
+                ServerSide {
+                    prepared: &mut h.prepared,
+                },
+                &mut BytesMut::new(),
+            )
+            .expect("relay");
+        assert_eq!(r.stale_statement, stale, "{code} {routine}");
+    }
+}
+
+#[test]
+fn after_a_stale_report_statements_get_names_no_server_has() {
+    let mut h = Harness::new();
+    let (sent, _, _) = h.client(&request(b"s1", true));
+    let old = names_sent(&sent)[0].clone();
+    h.server(&reply("12CZ"));
+    h.plan_epoch = 1;
+    // The server that has the old statement keeps running it under its old name (it fails it
+    // if it is stale, as it would directly, until the client prepares again).
+    let (sent, _, _) = h.client(&request(b"s1", false));
+    assert_eq!(names_sent(&sent), std::slice::from_ref(&old));
+    h.server(&reply("2CZ"));
+    // A server that lacks it gets it under a new name; so does a client preparing it again.
+    h.prepared.clear();
+    let (sent, _, _) = h.client(&request(b"s1", false));
+    let new = names_sent(&sent);
+    assert_eq!(new.len(), 2, "{new:?}");
+    assert_ne!(new[0], old);
+    h.server(&reply("12CZ"));
+    let (sent, _, _) = h.client(&request(b"s2", true));
+    assert_eq!(names_sent(&sent)[0], new[0]);
 }

@@ -64,4 +64,6 @@ pub(crate) struct Shared {
     /// Per-process key for mock SCRAM secrets of unknown users.
     pub(crate) mock_key: [u8; 32],
     pub(crate) decisions: Arc<DecisionLog>,
+    /// Moved on when a server reports a shared prepared statement stale.
+    pub(crate) plan_epoch: statements::PlanEpoch,
 }

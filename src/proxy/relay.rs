@@ -59,6 +59,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     statements: &mut self.statements,
                     params: &mut self.params,
                     classifier: &classifier,
+                    plan_epoch: self.shared.plan_epoch.current(),
                 },
                 ServerSide {
                     prepared: &mut conn.prepared,
@@ -444,6 +445,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.out.clear();
         }
         conn.rbuf.advance(r.consumed);
+        if r.stale_statement && self.mode == PoolMode::Transaction {
+            // In session mode the client's own statement failed, as on a direct connection.
+            self.shared.plan_epoch.advance();
+        }
         if let Some((Some(lsn), b'I')) = r.probe {
             let shard = checkout.shard;
             self.routing.note_lsn(shard, lsn);

@@ -31,6 +31,27 @@ pub(crate) struct Prepared {
     pub(crate) class: Arc<Classification>,
     /// The fingerprint of the settings the server analyses it under (see [`unshared_settings`]).
     pub(crate) settings: u64,
+    /// The [`PlanEpoch`] it was named in.
+    pub(crate) epoch: u64,
+}
+
+/// A counter in every internal name, moved on whenever a server reports that a statement
+/// shardgate prepared no longer matches its tables (0A000 "cached plan must not change result
+/// type", after an `ALTER TABLE` say). The server keeps failing that statement until it is
+/// prepared again, and every server connection that has it fails it alike: statements named
+/// from then on get names no server has yet, so a client that prepares again (asyncpg does on
+/// InvalidCachedStatementError) gets a fresh Parse on whichever connection it lands on.
+#[derive(Debug, Default)]
+pub(crate) struct PlanEpoch(AtomicU64);
+
+impl PlanEpoch {
+    pub(crate) fn current(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn advance(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A settings key no other statement has: for a statement whose settings at analysis are not
@@ -47,16 +68,29 @@ impl Prepared {
     /// the same text means another table under another `search_path`, and the server
     /// re-analyses a statement used under a changed `search_path`, failing it with 0A000
     /// ("cached plan must not change result type") when its columns differ.
-    pub(crate) fn new(parse: &ParseRef<'_>, class: Arc<Classification>, settings: u64) -> Prepared {
-        Prepared::build(parse.query, parse.param_types.raw(), class, settings)
+    /// `epoch` is the [`PlanEpoch`] now.
+    pub(crate) fn new(
+        parse: &ParseRef<'_>,
+        class: Arc<Classification>,
+        settings: u64,
+        epoch: u64,
+    ) -> Prepared {
+        Prepared::build(parse.query, parse.param_types.raw(), class, settings, epoch)
     }
 
-    fn build(query: &[u8], types: &[u8], class: Arc<Classification>, settings: u64) -> Prepared {
+    fn build(
+        query: &[u8],
+        types: &[u8],
+        class: Arc<Classification>,
+        settings: u64,
+        epoch: u64,
+    ) -> Prepared {
         let mut h = Xxh3::new();
         h.update(&(query.len() as u64).to_le_bytes());
         h.update(query);
         h.update(types);
         h.update(&settings.to_le_bytes());
+        h.update(&epoch.to_le_bytes());
         let id = h.digest128();
         let mut name = [0u8; NAME_LEN];
         // Writing 35 bytes of ASCII into a 35-byte buffer cannot fail.
@@ -72,17 +106,18 @@ impl Prepared {
             query: start..start + query.len(),
             class,
             settings,
+            epoch,
         }
     }
 
-    /// The same statement for a client whose settings are now `settings`. A server analyses a
-    /// statement under the settings of the moment it is parsed: re-created after the client
-    /// changed them, it is another statement, never to be shared with clients whose settings
-    /// are those it was first prepared under.
-    fn under(&self, settings: u64) -> Prepared {
+    /// The same statement for a client whose settings are now `settings`, in plan epoch
+    /// `epoch`. A server analyses a statement under the settings of the moment it is parsed:
+    /// re-created after the client changed them, it is another statement, never to be shared
+    /// with clients whose settings are those it was first prepared under.
+    fn under(&self, settings: u64, epoch: u64) -> Prepared {
         let query = self.parse.get(self.query.clone()).unwrap_or_default();
         let types = self.parse.get(self.query.end + 1..).unwrap_or_default();
-        Prepared::build(query, types, self.class.clone(), settings)
+        Prepared::build(query, types, self.class.clone(), settings, epoch)
     }
 }
 
@@ -103,19 +138,20 @@ impl ClientStatements {
     }
 
     /// The statement behind `client_name`, to be run on a server holding the statements in
-    /// `on_server`, for a client whose settings are now `settings()`: one the server lacks is
-    /// re-created under those settings, so it becomes the statement of those settings.
+    /// `on_server`, for a client whose settings are now `settings()`, in plan epoch `epoch`:
+    /// one the server lacks is re-created under those settings and named in that epoch.
     pub(crate) fn for_server(
         &mut self,
         client_name: &[u8],
         on_server: &std::collections::HashSet<u128>,
         settings: impl FnOnce() -> u64,
+        epoch: u64,
     ) -> Option<&Prepared> {
         let prep = self.by_name.get_mut(client_name)?;
         // Settings first: they almost always match, and then the server set is not hashed.
         let now = settings();
-        if now != prep.settings && !on_server.contains(&prep.id) {
-            *prep = prep.under(now);
+        if (now != prep.settings || epoch != prep.epoch) && !on_server.contains(&prep.id) {
+            *prep = prep.under(now, epoch);
         }
         Some(prep)
     }
