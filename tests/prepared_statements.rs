@@ -1,13 +1,15 @@
 //! Named prepared statements in transaction mode, which shardgate shares between clients under
 //! internal names: one whose table changed under it (the server fails it with 0A000 "cached
-//! plan must not change result type" until it is prepared again).
+//! plan must not change result type" until it is prepared again), and a client's SQL-level
+//! `DEALLOCATE` of a statement it prepared through the protocol (psycopg 3 evicts its cache
+//! that way).
 
 mod support;
 
 use std::time::Duration;
 
 use shardgate_testkit::Topology;
-use support::raw::{error_field, login_trust, message, RawConn};
+use support::raw::{error_field, login_trust, message, query, tags, RawConn};
 use support::ProxyOptions;
 
 /// Bound for any single step that should be quick.
@@ -159,4 +161,121 @@ async fn a_statement_changed_by_alter_table_works_once_prepared_again() {
         (vec![], Some("0A000".to_owned())),
         "{got:?}"
     );
+}
+
+/// psycopg 3 (with libpq before 17) evicts a statement from its cache with the SQL command
+/// `DEALLOCATE _pg3_N`. The server knows the statement only under shardgate's internal name:
+/// before the fix the command failed with 26000, and the client's name kept working.
+#[tokio::test]
+async fn sql_deallocate_of_a_protocol_statement_forgets_it() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = support::start_trust(
+        &topo,
+        ProxyOptions {
+            pool_size: 1,
+            ..ProxyOptions::default()
+        },
+    );
+    let mut x = client(&proxy, &topo).await;
+
+    // Outside a transaction.
+    x.send(&[parse("_pg3_0", "SELECT 'dd'"), message(b'S', b"")].concat())
+        .await;
+    assert_eq!(tags(&x.until_ready(STEP).await), b"1Z");
+    x.send(&run_statement("_pg3_0")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&got), (vec![vec!["dd".to_owned()]], None));
+    x.send(&query("DEALLOCATE _pg3_0")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(tags(&got), b"CZ", "{got:?}");
+    assert_eq!(got[0].1, b"DEALLOCATE\0");
+    assert_eq!(status(&got), b'I');
+    // The name is gone, as on the server: Bind and a second DEALLOCATE fail with 26000.
+    x.send(&run_statement("_pg3_0")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&got).1.as_deref(), Some("26000"), "{got:?}");
+    x.send(&query("DEALLOCATE _pg3_0")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&got).1.as_deref(), Some("26000"), "{got:?}");
+
+    // psycopg sends it as libpq's PQsendQueryParams does: through the unnamed statement.
+    // Parsed and bound but never executed, it deallocates nothing.
+    x.send(&[parse("_pg3_1", "SELECT 'ext'"), message(b'S', b"")].concat())
+        .await;
+    assert_eq!(tags(&x.until_ready(STEP).await), b"1Z");
+    x.send(
+        &[
+            parse("", "DEALLOCATE _pg3_1"),
+            message(b'B', b"\0\0\0\0\0\0\0\0"),
+            message(b'S', b""),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(tags(&x.until_ready(STEP).await), b"12Z");
+    x.send(&run_statement("_pg3_1")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&got), (vec![vec!["ext".to_owned()]], None));
+    x.send(
+        &[
+            parse("", "DEALLOCATE _pg3_1"),
+            message(b'B', b"\0\0\0\0\0\0\0\0"),
+            message(b'D', b"P\0"),
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'S', b""),
+        ]
+        .concat(),
+    )
+    .await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(tags(&got), b"12nCZ", "{got:?}");
+    assert_eq!(got[3].1, b"DEALLOCATE\0");
+    x.send(&run_statement("_pg3_1")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&got).1.as_deref(), Some("26000"), "{got:?}");
+
+    // Inside a transaction (`DEALLOCATE PREPARE`, pipelined behind another query, and a name
+    // written in capitals, which the server folds as it folds any identifier).
+    x.send(&[parse("ev", "SELECT 'ev'"), message(b'S', b"")].concat())
+        .await;
+    assert_eq!(tags(&x.until_ready(STEP).await), b"1Z");
+    x.run_ok("BEGIN", STEP).await;
+    x.send(&[query("SELECT 1"), query("DEALLOCATE PREPARE EV;")].concat())
+        .await;
+    let first = x.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&first), (vec![vec!["1".to_owned()]], None));
+    let got = x.until_ready(STEP).await;
+    assert_eq!(tags(&got), b"CZ", "{got:?}");
+    assert_eq!(status(&got), b'T');
+    x.send(&run_statement("ev")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&got).1.as_deref(), Some("26000"), "{got:?}");
+    assert_eq!(status(&got), b'E');
+    x.run_ok("ROLLBACK", STEP).await;
+
+    // In a failed transaction the server answers, as it would directly: 25P02, and the
+    // statement stays.
+    x.send(&[parse("kept", "SELECT 'kept'"), message(b'S', b"")].concat())
+        .await;
+    assert_eq!(tags(&x.until_ready(STEP).await), b"1Z");
+    x.run_ok("BEGIN", STEP).await;
+    x.send(&query("SELECT 1/0")).await;
+    assert_eq!(status(&x.until_ready(STEP).await), b'E');
+    x.send(&query("DEALLOCATE kept")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&got).1.as_deref(), Some("25P02"), "{got:?}");
+    assert_eq!(status(&got), b'E');
+    x.run_ok("ROLLBACK", STEP).await;
+    x.send(&run_statement("kept")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&got), (vec![vec!["kept".to_owned()]], None));
+
+    // DEALLOCATE ALL still reaches the server and drops every statement of the client.
+    x.send(&query("DEALLOCATE ALL")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(tags(&got), b"CZ", "{got:?}");
+    assert_eq!(got[0].1, b"DEALLOCATE ALL\0");
+    x.send(&run_statement("kept")).await;
+    let got = x.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&got).1.as_deref(), Some("26000"), "{got:?}");
 }

@@ -148,7 +148,88 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.answer_shardgate_extended(cmd, tx_status)?;
             return self.flush_out().await;
         }
-        Ok(false)
+        self.answer_deallocate(tx_status).await
+    }
+
+    /// A request that is exactly `DEALLOCATE [PREPARE] name` of one of the client's statements,
+    /// in transaction mode: the server has it only under its shared internal name, so only the
+    /// client's name is forgotten, as a protocol Close of it is. psycopg 3 (with libpq before
+    /// 17) evicts statements from its cache this way, through the unnamed statement; a simple
+    /// Query is answered too. In a failed transaction the server answers, with 25P02, as it
+    /// would directly; a name the client does not have goes to the server.
+    async fn answer_deallocate(&mut self, tx_status: u8) -> Result<bool, ClientError> {
+        if self.mode != PoolMode::Transaction || tx_status == b'E' {
+            return Ok(false);
+        }
+        let Some((name, end)) = self.buffered_deallocate()? else {
+            return Ok(false);
+        };
+        self.statements.remove(name.as_bytes());
+        let request = self.cbuf.split_to(end);
+        let mut pos = 0;
+        while let Some(h) = peek_header(&request[pos..], self.max_len)? {
+            let msg = FrontendRef::decode(h.tag, &request[pos + 5..pos + h.len])?;
+            match msg {
+                FrontendRef::Query { .. } | FrontendRef::Execute { .. } => {
+                    backend::command_complete("DEALLOCATE", &mut self.out);
+                }
+                _ => {}
+            }
+            if let Some(m) = Msg::of(&msg) {
+                reply_before_results(m, Description::default(), &mut self.out);
+            }
+            if matches!(msg, FrontendRef::Query { .. } | FrontendRef::Sync) {
+                backend::ready_for_query(tx_status, &mut self.out);
+            }
+            pos += h.len;
+        }
+        self.flush_out().await
+    }
+
+    /// The client statement the buffered request deallocates, and where the request ends: a
+    /// simple Query of one `DEALLOCATE name`, or an unnamed Parse of it followed by nothing but
+    /// its Bind, Describe and Execute, each at most once (as libpq sends them), and a Sync; the
+    /// Execute is required.
+    fn buffered_deallocate(&self) -> Result<Option<(String, usize)>, ClientError> {
+        let Some(h) = peek_header(&self.cbuf, self.max_len)? else {
+            return Ok(None);
+        };
+        if self.cbuf.len() < h.len {
+            return Ok(None);
+        }
+        let sql = match FrontendRef::decode(h.tag, &self.cbuf[5..h.len])? {
+            FrontendRef::Query { sql } => sql,
+            FrontendRef::Parse(p) if p.name.is_empty() => p.query,
+            _ => return Ok(None),
+        };
+        let Some(name) = super::params::lone_deallocate(sql)
+            .filter(|name| self.statements.get(name.as_bytes()).is_some())
+        else {
+            return Ok(None);
+        };
+        if h.tag == tag::QUERY {
+            return Ok(Some((name, h.len)));
+        }
+        // Bind, Describe, Execute: each may come once, the Bind first.
+        let (mut pos, mut seen) = (h.len, [false; 3]);
+        while let Some(h) = peek_header(&self.cbuf[pos..], self.max_len)? {
+            if self.cbuf.len() - pos < h.len {
+                return Ok(None);
+            }
+            let step = match FrontendRef::decode(h.tag, &self.cbuf[pos + 5..pos + h.len])? {
+                // Without an Execute nothing is deallocated.
+                FrontendRef::Sync => return Ok(seen[2].then_some((name, pos + h.len))),
+                FrontendRef::Bind(b) if b.statement.is_empty() => 0,
+                FrontendRef::Describe { .. } if seen[0] => 1,
+                FrontendRef::Execute { .. } if seen[0] => 2,
+                _ => return Ok(None),
+            };
+            if std::mem::replace(&mut seen[step], true) {
+                return Ok(None);
+            }
+            pos += h.len;
+        }
+        Ok(None)
     }
 
     /// shardgate's own command through the extended protocol: every message of the

@@ -186,8 +186,14 @@ impl Flight {
             // shardgate's own commands are answered locally, once what comes before them
             // has been answered: stop in front of one (it may arrive pipelined).
             let own_command = match &msg {
-                FrontendRef::Query { sql } => is_own_command(classifier, sql),
-                FrontendRef::Parse(p) => is_own_command(classifier, p.query),
+                FrontendRef::Query { sql } => {
+                    is_own_command(classifier, sql)
+                        || (rename && deallocates_tracked(statements, sql))
+                }
+                FrontendRef::Parse(p) => {
+                    is_own_command(classifier, p.query)
+                        || (rename && p.name.is_empty() && deallocates_tracked(statements, p.query))
+                }
                 FrontendRef::Bind(b) => statements
                     .get(b.statement)
                     .is_some_and(|p| p.class.shardgate.is_some()),
@@ -415,6 +421,14 @@ fn is_own_command(classifier: &Classifier, sql: &[u8]) -> bool {
     super::params::may_start_with(sql, shardgate_sql::SHARDGATE_COMMAND_WORDS)
         && mentions_shardgate(sql)
         && classifier.classify(sql).shardgate.is_some()
+}
+
+/// Whether a simple Query (or an unnamed Parse) is exactly one `DEALLOCATE` of a statement the
+/// client has: in transaction mode shardgate answers it (see `Session::answer_deallocate`),
+/// since the server knows the statement only under its internal name.
+pub(crate) fn deallocates_tracked(statements: &ClientStatements, sql: &[u8]) -> bool {
+    super::params::lone_deallocate(sql)
+        .is_some_and(|name| statements.get(name.as_bytes()).is_some())
 }
 
 /// Whether `sql` contains "shardgate" in any case: only positions holding an `s` are compared.

@@ -424,3 +424,29 @@ fn after_a_stale_report_statements_get_names_no_server_has() {
     let (sent, _, _) = h.client(&request(b"s2", true));
     assert_eq!(names_sent(&sent)[0], new[0]);
 }
+
+#[test]
+fn a_deallocate_of_a_tracked_statement_waits_for_the_replies_before_it() {
+    let mut h = Harness::new();
+    h.client(&request(b"s1", true));
+    h.server(&reply("12CZ"));
+    let mut q = BytesMut::new();
+    frontend::query(b"SELECT 1", &mut q);
+    let first = q.len();
+    frontend::query(b"DEALLOCATE s1", &mut q);
+    let (_, _, t) = h.client(&q);
+    assert_eq!(t.consumed, first, "stops in front of the DEALLOCATE");
+    h.server(&reply("CZ"));
+    // Alone and idle, it reaches here only when the session did not answer it (a failed
+    // transaction): it goes to the server.
+    let (sent, _, t) = h.client(&q[first..]);
+    assert_eq!(t.consumed, q.len() - first);
+    assert_eq!(tags(&sent), "Q");
+    // A DEALLOCATE of a name the client does not have is an ordinary query.
+    h.server(&reply("CZ"));
+    let mut q = BytesMut::new();
+    frontend::query(b"SELECT 1", &mut q);
+    frontend::query(b"DEALLOCATE other", &mut q);
+    let (_, _, t) = h.client(&q);
+    assert_eq!(t.consumed, q.len());
+}

@@ -135,6 +135,19 @@ fn tracked_commands(sql: &[u8], opts: LexOptions, mut f: impl FnMut(Op)) {
     for_each_statement(sql, opts, |range| one(&sql[range]));
 }
 
+/// The statement a simple Query deallocates when its text is exactly one `DEALLOCATE [PREPARE]
+/// name` (not `ALL`).
+pub(crate) fn lone_deallocate(sql: &[u8]) -> Option<String> {
+    let one = single_statement(sql)?;
+    if !may_start_with(one, &[b"DEALLOCATE"]) {
+        return None;
+    }
+    match session_command(one)? {
+        SessionCommand::Deallocate { name } => name,
+        _ => None,
+    }
+}
+
 /// The text as one statement, without a trailing `;`, when it has no `;` or only blanks after
 /// its first one (`SELECT ... WHERE aid = 7;`, as pgbench and many drivers send). A `;` inside
 /// a literal or comment that ends the text just leaves that literal or comment unterminated,
@@ -679,6 +692,25 @@ impl SessionParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_deallocate_names_its_statement() {
+        for (sql, name) in [
+            (&b"DEALLOCATE _pg3_0"[..], Some("_pg3_0")),
+            (b"  deallocate prepare St1 ;\n", Some("st1")),
+            (b"/* psycopg */ DEALLOCATE \"Mixed\"", Some("Mixed")),
+            (b"DEALLOCATE prepare", Some("prepare")),
+            (b"DEALLOCATE ALL", None),
+            (b"DEALLOCATE PREPARE ALL", None),
+            (b"DEALLOCATE a; DEALLOCATE b", None),
+            (b"DEALLOCATE a; SELECT 1", None),
+            (b"SELECT 1", None),
+            (b"DEALLOCATE", None),
+        ] {
+            let got = lone_deallocate(sql);
+            assert_eq!(got.as_deref(), name, "{}", String::from_utf8_lossy(sql));
+        }
+    }
 
     #[test]
     fn only_texts_starting_with_another_word_are_ruled_out() {

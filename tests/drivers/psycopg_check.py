@@ -141,6 +141,21 @@ def cancel_checks(conn, observer):
     check(busy == 0, f"{busy} pg_sleep(30) still running on the server")
 
 
+def eviction_checks(args):
+    """A cache of two statements: psycopg (with libpq before 17) evicts the oldest with the SQL
+    command `DEALLOCATE _pg3_N`, in and out of transactions, which shardgate must answer."""
+    for autocommit in (True, False):
+        conn = connect(args, autocommit=autocommit)
+        conn.prepared_max = 2
+        for rnd in range(2):
+            for n in range(5):
+                got = conn.execute(f"SELECT {n} + %s::int", (rnd,)).fetchone()[0]
+                check(got == n + rnd, f"evicting cache (autocommit={autocommit}): {got}")
+            if not autocommit:
+                conn.commit()
+        conn.close()
+
+
 def run_threads(targets):
     errors_seen = []
 
@@ -179,6 +194,7 @@ def main(args):
         (worker_again, conns[1], 1),
         (worker_again, conns[3], 3),
     ])
+    eviction_checks(args)
     for c in conns:
         c.close()
     print("OK")
