@@ -17,6 +17,8 @@ mod data;
 mod edges;
 #[path = "scatter_diff/failures.rs"]
 mod failures;
+#[path = "scatter_diff/mended.rs"]
+mod mended;
 #[path = "scatter_diff/shard_faults.rs"]
 mod shard_faults;
 mod support;

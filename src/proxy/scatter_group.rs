@@ -154,7 +154,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             rows = kept;
         }
-        // The client's RowDescription: each output's field, with an avg's type and name.
+        // The client's RowDescription: each output's field, with an avg's type (its name is the
+        // shard's sum column's, which the shard statement gives the avg's name).
         let mut fields: Vec<FieldDescription> = Vec::with_capacity(visible);
         for (i, o) in select.outputs.iter().enumerate() {
             let first = match o {
@@ -179,9 +180,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 f.type_modifier = -1;
                 f.table_oid = 0;
                 f.column_attr = 0;
-                if f.name == "sum" {
-                    f.name = "avg".to_owned();
-                }
             }
             fields.push(f);
         }

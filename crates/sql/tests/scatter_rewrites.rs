@@ -151,7 +151,7 @@ fn aggregates_without_group_by() {
     let s = ok("SELECT count(*), count(a), sum(b), min(c), max(d), bool_and(e), bool_or(f), every(g), avg(h) AS m FROM t WHERE k = 'a''b' LIMIT 1 OFFSET 0");
     assert_eq!(
         String::from_utf8(s.shard_sql).expect("utf8"),
-        "SELECT count(*), count(a), sum(b), min(c), max(d), bool_and(e), bool_or(f), every(g), sum(h), count(h) FROM t WHERE k = 'a''b'"
+        "SELECT count(*), count(a), sum(b), min(c), max(d), bool_and(e), bool_or(f), every(g), sum(h) AS m, count(h) FROM t WHERE k = 'a''b'"
     );
     let kinds = [
         AggFn::CountStar,
@@ -182,7 +182,7 @@ fn aggregates_without_group_by() {
     // FILTER stays with its aggregate; avg's argument text is copied verbatim.
     assert_eq!(
         shard("SELECT count(*) FILTER (WHERE a > 1), avg(b * 2 /* c */ + $1) FROM t"),
-        "SELECT count(*) FILTER (WHERE a > 1), sum(b * 2 /* c */ + $1), count(b * 2 /* c */ + $1) FROM t"
+        "SELECT count(*) FILTER (WHERE a > 1), sum(b * 2 /* c */ + $1) AS avg, count(b * 2 /* c */ + $1) FROM t"
     );
 }
 
@@ -194,7 +194,7 @@ fn group_by_having_order_and_limit_after_grouping() {
     let s = ok(sql);
     assert_eq!(
         String::from_utf8(s.shard_sql).expect("utf8"),
-        "SELECT a AS x, sum(b), count(b), count(*), sum(c) FROM t WHERE s = 'it''s' GROUP BY 1 \
+        "SELECT a AS x, sum(b) AS m, count(b), count(*), sum(c) FROM t WHERE s = 'it''s' GROUP BY 1 \
          HAVING (sum(c) > 10 AND (count(*) >= $1 OR NOT a = 'q''r')) OR true \
          LIMIT NULLIF($2::int8, $2::int8) OFFSET 0 * $3::int8"
     );
@@ -241,7 +241,10 @@ fn group_by_having_order_and_limit_after_grouping() {
 fn group_keys_are_selected_hidden_or_renumbered() {
     // avg before a positional key shifts it in the shard's select list.
     let s = ok("SELECT avg(b), a FROM t GROUP BY 2 ORDER BY 2");
-    assert_eq!(s.shard_sql, b"SELECT sum(b), count(b), a FROM t GROUP BY 3");
+    assert_eq!(
+        s.shard_sql,
+        b"SELECT sum(b) AS avg, count(b), a FROM t GROUP BY 3"
+    );
     assert_eq!(s.group_by, [2]);
     assert_eq!(s.order_by, [sort(2, false, false)]);
     // A key not selected becomes hidden, and may be sorted on.

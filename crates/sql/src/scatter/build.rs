@@ -290,8 +290,17 @@ fn item(
             ))
         }
         (Some(AggFn::Avg), [call]) if call.toks == expr => {
-            // The client's avg column is rebuilt by the merge; the alias goes with it.
-            let text = avg_parts(code, call);
+            // The client's avg column is rebuilt by the merge from `sum, count`. The sum
+            // column carries the client's name (its `[AS] alias` copied as written, so the
+            // server folds, unquotes and truncates it as it would have; else `avg`): the
+            // merged column takes the sum column's field as it comes from the shards.
+            let alias = expr.end..toks.end;
+            let name = if alias.is_empty() {
+                &b"AS avg"[..]
+            } else {
+                code.slice(&alias)
+            };
+            let text = avg_parts(code, call, Some(name));
             sp.replace(toks.clone(), text);
             vec![sp.column(), sp.column()]
         }
@@ -309,8 +318,9 @@ fn item(
     })
 }
 
-/// `sum(<args>), count(<args>)` for an `avg(<args>)` call, the arguments' text copied as is.
-pub(crate) fn avg_parts(code: &Code, call: &Call) -> Vec<u8> {
+/// `sum(<args>) [<name>], count(<args>)` for an `avg(<args>)` call, the arguments' text copied
+/// as is; `name` (such as `AS total`) names the sum column.
+pub(crate) fn avg_parts(code: &Code, call: &Call, name: Option<&[u8]>) -> Vec<u8> {
     let open = code
         .toks
         .get(call.args.start.wrapping_sub(1))
@@ -322,7 +332,12 @@ pub(crate) fn avg_parts(code: &Code, call: &Call) -> Vec<u8> {
     };
     let mut out = b"sum(".to_vec();
     out.extend_from_slice(args);
-    out.extend_from_slice(b"), count(");
+    out.push(b')');
+    if let Some(name) = name {
+        out.push(b' ');
+        out.extend_from_slice(name);
+    }
+    out.extend_from_slice(b", count(");
     out.extend_from_slice(args);
     out.push(b')');
     out

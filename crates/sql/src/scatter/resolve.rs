@@ -121,7 +121,7 @@ pub(crate) fn agg_columns(
         return it.cols.clone();
     }
     if call.kind == AggFn::Avg {
-        let first = sp.hide(&avg_parts(code, call), 2);
+        let first = sp.hide(&avg_parts(code, call, None), 2);
         vec![first, first + 1]
     } else {
         vec![sp.hide(code.slice(&call.toks), 1)]
