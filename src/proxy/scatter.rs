@@ -50,6 +50,11 @@ pub(super) fn own(code: &str, message: impl Into<String>) -> Failure {
     Failure::Own(ErrorFields::new("ERROR", code, message))
 }
 
+/// [`own`] with a hint (the `H` field) saying what to do instead.
+pub(super) fn own_with_hint(code: &str, message: impl Into<String>, hint: &str) -> Failure {
+    Failure::Own(ErrorFields::new("ERROR", code, message).with(b'H', hint))
+}
+
 impl From<MergeError> for Failure {
     fn from(e: MergeError) -> Failure {
         own(e.sqlstate(), format!("shardgate: {e}"))

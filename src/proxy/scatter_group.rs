@@ -10,7 +10,7 @@ use shardgate_sql::{AggFn, HavingExpr, HavingOperand, OutputCol, ScatterSelect};
 use shardgate_wire::{FieldDescription, RowDescription};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::scatter::{data_row, error_fields, next_frame, own, Failure};
+use super::scatter::{data_row, error_fields, next_frame, own, own_with_hint, Failure};
 use super::session::Session;
 use super::shard_legs::Leg;
 use super::sqlstate;
@@ -78,7 +78,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut outputs: Vec<Output> = Vec::new();
         for o in &select.outputs {
             outputs.push(match o {
+                OutputCol::Column(c) if !select.group_by.contains(c) => {
+                    // Accepted by the server only when functionally dependent on the group
+                    // keys (a primary key's other columns, an expression over the keys): the
+                    // shards do not guarantee that across each other.
+                    return Err(own_with_hint(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "shardgate: cannot merge a select-list expression that is neither an aggregate nor a GROUP BY key across shards",
+                        "Add the expression, as written in the select list, to GROUP BY.",
+                    ));
+                }
                 OutputCol::Column(c) => Output::Group(*c),
+                OutputCol::Constant(c) => Output::Any(*c),
                 OutputCol::Agg { kind, columns } => Output::Agg(agg_spec(*kind, columns)?),
             });
         }
@@ -102,9 +113,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let agg = select.outputs.iter().position(
                 |o| matches!(o, OutputCol::Agg { columns, .. } if columns.first() == Some(&k.column)),
             );
-            let column = match agg {
-                Some(i) => i,
-                None => extra(&mut outputs, Output::Group(k.column)),
+            let constant = select
+                .outputs
+                .iter()
+                .position(|o| *o == OutputCol::Constant(k.column));
+            let column = match (agg, constant) {
+                (Some(i), _) | (None, Some(i)) => i,
+                (None, None) => extra(&mut outputs, Output::Group(k.column)),
             };
             keys.push(SortKey {
                 column,
@@ -159,7 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut fields: Vec<FieldDescription> = Vec::with_capacity(visible);
         for (i, o) in select.outputs.iter().enumerate() {
             let first = match o {
-                OutputCol::Column(c) => *c,
+                OutputCol::Column(c) | OutputCol::Constant(c) => *c,
                 OutputCol::Agg { columns, .. } => columns.first().copied().unwrap_or(0),
             };
             let mut f = rd
@@ -309,7 +324,9 @@ fn literal_for(
             AggKind::Count | AggKind::CountStar => OID_INT8,
             _ => shardgate_merge::result_type(&spec.kind, spec.arg_type).unwrap_or(OID_NUMERIC),
         },
-        Some(Output::Group(c)) => columns.get(*c).map_or(OID_NUMERIC, |c| c.type_oid),
+        Some(Output::Group(c) | Output::Any(c)) => {
+            columns.get(*c).map_or(OID_NUMERIC, |c| c.type_oid)
+        }
         _ => OID_NUMERIC,
     };
     let ty = if matches!(ty, OID_INT2 | OID_INT4 | OID_INT8) && text.contains(['.', 'e', 'E']) {

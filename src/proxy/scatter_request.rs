@@ -72,7 +72,7 @@ pub(super) fn shard_formats(select: &ScatterSelect, client: &[i16]) -> Vec<i16> 
     for (i, out) in select.outputs.iter().enumerate() {
         let code = client.get(i).copied().unwrap_or(0);
         let cols: &[usize] = match out {
-            OutputCol::Column(c) => std::slice::from_ref(c),
+            OutputCol::Column(c) | OutputCol::Constant(c) => std::slice::from_ref(c),
             OutputCol::Agg { columns, .. } => columns,
         };
         for &c in cols {

@@ -3,7 +3,7 @@
 
 use tokio::time::timeout;
 
-use super::compare::{check, Order, Query, Tally};
+use super::compare::{check, run_ext, run_simple, Order, Param, Query, RunError, Tally};
 use super::{env, Env, ROWS, TEST_TIMEOUT};
 
 /// Runs every query both ways; each must be exact (never refused, never another error).
@@ -19,6 +19,32 @@ async fn all_exact(env: &Env, title: &str, sqls: &[(&str, Order)]) {
     println!("{}", tally.report(title));
     assert!(tally.failures.is_empty(), "{}", tally.report(title));
     assert_eq!(tally.refused(), 0, "{}", tally.report(title));
+}
+
+/// `sql` runs on the reference server, and shardgate refuses it in both protocols with
+/// 0A000, a message containing `message` and a hint containing `hint`.
+async fn refused(env: &Env, sql: &str, message: &str, hint: &str) {
+    run_simple(&env.pb, sql)
+        .await
+        .unwrap_or_else(|e| panic!("reference failed {sql}: {e:?}"));
+    for (proto, got) in [
+        ("simple", run_simple(&env.pa, sql).await),
+        ("extended", run_ext(&env.pa, sql, &[]).await),
+    ] {
+        let db = match &got {
+            Err(RunError::Db(e)) => e.as_db_error(),
+            _ => None,
+        };
+        let Some(db) = db else {
+            panic!("[{proto}] {sql}: expected a 0A000 refusal, got {got:?}");
+        };
+        assert_eq!(db.code().code(), "0A000", "[{proto}] {sql}: {db:?}");
+        assert!(db.message().contains(message), "[{proto}] {sql}: {db:?}");
+        assert!(
+            db.hint().is_some_and(|h| h.contains(hint)),
+            "[{proto}] {sql}: {db:?}"
+        );
+    }
 }
 
 /// An avg's column keeps the client's name: its alias (as PostgreSQL folds, unquotes and
@@ -56,6 +82,55 @@ async fn avg_keeps_its_alias() {
             ],
         )
         .await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A select-list item that reads no column next to an aggregate takes its value from any
+/// shard's row of the group; one that reads a column but is not a group key, or calls a
+/// function that might return a set, is refused (never an internal error).
+#[tokio::test]
+async fn constant_next_to_aggregate() {
+    timeout(TEST_TIMEOUT, async {
+        let env = env(ROWS / 4, false).await;
+        all_exact(
+            &env,
+            "constant next to an aggregate",
+            &[
+                ("SELECT 1 AS one, count(*) FROM ev", Order::Exact),
+                ("SELECT 'x', g, count(*) FROM ev GROUP BY g ORDER BY g", Order::Exact),
+                ("SELECT 'x' AS k, g, count(*) FROM ev GROUP BY g ORDER BY k, g", Order::Exact),
+                ("SELECT now() IS NOT NULL, count(*) FROM ev", Order::Exact),
+                (
+                    "SELECT 2 + 3 AS five, max(i4), 'a'::text || 'b', lower('Q') FROM ev WHERE false",
+                    Order::Exact,
+                ),
+                ("SELECT 1 AS one, count(*) FROM ev WHERE false GROUP BY g", Order::Exact),
+                (
+                    "SELECT g, -1.5 AS c, sum(i4) FROM ev GROUP BY g HAVING count(*) > 1 ORDER BY g",
+                    Order::Exact,
+                ),
+                ("SELECT DISTINCT 7 AS seven, g FROM ev GROUP BY g", Order::Set),
+                ("SELECT DISTINCT 'k', count(*) FROM ev GROUP BY g", Order::Set),
+            ],
+        )
+        .await;
+        let mut tally = Tally::default();
+        let q = Query {
+            cat: "mended",
+            simple: "SELECT 42::int AS p, count(*) FROM ev".into(),
+            ext: "SELECT $1::int AS p, count(*) FROM ev".into(),
+            params: vec![Param::I32(42)],
+            order: Order::Exact,
+        };
+        let outcomes = check(&env.pa, &env.pb, &q, &mut tally).await;
+        assert_eq!(outcomes, [true, true], "{}", tally.report("parameter"));
+        let not_key = "neither an aggregate nor a GROUP BY key";
+        let hint = "to GROUP BY";
+        refused(&env, "SELECT id, t, count(*) FROM ev GROUP BY id", not_key, hint).await;
+        refused(&env, "SELECT g + 1, count(*) FROM ev GROUP BY g", not_key, hint).await;
+        refused(&env, "SELECT generate_series(1, 2) AS s, count(*) FROM ev", not_key, hint).await;
     })
     .await
     .expect("test timed out");

@@ -50,6 +50,9 @@ pub struct AggSpec {
 pub enum Output {
     /// A shard column that is a group key, passed through.
     Group(usize),
+    /// A shard column whose value is the same in every row of a group (an expression that
+    /// reads no column): the group's first-seen row's value, passed through.
+    Any(usize),
     Agg(AggSpec),
 }
 
@@ -142,6 +145,10 @@ impl GroupMerge {
                     }
                     plans.push(None);
                 }
+                Output::Any(i) => {
+                    column(*i)?;
+                    plans.push(None);
+                }
                 Output::Agg(spec) => plans.push(Some(plan(spec, &column)?)),
             }
         }
@@ -162,7 +169,7 @@ impl GroupMerge {
             .zip(&self.plans)
             .map(|(o, p)| match (o, p) {
                 (_, Some(p)) => p.out,
-                (Output::Group(i), None) => self.shard_columns[*i],
+                (Output::Group(i) | Output::Any(i), None) => self.shard_columns[*i],
                 // new() builds a plan for every Agg output.
                 (Output::Agg(_), None) => Column::new(0, FORMAT_TEXT),
             })
@@ -206,7 +213,9 @@ impl GroupMerge {
                 .outputs
                 .iter()
                 .map(|o| match o {
-                    Output::Group(i) => row[*i].clone(),
+                    // A whole-table group over no rows has no row to take a value from (a
+                    // scatter always has one, as every shard answers a whole-table aggregate).
+                    Output::Group(i) | Output::Any(i) => row.get(*i).cloned().flatten(),
                     Output::Agg(_) => None,
                 })
                 .collect(),

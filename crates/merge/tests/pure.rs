@@ -311,3 +311,36 @@ fn text_dates_refuse_to_be_reformatted() {
     ));
     assert!(decode(&col, Some(b"01/02/2024")).is_err());
 }
+
+#[test]
+fn a_column_free_output_takes_the_first_row_of_its_group() {
+    // Shard columns: the constant, the group key, count(*).
+    let cols = vec![text(25), text(23), text(20)];
+    let outputs = vec![
+        Output::Any(0),
+        Output::Group(1),
+        Output::Agg(AggSpec {
+            kind: AggKind::CountStar,
+            shard_columns: vec![2],
+            arg_type: 0,
+        }),
+    ];
+    // A group key must be grouped by; a column-free output need not.
+    assert!(matches!(
+        GroupMerge::new(cols.clone(), vec![], vec![Output::Group(0)]),
+        Err(MergeError::NoSuchColumn(0))
+    ));
+    let mut m = GroupMerge::new(cols, vec![1], outputs).expect("plan");
+    m.push(vec![cell("x"), cell("1"), cell("2")]).expect("push");
+    m.push(vec![cell("x"), cell("2"), cell("5")]).expect("push");
+    m.push(vec![cell("x"), cell("1"), cell("3")]).expect("push");
+    let (columns, rows) = m.finish().expect("finish");
+    assert_eq!(columns[0].type_oid, 25);
+    assert_eq!(
+        rows,
+        vec![
+            vec![cell("x"), cell("1"), cell("5")],
+            vec![cell("x"), cell("2"), cell("5")]
+        ]
+    );
+}

@@ -96,6 +96,10 @@ pub enum OutputCol {
     /// This shard column, as is (after grouping: any shard's value for the group, since a
     /// non-aggregate column is the same for the whole group).
     Column(usize),
+    /// After grouping, a select-list item that reads no column (a literal, a parameter, or
+    /// operators, casts and function calls over those): its value is taken from any shard's
+    /// row of the group, as it does not depend on the group's rows.
+    Constant(usize),
     /// An aggregate to combine across shards; `avg` reads `[sum, count]`, the others one column.
     Agg {
         /// Which aggregate.

@@ -446,3 +446,21 @@ fn refusals_name_the_construct() {
     assert!(scatter_select(b"SELECT a FROM t ORDER BY a COLLATE \"C\"").is_ok());
     assert!(scatter_select(&[b'S', 0xff]).is_err());
 }
+
+#[test]
+fn column_free_items_next_to_aggregates() {
+    let s =
+        ok("SELECT 1 AS one, 'x'::text, now() IS NOT NULL, pg_catalog.lower($1), count(*) FROM t");
+    assert_eq!(
+        s.outputs[..4],
+        (0..4).map(OutputCol::Constant).collect::<Vec<_>>()
+    );
+    // A column, a function that might return a set or read a table, a column inside a call.
+    let s = ok("SELECT a, generate_series(1, 2), my_fn(), lower(b), count(*) FROM t GROUP BY a");
+    assert_eq!(
+        s.outputs[..4],
+        (0..4).map(OutputCol::Column).collect::<Vec<_>>()
+    );
+    // Without aggregation a constant is a plain column.
+    assert_eq!(ok("SELECT 1 FROM t").outputs, [OutputCol::Column(0)]);
+}

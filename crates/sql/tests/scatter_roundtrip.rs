@@ -110,7 +110,7 @@ async fn check(client: &Client, sql: &str, s: &ScatterSelect) -> Result<bool, St
     for (j, out) in s.outputs.iter().enumerate() {
         let want = orig.columns().get(j).map(|c| c.type_().clone());
         let got = match out {
-            OutputCol::Column(i) => shard.columns().get(*i),
+            OutputCol::Column(i) | OutputCol::Constant(i) => shard.columns().get(*i),
             // avg's type is the merge's to rebuild; its second shard column is the count.
             OutputCol::Agg {
                 kind: AggFn::Avg,

@@ -5,7 +5,9 @@
 use super::aggregates::{aggregate, calls, output_name, Call};
 use super::having::{self, Ctx};
 use super::limit::{self, Limits};
-use super::resolve::{agg_columns, group_key, ident_parts, sort_key, wildcard_sort_key};
+use super::resolve::{
+    agg_columns, column_free, group_key, ident_parts, sort_key, wildcard_sort_key,
+};
 use super::shape::{Code, Shape};
 use super::splice::Splicer;
 use super::{AggFn, OutputCol, ScatterSelect, Unsupported};
@@ -29,6 +31,8 @@ pub(crate) struct Item {
     pub(crate) agg: Option<AggFn>,
     pub(crate) cols: Vec<usize>,
     pub(crate) wildcard: bool,
+    /// A non-aggregate expression that reads no column.
+    pub(crate) column_free: bool,
 }
 
 pub(crate) fn build(stmt: &[u8], q: &Query) -> Result<ScatterSelect, Unsupported> {
@@ -177,6 +181,9 @@ pub(crate) fn build(stmt: &[u8], q: &Query) -> Result<ScatterSelect, Unsupported
                     kind,
                     columns: i.cols.clone(),
                 },
+                None if aggregated && i.column_free => {
+                    OutputCol::Constant(i.cols.first().copied().unwrap_or_default())
+                }
                 None => OutputCol::Column(i.cols.first().copied().unwrap_or_default()),
             })
             .collect(),
@@ -271,6 +278,7 @@ fn item(
                 agg: None,
                 cols: vec![sp.column()],
                 wildcard: true,
+                column_free: false,
             });
         }
         SelectItem::UnnamedExpr(e) => (e, toks.clone()),
@@ -315,6 +323,7 @@ fn item(
         agg,
         cols,
         wildcard: false,
+        column_free: agg.is_none() && column_free(e, 0),
     })
 }
 

@@ -8,7 +8,10 @@ use super::build::{avg_parts, Item};
 use super::shape::Code;
 use super::splice::Splicer;
 use super::{AggFn, SortCol, Unsupported};
-use sqlparser::ast::{Expr, OrderByExpr, OrderBySort, Value};
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectNamePart, OrderByExpr,
+    OrderBySort, Value,
+};
 use std::ops::Range;
 
 /// One `GROUP BY` key.
@@ -24,6 +27,96 @@ pub(crate) fn ident_parts(e: &Expr) -> Option<Vec<String>> {
         Expr::Identifier(i) => Some(vec![fold(i)]),
         Expr::CompoundIdentifier(parts) => Some(parts.iter().map(fold).collect()),
         _ => None,
+    }
+}
+
+/// Built-in functions that return one value (never a set) and read no table: a call of one
+/// of them over column-free arguments is column-free. Any other function might return a set
+/// (one row per element on every shard) or read a shard's own tables.
+const SCALAR_FUNCTIONS: &[&str] = &[
+    "now",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "localtime",
+    "localtimestamp",
+    "transaction_timestamp",
+    "statement_timestamp",
+    "current_user",
+    "session_user",
+    "current_role",
+    "current_database",
+    "current_catalog",
+    "current_schema",
+    "current_setting",
+    "version",
+    "lower",
+    "upper",
+    "length",
+    "abs",
+    "round",
+    "trunc",
+    "concat",
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+];
+
+/// Whether `e` reads no column: literals, parameters, and casts, operators and calls of
+/// [`SCALAR_FUNCTIONS`] over those (such as `1`, `'x'::text`, `now() IS NOT NULL`). Anything
+/// this does not know counts as reading a column.
+pub(crate) fn column_free(e: &Expr, depth: usize) -> bool {
+    if depth > 50 {
+        return false;
+    }
+    let free = |e: &Expr| column_free(e, depth + 1);
+    match e {
+        Expr::Value(_) | Expr::TypedString(_) => true,
+        Expr::Nested(e)
+        | Expr::UnaryOp { expr: e, .. }
+        | Expr::IsNull(e)
+        | Expr::IsNotNull(e)
+        | Expr::IsTrue(e)
+        | Expr::IsNotTrue(e)
+        | Expr::IsFalse(e)
+        | Expr::IsNotFalse(e) => free(e),
+        Expr::Cast {
+            expr, format: None, ..
+        } => free(expr),
+        Expr::BinaryOp { left, right, .. } => free(left) && free(right),
+        Expr::Function(f) => {
+            let name: Vec<String> = f
+                .name
+                .0
+                .iter()
+                .map(|p| match p {
+                    ObjectNamePart::Identifier(i) => fold(i),
+                    _ => String::new(),
+                })
+                .collect();
+            let scalar = match name.as_slice() {
+                [n] => SCALAR_FUNCTIONS.contains(&n.as_str()),
+                [schema, n] => schema == "pg_catalog" && SCALAR_FUNCTIONS.contains(&n.as_str()),
+                _ => false,
+            };
+            let plain = scalar
+                && f.over.is_none()
+                && f.filter.is_none()
+                && f.within_group.is_empty()
+                && f.null_treatment.is_none()
+                && matches!(f.parameters, FunctionArguments::None);
+            plain && match &f.args {
+                FunctionArguments::None => true,
+                FunctionArguments::List(l) => l.duplicate_treatment.is_none()
+                    && l.clauses.is_empty()
+                    && l.args.iter().all(
+                        |a| matches!(a, FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) if free(e)),
+                    ),
+                FunctionArguments::Subquery(_) => false,
+            }
+        }
+        _ => false,
     }
 }
 
