@@ -19,6 +19,7 @@ const OID_INT2: u32 = 21;
 const OID_INT4: u32 = 23;
 const OID_INT8: u32 = 20;
 const OID_NUMERIC: u32 = 1700;
+const OID_FLOAT4: u32 = 700;
 const OID_FLOAT8: u32 = 701;
 const OID_BOOL: u32 = 16;
 const OID_TIMESTAMPTZ: u32 = 1184;
@@ -287,19 +288,24 @@ fn having(
     })
 }
 
-/// A HAVING operand: the merged column it reads (Ok), or a literal's text (Err).
+/// A HAVING constant's text, and whether it is a numeric literal (typed by the server) rather
+/// than a string or boolean (which takes the type of what it is compared with).
+type Constant = (String, bool);
+
+/// A HAVING operand: the merged column it reads (Ok), or a constant (Err).
 fn operand(
     o: &HavingOperand,
     outputs: &mut Vec<Output>,
     extra: &mut impl FnMut(&mut Vec<Output>, Output) -> usize,
     agg_spec: &impl Fn(AggFn, &[usize]) -> Result<AggSpec, Failure>,
-) -> Result<Result<usize, String>, Failure> {
+) -> Result<Result<usize, Constant>, Failure> {
     Ok(match o {
         HavingOperand::Column(c) => Ok(extra(outputs, Output::Group(*c))),
         HavingOperand::Agg { kind, columns } => {
             Ok(extra(outputs, Output::Agg(agg_spec(*kind, columns)?)))
         }
-        HavingOperand::Literal(t) => Err(t.clone()),
+        HavingOperand::Literal(t) => Err((t.clone(), false)),
+        HavingOperand::Number(t) => Err((t.clone(), true)),
         HavingOperand::Param(_) => {
             return Err(own(
                 sqlstate::FEATURE_NOT_SUPPORTED,
@@ -309,15 +315,22 @@ fn operand(
     })
 }
 
-/// A HAVING literal read as the type of the merged column it is compared with: an aggregate's
-/// result type, or a group key's type as the shards described it (`columns`, by shard column).
-/// A literal that type's output syntax cannot read, or a timestamptz literal (which the server
-/// would read in the session's TimeZone), is refused rather than guessed.
+/// A HAVING constant as PostgreSQL would compare it with the merged column: the column's type
+/// is an aggregate's result type, or a group key's type as the shards described it (`columns`,
+/// by shard column).
+///
+/// A string or boolean takes the column's type. A number is typed first (int4/int8 when it is
+/// an integer, else numeric) and the operator follows: integers compare exactly with any
+/// integer type; numeric with an integer column compares in numeric; any number with real or
+/// double precision compares in float8 (`0.1::real > 0.1` is true: the real is widened and the
+/// number read as float8). A constant the type cannot read, a number against a non-numeric
+/// type (the server has no such operator), or a timestamptz constant (which the server would
+/// read in the session's TimeZone) is refused rather than guessed.
 fn literal_for(
     columns: &[Column],
     outputs: &[Output],
     column: usize,
-    text: &str,
+    (text, number): &Constant,
 ) -> Result<Operand, Failure> {
     let ty = match outputs.get(column) {
         Some(Output::Agg(spec)) => match spec.kind {
@@ -329,11 +342,6 @@ fn literal_for(
         }
         _ => OID_NUMERIC,
     };
-    let ty = if matches!(ty, OID_INT2 | OID_INT4 | OID_INT8) && text.contains(['.', 'e', 'E']) {
-        OID_NUMERIC
-    } else {
-        ty
-    };
     let refuse = || {
         own(
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -342,6 +350,32 @@ fn literal_for(
     };
     if ty == OID_TIMESTAMPTZ {
         return Err(refuse());
+    }
+    if *number {
+        let read_as = match ty {
+            OID_INT2 | OID_INT4 | OID_INT8 => {
+                if let Ok(n) = text.parse::<i64>() {
+                    return Ok(Operand::Const(Value::Int(n)));
+                }
+                OID_NUMERIC
+            }
+            OID_FLOAT4 | OID_FLOAT8 => OID_FLOAT8,
+            OID_NUMERIC => OID_NUMERIC,
+            _ => return Err(refuse()),
+        };
+        let v = decode(&Column::new(read_as, 0), Some(text.as_bytes())).map_err(|_| refuse())?;
+        // The server fails a number out of float8's range (1e400, 1e-400); Rust's parse
+        // would give infinity or zero.
+        if let Value::Float(f) = v {
+            let nonzero = text
+                .split(['e', 'E'])
+                .next()
+                .is_some_and(|m| m.bytes().any(|b| matches!(b, b'1'..=b'9')));
+            if !f.is_finite() || (f == 0.0 && nonzero) {
+                return Err(refuse());
+            }
+        }
+        return Ok(Operand::Const(v));
     }
     let text = match (ty, text.to_ascii_lowercase().as_str()) {
         (OID_BOOL, "true") => "t",

@@ -135,3 +135,70 @@ async fn constant_next_to_aggregate() {
     .await
     .expect("test timed out");
 }
+
+/// HAVING compares a constant as PostgreSQL's operator resolution would: a number against a
+/// `real` value compares in float8 (`0.1::real > 0.1` is true), an integer against any integer
+/// type exactly, a fraction against an integer in numeric; a quoted string takes the column's
+/// type. A number float8 cannot hold is refused, not read as infinity.
+#[tokio::test]
+async fn having_constants_compare_like_postgresql() {
+    timeout(TEST_TIMEOUT, async {
+        let env = env(ROWS / 4, false).await;
+        // Rows on both shards whose real values are not exact in binary.
+        let rows: Vec<String> = ["0.1", "0.1", "0.3", "1", "2.5", "0.1"]
+            .iter()
+            .enumerate()
+            .map(|(i, f4)| format!("({}, 101, {f4}, {})", 10_000_001 + i, 30_000 + i))
+            .collect();
+        let insert = format!("INSERT INTO ev (id, g, f4, i2) VALUES {}", rows.join(", "));
+        for c in [&env.pa, &env.pb] {
+            run_simple(c, &insert).await.expect("insert");
+        }
+        all_exact(
+            &env,
+            "HAVING constants",
+            &[
+                ("SELECT 0.1::real > 0.1 AS pg_says", Order::Exact),
+                (
+                    "SELECT g, max(f4) FROM ev WHERE f4 = 0.1::real GROUP BY g HAVING max(f4) > 0.1 ORDER BY g",
+                    Order::Exact,
+                ),
+                ("SELECT f4, count(*) FROM ev GROUP BY f4 HAVING f4 = 0.1", Order::Set),
+                ("SELECT f4, count(*) FROM ev GROUP BY f4 HAVING f4 = '0.1'", Order::Set),
+                (
+                    "SELECT count(*) FROM ev WHERE f4 = 0.1::real HAVING max(f4) <= 0.1",
+                    Order::Exact,
+                ),
+                (
+                    "SELECT f4, count(*) FROM ev WHERE g = 101 GROUP BY f4 HAVING f4 >= 0.3 AND f4 < 2.5 OR f4 = 1 ORDER BY f4",
+                    Order::Exact,
+                ),
+                (
+                    "SELECT g, min(f4) FROM ev GROUP BY g HAVING min(f4) < -1e-3 ORDER BY g",
+                    Order::Exact,
+                ),
+                ("SELECT g, max(f8) FROM ev GROUP BY g HAVING max(f8) > 0.1 ORDER BY g", Order::Exact),
+                ("SELECT i2, count(*) FROM ev GROUP BY i2 HAVING i2 < 40000 ORDER BY i2", Order::Exact),
+                ("SELECT i2, count(*) FROM ev GROUP BY i2 HAVING i2 > 30001.5 ORDER BY i2", Order::Exact),
+                ("SELECT g, count(*) FROM ev GROUP BY g HAVING g > 2.5 ORDER BY g", Order::Exact),
+                (
+                    "SELECT g, max(i8) FROM ev GROUP BY g HAVING max(i8) < 99999999999999999999 ORDER BY g",
+                    Order::Exact,
+                ),
+            ],
+        )
+        .await;
+        // The server fails these (out of float8's range); shardgate refuses them.
+        for sql in [
+            "SELECT g, max(f8) FROM ev GROUP BY g HAVING max(f8) > 1e400",
+            "SELECT g, max(f4) FROM ev GROUP BY g HAVING max(f4) > 1e-400",
+        ] {
+            let err = run_simple(&env.pb, sql).await.expect_err("reference fails");
+            assert_eq!(err.code().map(|c| c.code()), Some("22003"), "{sql}");
+            let err = run_simple(&env.pa, sql).await.expect_err("refused");
+            assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{sql}: {}", err.message());
+        }
+    })
+    .await
+    .expect("test timed out");
+}

@@ -196,8 +196,12 @@ pub enum HavingOperand {
         /// Its shard columns.
         columns: Vec<usize>,
     },
-    /// A constant, as the server would read its text (quotes and escapes undone).
+    /// A constant, as the server would read its text (quotes and escapes undone): a quoted
+    /// string or a boolean, which takes the type of what it is compared with.
     Literal(String),
+    /// A numeric constant (`10`, `-2.5`, `1e3`), which PostgreSQL types as int4, int8 or
+    /// numeric before it picks the comparison operator (`real > 0.1` compares in float8).
+    Number(String),
     /// `$n`.
     Param(u16),
 }

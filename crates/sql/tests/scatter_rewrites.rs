@@ -218,7 +218,7 @@ fn group_by_having_order_and_limit_after_grouping() {
             Box::new(HavingExpr::Cmp(
                 sum_c,
                 CmpOp::Gt,
-                HavingOperand::Literal("10".into())
+                HavingOperand::Number("10".into())
             )),
             Box::new(HavingExpr::Or(
                 Box::new(HavingExpr::Cmp(
@@ -270,7 +270,7 @@ fn group_keys_are_selected_hidden_or_renumbered() {
                     columns: vec![1, 2]
                 },
                 CmpOp::Lt,
-                HavingOperand::Literal("2.5".into())
+                HavingOperand::Number("2.5".into())
             )),
             Box::new(HavingExpr::IsNull(
                 HavingOperand::Agg {

@@ -117,9 +117,10 @@ fn operand(e: &Expr, ctx: &mut Ctx, depth: usize) -> Result<HavingOperand, Unsup
 /// A constant's text as the server would read it (quotes and escapes already undone).
 fn literal(e: &Expr) -> Option<HavingOperand> {
     let text = |s: &str| Some(HavingOperand::Literal(s.to_owned()));
+    let number = |s: &str| Some(HavingOperand::Number(s.to_owned()));
     match e {
         Expr::Value(v) => match &v.value {
-            Value::Number(n, false) => text(n),
+            Value::Number(n, false) => number(n),
             Value::SingleQuotedString(s)
             | Value::EscapedStringLiteral(s)
             | Value::NationalStringLiteral(s) => text(s),
@@ -134,11 +135,11 @@ fn literal(e: &Expr) -> Option<HavingOperand> {
         },
         Expr::UnaryOp { op, expr } => match (op, expr.as_ref()) {
             (UnaryOperator::Minus, Expr::Value(v)) => match &v.value {
-                Value::Number(n, false) if !n.starts_with('-') => text(&format!("-{n}")),
+                Value::Number(n, false) if !n.starts_with('-') => number(&format!("-{n}")),
                 _ => None,
             },
             (UnaryOperator::Plus, Expr::Value(v)) => match &v.value {
-                Value::Number(n, false) => text(n),
+                Value::Number(n, false) => number(n),
                 _ => None,
             },
             _ => None,
