@@ -298,6 +298,68 @@ async fn transactions_are_pinned_and_never_move() {
     .expect("test timed out");
 }
 
+/// A serializable transaction runs on the primary even when it is read-only: a hot standby
+/// refuses serializable mode. Opened by BEGIN/START TRANSACTION (simple or extended protocol),
+/// or by a held-back BEGIN whose first statement is SET TRANSACTION ... SERIALIZABLE, READ ONLY.
+#[tokio::test]
+async fn serializable_read_only_transactions_run_on_the_primary() {
+    timeout(TEST_TIMEOUT, async {
+        let s = setup("  load_balance: round_robin\n").await;
+        let c = &s.client;
+        let probe = "SELECT inet_server_port()::text, current_setting('transaction_isolation'), \
+                     current_setting('transaction_read_only')";
+        let run_probe = || async {
+            let msgs = c.simple_query(probe).await;
+            let msgs = msgs.unwrap_or_else(|e| panic!("probe in the transaction: {e:?}"));
+            let row = msgs
+                .into_iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                    _ => None,
+                })
+                .expect("a row");
+            let port: u16 = row.get(0).expect("port").parse().expect("port");
+            let iso = row.get(1).expect("isolation").to_owned();
+            let ro = row.get(2).expect("read only").to_owned();
+            c.batch_execute("COMMIT").await.expect("COMMIT");
+            (port, iso, ro)
+        };
+        // Other read-only transactions use a replica (checked first: SET TRANSACTION below counts
+        // as a write, after which reads wait for the replicas to replay its commit).
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .expect("BEGIN REPEATABLE READ");
+        let (port, iso, ro) = run_probe().await;
+        assert!(
+            s.is_replica(port),
+            "REPEATABLE READ READ ONLY ran on {port}"
+        );
+        assert_eq!((iso.as_str(), ro.as_str()), ("repeatable read", "on"));
+        let want = (s.primary, "serializable".to_owned(), "on".to_owned());
+        for begin in [
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+            "START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE, DEFERRABLE",
+            "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+        ] {
+            c.batch_execute(begin).await.expect(begin);
+            assert_eq!(run_probe().await, want, "{begin}");
+        }
+        // Extended protocol, as asyncpg's transaction(isolation='serializable', readonly=True).
+        c.execute("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", &[])
+            .await
+            .expect("extended BEGIN");
+        assert_eq!(run_probe().await, want, "extended BEGIN");
+        // A held-back BEGIN, then SET TRANSACTION as its first statement.
+        c.batch_execute("BEGIN").await.expect("BEGIN");
+        c.batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY")
+            .await
+            .expect("SET TRANSACTION");
+        assert_eq!(run_probe().await, want, "BEGIN / SET TRANSACTION");
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test]
 async fn hints_and_the_shardgate_target_setting() {
     timeout(TEST_TIMEOUT, async {

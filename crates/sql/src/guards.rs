@@ -386,14 +386,16 @@ fn note_function(g: &mut Guards, name: &[u8]) {
     }
 }
 
-/// Whether `READ ONLY` appears among `stmt`'s words and `READ WRITE` does not (a transaction's
-/// modes: the conservative reading of a contradictory list is read-write).
+/// Whether `READ ONLY` appears among `stmt`'s words and neither `READ WRITE` nor
+/// `SERIALIZABLE` does (a transaction's modes: the conservative reading of a contradictory list
+/// is read-write). A serializable transaction, read-only or not, must run on a primary: a hot
+/// standby refuses it ("cannot use serializable mode in a hot standby").
 pub(crate) fn read_only_mode(stmt: &[u8]) -> bool {
     let mut prev_read = false;
     let (mut ro, mut rw) = (false, false);
     for w in words(stmt) {
         ro |= prev_read && is(w, "ONLY");
-        rw |= prev_read && is(w, "WRITE");
+        rw |= (prev_read && is(w, "WRITE")) || is(w, "SERIALIZABLE");
         prev_read = is(w, "READ");
     }
     ro && !rw

@@ -251,7 +251,7 @@ fn transaction_control_from_leading_keywords() {
     use TxnControl::*;
     assert_eq!(txn("BEGIN"), [Begin { read_only: false }]);
     assert_eq!(
-        txn("BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE"),
+        txn("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE"),
         [Begin { read_only: true }]
     );
     assert_eq!(
@@ -276,6 +276,17 @@ fn transaction_control_from_leading_keywords() {
     assert_eq!(txn("ROLLBACK TO SAVEPOINT a"), [Savepoint]);
     assert_eq!(txn("ROLLBACK WORK TO a"), [Savepoint]);
     assert_eq!(txn("SET TRANSACTION READ ONLY"), [SetTransactionReadOnly]);
+    // A hot standby refuses serializable transactions: read-only or not, they need a primary.
+    for sql in [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+        "BEGIN READ ONLY ISOLATION LEVEL SERIALIZABLE",
+        "START TRANSACTION ISOLATION LEVEL serializable READ ONLY",
+    ] {
+        assert_eq!(txn(sql), [Begin { read_only: false }], "{sql}");
+    }
+    let c = classify("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY");
+    assert!(c.txn.is_empty() && c.write.is_some(), "{c:?}");
     for sql in [
         "PREPARE TRANSACTION 'x'",
         "COMMIT PREPARED 'x'",
