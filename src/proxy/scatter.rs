@@ -57,7 +57,15 @@ pub(super) fn own_with_hint(code: &str, message: impl Into<String>, hint: &str) 
 
 impl From<MergeError> for Failure {
     fn from(e: MergeError) -> Failure {
-        own(e.sqlstate(), format!("shardgate: {e}"))
+        let message = format!("shardgate: {e}");
+        match e {
+            MergeError::NotIsoDateStyle(_) => own_with_hint(
+                e.sqlstate(),
+                message,
+                "Keep DateStyle's output ISO for queries that sort, group or aggregate dates and timestamps across shards (SET DateStyle = 'ISO, DMY' keeps day-month input), or request binary results.",
+            ),
+            _ => own(e.sqlstate(), message),
+        }
     }
 }
 

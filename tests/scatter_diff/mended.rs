@@ -202,3 +202,77 @@ async fn having_constants_compare_like_postgresql() {
     .await
     .expect("test timed out");
 }
+
+/// With a DateStyle other than ISO, text dates and timestamps cannot be ordered or compared by
+/// the merge: ORDER BY, GROUP BY, DISTINCT, min/max over them are refused with 0A000 and a hint
+/// (never XX000), while binary results (extended protocol here) and plain concatenation still
+/// merge exactly; back in an ISO DateStyle (with DMY input) the same text queries merge.
+#[tokio::test]
+async fn non_iso_datestyle_is_refused_with_a_hint() {
+    timeout(TEST_TIMEOUT, async {
+        let env = env(ROWS / 4, false).await;
+        for c in [&env.pa, &env.pb] {
+            c.batch_execute("SET DateStyle = 'SQL, DMY'")
+                .await
+                .expect("DateStyle");
+        }
+        let merged = [
+            (
+                "SELECT d, count(*) FROM ev GROUP BY d ORDER BY d",
+                Order::Exact,
+            ),
+            (
+                "SELECT id, ts FROM ev ORDER BY ts, id LIMIT 20",
+                Order::Exact,
+            ),
+            ("SELECT min(d), max(ts), min(tz) FROM ev", Order::Exact),
+            ("SELECT DISTINCT d FROM ev", Order::Set),
+            (
+                "SELECT g, max(ts) FROM ev GROUP BY g ORDER BY g",
+                Order::Exact,
+            ),
+        ];
+        let mut tally = Tally::default();
+        for (sql, order) in &merged {
+            let q = Query::plain("datestyle", *sql, order.clone());
+            let outcomes = check(&env.pa, &env.pb, &q, &mut tally).await;
+            // Text (simple protocol) refused, binary (extended) exact.
+            assert_eq!(
+                outcomes,
+                [false, true],
+                "{sql}: {}",
+                tally.report("DateStyle")
+            );
+            let err = run_simple(&env.pa, sql).await.expect_err("refused");
+            let RunError::Db(e) = &err else {
+                panic!("{sql}: {err:?}");
+            };
+            let db = e.as_db_error().expect("a server error");
+            assert_eq!(db.code().code(), "0A000", "{sql}: {db:?}");
+            assert!(
+                db.message().contains("DateStyle is not ISO"),
+                "{sql}: {db:?}"
+            );
+            assert!(
+                db.hint()
+                    .is_some_and(|h| h.contains("SET DateStyle = 'ISO, DMY'")),
+                "{sql}: {db:?}"
+            );
+        }
+        assert!(tally.failures.is_empty(), "{}", tally.report("DateStyle"));
+        all_exact(
+            &env,
+            "DateStyle SQL, concatenation",
+            &[("SELECT id, d, ts, tz FROM ev WHERE g = 1", Order::Set)],
+        )
+        .await;
+        for c in [&env.pa, &env.pb] {
+            c.batch_execute("SET DateStyle = 'ISO, DMY'")
+                .await
+                .expect("DateStyle");
+        }
+        all_exact(&env, "DateStyle ISO, DMY", &merged).await;
+    })
+    .await
+    .expect("test timed out");
+}

@@ -2,7 +2,7 @@
 //! representation (days / microseconds since 2000-01-01), so text values can be ordered.
 //!
 //! Only the ISO DateStyle is understood; anything else (SQL, German, Postgres styles) is
-//! refused as malformed rather than guessed. Output is never re-formatted here: the merge
+//! refused ([`MergeError::NotIsoDateStyle`]) rather than guessed. Output is never re-formatted here: the merge
 //! re-emits the original bytes, which keeps the session's DateStyle and TimeZone intact.
 
 use crate::error::MergeError;
@@ -12,10 +12,7 @@ const USECS_PER_DAY: i64 = 86_400_000_000;
 const PG_EPOCH_DAYS: i64 = 10_957;
 
 fn bad(type_oid: u32) -> MergeError {
-    MergeError::Malformed {
-        type_oid,
-        reason: "not an ISO DateStyle value",
-    }
+    MergeError::NotIsoDateStyle(type_oid)
 }
 
 /// Days since 1970-01-01 in the proleptic Gregorian calendar (astronomical year numbering).
@@ -44,11 +41,15 @@ fn strip_bc(s: &str) -> (&str, bool) {
     }
 }
 
-/// `YYYY-MM-DD` (year of any width) to days since 2000-01-01.
+/// `YYYY-MM-DD` (a year of at least four digits, as PostgreSQL pads it) to days since
+/// 2000-01-01. The widths matter: the Postgres DateStyle writes dates as `MM-DD-YYYY` or
+/// `DD-MM-YYYY`, which for years up to 31 would otherwise read as a valid ISO date.
 fn parse_ymd(s: &str, bc: bool, oid: u32) -> Result<i64, MergeError> {
     let mut parts = s.splitn(3, '-');
     let (y, m, d) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(y), Some(m), Some(d)) => (number(y, oid)?, number(m, oid)?, number(d, oid)?),
+        (Some(y), Some(m), Some(d)) if y.len() >= 4 && m.len() == 2 && d.len() == 2 => {
+            (number(y, oid)?, number(m, oid)?, number(d, oid)?)
+        }
         _ => return Err(bad(oid)),
     };
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y == 0 {

@@ -18,6 +18,12 @@ pub enum MergeError {
     /// A text-format value of this type cannot be re-formatted exactly (DateStyle, TimeZone).
     #[error("type oid {0} cannot be formatted as text by the merge; its original bytes must be passed through")]
     CannotFormat(u32),
+    /// A text date/timestamp/timestamptz that is not in the ISO DateStyle (the session set
+    /// `DateStyle` to SQL, German or Postgres): the merge cannot order or compare it.
+    #[error(
+        "cannot order or compare type oid {0} across shards: the session's DateStyle is not ISO"
+    )]
+    NotIsoDateStyle(u32),
     /// A value a shard sent could not be decoded as its declared type.
     #[error("malformed value for type oid {type_oid}: {reason}")]
     Malformed { type_oid: u32, reason: &'static str },
@@ -64,6 +70,7 @@ impl MergeError {
             | MergeError::NumericLimit(_)
             | MergeError::UnsupportedAggregate(_)
             | MergeError::Incomparable
+            | MergeError::NotIsoDateStyle(_)
             | MergeError::Unsorted(_) => SQLSTATE_FEATURE_NOT_SUPPORTED,
             MergeError::Malformed { .. }
             | MergeError::BadFormat(_)

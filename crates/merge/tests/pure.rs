@@ -344,3 +344,25 @@ fn a_column_free_output_takes_the_first_row_of_its_group() {
         ]
     );
 }
+
+#[test]
+fn dates_outside_the_iso_datestyle_are_refused() {
+    for (oid, s) in [
+        (1082, "01/02/2020"),
+        (1082, "01.02.2020"),
+        // The Postgres DateStyle's MM-DD-YYYY for year 15 must not read as 0001-02-15.
+        (1082, "01-02-0015"),
+        (1114, "01/02/2020 10:00:00"),
+        (1114, "Thu Jan 02 10:00:00 2020"),
+        (1184, "02.01.2020 10:00:00 NZDT"),
+    ] {
+        let got = decode(&text(oid), Some(s.as_bytes()));
+        assert!(
+            matches!(got, Err(MergeError::NotIsoDateStyle(o)) if o == oid),
+            "{s}: {got:?}"
+        );
+        assert_eq!(MergeError::NotIsoDateStyle(oid).sqlstate(), "0A000");
+    }
+    assert_eq!(val(1082, "0015-01-02"), val(1082, "0015-01-02"));
+    assert!(compare(&val(1082, "0015-01-02"), &val(1082, "2020-01-02")) == Ordering::Less);
+}
