@@ -141,8 +141,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let classifier = snapshot.classifier.clone();
         let mut sbuf = BytesMut::new();
         for leg in &mut legs {
-            if let Some(b) = &leg.begin {
-                leg.flight.send_hidden(b, false, &mut sbuf);
+            for sql in &leg.replay {
+                leg.flight.send_hidden(sql, false, &mut sbuf);
             }
             let input: &[u8] = leg.request.as_deref().unwrap_or(&request);
             let (statements, params) = match &mut leg.state {

@@ -34,6 +34,7 @@ mod startup;
 mod statements;
 mod topology;
 mod two_phase;
+mod txn_replay;
 mod txn_shards;
 pub(crate) mod workers;
 

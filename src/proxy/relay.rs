@@ -292,6 +292,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // A write must not follow a read onto a replica.
             return Ok(false);
         }
+        if in_transaction || self.txn.active() || scanned.view.begins.is_some() {
+            self.note_txn_state(&snapshot.classifier)?;
+        }
         let kind = kind_of(&scanned, in_transaction);
         snapshot.routed[shard].inc(role, kind);
         self.record_sharded(
@@ -322,6 +325,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(true);
         }
         let in_transaction = self.flight.tx_status != b'I';
+        let sharded = snapshot.sharding.is_some() && self.mode == PoolMode::Transaction;
+        // Whether the transaction's state is recorded for the shards it may join.
+        let records =
+            sharded && (in_transaction || self.txn.active() || scanned.view.begins.is_some());
+        if records {
+            // The request before this one was sent: the catch-up below must include it.
+            self.txn.settle();
+        }
         let mut shard_why = String::new();
         if in_transaction && scanned.ends_transaction {
             if self
@@ -335,7 +346,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(true);
             }
             self.settle_parked().await;
+            if records {
+                // After the catch-up above: the end clears what it replayed.
+                self.note_txn_state(&snapshot.classifier)?;
+            }
         } else if let Some(plan) = self.plan_shards(&snapshot, &mut scanned).await? {
+            if records {
+                self.note_txn_state(&snapshot.classifier)?;
+            }
             let role = self.server.as_ref().map_or(Role::Primary, |c| c.role);
             if let Some(fields) = self.pin_problem(&scanned, Some(&plan.need), role) {
                 self.refuse_pin(fields, in_transaction).await?;
@@ -463,7 +481,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.routing.txn_wrote = false;
                 self.txn_write_shard = None;
                 self.txn_written = 0;
-                self.txn_begin = None;
+                if self.txn.active() {
+                    self.txn.clear();
+                }
             }
             if self.flight.idle() {
                 if let Some(start) = self.cycle_started.take() {

@@ -145,9 +145,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut sent = Ok(());
         for leg in &mut legs {
             let mut bytes = BytesMut::new();
-            if let Some(b) = leg.begin.take() {
-                frontend::query(&b, &mut bytes);
-                leg.skip_replies = true;
+            for sql in std::mem::take(&mut leg.replay) {
+                frontend::query(&sql, &mut bytes);
+                leg.skip_replies += 1;
             }
             bytes.extend_from_slice(&shard_req);
             if let Err(e) = leg.co.conn.stream.write_all(&bytes).await {
@@ -435,9 +435,10 @@ pub(super) fn error_fields(body: &[u8]) -> ErrorFields {
     }
 }
 
-/// The next frame of a shard's reply to the scatter (shardgate's BEGIN's replies skipped, but
-/// not its error: a failed BEGIN leaves that shard outside the transaction, so its error is
-/// returned like any other and fails the statement). Marks the leg done at its ReadyForQuery;
+/// The next frame of a shard's reply to the scatter (the replies to what shardgate sent first
+/// skipped, but not a BEGIN's error: a failed BEGIN leaves that shard outside the transaction,
+/// so its error is returned like any other and fails the statement; a replayed state change
+/// fails or not as it did where it first ran, and the transaction's state is then the same). Marks the leg done at its ReadyForQuery;
 /// asking a done leg for more is a reply that ended early, not a wait for bytes that never come.
 pub(super) async fn next_frame(leg: &mut Leg) -> Result<(u8, Bytes), Failure> {
     if leg.done {
@@ -458,15 +459,16 @@ pub(super) async fn next_frame(leg: &mut Leg) -> Result<(u8, Bytes), Failure> {
         };
         if frame.tag == b'Z' {
             let status = frame.body.first().copied().unwrap_or(b'I');
-            if leg.skip_replies {
-                leg.skip_replies = false;
+            if leg.skip_replies > 0 {
+                leg.skip_replies -= 1;
+                leg.replay_begins = false;
                 continue;
             }
             leg.last_status = status;
             leg.done = true;
             return Ok((frame.tag, frame.body));
         }
-        if leg.skip_replies && frame.tag != b'E' {
+        if leg.skip_replies > 0 && (frame.tag != b'E' || !leg.replay_begins) {
             continue;
         }
         return Ok((frame.tag, frame.body));

@@ -92,8 +92,9 @@ pub(crate) struct Session<S> {
     pub(super) deferred_failed: bool,
     /// Connections the open transaction holds on shards other than the current one.
     pub(super) parked: Vec<super::txn_shards::Parked>,
-    /// The open transaction's BEGIN, to open it on more shards.
-    pub(super) txn_begin: Option<Bytes>,
+    /// The open transaction's BEGIN and state changes, to open it on more shards in the same
+    /// state (sharding only).
+    pub(super) txn: super::txn_replay::TxnReplay,
     /// The shard the open transaction has written on.
     pub(super) txn_write_shard: Option<usize>,
     /// Every shard the open transaction has written on (more than one only with two-phase
@@ -164,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             close_at_end: false,
             deferred_failed: false,
             parked: Vec::new(),
-            txn_begin: None,
+            txn: Default::default(),
             txn_write_shard: None,
             txn_written: 0,
             unnamed_parse: None,
@@ -304,6 +305,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         mut scanned: Scanned,
     ) -> Result<bool, ClientError> {
         let in_transaction = self.deferred_begin.is_some();
+        if !in_transaction && self.txn.active() {
+            // A held-back transaction ended without reaching a server.
+            self.txn.clear();
+        }
         // The held-back transaction failed here, without the server: the request ending it
         // finds it aborted on the server too, which then ends it exactly as PostgreSQL ends
         // an aborted transaction (tag ROLLBACK for a COMMIT, AND CHAIN, in either protocol).
@@ -324,6 +329,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut shard_index = 0;
         let mut shard_why = String::new();
         if let Some(plan) = self.plan_shards(&snapshot, &mut scanned).await? {
+            if in_transaction || scanned.view.begins.is_some() || self.txn.active() {
+                if let Some(begin) = self.deferred_begin.clone().filter(|_| !self.txn.active()) {
+                    self.txn.start(begin);
+                }
+                self.note_txn_state(&snapshot.classifier)?;
+            }
             if let Some(fields) = self.pin_problem(&scanned, Some(&plan.need), Role::Primary) {
                 self.refuse_pin(fields, false).await?;
                 return Ok(false);
@@ -478,7 +489,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.unnamed = scanned.unnamed.take();
         if let Some(begin) = self.deferred_begin.take() {
             self.flight.send_hidden(&begin, false, &mut self.sbuf);
-            self.txn_begin = Some(begin);
+            if !self.txn.active() {
+                self.txn.start(begin);
+            }
         }
         if abort_first {
             self.flight
@@ -580,6 +593,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Answers the buffered request with an error, skipping the client's messages up to
     /// the end of that request as PostgreSQL would, then ReadyForQuery.
     pub(super) async fn reject_request(&mut self, fields: ErrorFields) -> Result<(), ClientError> {
+        // Nothing of the request runs; a transaction it would have begun never starts.
+        self.txn.drop_staged();
+        if self.server.is_none() && self.parked.is_empty() && self.deferred_begin.is_none() {
+            self.txn.clear();
+        }
         backend::error_response(&fields, &mut self.out);
         // Sent now: a client that ended its messages with Flush waits for it before it syncs.
         self.flush_out().await?;

@@ -38,14 +38,20 @@ pub(super) struct Leg {
     pub(super) out: BytesMut,
     /// The bytes this shard runs (None: the client's request as is).
     pub(super) request: Option<Bytes>,
-    /// shardgate's BEGIN to send first (a transaction opening on this shard).
-    pub(super) begin: Option<Bytes>,
+    /// What shardgate sends first, each a query of its own whose replies the client never
+    /// sees: the transaction's BEGIN and state (a transaction opening on this shard), what a
+    /// parked connection missed, or a BEGIN of shardgate's own.
+    pub(super) replay: Vec<Bytes>,
+    /// `replay` starts with a BEGIN (a failed BEGIN leaves the shard outside the transaction).
+    pub(super) replay_begins: bool,
+    /// How many of the transaction's recorded state changes a parked connection had run.
+    pub(super) replayed: usize,
     /// Copies of the client state for every leg but the first.
     pub(super) state: Option<(ClientStatements, SessionParams)>,
     /// Where the connection came from, and so where it goes back after a failure.
     pub(super) origin: LegOrigin,
-    /// A scatter is reading the replies to shardgate's BEGIN, which the client never sees.
-    pub(super) skip_replies: bool,
+    /// How many replies (to `replay`) a scatter has still to read and drop.
+    pub(super) skip_replies: usize,
     /// The transaction status of the last ReadyForQuery a scatter read.
     pub(super) last_status: u8,
     /// A scatter read this leg's ReadyForQuery.
@@ -73,11 +79,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .server
             .as_ref()
             .is_some_and(|c| c.role == Role::Replica);
-        let txn_begin = self
-            .txn_begin
-            .clone()
-            .or_else(|| self.deferred_begin.clone())
-            .unwrap_or_else(|| Bytes::from_static(b"BEGIN"));
+        // A shard joining the transaction starts in its state, or the request is refused.
+        let for_new = self.txn.for_new(self.deferred_begin.as_ref());
+        let joins = targets.iter().any(|(shard, _)| {
+            self.server.as_ref().map(|c| c.shard) != Some(*shard)
+                && !self.parked.iter().any(|p| p.co.shard == *shard)
+        });
+        let behind = self.parked.iter().any(|p| {
+            targets.iter().any(|(s, _)| *s == p.co.shard) && self.txn.since(p.replayed).is_none()
+        });
+        if in_txn && ((joins && for_new.is_none()) || behind) {
+            self.shared.metrics.refused("txn_state");
+            let fields = self.txn.refusal();
+            self.abort_locally().await;
+            self.reject_request(fields).await?;
+            return Ok(None);
+        }
         let mut legs: Vec<Leg> = Vec::with_capacity(targets.len());
         for (shard, request) in targets {
             let leg = if self.server.as_ref().is_some_and(|c| c.shard == shard) {
@@ -87,25 +104,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     flight: std::mem::take(&mut self.flight),
                     out: BytesMut::new(),
                     request,
-                    begin: None,
+                    replay: Vec::new(),
+                    replay_begins: false,
+                    replayed: 0,
                     state: None,
                     origin: LegOrigin::Current,
-                    skip_replies: false,
+                    skip_replies: 0,
                     last_status: b'I',
                     done: false,
                     unsettled: false,
                 })
             } else if let Some(i) = self.parked.iter().position(|p| p.co.shard == shard) {
                 let p = self.parked.swap_remove(i);
+                let replay = self.txn.since(p.replayed).unwrap_or_default().to_vec();
                 Some(Leg {
                     co: p.co,
                     flight: Flight::with_status(p.tx_status),
                     out: BytesMut::new(),
                     request,
-                    begin: None,
+                    replay,
+                    replay_begins: false,
+                    replayed: p.replayed,
                     state: None,
                     origin: LegOrigin::Parked,
-                    skip_replies: false,
+                    skip_replies: 0,
                     last_status: b'I',
                     done: false,
                     unsettled: false,
@@ -118,16 +140,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         flight: Flight::default(),
                         out: BytesMut::new(),
                         request,
-                        begin: if in_txn {
-                            Some(txn_begin.clone())
+                        replay: if in_txn {
+                            for_new.clone().unwrap_or_default()
                         } else if wrap {
-                            Some(Bytes::from_static(b"BEGIN"))
+                            vec![Bytes::from_static(b"BEGIN")]
                         } else {
-                            None
+                            Vec::new()
                         },
+                        replay_begins: in_txn || wrap,
+                        replayed: 0,
                         state: None,
                         origin: LegOrigin::New,
-                        skip_replies: false,
+                        skip_replies: 0,
                         last_status: b'I',
                         done: false,
                         unsettled: false,
@@ -161,8 +185,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return;
         }
         if let Some(begin) = self.deferred_begin.take() {
-            self.txn_begin = Some(begin);
+            if !self.txn.active() {
+                self.txn.start(begin);
+            }
         }
+        // Every leg ran the request, state changes included.
+        let replayed = self.txn.position_after_request();
         let mut legs = legs;
         let current = legs
             .iter()
@@ -175,6 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.parked.push(Parked {
                     co: old,
                     tx_status: self.flight.tx_status,
+                    replayed: self.txn.position(),
                 });
             }
             self.registration
@@ -187,6 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.parked.push(Parked {
                 co: leg.co,
                 tx_status: leg.flight.tx_status,
+                replayed,
             });
         }
     }
@@ -202,6 +232,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 LegOrigin::Parked => self.parked.push(Parked {
                     co: leg.co,
                     tx_status: leg.flight.tx_status,
+                    replayed: leg.replayed,
                 }),
                 LegOrigin::New => leg.co.conn.release(),
             }

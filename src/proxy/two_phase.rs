@@ -380,7 +380,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
         self.flight = super::flight::Flight::default();
         self.txn_written = 0;
         self.txn_write_shard = None;
-        self.txn_begin = None;
+        self.txn.clear();
         self.routing.txn_wrote = false;
         self.shared.metrics.transactions.inc();
         match outcome {

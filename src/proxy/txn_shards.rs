@@ -25,6 +25,8 @@ use super::topology::Snapshot;
 pub(super) struct Parked {
     pub(super) co: Checkout,
     pub(super) tx_status: u8,
+    /// How many of the transaction's recorded state changes it has run (see `TxnReplay`).
+    pub(super) replayed: usize,
 }
 
 /// 0A000 for a statement that would make a transaction write on a second shard.
@@ -149,15 +151,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if current.shard == shard {
             return Ok(true);
         }
-        let co = match self.parked.iter().position(|p| p.co.shard == shard) {
+        let parked = self.parked.iter().position(|p| p.co.shard == shard);
+        // What the shard must run first to be in the transaction's state: a parked one what
+        // it missed, a new one the BEGIN and everything since.
+        let replay: Option<Vec<Bytes>> = match parked {
+            Some(i) => self
+                .txn
+                .since(self.parked[i].replayed)
+                .map(<[Bytes]>::to_vec),
+            None => self.txn.for_new(None),
+        };
+        let Some(replay) = replay else {
+            self.shared.metrics.refused("txn_state");
+            let fields = self.txn.refusal();
+            self.abort_locally().await;
+            self.reject_request(fields).await?;
+            return Ok(false);
+        };
+        let co = match parked {
             Some(i) => {
                 let p = self.parked.swap_remove(i);
-                (p.co, Flight::with_status(p.tx_status), false)
+                (p.co, Flight::with_status(p.tx_status))
             }
             None => {
                 let replica_ok = !write && current.role == Role::Replica;
                 match self.checkout_on(snapshot, shard, replica_ok, scanned).await {
-                    Ok(co) => (co, Flight::with_status(b'I'), true),
+                    Ok(co) => (co, Flight::with_status(b'I')),
                     Err(fields) => {
                         self.reject_request(fields).await?;
                         return Ok(false);
@@ -165,21 +184,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         };
-        let (co, flight, new) = co;
+        let (co, flight) = co;
         let old = self.server.replace(co);
         let old_flight = std::mem::replace(&mut self.flight, flight);
         if let Some(old) = old {
             self.parked.push(Parked {
                 co: old,
                 tx_status: old_flight.tx_status,
+                replayed: self.txn.position(),
             });
         }
-        if new {
-            let begin = self
-                .txn_begin
-                .clone()
-                .unwrap_or_else(|| Bytes::from_static(b"BEGIN"));
-            self.flight.send_hidden(&begin, false, &mut self.sbuf);
+        for sql in &replay {
+            self.flight.send_hidden(sql, false, &mut self.sbuf);
         }
         if let Some(c) = &self.server {
             self.registration.slot.set(&c.conn.addr, c.conn.key);
@@ -208,10 +224,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(i) = decider {
             let p = self.parked.swap_remove(i);
             let old_flight = std::mem::replace(&mut self.flight, Flight::with_status(p.tx_status));
+            // It decides: what it missed first (a ROLLBACK TO SAVEPOINT run elsewhere undoes
+            // its writes too).
+            for sql in self.txn.since_unchecked(p.replayed) {
+                self.flight.send_hidden(sql, false, &mut self.sbuf);
+            }
             if let Some(old) = self.server.replace(p.co) {
                 self.parked.push(Parked {
                     co: old,
                     tx_status: old_flight.tx_status,
+                    replayed: self.txn.position(),
                 });
             }
             if let Some(c) = &self.server {
@@ -252,8 +274,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let begin = self
             .deferred_begin
             .take()
-            .or_else(|| self.txn_begin.take())
+            .or_else(|| self.txn.begin().cloned())
             .unwrap_or_else(|| Bytes::from_static(b"BEGIN"));
+        self.txn.clear();
         self.deferred_begin = Some(begin);
         self.deferred_failed = true;
         self.txn_write_shard = None;
