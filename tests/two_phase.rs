@@ -408,3 +408,37 @@ async fn preparing_commit_does_not_commit_until_it_is_executed() {
     .await
     .expect("in time");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_to_a_savepoint_undoes_every_writer_shard() {
+    timeout(LIMIT, async {
+        let started = Started::new().await;
+        let Started {
+            direct,
+            a,
+            b,
+            client,
+            ..
+        } = &started;
+        // The savepoint is taken on s0 and reaches s1 when s1 joins; the rollback to it runs
+        // on s1, and s0, parked, runs it before it prepares.
+        for sql in [
+            "BEGIN".to_owned(),
+            format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'kept')"),
+            "SAVEPOINT sp".to_owned(),
+            format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'gone')"),
+            format!("INSERT INTO orders (user_id, note) VALUES ({b}, 'gone')"),
+            "ROLLBACK TO SAVEPOINT sp".to_owned(),
+            format!("INSERT INTO orders (user_id, note) VALUES ({b}, 'kept')"),
+            "COMMIT".to_owned(),
+        ] {
+            client.batch_execute(&sql).await.expect(&sql);
+        }
+        assert_eq!(
+            notes_by_shard(direct).await,
+            vec![vec!["kept"], vec!["kept"]]
+        );
+    })
+    .await
+    .expect("test timed out");
+}

@@ -333,15 +333,28 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
         snapshot: &Snapshot,
         scanned: &super::request::Scanned,
     ) -> Result<(), super::errors::ClientError> {
+        let written = self.txn_written;
         let mut conns: Vec<(super::session::Checkout, u8)> =
-            self.parked.drain(..).map(|p| (p.co, p.tx_status)).collect();
+            Vec::with_capacity(self.parked.len() + 1);
+        for mut p in std::mem::take(&mut self.parked) {
+            let mut status = p.tx_status;
+            if written & shardgate_router::bit(p.co.shard) != 0 && status != b'E' {
+                // A parked writer first runs what it missed: a ROLLBACK TO SAVEPOINT run on
+                // another shard undoes its writes too.
+                let missed: Vec<bytes::Bytes> =
+                    self.txn.since_unchecked(p.replayed).cloned().collect();
+                if !missed.is_empty() {
+                    status = catch_up(&mut p.co.conn, &missed).await;
+                }
+            }
+            conns.push((p.co, status));
+        }
         if let Some(c) = self.server.take() {
             conns.push((c, self.flight.tx_status));
         }
         conns.sort_by_key(|(c, _)| c.shard);
         let failed = conns.iter().any(|(_, s)| *s == b'E');
         let commit = scanned.first_txn == Some(shardgate_sql::TxnControl::Commit) && !failed;
-        let written = self.txn_written;
         let (mut writers, readers): (Vec<_>, Vec<_>) = conns
             .into_iter()
             .partition(|(c, _)| written & shardgate_router::bit(c.shard) != 0);
@@ -414,5 +427,23 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
         }
         self.flush_out().await?;
         Ok(())
+    }
+}
+
+/// Runs on a parked connection, one query each, the state changes it missed; the transaction
+/// status it is left in (`E` if aborted or unreachable). A replayed statement may fail as it
+/// did where it first ran (and was rolled back to a savepoint since): only the end state
+/// counts. Not cancel safe.
+async fn catch_up(conn: &mut shardgate_pool::ServerConn, missed: &[bytes::Bytes]) -> u8 {
+    for sql in missed {
+        let Ok(sql) = std::str::from_utf8(sql) else {
+            return b'E';
+        };
+        // Its error is the one the client saw where it first ran.
+        let _ = conn.run_discarding(sql).await;
+    }
+    match conn.run_discarding("SELECT 1").await {
+        Ok(()) => b'T',
+        Err(_) => b'E',
     }
 }
