@@ -80,7 +80,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .as_ref()
             .is_some_and(|c| c.role == Role::Replica);
         // A shard joining the transaction starts in its state, or the request is refused.
-        let for_new = self.txn.for_new(self.deferred_begin.as_ref());
+        let for_new = if in_txn {
+            self.txn.for_new(self.deferred_begin.as_ref())
+        } else {
+            None
+        };
         let joins = targets.iter().any(|(shard, _)| {
             self.server.as_ref().map(|c| c.shard) != Some(*shard)
                 && !self.parked.iter().any(|p| p.co.shard == *shard)
