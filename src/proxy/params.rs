@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 use shardgate_sql::{
-    for_each_statement, session_command_with, transaction_command, LexOptions, SessionCommand,
-    TransactionCommand,
+    for_each_statement, session_command, session_command_with, transaction_command, LexOptions,
+    SessionCommand, TransactionCommand,
 };
 
 /// Startup parameters that are protocol plumbing, not session settings.

@@ -476,7 +476,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(false);
             }
             self.flight.tx_status = b'T';
-            self.txn_begin = self.deferred_begin.take();
+            if let Some(begin) = self.deferred_begin.take() {
+                if !self.txn.active() {
+                    self.txn.start(begin);
+                }
+            }
         }
         self.registration.slot.set(&conn.addr, conn.key);
         self.note_routed(
