@@ -73,6 +73,17 @@ fn status(got: &[(u8, Vec<u8>)]) -> u8 {
     body[0]
 }
 
+/// A proxy with one server connection, which every client shares.
+fn one_connection(topo: &Topology) -> support::Proxy {
+    support::start_trust(
+        topo,
+        ProxyOptions {
+            pool_size: 1,
+            ..ProxyOptions::default()
+        },
+    )
+}
+
 async fn client(proxy: &support::Proxy, topo: &Topology) -> RawConn {
     login_trust(proxy.addr(), topo.user(), topo.database()).await
 }
@@ -85,13 +96,7 @@ async fn client(proxy: &support::Proxy, topo: &Topology) -> RawConn {
 #[tokio::test]
 async fn a_statement_changed_by_alter_table_works_once_prepared_again() {
     let topo = Topology::builder().build().expect("topology");
-    let proxy = support::start_trust(
-        &topo,
-        ProxyOptions {
-            pool_size: 1,
-            ..ProxyOptions::default()
-        },
-    );
+    let proxy = one_connection(&topo);
     let mut admin = client(&proxy, &topo).await;
     admin
         .run_ok(
@@ -169,13 +174,7 @@ async fn a_statement_changed_by_alter_table_works_once_prepared_again() {
 #[tokio::test]
 async fn sql_deallocate_of_a_protocol_statement_forgets_it() {
     let topo = Topology::builder().build().expect("topology");
-    let proxy = support::start_trust(
-        &topo,
-        ProxyOptions {
-            pool_size: 1,
-            ..ProxyOptions::default()
-        },
-    );
+    let proxy = one_connection(&topo);
     let mut x = client(&proxy, &topo).await;
 
     // Outside a transaction.
@@ -278,4 +277,42 @@ async fn sql_deallocate_of_a_protocol_statement_forgets_it() {
     x.send(&run_statement("kept")).await;
     let got = x.until_ready(STEP).await;
     assert_eq!(rows_and_error(&got).1.as_deref(), Some("26000"), "{got:?}");
+}
+
+/// The unnamed statement across requests (libpq's `PQprepare(conn, "")` then
+/// `PQexecPrepared`, asyncpg with `statement_cache_size=0`): each client runs its own, whichever
+/// server connection it lands on, as directly. Before the fix a client could run the statement
+/// another client had left on the connection.
+#[tokio::test]
+async fn each_client_runs_its_own_unnamed_statement_across_requests() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_connection(&topo);
+    let mut a = client(&proxy, &topo).await;
+    let mut b = client(&proxy, &topo).await;
+    let prepare = |sql: &str| [parse("", sql), describe_statement(""), message(b'S', b"")].concat();
+    a.send(&prepare("SELECT 'client A statement'")).await;
+    assert_eq!(rows_and_error(&a.until_ready(STEP).await), (vec![], None));
+    b.send(&prepare("SELECT 'client B statement'")).await;
+    assert_eq!(rows_and_error(&b.until_ready(STEP).await), (vec![], None));
+    for _ in 0..2 {
+        a.send(&run_statement("")).await;
+        assert_eq!(
+            rows_and_error(&a.until_ready(STEP).await),
+            (vec![vec!["client A statement".to_owned()]], None)
+        );
+        b.send(&run_statement("")).await;
+        assert_eq!(
+            rows_and_error(&b.until_ready(STEP).await),
+            (vec![vec!["client B statement".to_owned()]], None)
+        );
+    }
+    // A simple query destroys a client's unnamed statement, as on a server; a client that has
+    // none is told so, even when the connection holds another client's.
+    a.run_ok("SELECT 1", STEP).await;
+    let mut c = client(&proxy, &topo).await;
+    for conn in [&mut a, &mut c] {
+        conn.send(&run_statement("")).await;
+        let (rows, error) = rows_and_error(&conn.until_ready(STEP).await);
+        assert_eq!((rows, error.as_deref()), (vec![], Some("26000")));
+    }
 }

@@ -142,7 +142,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut sbuf = BytesMut::new();
         for leg in &mut legs {
             for sql in &leg.replay {
-                leg.flight.send_hidden(sql, false, &mut sbuf);
+                leg.flight
+                    .send_hidden(sql, false, &mut sbuf, &mut leg.co.conn.unnamed_owner);
             }
             let input: &[u8] = leg.request.as_deref().unwrap_or(&request);
             let (statements, params) = match &mut leg.state {
@@ -162,6 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 },
                 ServerSide {
                     prepared: &mut conn.prepared,
+                    unnamed_owner: &mut conn.unnamed_owner,
                 },
                 &mut sbuf,
                 &mut leg.out,
@@ -189,6 +191,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     statements,
                     ServerSide {
                         prepared: &mut conn.prepared,
+                        unnamed_owner: &mut conn.unnamed_owner,
                     },
                     &mut leg.out,
                 )?;
@@ -220,6 +223,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else {
             None
         };
+        if wrap && self.params.end_unseen(!failed && commit_error.is_none()) {
+            // A SET the wrapping transaction ran: each leg's settings are unknown now.
+            for leg in &mut legs {
+                leg.co.conn.state_fingerprint = 0;
+            }
+        }
         let status = if in_txn {
             if failed {
                 b'E'

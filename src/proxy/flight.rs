@@ -36,6 +36,8 @@ enum Expect {
     Parse(Option<u128>),
     /// shardgate's own Parse re-creating a statement: its ParseComplete is dropped.
     HiddenParse(u128),
+    /// shardgate's own Close of the unnamed statement: its CloseComplete is dropped.
+    HiddenClose,
     Bind,
     Describe,
     Execute,
@@ -132,6 +134,8 @@ pub(crate) struct ClientSide<'a> {
 /// The parts of a server connection the translation touches.
 pub(crate) struct ServerSide<'a> {
     pub(crate) prepared: &'a mut HashSet<u128>,
+    /// Whose unnamed statement the connection holds (see `ServerConn::unnamed_owner`).
+    pub(crate) unnamed_owner: &'a mut u128,
 }
 
 impl Flight {
@@ -208,6 +212,9 @@ impl Flight {
             let mut handled = false;
             match msg {
                 FrontendRef::Query { sql } => {
+                    // A simple query destroys the unnamed statement, the client's included.
+                    *server.unnamed_owner = 0;
+                    statements.forget_unnamed();
                     params.observe(sql);
                     self.expect.push_back(Expect::Query);
                 }
@@ -238,12 +245,23 @@ impl Flight {
                         }
                         statements.insert(p.name, prepared);
                     } else {
+                        if rename && p.name.is_empty() {
+                            *server.unnamed_owner = statements.parsed_unnamed(frame);
+                        }
                         self.expect.push_back(Expect::Parse(None));
                     }
                 }
                 FrontendRef::Bind(b) => {
                     self.unsynced = true;
                     params.observe_bind(b.portal, b.statement);
+                    if rename
+                        && b.statement.is_empty()
+                        && !statements.owns_unnamed(*server.unnamed_owner)
+                    {
+                        to_server.extend_from_slice(&input[run_start..pos]);
+                        run_start = pos;
+                        self.restore_unnamed(statements, server.unnamed_owner, to_server);
+                    }
                     if let Some(prep) = for_server(
                         rename,
                         statements,
@@ -261,6 +279,15 @@ impl Flight {
                 }
                 FrontendRef::Describe { kind, name } => {
                     self.unsynced = true;
+                    if rename
+                        && kind == b'S'
+                        && name.is_empty()
+                        && !statements.owns_unnamed(*server.unnamed_owner)
+                    {
+                        to_server.extend_from_slice(&input[run_start..pos]);
+                        run_start = pos;
+                        self.restore_unnamed(statements, server.unnamed_owner, to_server);
+                    }
                     if kind == b'S' {
                         if let Some(prep) = for_server(
                             rename,
@@ -285,6 +312,10 @@ impl Flight {
                 }
                 FrontendRef::Close { kind, name } => {
                     self.unsynced = true;
+                    if kind == b'S' && rename && name.is_empty() {
+                        *server.unnamed_owner = 0;
+                        statements.forget_unnamed();
+                    }
                     if kind == b'S' && rename && !name.is_empty() {
                         // Server-side statements are shared; only the client's name goes.
                         handled = true;
@@ -349,6 +380,32 @@ impl Flight {
         })
     }
 
+    /// Before a Bind or Describe of the unnamed statement (transaction mode) on a server
+    /// connection that does not hold this client's: the client parsed it on another connection
+    /// or in an earlier transaction, and this one may hold another client's, or none. The
+    /// client's own Parse is sent again (its ParseComplete hidden). A client without one gets
+    /// the server's unnamed statement closed, so that the server answers as it would this
+    /// client directly (26000), rather than run another client's statement.
+    fn restore_unnamed(
+        &mut self,
+        statements: &ClientStatements,
+        unnamed_owner: &mut u128,
+        to_server: &mut BytesMut,
+    ) {
+        match statements.unnamed_parse() {
+            Some(parse) => {
+                to_server.extend_from_slice(parse);
+                self.expect.push_back(Expect::HiddenParse(0));
+                *unnamed_owner = statements.unnamed_token();
+            }
+            None => {
+                frontend::close(b'S', b"", to_server);
+                self.expect.push_back(Expect::HiddenClose);
+                *unnamed_owner = 0;
+            }
+        }
+    }
+
     fn ensure_prepared(
         &mut self,
         prep: &Prepared,
@@ -386,9 +443,17 @@ impl Flight {
 
     /// Sends a query of shardgate's own after what was translated so far; the client
     /// never sees its replies.
-    pub(crate) fn send_hidden(&mut self, sql: &[u8], probe: bool, to_server: &mut BytesMut) {
+    /// `unnamed_owner` is the connection's (a simple query destroys its unnamed statement).
+    pub(crate) fn send_hidden(
+        &mut self,
+        sql: &[u8],
+        probe: bool,
+        to_server: &mut BytesMut,
+        unnamed_owner: &mut u128,
+    ) {
         frontend::query(sql, to_server);
         self.expect.push_back(Expect::Hidden { probe });
+        *unnamed_owner = 0;
     }
 
     /// Everything sent ends a request and the server owes only replies: the client need

@@ -115,12 +115,6 @@ impl Flight {
         if let Expect::Hidden { probe } = head {
             match tag {
                 b'D' if probe => self.probe_lsn = first_column_lsn(body),
-                // A held-back BEGIN: the client's transaction block starts here.
-                b'C' if body.starts_with(b"BEGIN\0")
-                    || body.starts_with(b"START TRANSACTION\0") =>
-                {
-                    params.observe_hidden_begin();
-                }
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
                     self.tx_status = status;
@@ -188,6 +182,10 @@ impl Flight {
                 }
                 _ => true,
             },
+            b'3' if head == Expect::HiddenClose => {
+                self.expect.pop_front();
+                false
+            }
             b'2' | b'3' | b'T' | b'n' | b'I' | b's' => {
                 let done = matches!(
                     (tag, head),

@@ -14,6 +14,7 @@ struct Harness {
     statements: ClientStatements,
     params: SessionParams,
     prepared: HashSet<u128>,
+    unnamed_owner: u128,
     classifier: Classifier,
     plan_epoch: u64,
 }
@@ -25,6 +26,7 @@ impl Harness {
             statements: ClientStatements::default(),
             params: SessionParams::default(),
             prepared: HashSet::new(),
+            unnamed_owner: 0,
             classifier: Classifier::new(64, &[]),
             plan_epoch: 0,
         }
@@ -47,6 +49,7 @@ impl Harness {
                 },
                 ServerSide {
                     prepared: &mut self.prepared,
+                    unnamed_owner: &mut self.unnamed_owner,
                 },
                 &mut to_server,
                 &mut to_client,
@@ -71,6 +74,7 @@ impl Harness {
                 &mut self.statements,
                 ServerSide {
                     prepared: &mut self.prepared,
+                    unnamed_owner: &mut self.unnamed_owner,
                 },
                 &mut to_client,
             )
@@ -264,8 +268,12 @@ fn hidden_probe_replies_are_dropped_and_the_lsn_reported() {
     frontend::query(b"INSERT INTO t VALUES (1)", &mut q);
     let (_, _, _) = h.client(&q);
     let mut probe = BytesMut::new();
-    h.flight
-        .send_hidden(b"SELECT pg_current_wal_insert_lsn()", true, &mut probe);
+    h.flight.send_hidden(
+        b"SELECT pg_current_wal_insert_lsn()",
+        true,
+        &mut probe,
+        &mut h.unnamed_owner,
+    );
     let mut r = BytesMut::new();
     backend::command_complete("INSERT 0 1", &mut r);
     backend::ready_for_query(b'I', &mut r);
@@ -282,6 +290,7 @@ fn hidden_probe_replies_are_dropped_and_the_lsn_reported() {
             &mut h.statements,
             ServerSide {
                 prepared: &mut h.prepared,
+                unnamed_owner: &mut h.unnamed_owner,
             },
             &mut to_client,
         )
@@ -394,6 +403,7 @@ fn a_stale_statement_error_is_told_by_code_and_routine_not_message() {
                 &mut h.statements,
                 ServerSide {
                     prepared: &mut h.prepared,
+                    unnamed_owner: &mut h.unnamed_owner,
                 },
                 &mut BytesMut::new(),
             )

@@ -510,9 +510,21 @@ impl SessionParams {
         }
     }
 
-    /// shardgate's own BEGIN (a held-back one) completed.
-    pub(crate) fn observe_hidden_begin(&mut self) {
-        self.begin_block();
+    /// A transaction shardgate ended itself, unseen by this tracking (the COMMIT or ROLLBACK of
+    /// a fan-out it wrapped in one, a two-phase commit): what the transaction changed is kept
+    /// if it committed. True if it had changed settings, which the server connections it ran
+    /// on may now carry or not: they must be re-applied from scratch.
+    pub(crate) fn end_unseen(&mut self, committed: bool) -> bool {
+        let changed = self.unsettled();
+        if self.block.is_some() || !self.implicit.is_empty() {
+            self.end_block(committed, false);
+        }
+        changed
+    }
+
+    /// Whether settings changed in the open transaction (or request) are not settled yet.
+    pub(crate) fn has_unsettled(&self) -> bool {
+        self.unsettled()
     }
 
     /// An ErrorResponse: the rest of the request is skipped by the server, and an implicit

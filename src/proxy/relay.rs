@@ -63,6 +63,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 },
                 ServerSide {
                     prepared: &mut conn.prepared,
+                    unnamed_owner: &mut conn.unnamed_owner,
                 },
                 &mut self.sbuf,
                 &mut self.out,
@@ -81,7 +82,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.sbuf.extend_from_slice(&self.cbuf[..t.consumed]);
                     direct = false;
                 }
-                self.flight.send_hidden(PROBE_SQL, true, &mut self.sbuf);
+                self.flight
+                    .send_hidden(PROBE_SQL, true, &mut self.sbuf, &mut conn.unnamed_owner);
                 self.probe_pending = false;
             }
             let sent = if direct {
@@ -201,7 +203,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(());
         };
         let conn = &mut *checkout.conn;
-        self.flight.send_hidden(PROBE_SQL, true, &mut self.sbuf);
+        self.flight
+            .send_hidden(PROBE_SQL, true, &mut self.sbuf, &mut conn.unnamed_owner);
         self.probe_pending = false;
         self.probe_after_idle = false;
         let sent = conn.stream.write_all(&self.sbuf).await;
@@ -451,6 +454,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             &mut self.statements,
             ServerSide {
                 prepared: &mut conn.prepared,
+                unnamed_owner: &mut conn.unnamed_owner,
             },
             &mut self.out,
         )?;

@@ -492,14 +492,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         );
         self.unnamed = scanned.unnamed.take();
         if let Some(begin) = self.deferred_begin.take() {
-            self.flight.send_hidden(&begin, false, &mut self.sbuf);
+            self.flight
+                .send_hidden(&begin, false, &mut self.sbuf, &mut conn.unnamed_owner);
             if !self.txn.active() {
                 self.txn.start(begin);
             }
         }
         if abort_first {
-            self.flight
-                .send_hidden(ABORT_ON_SERVER, false, &mut self.sbuf);
+            self.flight.send_hidden(
+                ABORT_ON_SERVER,
+                false,
+                &mut self.sbuf,
+                &mut conn.unnamed_owner,
+            );
         }
         self.fresh_checkout = true;
         self.server = Some(Checkout {

@@ -125,9 +125,50 @@ impl Prepared {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ClientStatements {
     by_name: HashMap<Bytes, Prepared>,
+    /// The Parse frame of the client's unnamed statement (empty: none), kept to re-create it
+    /// on another server connection (see `Flight::restore_unnamed`).
+    unnamed: Vec<u8>,
+    /// Names this client's current unnamed statement among all clients' (0: none): the
+    /// client's id in the high half, a count of its unnamed Parses in the low one.
+    unnamed_token: u128,
 }
 
+/// Client ids for unnamed-statement tokens.
+static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl ClientStatements {
+    /// The client parsed its unnamed statement with `frame`: its token, which the server
+    /// connection now holds.
+    pub(crate) fn parsed_unnamed(&mut self, frame: &[u8]) -> u128 {
+        self.unnamed.clear();
+        self.unnamed.extend_from_slice(frame);
+        if self.unnamed_token >> 64 == 0 {
+            let id = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.unnamed_token = u128::from(id) << 64;
+        }
+        self.unnamed_token = (self.unnamed_token & !u128::from(u64::MAX))
+            | u128::from((self.unnamed_token as u64).wrapping_add(1).max(1));
+        self.unnamed_token
+    }
+
+    /// The client's unnamed statement is gone (a simple query, or its Close).
+    pub(crate) fn forget_unnamed(&mut self) {
+        self.unnamed.clear();
+    }
+
+    /// Whether a server connection whose unnamed statement is `owner`'s holds this client's.
+    pub(crate) fn owns_unnamed(&self, owner: u128) -> bool {
+        !self.unnamed.is_empty() && owner == self.unnamed_token
+    }
+
+    pub(crate) fn unnamed_parse(&self) -> Option<&[u8]> {
+        (!self.unnamed.is_empty()).then_some(self.unnamed.as_slice())
+    }
+
+    pub(crate) fn unnamed_token(&self) -> u128 {
+        self.unnamed_token
+    }
+
     pub(crate) fn insert(&mut self, client_name: &[u8], prepared: Prepared) {
         self.by_name
             .insert(Bytes::copy_from_slice(client_name), prepared);

@@ -355,6 +355,13 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
         conns.sort_by_key(|(c, _)| c.shard);
         let failed = conns.iter().any(|(_, s)| *s == b'E');
         let commit = scanned.first_txn == Some(shardgate_sql::TxnControl::Commit) && !failed;
+        // A SET run in the transaction: whatever the outcome, each connection's settings are
+        // unknown from here (re-applied from scratch at their next checkout).
+        if self.params.has_unsettled() {
+            for (co, _) in &mut conns {
+                co.conn.state_fingerprint = 0;
+            }
+        }
         let (mut writers, readers): (Vec<_>, Vec<_>) = conns
             .into_iter()
             .partition(|(c, _)| written & shardgate_router::bit(c.shard) != 0);
@@ -389,6 +396,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
                 conn.release();
             }
         }
+        self.params.end_unseen(outcome.is_ok() && commit);
         self.registration.slot.clear();
         self.flight = super::flight::Flight::default();
         self.txn_written = 0;

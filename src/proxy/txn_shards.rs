@@ -194,8 +194,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 replayed: self.txn.position(),
             });
         }
+        let mut no_server = 0;
+        let owner = match self.server.as_mut() {
+            Some(c) => &mut c.conn.unnamed_owner,
+            None => &mut no_server,
+        };
         for sql in &replay {
-            self.flight.send_hidden(sql, false, &mut self.sbuf);
+            self.flight.send_hidden(sql, false, &mut self.sbuf, owner);
         }
         if let Some(c) = &self.server {
             self.registration.slot.set(&c.conn.addr, c.conn.key);
@@ -222,12 +227,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .flatten()
             });
         if let Some(i) = decider {
-            let p = self.parked.swap_remove(i);
+            let mut p = self.parked.swap_remove(i);
             let old_flight = std::mem::replace(&mut self.flight, Flight::with_status(p.tx_status));
             // It decides: what it missed first (a ROLLBACK TO SAVEPOINT run elsewhere undoes
             // its writes too).
             for sql in self.txn.since_unchecked(p.replayed) {
-                self.flight.send_hidden(sql, false, &mut self.sbuf);
+                self.flight
+                    .send_hidden(sql, false, &mut self.sbuf, &mut p.co.conn.unnamed_owner);
             }
             if let Some(old) = self.server.replace(p.co) {
                 self.parked.push(Parked {

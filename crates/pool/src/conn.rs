@@ -55,6 +55,9 @@ pub struct ServerConn {
     pub prepared: HashSet<u128>,
     /// Fingerprint of the client session state last applied here (0: server defaults).
     pub state_fingerprint: u64,
+    /// Whose unnamed prepared statement this connection holds, as the proxy's clients name
+    /// it (0: nobody's, or none). A simple query destroys the unnamed statement.
+    pub unnamed_owner: u128,
     pub id: u64,
     /// The reactor (see [`crate::bind_thread`]) the socket is registered with.
     pub(crate) reactor: u64,
@@ -84,6 +87,7 @@ impl ServerConn {
             params: Vec::new(),
             prepared: HashSet::new(),
             state_fingerprint: 0,
+            unnamed_owner: 0,
             id,
             reactor: crate::lane::here().1,
         };
@@ -264,6 +268,7 @@ impl ServerConn {
     ) -> Result<(), BackendError> {
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         frontend::query(sql.as_bytes(), &mut out);
+        self.unnamed_owner = 0;
         self.send(&mut out).await?;
         let mut first_error = None;
         loop {
