@@ -17,6 +17,14 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 /// for a session.
 const NOT_RESET_BY_RESET_ALL: &[&str] = &["role", "session_authorization"];
 
+/// Settings that hold for one transaction only (`SET transaction_isolation` is `SET
+/// TRANSACTION ISOLATION LEVEL`): never a session's setting.
+const PER_TRANSACTION: &[&str] = &[
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
+];
+
 /// What a completed cycle (up to ReadyForQuery) asks the session to do besides SETs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Effects {
@@ -649,6 +657,11 @@ impl SessionParams {
     /// A command whose effect is final: it changes the client's settings.
     fn settle(&mut self, cmd: SessionCommand) {
         match cmd {
+            // These hold for the transaction they ran in only: the server sets them afresh at
+            // every transaction's start. Re-applied on another connection, after the
+            // set_config of a startup parameter, `transaction_isolation` fails ("must be
+            // called before any query") and so would every later request of the session.
+            SessionCommand::Set { name, .. } if PER_TRANSACTION.contains(&name.as_str()) => {}
             SessionCommand::Set { name, value } => {
                 self.sets.insert(name, value);
             }
@@ -1057,6 +1070,23 @@ mod tests {
         assert_ne!(p.fingerprint(), before);
         query(&mut p, "RESET ALL", &["RESET"], b'I');
         assert_eq!(p.fingerprint(), before);
+    }
+
+    #[test]
+    fn per_transaction_settings_are_not_session_settings() {
+        let mut p = startup();
+        let before = p.fingerprint();
+        for sql in [
+            "SET transaction_isolation = 'serializable'",
+            "SET transaction_read_only TO on",
+            "SET SESSION transaction_deferrable = on",
+        ] {
+            query(&mut p, &format!("BEGIN; {sql}"), &["BEGIN", "SET"], b'T');
+            query(&mut p, "COMMIT", &["COMMIT"], b'I');
+            query(&mut p, sql, &["SET"], b'I');
+            assert_eq!(p.fingerprint(), before, "{sql}");
+            assert!(!p.sync_sql().contains("transaction_"), "{sql}");
+        }
     }
 
     #[test]
