@@ -253,3 +253,88 @@ async fn savepoints_reach_every_shard_of_the_transaction() {
     .await
     .expect("test timed out");
 }
+
+/// A session-level `SET` or `RESET` run inside the transaction holds for the rest of it (and
+/// is undone by its rollback): a shard that joins later runs it too. Without it, a joining
+/// shard ran at the default isolation level after `SET transaction_isolation`, kept a
+/// `SET LOCAL` value the client had reset, and ignored a `SET` the client had run.
+#[tokio::test]
+async fn session_sets_run_in_the_transaction_reach_every_shard_of_it() {
+    timeout(TEST_TIMEOUT, async {
+        let s = sharded_setup(None).await;
+        let c = &s.client;
+        let a = int_keys_on(0, 1, 1)[0];
+        let b = int_keys_on(1, 1, 1)[0];
+        seed_with_decoys(&s.direct, &[a, b]).await;
+        let setting = |k: i64, name: &str| {
+            format!(
+                "SELECT current_setting('{name}', true) FROM orders WHERE user_id = {k} LIMIT 1"
+            )
+        };
+        let tz = |k: i64| setting(k, "TimeZone");
+        let default_tz = column(c, &tz(a)).await;
+        assert_ne!(default_tz, ["Europe/Paris"]);
+
+        // SET transaction_isolation is SET TRANSACTION ISOLATION LEVEL.
+        c.batch_execute("BEGIN; SET transaction_isolation = 'serializable'")
+            .await
+            .expect("set transaction_isolation");
+        assert_eq!(
+            column(c, &setting(a, "transaction_isolation")).await,
+            ["serializable"]
+        );
+        assert_eq!(
+            column(c, &setting(b, "transaction_isolation")).await,
+            ["serializable"],
+            "s1 joins"
+        );
+        c.batch_execute("COMMIT").await.expect("commit");
+
+        // RESET after SET LOCAL, and RESET ALL: the reset wins on the joining shard too.
+        for reset in ["RESET TimeZone", "RESET ALL"] {
+            c.batch_execute("BEGIN").await.expect("begin");
+            assert_eq!(column(c, &tz(a)).await, default_tz);
+            c.batch_execute("SET LOCAL TimeZone = 'Asia/Tokyo'")
+                .await
+                .expect("set local");
+            c.batch_execute(reset).await.expect(reset);
+            assert_eq!(column(c, &tz(b)).await, default_tz, "{reset}: s1 joins");
+            c.batch_execute("COMMIT").await.expect("commit");
+        }
+
+        // A session SET inside the transaction, then a rollback: it holds until the rollback.
+        c.batch_execute("BEGIN").await.expect("begin");
+        assert_eq!(column(c, &tz(a)).await, default_tz);
+        c.batch_execute("SET TimeZone = 'Europe/Paris'")
+            .await
+            .expect("set");
+        assert_eq!(column(c, &tz(b)).await, ["Europe/Paris"], "s1 joins");
+        c.batch_execute("ROLLBACK").await.expect("rollback");
+        assert_eq!(column(c, &tz(a)).await, default_tz, "rolled back on s0");
+        assert_eq!(column(c, &tz(b)).await, default_tz, "rolled back on s1");
+
+        // Run on the written shard, then a reading shard joins: it holds there, and on both
+        // after the COMMIT.
+        c.batch_execute("BEGIN").await.expect("begin");
+        c.batch_execute(&format!(
+            "INSERT INTO orders (user_id, note) VALUES ({a}, 'tz')"
+        ))
+        .await
+        .expect("write s0");
+        c.batch_execute("SET TimeZone = 'Europe/Paris'")
+            .await
+            .expect("set on s0");
+        assert_eq!(column(c, &tz(b)).await, ["Europe/Paris"], "s1 joins");
+        c.batch_execute("COMMIT").await.expect("commit");
+        assert_eq!(notes_on(&s.direct, "tz").await, vec![1, 0]);
+        for k in [a, b, a, b] {
+            assert_eq!(
+                column(c, &tz(k)).await,
+                ["Europe/Paris"],
+                "key {k} after COMMIT"
+            );
+        }
+    })
+    .await
+    .expect("test timed out");
+}

@@ -1,8 +1,8 @@
 //! What a shard that joins an open transaction must run first so that it is in the same
 //! transaction state as the shards already in it: the client's BEGIN as written, then, in order,
 //! every statement run so far that changed the transaction's state (`SET TRANSACTION`,
-//! `SET LOCAL`, `SET CONSTRAINTS`, `set_config(..., true)`, `SAVEPOINT`, `RELEASE`,
-//! `ROLLBACK TO`). A parked shard catches up from where it left. Recorded only inside a
+//! `SET LOCAL`, `SET CONSTRAINTS`, `set_config(..., true)`, a session-level `SET` or `RESET`,
+//! `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`). A parked shard catches up from where it left. Recorded only inside a
 //! transaction on a sharded setup; never reads a socket.
 //!
 //! The whole history is replayed, not a summary of it: savepoints that were released or rolled
@@ -210,6 +210,11 @@ impl TxnReplay {
                 self.mark_opaque("SET TRANSACTION SNAPSHOT names one server's snapshot")
             }
             "SET" if matches!(w(1), "LOCAL" | "TRANSACTION" | "CONSTRAINTS") => self.record(stmt),
+            // A session-level SET or RESET holds for the rest of the transaction on the
+            // connection it ran on (`SET transaction_isolation` is SET TRANSACTION; a RESET
+            // undoes a SET LOCAL) and is undone by its rollback: the other shards run it too,
+            // and the written shard before it commits it. Not shardgate's own settings.
+            "SET" | "RESET" if classifier.classify(stmt).shardgate.is_none() => self.record(stmt),
             _ => {}
         }
         if !contains_set(stmt) {
@@ -440,6 +445,31 @@ mod tests {
         run(&mut r, &c, "SELECT set_config('a.b', 'c', false)");
         r.settle();
         assert_eq!(texts(&r.for_new(None).unwrap_or_default()), ["BEGIN"]);
+    }
+
+    #[test]
+    fn session_sets_in_the_transaction_are_replayed_but_not_shardgates_own() {
+        let c = classifier();
+        let mut r = TxnReplay::default();
+        run(&mut r, &c, "BEGIN");
+        run(&mut r, &c, "SET transaction_isolation = 'serializable'");
+        run(&mut r, &c, "SET shardgate.target = 'primary'");
+        run(
+            &mut r,
+            &c,
+            "SET LOCAL TimeZone = 'Asia/Tokyo'; RESET TimeZone; RESET ALL",
+        );
+        r.settle();
+        assert_eq!(
+            texts(&r.for_new(None).unwrap_or_default()),
+            [
+                "BEGIN",
+                "SET transaction_isolation = 'serializable'",
+                "SET LOCAL TimeZone = 'Asia/Tokyo'",
+                "RESET TimeZone",
+                "RESET ALL"
+            ]
+        );
     }
 
     #[test]
