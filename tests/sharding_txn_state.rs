@@ -338,3 +338,44 @@ async fn session_sets_run_in_the_transaction_reach_every_shard_of_it() {
     .await
     .expect("test timed out");
 }
+
+/// A `DO` block that may set a value for the transaction (`SET LOCAL`, `set_config(..., true)`)
+/// cannot be replayed on a shard that joins later: the join is refused (0A000), where it used
+/// to run there without the value.
+#[tokio::test]
+async fn a_do_block_setting_a_local_value_refuses_a_join() {
+    timeout(TEST_TIMEOUT, async {
+        let s = sharded_setup(None).await;
+        let c = &s.client;
+        let a = int_keys_on(0, 1, 1)[0];
+        let b = int_keys_on(1, 1, 1)[0];
+        seed_with_decoys(&s.direct, &[a, b]).await;
+        let tenant = |k: i64| {
+            format!("SELECT current_setting('app.tenant', true) FROM orders WHERE user_id = {k} LIMIT 1")
+        };
+        for block in [
+            "DO $$BEGIN PERFORM set_config('app.tenant', '5', true); END$$",
+            "DO $$BEGIN SET LOCAL app.tenant = '5'; END$$",
+        ] {
+            c.batch_execute("BEGIN").await.expect("begin");
+            column(c, &tenant(a)).await;
+            c.batch_execute(block).await.expect(block);
+            assert_eq!(column(c, &tenant(a)).await, ["5"], "{block}: s0");
+            let msg = expect_code(
+                c.simple_query(&tenant(b)).await,
+                &SqlState::FEATURE_NOT_SUPPORTED,
+                &format!("{block}: s1 joins"),
+            );
+            assert!(msg.contains("same state"), "message: {msg}");
+            c.batch_execute("ROLLBACK").await.expect("rollback");
+        }
+        // A DO block that sets nothing does not stop a join.
+        c.batch_execute("BEGIN").await.expect("begin");
+        column(c, &tenant(a)).await;
+        c.batch_execute("DO $$BEGIN PERFORM 1; END$$").await.expect("do");
+        assert_eq!(column(c, &tenant(b)).await.len(), 1, "s1 joins");
+        c.batch_execute("COMMIT").await.expect("commit");
+    })
+    .await
+    .expect("test timed out");
+}

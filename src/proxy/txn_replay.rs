@@ -206,6 +206,16 @@ impl TxnReplay {
                 return;
             }
             "SAVEPOINT" | "RELEASE" => self.record(stmt),
+            // Its body is not read here: one that may set a value for the transaction
+            // (`SET LOCAL`, `set_config(..., true)`) cannot be replayed. A session-level SET in
+            // it pins the session.
+            "DO" if contains_ci(stmt, b"local") || contains_ci(stmt, b"set_config") => {
+                self.mark_opaque(
+                    "a DO block ran that may have set a value with SET LOCAL or \
+                     set_config(..., true)",
+                );
+                return;
+            }
             "SET" if w(1) == "TRANSACTION" && w(2) == "SNAPSHOT" => {
                 self.mark_opaque("SET TRANSACTION SNAPSHOT names one server's snapshot")
             }
@@ -347,7 +357,13 @@ fn and_chain(stmt: &[u8]) -> bool {
 
 /// A quick filter: every statement recorded here but a transaction-control one holds `set`.
 fn contains_set(text: &[u8]) -> bool {
-    text.windows(3).any(|w| w.eq_ignore_ascii_case(b"set"))
+    contains_ci(text, b"set")
+}
+
+/// `text` holds `word` (lowercase), in any case.
+fn contains_ci(text: &[u8], word: &[u8]) -> bool {
+    text.windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// `$1` and the like anywhere (a literal holding one counts too: replaying is refused then,
@@ -431,6 +447,8 @@ mod tests {
             "SELECT set_config('a.b', 'c', true), nextval('s')",
             "SELECT set_config('a.b', x, true) FROM t",
             "UPDATE t SET x = 1 WHERE set_config('a.b', 'c', true) IS NOT NULL",
+            "DO $$BEGIN PERFORM set_config('a.b', 'c', true); END$$",
+            "DO $$BEGIN SET LOCAL a.b = 'c'; END$$",
         ] {
             let mut r = TxnReplay::default();
             run(&mut r, &c, "BEGIN");
