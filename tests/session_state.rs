@@ -570,3 +570,26 @@ async fn a_set_after_a_backslash_quote_is_seen_when_standard_strings_are_off() {
     assert_eq!(show(&b, "search_path").await, default_path, "leaked");
     assert_eq!(show(&a, "search_path").await, "scs_seen");
 }
+
+/// `standard_conforming_strings` off by the database's own default (not by the client): the
+/// server reads `'it\'s'` as one literal, so the SET after it runs, and must stay with its
+/// client as on a direct connection.
+#[tokio::test]
+async fn a_set_after_a_backslash_quote_is_kept_when_the_database_turns_standard_strings_off() {
+    let topo = Topology::builder().build().expect("topology");
+    let direct = support::direct_conn_str(&topo, &topo.shards[0].primary);
+    let d = support::connect(&direct).await.expect("direct");
+    exec(
+        &d,
+        "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET standard_conforming_strings = off', current_database()); END$$",
+    )
+    .await;
+    let proxy = one_server(&topo);
+    let a = proxy.connect(&topo).await;
+    let b = proxy.connect(&topo).await;
+    assert_eq!(show(&a, "standard_conforming_strings").await, "off");
+    let default_path = show(&b, "search_path").await;
+    exec(&a, r"SELECT 'it\'s'; SET search_path TO scs_db").await;
+    assert_eq!(show(&b, "search_path").await, default_path, "leaked");
+    assert_eq!(show(&a, "search_path").await, "scs_db");
+}

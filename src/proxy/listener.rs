@@ -219,7 +219,7 @@ async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut out = BytesMut::with_capacity(512);
     greeting(&server_params, &startup.params, registration.key, &mut out);
     stream.write_all(&out).await?;
-    let params = SessionParams::from_startup(&startup.params);
+    let params = SessionParams::from_startup(&startup.params).with_server_params(&server_params);
     Session::new(
         stream,
         buf,

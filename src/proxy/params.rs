@@ -45,6 +45,9 @@ pub(crate) struct SessionParams {
     /// The session's `standard_conforming_strings` is off: `'...'` literals take backslash
     /// escapes, which changes where statements end.
     backslash_strings: bool,
+    /// The server's own `standard_conforming_strings` is off (a database or role default),
+    /// which the session has unless the client set it.
+    server_backslash_strings: bool,
     /// Session commands and transaction-control statements sent to the server and not
     /// answered yet, in order, each with the number of the request (Query or Sync) it is in.
     /// Each takes effect when its CommandComplete arrives (see [`SessionParams::observe_command_tag`]).
@@ -346,6 +349,17 @@ impl SessionParams {
         p
     }
 
+    /// What the server reported at login (ParameterStatus): its `standard_conforming_strings`,
+    /// which a database or role default may turn off, decides how this session's texts split
+    /// into statements unless the client sets it.
+    pub(crate) fn with_server_params(mut self, server: &[(String, String)]) -> SessionParams {
+        self.server_backslash_strings = server
+            .iter()
+            .any(|(name, value)| name == "standard_conforming_strings" && is_off(value));
+        self.refingerprint();
+        self
+    }
+
     /// Changes whenever the effective settings change; equal fingerprints mean a server
     /// connection already carries this client's settings.
     pub(crate) fn fingerprint(&self) -> u64 {
@@ -372,8 +386,12 @@ impl SessionParams {
         let scs = self
             .sets
             .get("standard_conforming_strings")
-            .or_else(|| self.startup.get("standard_conforming_strings"));
-        self.backslash_strings = scs.is_some_and(|v| is_off(v));
+            .or_else(|| self.startup.get("standard_conforming_strings"))
+            .filter(|v| !v.eq_ignore_ascii_case("default"));
+        self.backslash_strings = match scs {
+            Some(v) => is_off(v),
+            None => self.server_backslash_strings,
+        };
     }
 
     fn lex_options(&self) -> LexOptions {
