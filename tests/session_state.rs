@@ -571,6 +571,55 @@ async fn a_set_after_a_backslash_quote_is_seen_when_standard_strings_are_off() {
     assert_eq!(show(&a, "search_path").await, "scs_seen");
 }
 
+/// More transaction shapes, each compared with a direct connection: savepoints named alike or
+/// quoted, PREPARE TRANSACTION, a BEGIN inside a multi-statement request, a chained transaction
+/// that then fails.
+#[tokio::test]
+async fn savepoints_prepared_transactions_and_chains_keep_what_a_direct_connection_keeps() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let direct = support::direct_conn_str(&topo, &topo.shards[0].primary);
+    let long = "a".repeat(63);
+    let long_a = format!("{long}_one");
+    let long_b = format!("{long}_two");
+    let s1 = format!("BEGIN; SAVEPOINT {long_a}; SET search_path TO r9; ROLLBACK TO {long_b}");
+    let scenarios: Vec<Vec<&str>> = vec![
+        vec!["BEGIN; SAVEPOINT a; SET search_path TO r1; SAVEPOINT a; SET search_path TO r2; RELEASE a; ROLLBACK TO a; COMMIT"],
+        vec!["BEGIN; SAVEPOINT \"A\"; SET search_path TO r3; ROLLBACK TO a", "COMMIT"],
+        vec!["BEGIN; SAVEPOINT A; SET search_path TO r4; ROLLBACK TO \"a\"; COMMIT"],
+        vec!["SET search_path TO r5; BEGIN; SELECT 1/0", "ROLLBACK"],
+        vec!["BEGIN; SET search_path TO r6; COMMIT AND CHAIN; SELECT 1/0", "ROLLBACK"],
+        vec!["BEGIN", "SET search_path TO r7", "PREPARE TRANSACTION 'GID'", "ROLLBACK PREPARED 'GID'"],
+        vec![&s1, "COMMIT"],
+    ];
+    for steps in &scenarios {
+        let d = support::connect(&direct).await.expect("direct");
+        let (a, b) = (proxy.connect(&topo).await, proxy.connect(&topo).await);
+        let default_path = show(&b, "search_path").await;
+        for step in steps {
+            let on_direct = d
+                .batch_execute(&step.replace("GID", "review_d"))
+                .await
+                .map_err(|e| e.code().cloned());
+            let on_proxy = a
+                .batch_execute(&step.replace("GID", "review_p"))
+                .await
+                .map_err(|e| e.code().cloned());
+            assert_eq!(on_proxy, on_direct, "{steps:?}: {step}");
+        }
+        assert_eq!(
+            show(&b, "search_path").await,
+            default_path,
+            "{steps:?}: leaked"
+        );
+        assert_eq!(
+            show(&a, "search_path").await,
+            show(&d, "search_path").await,
+            "{steps:?}"
+        );
+    }
+}
+
 /// `standard_conforming_strings` off by the database's own default (not by the client): the
 /// server reads `'it\'s'` as one literal, so the SET after it runs, and must stay with its
 /// client as on a direct connection.

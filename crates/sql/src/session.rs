@@ -172,9 +172,20 @@ pub fn transaction_command(stmt: &[u8]) -> Option<TransactionCommand> {
     })
 }
 
+/// A savepoint's name as the server keeps it: like every identifier, cut to its first 63 bytes
+/// (NAMEDATALEN - 1, on a character boundary), so that two long names sharing those bytes name
+/// the same savepoint.
 fn savepoint_name(c: &mut Cursor<'_>) -> Option<String> {
+    const MAX_IDENTIFIER_BYTES: usize = 63;
     let t = c.next()?;
-    let name = ident(c, t)?;
+    let mut name = ident(c, t)?;
+    if name.len() > MAX_IDENTIFIER_BYTES {
+        let mut end = MAX_IDENTIFIER_BYTES;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
     c.at_end().then_some(name)
 }
 

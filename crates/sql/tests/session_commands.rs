@@ -244,5 +244,20 @@ fn transaction_commands() {
         t("ROLLBACK WORK TO SAVEPOINT a"),
         Some(T::RollbackTo { name: name("a") })
     );
+    // Cut to 63 bytes as the server cuts every identifier, on a character boundary.
+    let long = format!("{}_tail", "s".repeat(63));
+    assert_eq!(
+        t(&format!("SAVEPOINT {long}")),
+        Some(T::Savepoint {
+            name: "s".repeat(63)
+        })
+    );
+    let accented = format!("\"{}é\"", "s".repeat(62));
+    assert_eq!(
+        t(&format!("ROLLBACK TO {accented}")),
+        Some(T::RollbackTo {
+            name: "s".repeat(62)
+        })
+    );
     assert_eq!(t("SELECT 1"), None);
 }
