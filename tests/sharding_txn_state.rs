@@ -379,3 +379,98 @@ async fn a_do_block_setting_a_local_value_refuses_a_join() {
     .await
     .expect("test timed out");
 }
+
+/// A session-level SET inside a transaction that spans shards is kept by its COMMIT and
+/// undone by its ROLLBACK, as on one server.
+#[tokio::test]
+async fn a_session_set_in_a_transaction_over_shards_follows_its_end() {
+    timeout(TEST_TIMEOUT, async {
+        let s = sharded_setup(None).await;
+        let c = &s.client;
+        let a = int_keys_on(0, 1, 1)[0];
+        let b = int_keys_on(1, 1, 1)[0];
+        seed_with_decoys(&s.direct, &[a, b]).await;
+        let read = |k: i64| format!("SELECT note FROM orders WHERE user_id = {k} ORDER BY 1");
+        let tz = || async { column(c, "SHOW TimeZone").await };
+        let before = tz().await;
+        for (zone, touch, end) in [
+            ("Asia/Tokyo", vec![read(a)], "COMMIT"),
+            ("Europe/Paris", vec![read(a), read(b)], "COMMIT"),
+            ("America/Lima", vec![read(a), read(b)], "ROLLBACK"),
+        ] {
+            c.batch_execute("BEGIN").await.expect("begin");
+            c.batch_execute(&format!("SET TimeZone = '{zone}'"))
+                .await
+                .expect("set");
+            for sql in &touch {
+                column(c, sql).await;
+            }
+            c.batch_execute(end).await.expect(end);
+            let want = if end == "COMMIT" {
+                vec![zone.to_owned()]
+            } else {
+                before.clone()
+            };
+            let _ = &want;
+            assert_eq!(tz().await, want, "{zone} {touch:?} {end}");
+            assert_eq!(tz().await, want, "{zone} {touch:?} {end}: again");
+            c.batch_execute(&format!("SET TimeZone = '{}'", before[0]))
+                .await
+                .expect("back");
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A transaction shardgate aborts itself (a shard that cannot join) takes its session-level
+/// SETs with it: a later transaction that commits does not bring them back.
+#[tokio::test]
+async fn a_set_in_a_transaction_shardgate_aborted_stays_undone() {
+    timeout(TEST_TIMEOUT, async {
+        let s = sharded_setup(None).await;
+        let c = &s.client;
+        let a = int_keys_on(0, 1, 1)[0];
+        let b = int_keys_on(1, 1, 1)[0];
+        seed_with_decoys(&s.direct, &[a, b]).await;
+        let read = |k: i64| format!("SELECT note FROM orders WHERE user_id = {k} ORDER BY 1");
+        let before = column(c, "SHOW application_name").await;
+        let set_param = c
+            .prepare("SELECT set_config('app.tenant', $1, true)")
+            .await
+            .expect("prepare");
+        c.batch_execute("BEGIN").await.expect("begin");
+        column(c, &read(a)).await;
+        c.batch_execute("SET application_name = 'aborted_txn'")
+            .await
+            .expect("set");
+        c.query(&set_param, &[&"7"]).await.expect("set_config");
+        expect_code(
+            c.simple_query(&read(b)).await,
+            &SqlState::FEATURE_NOT_SUPPORTED,
+            "join after set_config($1, true)",
+        );
+        c.batch_execute("ROLLBACK").await.expect("rollback");
+        // A later transaction that changes another setting and commits.
+        c.batch_execute("BEGIN").await.expect("begin");
+        c.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+            .await
+            .expect("set tz");
+        column(c, &read(a)).await;
+        c.batch_execute("COMMIT").await.expect("commit");
+        // On each shard's connection (the other shard's gets the session's settings applied).
+        for k in [a, b] {
+            let got = column(
+                c,
+                &format!(
+                    "SELECT current_setting('TimeZone') || '|' || current_setting('application_name') \
+                     FROM orders WHERE user_id = {k} LIMIT 1"
+                ),
+            )
+            .await;
+            assert_eq!(got, [format!("Asia/Tokyo|{}", before[0])], "key {k}");
+        }
+    })
+    .await
+    .expect("test timed out");
+}

@@ -442,3 +442,40 @@ async fn a_rollback_to_a_savepoint_undoes_every_writer_shard() {
     .await
     .expect("test timed out");
 }
+
+/// A session-level SET made inside a transaction that commits on two shards is the session's
+/// from then on, as on one server; one inside a transaction that rolls back is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_in_a_two_shard_transaction_follows_its_end() {
+    timeout(LIMIT, async {
+        let started = Started::new().await;
+        let Started { a, b, client, .. } = &started;
+        let tz = || async {
+            let rows = client.simple_query("SHOW TimeZone").await.expect("show");
+            rows.iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .expect("a row")
+        };
+        let before = tz().await;
+        for (zone, end) in [("Asia/Tokyo", "COMMIT"), ("America/Lima", "ROLLBACK")] {
+            for sql in [
+                "BEGIN".to_owned(),
+                format!("SET TimeZone = '{zone}'"),
+                format!("INSERT INTO orders (user_id, note) VALUES ({a}, 'a')"),
+                format!("INSERT INTO orders (user_id, note) VALUES ({b}, 'b')"),
+                end.to_owned(),
+            ] {
+                client.batch_execute(&sql).await.expect(&sql);
+            }
+            let want = if end == "COMMIT" { zone } else { "Asia/Tokyo" };
+            assert_eq!(tz().await, want, "{zone} {end}");
+            assert_eq!(tz().await, want, "{zone} {end}: again");
+        }
+        assert_ne!(before, "Asia/Tokyo");
+    })
+    .await
+    .expect("test timed out");
+}

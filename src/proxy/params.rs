@@ -706,6 +706,16 @@ impl SessionParams {
         self.refingerprint();
     }
 
+    /// shardgate ended the client's transaction block itself, on servers whose replies do not
+    /// pass through the flight (a two-phase commit, a local abort): what ran in it is kept if
+    /// `commit`, else dropped, so that no later transaction inherits it.
+    pub(crate) fn end_block_locally(&mut self, commit: bool) {
+        self.local_in_transaction = false;
+        if self.block.is_some() {
+            self.end_block(commit, false);
+        }
+    }
+
     /// Called at each ReadyForQuery with its status: what the request's commands did.
     pub(crate) fn end_cycle(&mut self, status: u8) -> Effects {
         self.drop_answered(true);
