@@ -717,6 +717,36 @@ async fn a_set_inside_a_do_block_pins() {
     .expect("test timed out");
 }
 
+/// The SET in a tagged dollar-quoted string or an escape string pins too: without the pin the
+/// session's search_path would be lost when its next transaction runs on another connection.
+#[tokio::test]
+async fn a_set_in_a_tagged_or_escape_string_inside_a_do_block_pins() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().build().expect("topology");
+        for sql in [
+            "DO $$BEGIN EXECUTE $e$SET search_path TO do_set$e$; END$$",
+            "DO E'BEGIN SET search_path TO do_set; END'",
+        ] {
+            let proxy = support::start_trust(&topology, one_connection());
+            let a = proxy.connect(&topology).await;
+            let default_path = text(&a, "SHOW search_path").await;
+            a.batch_execute(sql).await.expect("DO");
+            wait_pinned(&proxy, 1.0).await;
+            assert_eq!(
+                text(&a, "SHOW search_path").await.as_deref(),
+                Some("do_set"),
+                "{sql}"
+            );
+            drop(a);
+            wait_pinned(&proxy, 0.0).await;
+            let b = proxy.connect(&topology).await;
+            assert_eq!(text(&b, "SHOW search_path").await, default_path, "{sql}");
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test]
 async fn a_fastpath_function_call_pins() {
     timeout(TEST_TIMEOUT, async {

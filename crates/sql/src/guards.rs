@@ -430,25 +430,29 @@ pub(crate) fn scan_do_body(stmt: &[u8], fns: &WriteFunctions) -> Guards {
             _ => None,
         };
         let Some(body) = body else { continue };
-        // Strip the delimiters: `$tag$` or `'`.
-        let inner = match body.first() {
-            Some(b'$') => {
-                let tag = body
-                    .iter()
-                    .skip(1)
-                    .position(|&b| b == b'$')
-                    .map_or(0, |p| p + 2);
-                body.get(tag..body.len().saturating_sub(tag))
-                    .unwrap_or_default()
-            }
-            _ => body
-                .get(1..body.len().saturating_sub(1))
-                .unwrap_or_default(),
-        };
+        let inner = literal_body(body);
         out.add_session_state(&scan(inner, fns));
         out.do_set |= sets_session(inner);
     }
     out
+}
+
+/// A string token's text without its delimiters: `$tag$...$tag$`, or `'...'` with any prefix
+/// (`E'...'`, `U&'...'`).
+fn literal_body(text: &[u8]) -> &[u8] {
+    if text.first() == Some(&b'$') {
+        let tag = text
+            .iter()
+            .skip(1)
+            .position(|&b| b == b'$')
+            .map_or(0, |p| p + 2);
+        return text
+            .get(tag..text.len().saturating_sub(tag))
+            .unwrap_or_default();
+    }
+    let open = text.iter().position(|&b| b == b'\'').map_or(0, |p| p + 1);
+    text.get(open..text.len().saturating_sub(1))
+        .unwrap_or_default()
 }
 
 /// Whether a `DO` body may change a setting for the session: a `SET` or `RESET` at the start
@@ -488,9 +492,7 @@ fn sets_session(body: &[u8]) -> bool {
                     .any(|k| is(text, k));
             }
             TokenKind::String | TokenKind::DollarString => {
-                let inner = text
-                    .get(1..text.len().saturating_sub(1))
-                    .unwrap_or_default();
+                let inner = literal_body(text);
                 if session_level(&words_of(inner)) {
                     return true;
                 }

@@ -575,6 +575,19 @@ fn variants_that_leave_session_state_pin_too() {
             "DO LANGUAGE plpgsql $b$ BEGIN PERFORM 1; SET statement_timeout = 5; END $b$",
             "SET inside a DO block",
         ),
+        // The command in a tagged dollar-quoted or escape string.
+        (
+            "DO $$BEGIN EXECUTE $e$SET search_path TO do_leak$e$; END$$",
+            "SET inside a DO block",
+        ),
+        (
+            "DO $$BEGIN EXECUTE E'SET search_path TO ' || quote_ident('s'); END$$",
+            "SET inside a DO block",
+        ),
+        (
+            "DO E'BEGIN SET search_path TO do_leak; END'",
+            "SET inside a DO block",
+        ),
     ] {
         assert_eq!(classify(sql).pins_session, Some(why), "{sql}");
     }
