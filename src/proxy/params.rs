@@ -542,6 +542,7 @@ impl SessionParams {
     /// on may now carry or not: they must be re-applied from scratch.
     pub(crate) fn end_unseen(&mut self, committed: bool) -> bool {
         let changed = self.unsettled();
+        self.local_in_transaction = false;
         if self.block.is_some() || !self.implicit.is_empty() {
             self.end_block(committed, false);
         }
@@ -704,16 +705,6 @@ impl SessionParams {
             | SessionCommand::Local => {}
         }
         self.refingerprint();
-    }
-
-    /// shardgate ended the client's transaction block itself, on servers whose replies do not
-    /// pass through the flight (a two-phase commit, a local abort): what ran in it is kept if
-    /// `commit`, else dropped, so that no later transaction inherits it.
-    pub(crate) fn end_block_locally(&mut self, commit: bool) {
-        self.local_in_transaction = false;
-        if self.block.is_some() {
-            self.end_block(commit, false);
-        }
     }
 
     /// Called at each ReadyForQuery with its status: what the request's commands did.

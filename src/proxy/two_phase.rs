@@ -404,10 +404,6 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
         self.txn.clear();
         self.routing.txn_wrote = false;
         self.shared.metrics.transactions.inc();
-        // The servers ended the transaction without a reply on the flight: its settings are
-        // kept or dropped here.
-        self.params
-            .end_block_locally(matches!(outcome, Ok("COMMIT")));
         match outcome {
             Ok(tag) => self.answer_with_tag(tag).await,
             Err(fields) => self.reject_request(fields).await,

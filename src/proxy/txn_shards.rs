@@ -278,7 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.registration.slot.clear();
         self.flight = Flight::default();
         // The transaction's settings go with it, as at the ROLLBACK that will end it.
-        self.params.end_block_locally(false);
+        self.params.end_unseen(false);
         let begin = self
             .deferred_begin
             .take()
