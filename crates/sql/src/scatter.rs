@@ -11,6 +11,7 @@
 
 mod aggregates;
 mod build;
+mod collation;
 mod having;
 mod limit;
 mod resolve;
@@ -88,6 +89,11 @@ pub struct ScatterSelect {
     /// every key is a column name, fetched as a hidden column: `order_by` columns then count
     /// each `*` as one item, and the merge maps them from the end of the shards' rows.
     pub wildcard: bool,
+    /// The names (folded) of the identifiers in what the merge compares as values: sort keys,
+    /// group keys, `DISTINCT` items, `min`/`max` arguments and `HAVING`. The merge compares
+    /// text bytewise, so a column among them whose own collation is not bytewise must be
+    /// refused; only the catalog knows (an explicit non-C `COLLATE` there is refused here).
+    pub compared_names: Vec<String>,
 }
 
 /// One client-visible column.

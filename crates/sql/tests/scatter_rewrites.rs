@@ -464,3 +464,55 @@ fn column_free_items_next_to_aggregates() {
     // Without aggregation a constant is a plain column.
     assert_eq!(ok("SELECT 1 FROM t").outputs, [OutputCol::Column(0)]);
 }
+
+#[test]
+fn explicit_collations_where_the_merge_compares() {
+    const WHAT: &str = "GROUP BY, DISTINCT, min/max or HAVING under a collation other than \"C\"";
+    for sql in [
+        "SELECT g, max(t COLLATE \"und-x-icu\") FROM ev GROUP BY g",
+        "SELECT min(t COLLATE \"en_US\") FROM ev",
+        "SELECT t COLLATE \"und-x-icu\", count(*) FROM ev GROUP BY 1",
+        "SELECT count(*) FROM ev GROUP BY t COLLATE pg_catalog.\"und-x-icu\"",
+        "SELECT DISTINCT t COLLATE \"und-x-icu\" FROM ev",
+        "SELECT g FROM ev GROUP BY g HAVING max(t COLLATE \"und-x-icu\") > 'a'",
+    ] {
+        assert_eq!(refused(sql), WHAT, "{sql}");
+    }
+    assert_eq!(
+        refused("SELECT g, max(t COLLATE \"und-x-icu\") AS m FROM ev GROUP BY g ORDER BY m"),
+        "ORDER BY under a collation other than \"C\""
+    );
+    // Bytewise collations, and COLLATE where nothing is compared, pass.
+    ok("SELECT g, max(t COLLATE \"C\") FROM ev GROUP BY g");
+    ok("SELECT DISTINCT t COLLATE \"POSIX\" FROM ev");
+    ok("SELECT t COLLATE \"und-x-icu\" FROM ev");
+    ok("SELECT count(*) FROM ev WHERE t COLLATE \"und-x-icu\" > 'a'");
+}
+
+#[test]
+fn compared_names_are_what_the_merge_compares() {
+    let names = |sql: &str| ok(sql).compared_names;
+    assert_eq!(
+        names("SELECT g, max(tc), count(x) FROM ev WHERE w > 1 GROUP BY g"),
+        ["g", "max", "tc"]
+    );
+    assert_eq!(names("SELECT id, tc FROM ev ORDER BY \"Tc\""), ["Tc"]);
+    assert_eq!(names("SELECT id, tc FROM ev ORDER BY 2"), ["tc"]);
+    assert_eq!(names("SELECT DISTINCT a, e.b FROM ev e"), ["a", "b", "e"]);
+    assert_eq!(
+        names("SELECT g FROM ev GROUP BY g HAVING min(h) > 'x'"),
+        ["g", "h", "having", "min"]
+    );
+    assert!(names("SELECT id, tc FROM ev WHERE tc > 'a'").is_empty());
+    // Under an explicit bytewise collation the column's own one does not matter.
+    assert!(names("SELECT id, tc FROM ev ORDER BY tc COLLATE \"C\"").is_empty());
+    assert!(
+        names("SELECT g, max(e.tc COLLATE \"C\") FROM ev e GROUP BY 1")
+            .iter()
+            .all(|n| n == "g")
+    );
+    assert_eq!(
+        refused("SELECT id FROM ev ORDER BY U&\"t\\0063\""),
+        "a U&\"...\" name in GROUP BY, ORDER BY, DISTINCT, min/max or HAVING"
+    );
+}

@@ -3,14 +3,15 @@
 //! columns, and collects the text edits that turn the client's statement into the shard's.
 
 use super::aggregates::{aggregate, calls, output_name, Call};
+use super::collation::{check_collation, compared_names};
 use super::having::{self, Ctx};
 use super::limit::{self, Limits};
 use super::resolve::{
-    agg_columns, column_free, group_key, ident_parts, sort_key, wildcard_sort_key,
+    agg_columns, column_free, group_key, ident_parts, sort_key, wildcard_sort_key, GroupKey,
 };
 use super::shape::{Code, Shape};
 use super::splice::Splicer;
-use super::{AggFn, OutputCol, ScatterSelect, Unsupported};
+use super::{AggFn, OutputCol, ScatterSelect, SortCol, Unsupported};
 use crate::lexer::TokenKind;
 use sqlparser::ast::{
     Distinct, GroupByExpr, Ident, OrderByExpr, OrderByKind, Query, Select, SelectFlavor,
@@ -167,6 +168,8 @@ pub(crate) fn build(stmt: &[u8], q: &Query) -> Result<ScatterSelect, Unsupported
         }
     }
 
+    let compared_names = compared(&code, &shape, &items, &keys, &order_by)?;
+
     let after_list = shape.items.last().map_or(0, |r| r.end);
     let shard_columns = sp.next_col;
     let shard_sql = sp.finish(after_list)?;
@@ -195,7 +198,46 @@ pub(crate) fn build(stmt: &[u8], q: &Query) -> Result<ScatterSelect, Unsupported
         having,
         distinct,
         wildcard,
+        compared_names,
     })
+}
+
+/// What the merge compares as values (group keys, sort keys, `DISTINCT` items, `min`/`max`
+/// arguments, `HAVING`), each key with the select-list item it resolved to: refuses an explicit
+/// collation there that is not bytewise, and returns the names those expressions read.
+fn compared(
+    code: &Code,
+    shape: &Shape,
+    items: &[Item],
+    keys: &[GroupKey],
+    order_by: &[SortCol],
+) -> Result<Vec<String>, Unsupported> {
+    let order_toks = shape.order.as_ref().map(|(_, k)| k.as_slice());
+    let item_of = |col: usize| {
+        items
+            .iter()
+            .filter(move |it| !it.wildcard && it.cols.first() == Some(&col))
+            .map(|it| it.expr.clone())
+    };
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    for (toks, key) in shape.group.iter().zip(keys) {
+        ranges.push(toks.clone());
+        ranges.extend(item_of(key.col));
+    }
+    for (toks, key) in order_toks.unwrap_or_default().iter().zip(order_by) {
+        ranges.push(toks.clone());
+        ranges.extend(item_of(key.column));
+    }
+    ranges.extend(shape.having.clone());
+    for it in items {
+        if shape.distinct_kw || matches!(it.agg, Some(AggFn::Min | AggFn::Max)) {
+            ranges.push(it.expr.clone());
+        }
+    }
+    for r in &ranges {
+        check_collation(code, r, "GROUP BY, DISTINCT, min/max or HAVING")?;
+    }
+    compared_names(code, &ranges)
 }
 
 /// Query-level refusals; returns the one plain `SELECT`.

@@ -5,6 +5,7 @@
 
 use super::aggregates::{calls, fold, Call};
 use super::build::{avg_parts, Item};
+use super::collation::check_collation;
 use super::shape::Code;
 use super::splice::Splicer;
 use super::{AggFn, SortCol, Unsupported};
@@ -232,7 +233,7 @@ pub(crate) fn sort_key(
     toks: &Range<usize>,
 ) -> Result<SortCol, Unsupported> {
     let (descending, nulls_first) = direction(ast)?;
-    check_collation(code, toks)?;
+    check_collation(code, toks, "ORDER BY")?;
     let norm = code.normalized(toks);
     let item = if let Some(pos) = position(&ast.expr) {
         let pos = pos.map_err(|_| Unsupported::new("ORDER BY a constant"))?;
@@ -257,7 +258,7 @@ pub(crate) fn sort_key(
     };
     let column = match (item.and_then(|i| items.get(i)), grouping) {
         (Some(it), _) => {
-            check_collation(code, &it.expr)?;
+            check_collation(code, &it.expr, "ORDER BY")?;
             it.cols.first().copied().unwrap_or_default()
         }
         (None, Some(keys)) => keys
@@ -296,7 +297,7 @@ pub(crate) fn wildcard_sort_key(
             "* in the select list with ORDER BY other than column names (list the columns)",
         ));
     }
-    check_collation(code, toks)?;
+    check_collation(code, toks, "ORDER BY")?;
     Ok(SortCol {
         column: sp.hide(code.slice(toks), 1),
         descending,
@@ -316,31 +317,4 @@ fn direction(ast: &OrderByExpr) -> Result<(bool, bool), Unsupported> {
         _ => false,
     };
     Ok((descending, ast.options.nulls_first.unwrap_or(descending)))
-}
-
-/// The merge compares text bytewise (the C collation): a sort key under any other explicit
-/// collation would come back in an order it cannot reproduce.
-fn check_collation(code: &Code, toks: &Range<usize>) -> Result<(), Unsupported> {
-    for i in toks.clone() {
-        if !code.is_word(i, "COLLATE") {
-            continue;
-        }
-        // The last part of a possibly schema-qualified name.
-        let mut j = i + 1;
-        while code.is_punct(j + 1, b'.') {
-            j += 2;
-        }
-        let name = code.text(j);
-        let bytewise = matches!(
-            name,
-            b"\"C\"" | b"\"POSIX\"" | b"\"ucs_basic\"" | b"\"default\""
-        ) || code.is_word(j, "ucs_basic")
-            || code.is_word(j, "default");
-        if !bytewise {
-            return Err(Unsupported::new(
-                "ORDER BY under a collation other than \"C\"",
-            ));
-        }
-    }
-    Ok(())
 }
