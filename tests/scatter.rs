@@ -7,6 +7,8 @@
 
 #[path = "scatter_diff/binary.rs"]
 mod binary;
+#[path = "scatter_diff/collation.rs"]
+mod collation;
 #[path = "scatter_diff/compare.rs"]
 mod compare;
 #[path = "scatter_diff/corpus.rs"]

@@ -18,6 +18,32 @@ use super::sharding_runtime::ShardingRuntime;
 use super::sqlstate;
 use super::topology::Snapshot;
 
+/// The database's collation as `<provider>:<datcollate>` (`c` for libc).
+const DATABASE_COLLATION_SQL: &str = "SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') || ':' || datcollate FROM pg_database d WHERE datname = current_database()";
+
+/// Names of the table, view and foreign-table columns, and of the domains, in any schema,
+/// whose collation is neither the database's (checked on its own) nor a bytewise one (a cast
+/// to such a domain gives its collation to an expression). By name and in any schema: the
+/// catalog connection cannot resolve names as each client's `search_path` would, and another
+/// table's column of the same name only makes the check refuse more, never less.
+const COLLATED_NAMES_SQL: &str =
+    "WITH c AS (SELECT oid FROM pg_collation WHERE collprovider <> 'd' \
+    AND NOT (collprovider = 'c' AND collcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8', 'C.UTF8'))) \
+    SELECT a.attname FROM pg_attribute a JOIN pg_class r ON r.oid = a.attrelid \
+    WHERE a.attcollation IN (SELECT oid FROM c) AND a.attnum > 0 AND NOT a.attisdropped \
+    AND r.relkind IN ('r', 'p', 'v', 'm', 'f') \
+    UNION SELECT typname FROM pg_type WHERE typtype = 'd' AND typcollation IN (SELECT oid FROM c)";
+
+/// What a scatter needs from the catalog, read in one go.
+struct Catalog {
+    /// Which of the asked names are aggregates.
+    aggregates: Vec<String>,
+    /// The database's own collation orders text bytewise.
+    collation_c: bool,
+    /// See [`COLLATED_NAMES_SQL`].
+    collated_names: std::collections::HashSet<String>,
+}
+
 /// Largest request shardgate buffers whole to plan it (a pipeline up to its Sync).
 const MAX_PLANNED_REQUEST: usize = 64 << 20;
 
@@ -99,19 +125,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .collect()
         };
         let collation = *super::sharding_runtime::lock(&rt.collation_c);
-        if !unknown.is_empty() || collation.is_none() {
+        let columns_known = super::sharding_runtime::lock(&rt.collated_names).is_some();
+        if !unknown.is_empty() || collation.is_none() || !columns_known {
             let quoted: Vec<String> = unknown
                 .iter()
                 .map(|n| format!("'{}'", n.replace('\'', "''")))
                 .collect();
-            let learned = self.catalog(snapshot, &quoted).await;
-            match learned {
-                Some((aggs, c)) => {
+            match self.catalog(snapshot, &quoted).await {
+                Some(learned) => {
                     let mut known = super::sharding_runtime::lock(&rt.aggregates);
                     for n in &unknown {
-                        known.insert(n.clone(), aggs.contains(n));
+                        known.insert(n.clone(), learned.aggregates.contains(n));
                     }
-                    *super::sharding_runtime::lock(&rt.collation_c) = Some(c);
+                    *super::sharding_runtime::lock(&rt.collation_c) = Some(learned.collation_c);
+                    *super::sharding_runtime::lock(&rt.collated_names) =
+                        Some(learned.collated_names);
                 }
                 None => {
                     plan.need = Need::Refuse(ErrorFields::new(
@@ -138,46 +166,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return;
         }
+        let collated = super::sharding_runtime::lock(&rt.collated_names)
+            .as_ref()
+            .and_then(|set| {
+                select
+                    .compared_names
+                    .iter()
+                    .find(|n| set.contains(*n))
+                    .cloned()
+            });
+        if let Some(name) = collated {
+            plan.need = Need::Refuse(
+                ErrorFields::new(
+                    "ERROR",
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("shardgate: cannot merge this query across shards exactly: column or domain \"{name}\" has a collation other than \"C\" and the merge compares text byte by byte (in ORDER BY, GROUP BY, DISTINCT, min/max or HAVING)"),
+                )
+                .with(b'H', "Write the column as <column> COLLATE \"C\" if byte order will do, add a shard-key filter, or pin it with /* shardgate: shard=<name> */ to run it on one shard."),
+            );
+            return;
+        }
         *text_order = super::sharding_runtime::lock(&rt.collation_c).unwrap_or(false);
     }
 
-    /// Which of the (quoted) names are aggregates, and whether the database collates as C.
-    async fn catalog(&self, snapshot: &Snapshot, quoted: &[String]) -> Option<(Vec<String>, bool)> {
+    /// Which of the (quoted) names are aggregates, whether the database collates as C, and
+    /// which columns and domains have a collation of their own that does not.
+    async fn catalog(&self, snapshot: &Snapshot, quoted: &[String]) -> Option<Catalog> {
         let mut conn = catalog_conn(snapshot, &self.user).await?;
         let aggs = if quoted.is_empty() {
-            Vec::new()
+            Ok(Vec::new())
         } else {
             let sql = format!(
                 "SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_aggregate a ON a.aggfnoid = p.oid WHERE p.proname IN ({})",
                 quoted.join(", ")
             );
-            match conn.first_column(&sql).await {
-                Ok(v) => v,
-                Err(_) => {
-                    conn.discard();
-                    return None;
-                }
-            }
+            conn.first_column(&sql).await
         };
-        let collate = match first_value(
-            &mut conn,
-            "SELECT datcollate FROM pg_database WHERE datname = current_database()",
-        )
-        .await
-        {
-            Ok(v) => v.unwrap_or_default(),
-            Err(_) => {
-                conn.discard();
-                return None;
-            }
+        // datlocprovider (PostgreSQL 15+) read through to_jsonb so older servers answer too:
+        // with ICU as the database's provider, datcollate says nothing about text order.
+        let learned = match aggs {
+            Ok(aggs) => match (
+                first_value(&mut conn, DATABASE_COLLATION_SQL).await,
+                conn.first_column(COLLATED_NAMES_SQL).await,
+            ) {
+                (Ok(c), Ok(columns)) => Some((aggs, c.unwrap_or_default(), columns)),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let Some((aggregates, collate, columns)) = learned else {
+            conn.discard();
+            return None;
         };
         conn.release();
         // C.UTF-8 orders by code point, which for UTF-8 is byte order, as C does.
-        let c = matches!(
+        let collation_c = matches!(
             collate.as_str(),
-            "C" | "POSIX" | "C.UTF-8" | "C.utf8" | "C.UTF8" | "ucs_basic"
+            "c:C" | "c:POSIX" | "c:C.UTF-8" | "c:C.utf8" | "c:C.UTF8" | "c:ucs_basic"
         );
-        Some((aggs, c))
+        Some(Catalog {
+            aggregates,
+            collation_c,
+            collated_names: columns.into_iter().collect(),
+        })
     }
 
     pub(super) fn plan_once(&self, rt: &ShardingRuntime, scanned: &Scanned) -> RequestPlan {

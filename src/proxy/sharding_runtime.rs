@@ -2,7 +2,7 @@
 //! learned and cached while it serves (statement analyses by text, key column types, which
 //! functions are aggregates, whether the database collates as C).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -33,6 +33,9 @@ pub(crate) struct ShardingRuntime {
     pub(crate) aggregates: Mutex<HashMap<String, bool>>,
     /// The database's collation sorts like C (text ORDER BY and min/max merge exactly).
     pub(crate) collation_c: Mutex<Option<bool>>,
+    /// Names of the table and view columns and domains (any schema) whose own collation does
+    /// not order text bytewise: the merge cannot compare text they give their collation to.
+    pub(crate) collated_names: Mutex<Option<HashSet<String>>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,6 +91,7 @@ impl ShardingRuntime {
             key_types: Mutex::new(HashMap::new()),
             aggregates: Mutex::new(HashMap::new()),
             collation_c: Mutex::new(None),
+            collated_names: Mutex::new(None),
         })
     }
 
@@ -117,6 +121,7 @@ impl ShardingRuntime {
     pub(crate) fn forget_catalog(&self) {
         lock(&self.key_types).clear();
         lock(&self.aggregates).clear();
+        *lock(&self.collated_names) = None;
     }
 
     pub(crate) fn learn_key_type(&self, table: &str, oid: u32) {

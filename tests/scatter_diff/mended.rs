@@ -7,7 +7,7 @@ use super::compare::{check, run_ext, run_simple, Order, Param, Query, RunError, 
 use super::{env, Env, ROWS, TEST_TIMEOUT};
 
 /// Runs every query both ways; each must be exact (never refused, never another error).
-async fn all_exact(env: &Env, title: &str, sqls: &[(&str, Order)]) {
+pub(super) async fn all_exact(env: &Env, title: &str, sqls: &[(&str, Order)]) {
     let mut tally = Tally::default();
     for (sql, order) in sqls {
         let q = Query::plain("mended", *sql, order.clone());
@@ -23,7 +23,7 @@ async fn all_exact(env: &Env, title: &str, sqls: &[(&str, Order)]) {
 
 /// `sql` runs on the reference server, and shardgate refuses it in both protocols with
 /// 0A000, a message containing `message` and a hint containing `hint`.
-async fn refused(env: &Env, sql: &str, message: &str, hint: &str) {
+pub(super) async fn refused(env: &Env, sql: &str, message: &str, hint: &str) {
     run_simple(&env.pb, sql)
         .await
         .unwrap_or_else(|e| panic!("reference failed {sql}: {e:?}"));
