@@ -216,7 +216,9 @@ pub(super) fn check_text_order(
     let min_max_text = select.outputs.iter().any(|o| {
         matches!(o, OutputCol::Agg { kind: AggFn::Min | AggFn::Max, columns } if columns.first().is_some_and(|c| is_text(*c)))
     });
-    let having_text = select.having.is_some() && select.group_by.iter().any(|c| is_text(*c));
+    let having_text = select.having.as_ref().is_some_and(|h| {
+        select.group_by.iter().any(|c| is_text(*c)) || having_min_max(h, &is_text)
+    });
     if sorts_text || min_max_text || having_text {
         return Err(own(
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -224,6 +226,19 @@ pub(super) fn check_text_order(
         ));
     }
     Ok(())
+}
+
+/// HAVING reads a min or max over text (which may not be among the outputs).
+fn having_min_max(h: &HavingExpr, is_text: &impl Fn(usize) -> bool) -> bool {
+    let operand = |o: &HavingOperand| matches!(o, HavingOperand::Agg { kind: AggFn::Min | AggFn::Max, columns } if columns.first().is_some_and(|c| is_text(*c)));
+    match h {
+        HavingExpr::And(a, b) | HavingExpr::Or(a, b) => {
+            having_min_max(a, is_text) || having_min_max(b, is_text)
+        }
+        HavingExpr::Not(a) => having_min_max(a, is_text),
+        HavingExpr::IsNull(o, _) => operand(o),
+        HavingExpr::Cmp(l, _, r) => operand(l) || operand(r),
+    }
 }
 
 /// HAVING over merged columns: aggregates and group keys become merged columns (added to
@@ -384,4 +399,32 @@ fn literal_for(
     };
     let v: Value = decode(&Column::new(ty, 0), Some(text.as_bytes())).map_err(|_| refuse())?;
     Ok(Operand::Const(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under a database collation that is not C: text compared through a HAVING min/max is
+    /// refused even when the aggregate is not selected; grouping by text alone is not.
+    #[test]
+    fn text_order_checks_having_aggregates() {
+        let columns = |n: usize| {
+            let mut c = vec![Column::new(OID_INT4, 0)];
+            c.extend((1..n).map(|_| Column::new(25, 0)));
+            c
+        };
+        let check = |sql: &str| {
+            let select = shardgate_sql::scatter_select(sql.as_bytes()).expect("merged");
+            let cols = columns(select.shard_columns);
+            check_text_order(&select, &select.order_by, &cols).is_ok()
+        };
+        assert!(!check("SELECT g FROM ev GROUP BY g HAVING max(t) > 'a'"));
+        assert!(!check(
+            "SELECT g FROM ev GROUP BY g HAVING NOT (count(*) > 1 AND min(t) < 'b')"
+        ));
+        assert!(!check("SELECT g, min(t) FROM ev GROUP BY g"));
+        assert!(check("SELECT g FROM ev GROUP BY g HAVING count(*) > 1"));
+        assert!(check("SELECT g, t, count(*) FROM ev GROUP BY g, t"));
+    }
 }
