@@ -158,7 +158,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Query is answered too. In a failed transaction the server answers, with 25P02, as it
     /// would directly; a name the client does not have goes to the server.
     async fn answer_deallocate(&mut self, tx_status: u8) -> Result<bool, ClientError> {
-        if self.mode != PoolMode::Transaction || tx_status == b'E' {
+        if self.mode != PoolMode::Transaction || tx_status == b'E' || self.statements.is_empty() {
             return Ok(false);
         }
         let Some((name, end)) = self.buffered_deallocate()? else {
@@ -194,7 +194,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(h) = peek_header(&self.cbuf, self.max_len)? else {
             return Ok(None);
         };
-        if self.cbuf.len() < h.len {
+        if self.cbuf.len() < h.len || !matches!(h.tag, tag::QUERY | tag::PARSE) {
             return Ok(None);
         }
         let sql = match FrontendRef::decode(h.tag, &self.cbuf[5..h.len])? {

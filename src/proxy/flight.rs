@@ -492,6 +492,9 @@ fn is_own_command(classifier: &Classifier, sql: &[u8]) -> bool {
 /// client has: in transaction mode shardgate answers it (see `Session::answer_deallocate`),
 /// since the server knows the statement only under its internal name.
 pub(crate) fn deallocates_tracked(statements: &ClientStatements, sql: &[u8]) -> bool {
+    if statements.is_empty() {
+        return false;
+    }
     super::params::lone_deallocate(sql)
         .is_some_and(|name| statements.get(name.as_bytes()).is_some())
 }

@@ -165,6 +165,11 @@ impl ClientStatements {
         (!self.unnamed.is_empty()).then_some(self.unnamed.as_slice())
     }
 
+    /// Whether the client has no named statement.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
     pub(crate) fn unnamed_token(&self) -> u128 {
         self.unnamed_token
     }
