@@ -53,3 +53,61 @@ async fn cancel_while_waiting_for_a_server() {
     .await
     .expect("test timed out");
 }
+
+/// A cancel sent for one client just as its query ends must not stop the query another client
+/// runs next on the same server connection. Client A runs short queries while cancels for A are
+/// sent every few milliseconds; client B shares the only server connection. Directly, a late
+/// cancel can only hit A's own next query; before the fix B's queries were cancelled too
+/// (dozens in a few hundred).
+#[tokio::test]
+async fn a_late_cancel_never_reaches_the_next_client_on_the_connection() {
+    timeout(Duration::from_secs(90), async {
+        let topology = Topology::builder().build().expect("topology");
+        let proxy = Proxy::start_with(
+            &topology,
+            ProxyOptions {
+                pool_size: 1,
+                checkout_timeout_ms: 20_000,
+                ..ProxyOptions::default()
+            },
+        );
+        let a = proxy.connect(&topology).await;
+        let b = proxy.connect(&topology).await;
+        let token = a.cancel_token();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop_a, stop_c) = (stop.clone(), stop.clone());
+        let run_a = tokio::spawn(async move {
+            while !stop_a.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = a.simple_query("SELECT pg_sleep(0.002)").await;
+            }
+        });
+        let cancels = tokio::spawn(async move {
+            while !stop_c.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = token.cancel_query(tokio_postgres::NoTls).await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        });
+        let (mut cancelled, mut ran) = (0, 0);
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until && ran < 400 {
+            match b.simple_query("SELECT pg_sleep(0.01)").await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+                    cancelled += 1;
+                }
+                Err(e) => panic!("B: {e}"),
+            }
+            ran += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        run_a.await.expect("A");
+        cancels.await.expect("cancels");
+        assert!(ran > 50, "only {ran} queries ran");
+        assert_eq!(
+            cancelled, 0,
+            "{cancelled} of B's {ran} queries were cancelled by A's cancels"
+        );
+    })
+    .await
+    .expect("test timed out");
+}

@@ -3,14 +3,18 @@
 //! nothing else.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use shardgate_config::NodeAddr;
 use shardgate_pool::BackendKey;
 use shardgate_wire::StartupRequest;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a forwarded cancel is waited for (the postmaster closing its connection).
+const CANCEL_DELIVERY: Duration = Duration::from_secs(5);
 
 /// Where a client's query currently runs, if anywhere.
 #[derive(Debug, Default)]
@@ -19,6 +23,8 @@ pub(crate) struct CancelSlot {
     /// Wakes a request still waiting for a server connection: that is where its
     /// query "runs" while the pool is busy.
     pub(crate) waiting: tokio::sync::Notify,
+    /// Cancels on their way to the server connection in `target` (counted under its lock).
+    in_flight: AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -30,8 +36,13 @@ impl CancelSlot {
         *lock(&self.target) = Some((Arc::clone(addr), key));
     }
 
-    pub(crate) fn clear(&self) {
-        *lock(&self.target) = None;
+    /// The client's query no longer runs on a server. True if a cancel for it may still be
+    /// on its way to that server connection: the connection must then be closed, not handed
+    /// to another client, whose query the late cancel would stop.
+    pub(crate) fn clear(&self) -> bool {
+        let mut target = lock(&self.target);
+        *target = None;
+        self.in_flight.load(Ordering::Acquire) > 0
     }
 }
 
@@ -89,11 +100,17 @@ impl CancelRegistry {
         let target = {
             let clients = lock(&self.clients);
             match clients.get(&pid) {
-                Some((s, slot)) if *s == secret => lock(&slot.target).clone(),
+                Some((s, slot)) if *s == secret => {
+                    let target = lock(&slot.target);
+                    if target.is_some() {
+                        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+                    }
+                    target.clone().map(|t| (t, slot.clone()))
+                }
                 _ => None,
             }
         };
-        let Some((addr, key)) = target else {
+        let Some(((addr, key), slot)) = target else {
             // Not on a server: a request may be waiting for a pool slot (woken here), or
             // the client is idle (ignored, as PostgreSQL ignores it).
             if let Some((s, slot)) = lock(&self.clients).get(&pid) {
@@ -114,9 +131,15 @@ impl CancelRegistry {
             Ok(mut s) => {
                 if let Err(e) = s.write_all(&buf).await {
                     tracing::warn!(node = %addr, error = %e, "forwarding cancel request failed");
+                } else {
+                    // The postmaster signals the backend, then closes the connection: until
+                    // then the cancel may still land on whatever the backend runs next.
+                    let mut byte = [0u8; 1];
+                    let _ = tokio::time::timeout(CANCEL_DELIVERY, s.read(&mut byte)).await;
                 }
             }
             Err(e) => tracing::warn!(node = %addr, error = %e, "forwarding cancel request failed"),
         }
+        slot.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -509,8 +509,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return false;
         }
         if let Some(checkout) = self.server.take() {
-            self.registration.slot.clear();
-            checkout.conn.release();
+            if self.registration.slot.clear() {
+                // A cancel of this client's query may still arrive: nobody else may get it.
+                checkout.conn.discard();
+            } else {
+                checkout.conn.release();
+            }
             self.shared.metrics.transactions.inc();
         }
         true

@@ -184,14 +184,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let _ = self.client.write_all(&out).await;
             }
         }
-        self.registration.slot.clear();
+        let cancelling = self.registration.slot.clear();
         for p in std::mem::take(&mut self.parked) {
             // Mid-transaction: closing is the rollback.
             p.co.conn.discard();
         }
         if let Some(Checkout { mut conn, .. }) = self.server.take() {
             let clean = self.flight.idle() && self.flight.tx_status == b'I';
-            if self.pinned.is_some() || self.close_at_end {
+            // A cancel of this client's query may still arrive: nobody else may get it.
+            if self.pinned.is_some() || self.close_at_end || cancelling {
                 // What pinned it may be state DISCARD ALL leaves behind (dblink's named
                 // connections, a LOADed library), and a pipelined request after the pin is
                 // never classified: only closing is sure to end it.
