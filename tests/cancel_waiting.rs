@@ -8,18 +8,23 @@ use shardgate_testkit::Topology;
 use support::{Proxy, ProxyOptions};
 use tokio::time::timeout;
 
+/// A proxy with one server connection, which clients wait for up to 20 s.
+fn one_server(topology: &Topology) -> Proxy {
+    Proxy::start_with(
+        topology,
+        ProxyOptions {
+            pool_size: 1,
+            checkout_timeout_ms: 20_000,
+            ..ProxyOptions::default()
+        },
+    )
+}
+
 #[tokio::test]
 async fn cancel_while_waiting_for_a_server() {
     timeout(Duration::from_secs(60), async {
         let topology = Topology::builder().build().expect("topology");
-        let proxy = Proxy::start_with(
-            &topology,
-            ProxyOptions {
-                pool_size: 1,
-                checkout_timeout_ms: 20_000,
-                ..ProxyOptions::default()
-            },
-        );
+        let proxy = one_server(&topology);
         let holder = proxy.connect(&topology).await;
         holder
             .batch_execute("BEGIN; SELECT 1")
@@ -63,14 +68,7 @@ async fn cancel_while_waiting_for_a_server() {
 async fn a_late_cancel_never_reaches_the_next_client_on_the_connection() {
     timeout(Duration::from_secs(90), async {
         let topology = Topology::builder().build().expect("topology");
-        let proxy = Proxy::start_with(
-            &topology,
-            ProxyOptions {
-                pool_size: 1,
-                checkout_timeout_ms: 20_000,
-                ..ProxyOptions::default()
-            },
-        );
+        let proxy = one_server(&topology);
         let a = proxy.connect(&topology).await;
         let b = proxy.connect(&topology).await;
         let token = a.cancel_token();
