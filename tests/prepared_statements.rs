@@ -316,3 +316,36 @@ async fn each_client_runs_its_own_unnamed_statement_across_requests() {
         assert_eq!((rows, error.as_deref()), (vec![], Some("26000")));
     }
 }
+
+/// A SET prepared with Parse and Sync alone (answered by shardgate without a server, as for
+/// pgbench `-M prepared`) and run later is the client's setting from then on, on whichever
+/// connection it gets, and nobody else's. Before the fix its run was a SET shardgate had not
+/// seen coming: it reset the connection and the client lost its setting.
+#[tokio::test]
+async fn a_set_prepared_without_a_server_counts_when_it_runs() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_connection(&topo);
+    let mut a = client(&proxy, &topo).await;
+    let mut b = client(&proxy, &topo).await;
+    a.send(
+        &[
+            parse("to_x", "SET search_path TO local_x"),
+            message(b'S', b""),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(rows_and_error(&a.until_ready(STEP).await), (vec![], None));
+    a.send(&run_statement("to_x")).await;
+    assert_eq!(rows_and_error(&a.until_ready(STEP).await), (vec![], None));
+    // The other client takes the only server connection, then the first gets it back.
+    let show = [parse("", "SHOW search_path"), run_statement("")].concat();
+    b.send(&show).await;
+    let (rows, _) = rows_and_error(&b.until_ready(STEP).await);
+    assert_ne!(rows, vec![vec!["local_x".to_owned()]], "leaked");
+    a.send(&show).await;
+    assert_eq!(
+        rows_and_error(&a.until_ready(STEP).await),
+        (vec![vec!["local_x".to_owned()]], None)
+    );
+}

@@ -14,7 +14,6 @@ use super::local;
 use super::mirror::{reply_before_results, Description, Msg};
 use super::request::Scanned;
 use super::session::Session;
-use super::statements::Prepared;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A request made only of named Parse messages and a Sync needs no server in
@@ -51,15 +50,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if let FrontendRef::Parse(p) =
                 FrontendRef::decode(h.tag, &self.cbuf[pos + 5..pos + h.len])?
             {
-                let class = classifier.classify(p.query);
-                self.statements.insert(
-                    p.name,
-                    Prepared::new(
-                        &p,
-                        class,
-                        self.params.statement_settings(),
-                        self.shared.plan_epoch.current(),
-                    ),
+                // Its session command, if it is one, counts when a portal bound to it runs.
+                self.params.observe_parse(p.name, p.query);
+                self.statements.remember(
+                    &p,
+                    classifier.classify(p.query),
+                    self.params.statement_settings(),
+                    self.shared.plan_epoch.current(),
                 );
                 backend::parse_complete(&mut self.out);
             }
@@ -261,14 +258,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     if p.name.is_empty() {
                         self.unnamed = Some(class);
                     } else {
-                        self.statements.insert(
-                            p.name,
-                            Prepared::new(
-                                &p,
-                                class,
-                                self.params.statement_settings(),
-                                self.shared.plan_epoch.current(),
-                            ),
+                        self.statements.remember(
+                            &p,
+                            class,
+                            self.params.statement_settings(),
+                            self.shared.plan_epoch.current(),
                         );
                     }
                     backend::parse_complete(&mut self.out);

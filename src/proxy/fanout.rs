@@ -288,15 +288,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 FrontendRef::decode(h.tag, &request[pos + 5..pos + h.len])?
             {
                 if !p.name.is_empty() {
-                    let class = snapshot.classifier.classify(p.query);
-                    self.statements.insert(
-                        p.name,
-                        super::statements::Prepared::new(
-                            &p,
-                            class,
-                            self.params.statement_settings(),
-                            self.shared.plan_epoch.current(),
-                        ),
+                    self.statements.remember(
+                        &p,
+                        snapshot.classifier.classify(p.query),
+                        self.params.statement_settings(),
+                        self.shared.plan_epoch.current(),
                     );
                 }
             }

@@ -165,6 +165,17 @@ impl ClientStatements {
         (!self.unnamed.is_empty()).then_some(self.unnamed.as_slice())
     }
 
+    /// Tracks the client's named statement `p`, analysed under `settings` in plan `epoch`.
+    pub(crate) fn remember(
+        &mut self,
+        p: &ParseRef<'_>,
+        class: Arc<Classification>,
+        settings: u64,
+        epoch: u64,
+    ) {
+        self.insert(p.name, Prepared::new(p, class, settings, epoch));
+    }
+
     /// Whether the client has no named statement.
     pub(crate) fn is_empty(&self) -> bool {
         self.by_name.is_empty()
