@@ -506,7 +506,7 @@ impl SessionParams {
 
     /// Whether settings may be changing: a command that changes them was sent and not
     /// answered, or ran in a transaction that has not ended.
-    fn unsettled(&self) -> bool {
+    pub(crate) fn unsettled(&self) -> bool {
         self.queued_settings > 0
             || !self.implicit.is_empty()
             || self
@@ -547,11 +547,6 @@ impl SessionParams {
             self.end_block(committed, false);
         }
         changed
-    }
-
-    /// Whether settings changed in the open transaction (or request) are not settled yet.
-    pub(crate) fn has_unsettled(&self) -> bool {
-        self.unsettled()
     }
 
     /// An ErrorResponse: the rest of the request is skipped by the server, and an implicit

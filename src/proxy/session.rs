@@ -44,10 +44,16 @@ pub(super) struct Checkout {
 
 impl Checkout {
     /// Rolls back whatever transaction the connection has open and gives it back to its pool;
-    /// one whose ROLLBACK failed is in an unknown state, so it is closed instead. Not cancel
+    /// one whose ROLLBACK failed is in an unknown state, so it is closed instead, and so is one
+    /// a cancel may still be on its way to (`cancelling`: see `CancelSlot::clear`). Not cancel
     /// safe: dropped halfway, the connection is closed (never pooled mid-ROLLBACK).
-    pub(super) async fn roll_back_and_release(self) {
+    pub(super) async fn roll_back_and_release(self, cancelling: bool) {
         let mut conn = self.conn;
+        if cancelling {
+            // Closing is the rollback.
+            conn.discard();
+            return;
+        }
         match conn.run_discarding("ROLLBACK").await {
             Ok(()) => conn.release(),
             Err(_) => conn.discard(),

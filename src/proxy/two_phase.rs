@@ -357,7 +357,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
         let commit = scanned.first_txn == Some(shardgate_sql::TxnControl::Commit) && !failed;
         // A SET run in the transaction: whatever the outcome, each connection's settings are
         // unknown from here (re-applied from scratch at their next checkout).
-        if self.params.has_unsettled() {
+        if self.params.unsettled() {
             for (co, _) in &mut conns {
                 co.conn.state_fingerprint = 0;
             }
@@ -365,8 +365,10 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
         let (mut writers, readers): (Vec<_>, Vec<_>) = conns
             .into_iter()
             .partition(|(c, _)| written & shardgate_router::bit(c.shard) != 0);
+        // A cancel of this client's query may still arrive: its connections then go nowhere.
+        let cancelling = self.registration.slot.clear();
         for (co, _) in readers {
-            co.roll_back_and_release().await;
+            co.roll_back_and_release(cancelling).await;
         }
         let mut outcome = Ok(if commit { "COMMIT" } else { "ROLLBACK" });
         let unsettled = match (&snapshot.two_phase, commit) {
@@ -390,14 +392,13 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> super::session::Se
         };
         for ((co, _), unsettled) in writers.into_iter().zip(unsettled) {
             let mut conn = co.conn;
-            if unsettled || conn.looks_dead() {
+            if unsettled || cancelling || conn.looks_dead() {
                 conn.discard();
             } else {
                 conn.release();
             }
         }
         self.params.end_unseen(outcome.is_ok() && commit);
-        self.registration.slot.clear();
         self.flight = super::flight::Flight::default();
         self.txn_written = 0;
         self.txn_write_shard = None;

@@ -247,7 +247,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         for p in std::mem::take(&mut self.parked) {
-            p.co.roll_back_and_release().await;
+            p.co.roll_back_and_release(false).await;
         }
     }
 
@@ -272,10 +272,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let mut conns: Vec<Checkout> = self.parked.drain(..).map(|p| p.co).collect();
         conns.extend(self.server.take());
+        // A cancel of this client's query may still arrive: its connections then go nowhere.
+        let cancelling = self.registration.slot.clear();
         for co in conns {
-            co.roll_back_and_release().await;
+            co.roll_back_and_release(cancelling).await;
         }
-        self.registration.slot.clear();
         self.flight = Flight::default();
         // The transaction's settings go with it, as at the ROLLBACK that will end it.
         self.params.end_unseen(false);
