@@ -10,6 +10,7 @@
 mod cpu;
 mod pgbench;
 mod pgbouncer;
+mod relay;
 mod report;
 mod rss;
 mod scatter;
@@ -75,6 +76,8 @@ struct Settings {
     scatter: bool,
     /// How the proxies reach PostgreSQL in the pooling workloads (`SG_BENCH_BACKEND`).
     backends: Vec<Backend>,
+    /// Whether to measure a bare TCP relay too (`SG_BENCH_RELAY`, default on).
+    relay: bool,
 }
 
 impl Settings {
@@ -118,7 +121,19 @@ impl Settings {
                 })
             }
         };
+        let relay = match std::env::var("SG_BENCH_RELAY").as_deref() {
+            Err(_) | Ok("1") => true,
+            Ok("0") => false,
+            Ok(other) => {
+                return Err(BenchError::Setting {
+                    var: "SG_BENCH_RELAY",
+                    value: other.to_owned(),
+                    why: "expected 1 (measure the bare relay) or 0",
+                })
+            }
+        };
         Ok(Settings {
+            relay,
             backends,
             rounds: usize::try_from(rounds).unwrap_or(usize::MAX),
             seconds,
@@ -144,6 +159,9 @@ fn env_number(var: &'static str, default: u64) -> Result<u64, BenchError> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = relay::child_main() {
+        return code;
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -193,12 +211,18 @@ fn run_select_only(
     let mut targets = vec![Target::new(report::BASELINE, primary.port())];
     let mut proxies = Vec::new();
     let mut bouncers = Vec::new();
+    let mut relays = Vec::new();
     let bouncer_bin = pgbouncer::find();
     for &backend in &settings.backends {
-        let (sg_name, pgb_name) = match backend {
-            Backend::Tcp => ("shardgate", "pgbouncer"),
-            Backend::Unix => ("shardgate-unix", "pgbouncer-unix"),
+        let (sg_name, pgb_name, relay_name) = match backend {
+            Backend::Tcp => ("shardgate", "pgbouncer", "relay"),
+            Backend::Unix => ("shardgate-unix", "pgbouncer-unix", "relay-unix"),
         };
+        if settings.relay {
+            let relay = relay::Relay::start(primary.port(), primary.socket_dir(), backend)?;
+            targets.push(Target::proxy(relay_name, relay.port(), Some(relay.pid())));
+            relays.push(relay);
+        }
         let proxy = shardgate::Shardgate::start_over(&topology, POOL_SIZE, backend)?;
         targets.push(Target::proxy(sg_name, proxy.port(), Some(proxy.pid())));
         proxies.push(proxy);
@@ -231,6 +255,7 @@ fn run_select_only(
     print!("{}", report::table(&measurements, workloads, &names));
     drop(bouncers);
     drop(proxies);
+    drop(relays);
     Ok(())
 }
 
