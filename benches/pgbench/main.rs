@@ -17,9 +17,10 @@ mod scatter;
 mod sharded;
 mod shardgate;
 
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::Duration;
+use std::process::{Child, ExitCode};
+use std::time::{Duration, Instant};
 
 use shardgate_testkit::{pg_bindir, TestkitError, Topology};
 
@@ -375,4 +376,33 @@ pub(crate) fn find_executable(name: &str, extra: &[&str]) -> Option<PathBuf> {
         .chain(extra.iter().map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
+}
+
+/// Waits until `child` listens on loopback `port`, for at most `timeout`. A failure names
+/// `what` and ends with `log()`, where to look for why.
+pub(crate) fn wait_listening(
+    child: &mut Child,
+    port: u16,
+    what: &'static str,
+    timeout: Duration,
+    log: &dyn Fn() -> String,
+) -> Result<(), BenchError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Err(BenchError::NotReady {
+                what,
+                detail: format!("exited with {status}{}", log()),
+            });
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(BenchError::NotReady {
+        what,
+        detail: format!("not listening on {addr} after {timeout:?}{}", log()),
+    })
 }

@@ -4,7 +4,6 @@
 //! PgBouncer refuses to run as root, so when the benchmark is root it runs as the `postgres` OS
 //! user (which the testkit already needs) through `runuser`, with its files handed to that user.
 
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use shardgate_testkit::{free_port, Topology};
 
 use crate::shardgate::Backend;
-use crate::{find_executable, BenchError};
+use crate::{find_executable, wait_listening, BenchError};
 
 /// The unprivileged OS user PgBouncer runs as when we are root.
 const OS_USER: &str = "postgres";
@@ -96,7 +95,14 @@ impl Pgbouncer {
             pid: None,
             dir,
         };
-        bouncer.wait_ready()?;
+        let dir = bouncer.dir.path().to_owned();
+        wait_listening(
+            &mut bouncer.child,
+            port,
+            "pgbouncer",
+            READY_TIMEOUT,
+            &|| format!("; log: {}", log_tail(&dir)),
+        )?;
         bouncer.pid = bouncer.wait_pid_file();
         if bouncer.pid.is_none() && !as_root {
             bouncer.pid = Some(bouncer.child.id());
@@ -118,27 +124,6 @@ impl Pgbouncer {
         &self.version
     }
 
-    fn wait_ready(&mut self) -> Result<(), BenchError> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Err(BenchError::NotReady {
-                    what: "pgbouncer",
-                    detail: format!("exited with {status}; log: {}", self.log_tail()),
-                });
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Err(BenchError::NotReady {
-            what: "pgbouncer",
-            detail: format!("not listening on {addr}; log: {}", self.log_tail()),
-        })
-    }
-
     /// The pid PgBouncer wrote to its pid file, waiting a little for the file to appear.
     fn wait_pid_file(&self) -> Option<u32> {
         let deadline = Instant::now() + PID_FILE_TIMEOUT;
@@ -156,12 +141,13 @@ impl Pgbouncer {
             .ok()
             .and_then(|text| text.trim().parse::<u32>().ok())
     }
+}
 
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join(CONSOLE_LOG)).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
-    }
+/// The last lines PgBouncer (or `runuser`) wrote to its console log in `dir`.
+fn log_tail(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join(CONSOLE_LOG)).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
 impl Drop for Pgbouncer {

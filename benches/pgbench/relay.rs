@@ -11,18 +11,18 @@
 //! as in shardgate.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shardgate_testkit::free_port;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 use crate::shardgate::Backend;
-use crate::BenchError;
+use crate::{wait_listening, BenchError};
 
 /// Set in the child's environment to `LISTEN_PORT TCP_PORT` or `LISTEN_PORT unix:SOCKET_PATH`.
 const CHILD_ENV: &str = "SG_BENCH_RELAY_CHILD";
@@ -66,7 +66,7 @@ impl Relay {
             .stdin(Stdio::null())
             .spawn()?;
         let mut relay = Relay { port, child };
-        relay.wait_ready()?;
+        wait_listening(&mut relay.child, port, "relay", READY_TIMEOUT, &String::new)?;
         Ok(relay)
     }
 
@@ -76,27 +76,6 @@ impl Relay {
 
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    fn wait_ready(&mut self) -> Result<(), BenchError> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Err(BenchError::NotReady {
-                    what: "relay",
-                    detail: format!("exited with {status}"),
-                });
-            }
-            if StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Err(BenchError::NotReady {
-            what: "relay",
-            detail: format!("not listening on {addr} after {READY_TIMEOUT:?}"),
-        })
     }
 }
 

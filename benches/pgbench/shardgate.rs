@@ -1,13 +1,12 @@
 //! The shardgate binary under test, built by cargo with the bench (release) profile and run
 //! with a generated config in front of the topology's shards.
 
-use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shardgate_testkit::{free_port, Topology};
 
-use crate::BenchError;
+use crate::{wait_listening, BenchError};
 
 /// How long the proxy may take to listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -75,7 +74,9 @@ impl Shardgate {
             child,
             _dir: dir,
         };
-        proxy.wait_ready()?;
+        wait_listening(&mut proxy.child, port, "shardgate", READY_TIMEOUT, &|| {
+            " (its log is above)".to_owned()
+        })?;
         Ok(proxy)
     }
 
@@ -86,27 +87,6 @@ impl Shardgate {
     /// The process id, for reading its memory and CPU time from `/proc`.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    fn wait_ready(&mut self) -> Result<(), BenchError> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Err(BenchError::NotReady {
-                    what: "shardgate",
-                    detail: format!("exited with {status} (its log is above)"),
-                });
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Err(BenchError::NotReady {
-            what: "shardgate",
-            detail: format!("not listening on {addr} after {READY_TIMEOUT:?}"),
-        })
     }
 }
 
