@@ -58,6 +58,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let in_txn = self.server.is_some() || self.deferred_begin.is_some();
         let mut sum = true;
+        let mut split_rows = Vec::new();
         let (targets, skip_parse): (Vec<(usize, Option<Bytes>)>, bool) = match plan.need {
             Need::Many { shards, sum: s } => {
                 sum = s;
@@ -66,11 +67,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Need::Split {
                 requests,
                 client_parse,
+                rows,
             } => (
-                requests
-                    .into_iter()
-                    .map(|(s, b)| (s, Some(b.freeze())))
-                    .collect(),
+                {
+                    split_rows = rows;
+                    requests
+                        .into_iter()
+                        .map(|(s, b)| (s, Some(b.freeze())))
+                        .collect()
+                },
                 !client_parse,
             ),
             _ => return Ok(()),
@@ -247,6 +252,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .map(|l| ShardReplies {
                     shard: &snapshot.shards[l.co.shard].name,
                     bytes: &l.out,
+                    rows: split_rows
+                        .iter()
+                        .find(|(shard, _)| *shard == l.co.shard)
+                        .map(|(_, rows)| rows.as_slice()),
                 })
                 .collect();
             let mark = self.out.len();

@@ -12,6 +12,9 @@ use shardgate_wire::{backend, scan_frames, tag, BackendMessage};
 pub(crate) struct ShardReplies<'a> {
     pub(crate) shard: &'a str,
     pub(crate) bytes: &'a [u8],
+    /// For a split multi-row INSERT, the `VALUES` position of each row this shard inserted, in
+    /// the order it inserted them: its `RETURNING` rows are put back in `VALUES` order.
+    pub(crate) rows: Option<&'a [usize]>,
 }
 
 /// Why replies could not be combined (shards answered differently).
@@ -98,13 +101,20 @@ pub(crate) fn merge_replies(
             }
         }
     }
+    // A split INSERT's RETURNING rows are held until its CommandComplete, then put in VALUES
+    // order; without positions for every shard they pass straight through.
+    let positions: Option<Vec<&[usize]>> = shards.iter().map(|s| s.rows).collect();
+    let mut held: Vec<(usize, &[u8])> = Vec::new();
     let Some((first, rest)) = all.split_first_mut() else {
         backend::ready_for_query(status, dst);
         return Ok(());
     };
     for &(t, frame) in &first.frames {
         if is_row(t) {
-            dst.extend_from_slice(frame);
+            match positions {
+                Some(_) => held.push((0, frame)),
+                None => dst.extend_from_slice(frame),
+            }
             continue;
         }
         if incidental(t) {
@@ -116,7 +126,10 @@ pub(crate) fn merge_replies(
         for (n, other) in rest.iter_mut().enumerate() {
             while let Some(&(ot, of)) = other.frames.get(other.at) {
                 if is_row(ot) {
-                    dst.extend_from_slice(of);
+                    match positions {
+                        Some(_) => held.push((n + 1, of)),
+                        None => dst.extend_from_slice(of),
+                    }
                 } else if !incidental(ot) {
                     break;
                 }
@@ -142,6 +155,9 @@ pub(crate) fn merge_replies(
             }
             other.at += 1;
         }
+        if let Some(positions) = &positions {
+            release_in_values_order(&mut held, positions, dst);
+        }
         match (t, sum) {
             (tag::READY_FOR_QUERY, _) => {}
             (tag::COMMAND_COMPLETE, Some((word, total))) => {
@@ -154,6 +170,41 @@ pub(crate) fn merge_replies(
     }
     backend::ready_for_query(status, dst);
     Ok(())
+}
+
+/// Writes the `held` rows (shard index, frame) to `dst` in `VALUES` order when every shard
+/// returned exactly one row per row it inserted; otherwise (a trigger or `ON CONFLICT DO
+/// NOTHING` skipped some) no row can be matched to its position, and they go in shard order.
+fn release_in_values_order(
+    held: &mut Vec<(usize, &[u8])>,
+    positions: &[&[usize]],
+    dst: &mut BytesMut,
+) {
+    if held.is_empty() {
+        return;
+    }
+    let mut next = vec![0usize; positions.len()];
+    let placed: Option<Vec<(usize, &[u8])>> = held
+        .iter()
+        .map(|&(shard, frame)| {
+            let at = next.get_mut(shard)?;
+            let position = *positions.get(shard)?.get(*at)?;
+            *at += 1;
+            Some((position, frame))
+        })
+        .collect();
+    let complete = next.iter().zip(positions).all(|(n, p)| *n == p.len());
+    if let (Some(mut placed), true) = (placed, complete) {
+        placed.sort_by_key(|&(position, _)| position);
+        for (_, frame) in placed {
+            dst.extend_from_slice(frame);
+        }
+    } else {
+        for &(_, frame) in held.iter() {
+            dst.extend_from_slice(frame);
+        }
+    }
+    held.clear();
 }
 
 #[cfg(test)]
@@ -169,10 +220,12 @@ mod tests {
             ShardReplies {
                 shard: "s0",
                 bytes: a,
+                rows: None,
             },
             ShardReplies {
                 shard: "s1",
                 bytes: b,
+                rows: None,
             },
         ];
         assert_eq!(
@@ -201,6 +254,42 @@ mod tests {
         let b = reply(&["3"], "INSERT 0 1");
         let out = merge_two(&a, &b, false);
         assert_eq!(out, reply(&["1", "2", "3"], "INSERT 0 3"));
+    }
+
+    /// A split INSERT's replies with each shard's VALUES positions.
+    fn merge_split(a: &[u8], a_rows: &[usize], b: &[u8], b_rows: &[usize]) -> BytesMut {
+        let mut out = BytesMut::new();
+        let replies = [
+            ShardReplies {
+                shard: "s0",
+                bytes: a,
+                rows: Some(a_rows),
+            },
+            ShardReplies {
+                shard: "s1",
+                bytes: b,
+                rows: Some(b_rows),
+            },
+        ];
+        assert_eq!(merge_replies(&replies, false, true, b'I', &mut out), Ok(()));
+        out
+    }
+
+    #[test]
+    fn a_split_inserts_returning_rows_come_back_in_values_order() {
+        let a = reply(&["v1", "v2", "v4"], "INSERT 0 3");
+        let b = reply(&["v0", "v3"], "INSERT 0 2");
+        let out = merge_split(&a, &[1, 2, 4], &b, &[0, 3]);
+        assert_eq!(out, reply(&["v0", "v1", "v2", "v3", "v4"], "INSERT 0 5"));
+    }
+
+    #[test]
+    fn rows_a_shard_skipped_leave_shard_order() {
+        // ON CONFLICT DO NOTHING skipped one of s0's rows: no row can be matched to its place.
+        let a = reply(&["v2"], "INSERT 0 1");
+        let b = reply(&["v0"], "INSERT 0 1");
+        let out = merge_split(&a, &[1, 2], &b, &[0]);
+        assert_eq!(out, reply(&["v2", "v0"], "INSERT 0 2"));
     }
 
     #[test]

@@ -168,6 +168,7 @@ impl Combined {
                 Need::Split {
                     requests: Vec::new(),
                     client_parse: false,
+                    rows: Vec::new(),
                 },
                 why,
             );

@@ -50,6 +50,8 @@ pub(crate) enum Need {
     Split {
         requests: Vec<(usize, BytesMut)>,
         client_parse: bool,
+        /// Per shard, the `VALUES` positions of its rows, to return `RETURNING` rows in order.
+        rows: Vec<(usize, Vec<usize>)>,
     },
     Refuse(ErrorFields),
 }
@@ -248,9 +250,10 @@ pub(crate) fn plan_request(
         plan.need = scatter_need(units, last_unit, shards);
         return plan;
     }
-    if let Need::Split { requests, .. } = &mut plan.need {
+    if let Need::Split { requests, rows, .. } = &mut plan.need {
         match (units, split_source) {
             (1, Some((stmt, a, bound, extended, per))) => {
+                *rows = per.clone();
                 match split_requests(&stmt, &a, &bound, extended, per, buf, max_len) {
                     Some(r) => *requests = r,
                     None => {
