@@ -28,6 +28,10 @@ pub(crate) enum ClientError {
     Shutdown,
     #[error("{}", .0.message)]
     StartupOption(super::params::BadOption),
+    /// The server refused one of the client's startup settings when shardgate applied them
+    /// at login: its own error, which ends the login as it would on a direct connection.
+    #[error("the server refused a startup setting: {}", .0.message().unwrap_or_default())]
+    StartupSetting(ErrorFields),
     /// A request whose first frames already went to a replica went on to pin the session.
     #[error("a statement that would keep this session on a replica arrived in a request partly sent there already")]
     PinMidRequest,
@@ -73,6 +77,7 @@ impl ClientError {
             ClientError::TooManyClients => fatal(sqlstate::TOO_MANY_CONNECTIONS, self.to_string()),
             ClientError::Shutdown => fatal(sqlstate::ADMIN_SHUTDOWN, self.to_string()),
             ClientError::StartupOption(b) => fatal(b.code, b.message.clone()),
+            ClientError::StartupSetting(fields) => Some((startup_setting_response(fields), false)),
             ClientError::PinMidRequest => Some((
                 ErrorFields::new("FATAL", sqlstate::FEATURE_NOT_SUPPORTED, self.to_string()).with(
                     b'H',
@@ -105,6 +110,36 @@ impl ClientError {
             ClientError::Backend(b) => backend_response(b, false),
         }
     }
+}
+
+/// The server's own error for a refused startup setting, made FATAL as a direct login makes
+/// it. A setting only a new backend takes (55P02, `ignore_system_indexes`) is one the server
+/// would take directly: say why it is refused here.
+fn startup_setting_response(fields: &ErrorFields) -> ErrorFields {
+    let mut f = fields.clone();
+    f.fields.retain(|(c, _)| *c != b'S' && *c != b'V');
+    f.fields.insert(0, (b'S', "FATAL".to_owned()));
+    f.fields.insert(1, (b'V', "FATAL".to_owned()));
+    let backend_only = f
+        .fields
+        .iter()
+        .any(|(c, v)| *c == b'C' && v == sqlstate::CANT_CHANGE_RUNTIME_PARAM);
+    if backend_only {
+        if let Some(m) = f.fields.iter_mut().find(|(c, _)| *c == b'M') {
+            m.1 = format!(
+                "shardgate cannot apply this startup setting on a pooled server connection: {}",
+                m.1
+            );
+        }
+        f.fields.retain(|(c, _)| *c != b'H');
+        f.fields.push((
+            b'H',
+            "PostgreSQL takes this setting only when a backend starts. Connect without it, \
+             or through pool.mode session."
+                .to_owned(),
+        ));
+    }
+    f
 }
 
 /// Errors from a server: its own ErrorResponse passes through untouched; connection

@@ -12,7 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 use super::errors::ClientError;
 use super::params::{expand_options, SessionParams};
 use super::session::Session;
-use super::startup::{authenticate, greeting, read_startup};
+use super::startup::{
+    authenticate, greeting, read_startup, reported_settings, settings_need_server,
+};
 use super::workers::Workers;
 use super::Shared;
 
@@ -197,29 +199,25 @@ async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let server_params = match pool.server_params(snapshot.checkout_timeout()).await {
         Ok(p) => p,
-        Err(e) => {
-            let e = ClientError::Pool(e);
-            if let Some((mut fields, _)) = e.to_response() {
-                // No server to greet the client with: the connection cannot start.
-                if let Some(s) = fields
-                    .fields
-                    .iter_mut()
-                    .find(|(c, _)| *c == b'S' || *c == b'V')
-                {
-                    s.1 = "FATAL".to_owned();
-                }
-                let mut out = BytesMut::new();
-                backend::error_response(&fields, &mut out);
-                let _ = stream.write_all(&out).await;
-            }
-            return Err(e);
+        Err(e) => return Err(refuse_login(&mut stream, ClientError::Pool(e)).await),
+    };
+    let params = SessionParams::from_startup(&startup.params).with_server_params(&server_params);
+    // The greeting carries what the server would report under the client's settings, which
+    // only a server applying them can tell (and it may refuse one, failing the login as a
+    // direct one fails).
+    let reported = if settings_need_server(&startup.params, &server_params) {
+        let timeout = snapshot.checkout_timeout();
+        match reported_settings(&pool, timeout, &params, &server_params).await {
+            Ok(r) => r,
+            Err(e) => return Err(refuse_login(&mut stream, e).await),
         }
+    } else {
+        startup.params.clone()
     };
     let registration = shared.cancel.register();
     let mut out = BytesMut::with_capacity(512);
-    greeting(&server_params, &startup.params, registration.key, &mut out);
+    greeting(&server_params, &reported, registration.key, &mut out);
     stream.write_all(&out).await?;
-    let params = SessionParams::from_startup(&startup.params).with_server_params(&server_params);
     Session::new(
         stream,
         buf,
@@ -230,6 +228,22 @@ async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .run()
     .await
+}
+
+/// Tells a client that has authenticated why its connection cannot start (FATAL, whatever
+/// the error would be mid-session), best effort; returns the error.
+async fn refuse_login<S: AsyncWrite + Unpin>(stream: &mut S, e: ClientError) -> ClientError {
+    if let Some((mut fields, _)) = e.to_response() {
+        for (code, value) in fields.fields.iter_mut() {
+            if *code == b'S' || *code == b'V' {
+                "FATAL".clone_into(value);
+            }
+        }
+        let mut out = BytesMut::new();
+        backend::error_response(&fields, &mut out);
+        let _ = stream.write_all(&out).await;
+    }
+    e
 }
 
 /// A tiny task tracker (count + wait for zero) so shutdown can drain sessions.

@@ -11,7 +11,7 @@ use shardgate_sql::{
 };
 
 /// Startup parameters that are protocol plumbing, not session settings.
-const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
+pub(crate) const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
 /// Settings PostgreSQL's RESET ALL leaves alone (GUC_NO_RESET_ALL) that SET can change
 /// for a session.
@@ -301,7 +301,7 @@ pub(crate) fn expand_options(
 }
 
 /// A SQL string literal, quoted the way PostgreSQL reads it with standard_conforming_strings.
-fn quote_literal(v: &str) -> String {
+pub(crate) fn quote_literal(v: &str) -> String {
     let mut s = String::with_capacity(v.len() + 3);
     // With a backslash, an E'' literal: it reads the same whatever standard_conforming_strings
     // the server connection was left with (a plain '' literal does not).

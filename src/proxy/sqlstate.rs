@@ -29,5 +29,7 @@ pub(crate) const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub(crate) const DATATYPE_MISMATCH: &str = "42804";
 /// 42601: malformed input (a startup option without a value).
 pub(crate) const SYNTAX_ERROR: &str = "42601";
+/// 55P02: a setting the server takes only when a backend starts.
+pub(crate) const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
 /// A statement inside a transaction that already failed.
 pub(crate) const IN_FAILED_TRANSACTION: &str = "25P02";

@@ -12,6 +12,7 @@ use shardgate_wire::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::errors::ClientError;
+use super::params::{quote_literal, SessionParams, NOT_SETTINGS};
 use super::{Shared, Snapshot};
 
 /// What the client asked for at startup, once it has authenticated.
@@ -139,6 +140,76 @@ pub(crate) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     backend::auth_ok(&mut out);
     send(stream, &mut out).await?;
     Ok(Startup { user, params })
+}
+
+/// Whether only a server can tell how the client's startup settings read: what it reports
+/// for them (`sql,dmy` is `SQL, DMY`), or that it refuses one. Not when each is a setting the
+/// server already reports with exactly that value, or a plain application_name (which the
+/// server reports as written), as most drivers send: those logins need no server.
+pub(crate) fn settings_need_server(
+    client_params: &[(String, String)],
+    server_params: &[(String, String)],
+) -> bool {
+    client_params.iter().any(|(name, value)| {
+        if NOT_SETTINGS.contains(&name.as_str()) {
+            return false;
+        }
+        let reported_as_is = server_params
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value);
+        // The server replaces any other byte with `?`; a long one may be cut.
+        let plain_application_name = name.eq_ignore_ascii_case("application_name")
+            && value.len() < 64
+            && value.bytes().all(|b| (b' '..=b'~').contains(&b));
+        !(reported_as_is || plain_application_name)
+    })
+}
+
+/// Applies the client's settings to a server connection as a checkout does, and reads back
+/// what the server reports for each of `server_params` (their names, in order) under them:
+/// the values the greeting must carry. The connection then goes back to the pool carrying the
+/// client's settings. A setting the server refuses fails with its error
+/// ([`ClientError::StartupSetting`]), and nothing of it stays on the connection: the settings
+/// and the read run as one implicit transaction. Not cancel safe.
+pub(crate) async fn reported_settings(
+    pool: &std::sync::Arc<shardgate_pool::NodePool>,
+    timeout: std::time::Duration,
+    params: &SessionParams,
+    server_params: &[(String, String)],
+) -> Result<Vec<(String, String)>, ClientError> {
+    let mut conn = pool.checkout(timeout).await?;
+    let names: Vec<String> = server_params
+        .iter()
+        .map(|(n, _)| quote_literal(n))
+        .collect();
+    let sql = format!(
+        "{};SELECT pg_catalog.current_setting(n) FROM pg_catalog.unnest(ARRAY[{}]::text[]) \
+         WITH ORDINALITY AS t(n, i) ORDER BY i",
+        params.sync_sql(),
+        names.join(",")
+    );
+    match conn.first_column(&sql).await {
+        // The settings' own set_config rows come first.
+        Ok(mut values) if values.len() >= server_params.len() => {
+            conn.state_fingerprint = params.fingerprint();
+            conn.release();
+            let values = values.split_off(values.len() - server_params.len());
+            let names = server_params.iter().map(|(n, _)| n.clone());
+            Ok(names.zip(values).collect())
+        }
+        Ok(_) => Err(ClientError::Backend(
+            shardgate_pool::BackendError::Protocol {
+                addr: conn.addr.clone(),
+                what: "a parameter the server reports at login has no value",
+            },
+        )),
+        Err(shardgate_pool::BackendError::Server { fields, .. }) => {
+            // The whole text was undone; the connection still carries the settings it had.
+            conn.release();
+            Err(ClientError::StartupSetting(fields))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// ParameterStatus (the server's, overridden by what the client asked for),
