@@ -149,12 +149,22 @@ async fn a_login_with_settings_and_no_free_server_gets_the_checkout_error() {
         &topo,
         ProxyOptions {
             pool_size: 1,
-            checkout_timeout_ms: 300,
+            checkout_timeout_ms: 500,
             ..ProxyOptions::default()
         },
     );
-    let holder = proxy.connect(&topo).await;
-    holder.batch_execute("BEGIN; SELECT 1").await.expect("hold");
+    // The short timeout bounds connecting too: retry the first login on a loaded machine.
+    let mut holder = None;
+    for _ in 0..40 {
+        if let Ok(c) = support::connect(&proxy.conn_str(&topo)).await {
+            if c.batch_execute("BEGIN; SELECT 1").await.is_ok() {
+                holder = Some(c);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let holder = holder.expect("a client holding the only server connection");
     let (severity, code, _) = login_error(&proxy.conn_str(&topo), "-c DateStyle=sql").await;
     assert_eq!(
         (severity.as_str(), code),
@@ -178,4 +188,111 @@ async fn a_login_with_settings_and_no_free_server_gets_the_checkout_error() {
     .expect("login once the server is free");
     let row = c.query_one("SHOW DateStyle", &[]).await.expect("show");
     assert_eq!(row.get::<_, String>(0), "SQL, MDY");
+}
+
+/// The last value a reply reported for `name` in a ParameterStatus.
+fn last_status(got: &[(u8, Vec<u8>)], name: &str) -> Option<String> {
+    got.iter()
+        .filter(|(t, _)| *t == b'S')
+        .filter_map(|(_, body)| {
+            let text = String::from_utf8_lossy(body).into_owned();
+            let mut parts = text.split('\0');
+            (parts.next() == Some(name)).then(|| parts.next().unwrap_or("").to_owned())
+        })
+        .next_back()
+}
+
+/// Runs `sql` and returns the first column of its only row.
+async fn show(raw: &mut RawConn, sql: &str) -> String {
+    let got = raw.run_ok(sql, Duration::from_secs(10)).await;
+    let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
+    support::raw::first_column(&row.1)
+}
+
+/// As on a direct connection, `RESET` of a startup parameter (and `RESET ALL`, `SET x TO
+/// DEFAULT`) returns to the client's startup value at once, inside the transaction too, and
+/// the client is told that value. Another client shares the one server connection throughout.
+#[tokio::test]
+async fn reset_returns_to_the_startup_value_at_once_as_on_a_direct_connection() {
+    let topo = Topology::builder().build().expect("topology");
+    let trust = support::start_trust(
+        &topo,
+        ProxyOptions {
+            pool_size: 1,
+            ..ProxyOptions::default()
+        },
+    );
+    let mut a = RawConn::connect(trust.addr()).await;
+    a.send(&startup_message(&[
+        ("user", topo.user()),
+        ("database", topo.database()),
+        ("application_name", "alpha"),
+        ("options", "-c DateStyle=sql,dmy"),
+    ]))
+    .await;
+    a.until_ready(Duration::from_secs(10)).await;
+    let other = trust.connect(&topo).await;
+    let t = Duration::from_secs(10);
+
+    a.run_ok("SET DateStyle = ISO", t).await;
+    a.run_ok("BEGIN", t).await;
+    a.run_ok("RESET DateStyle", t).await;
+    assert_eq!(
+        show(&mut a, "SHOW DateStyle").await,
+        "SQL, DMY",
+        "in a block"
+    );
+    a.run_ok("COMMIT", t).await;
+    other.batch_execute("SELECT 1").await.expect("other");
+    assert_eq!(show(&mut a, "SHOW DateStyle").await, "SQL, DMY");
+
+    a.run_ok("SET DateStyle = ISO", t).await;
+    a.run_ok("RESET DateStyle", t).await;
+    assert_eq!(show(&mut a, "SHOW DateStyle").await, "SQL, DMY", "plain");
+    a.run_ok("SET DateStyle = ISO", t).await;
+    a.run_ok("SET DateStyle TO DEFAULT", t).await;
+    assert_eq!(
+        show(&mut a, "SHOW DateStyle").await,
+        "SQL, DMY",
+        "TO DEFAULT"
+    );
+    a.run_ok("SET DateStyle = ISO", t).await;
+    a.run_ok("reset datestyle; -- back", t).await;
+    assert_eq!(
+        show(&mut a, "SHOW DateStyle").await,
+        "SQL, DMY",
+        "a comment"
+    );
+
+    // RESET ALL: the client is told its own application_name, not the server's default.
+    a.run_ok("SET application_name = 'x'; SET DateStyle = ISO", t)
+        .await;
+    let got = a.run_ok("RESET ALL", t).await;
+    assert_eq!(
+        last_status(&got, "application_name").as_deref(),
+        Some("alpha")
+    );
+    assert_eq!(last_status(&got, "DateStyle").as_deref(), Some("SQL, DMY"));
+    assert_eq!(show(&mut a, "SHOW application_name").await, "alpha");
+    a.run_ok("BEGIN; SET application_name = 'y'; COMMIT", t)
+        .await;
+    let got = a.run_ok("RESET application_name", t).await;
+    assert_eq!(
+        last_status(&got, "application_name").as_deref(),
+        Some("alpha")
+    );
+    // A rolled-back RESET leaves the SET, as directly.
+    a.run_ok("SET application_name = 'z'", t).await;
+    a.run_ok("BEGIN", t).await;
+    a.run_ok("RESET application_name", t).await;
+    let got = a.run_ok("ROLLBACK", t).await;
+    assert_eq!(last_status(&got, "application_name").as_deref(), Some("z"));
+    assert_eq!(show(&mut a, "SHOW application_name").await, "z");
+    other.batch_execute("SELECT 1").await.expect("other");
+    assert_eq!(show(&mut a, "SHOW application_name").await, "z");
+    let row = other
+        .query_one("SHOW application_name", &[])
+        .await
+        .expect("other");
+    assert_eq!(row.get::<_, String>(0), "");
 }

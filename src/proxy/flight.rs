@@ -46,6 +46,13 @@ enum Expect {
     Sync,
     /// A simple Query or FunctionCall: ends at ReadyForQuery, errors do not skip.
     Query,
+    /// A client's simple Query resetting startup parameters, sent with shardgate's
+    /// `set_config` of their startup values behind it (see
+    /// [`SessionParams::startup_restore`]): that statement's rows and CommandComplete are
+    /// dropped; `past_reset` once the client's statement completed.
+    RestoringQuery {
+        past_reset: bool,
+    },
     Synthetic(Synthetic),
     /// The client ended a COPY here (CopyDone/CopyFail): no reply of its own, it only
     /// tells which Syncs the server ignored in copy-in mode.
@@ -216,7 +223,22 @@ impl Flight {
                     *server.unnamed_owner = 0;
                     statements.forget_unnamed();
                     params.observe(sql);
-                    self.expect.push_back(Expect::Query);
+                    match params.startup_restore(sql) {
+                        Some(restore) => {
+                            // In the same text, so that the client's ReadyForQuery comes after
+                            // the ParameterStatus messages, and in the same transaction: a
+                            // ROLLBACK undoes both. The newline ends a trailing `--` comment.
+                            handled = true;
+                            to_server.extend_from_slice(&input[run_start..pos]);
+                            let mut text = sql.to_vec();
+                            text.extend_from_slice(b"\n;");
+                            text.extend_from_slice(restore.as_bytes());
+                            frontend::query(&text, to_server);
+                            self.expect
+                                .push_back(Expect::RestoringQuery { past_reset: false });
+                        }
+                        None => self.expect.push_back(Expect::Query),
+                    }
                 }
                 FrontendRef::FunctionCall(_) => {
                     params.observe_sync();

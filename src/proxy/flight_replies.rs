@@ -127,6 +127,20 @@ impl Flight {
             }
             return false;
         }
+        if let Expect::RestoringQuery { past_reset } = head {
+            match tag {
+                // The client's RESET: as any statement's answer.
+                b'C' if !past_reset => {
+                    if let Some(front) = self.expect.front_mut() {
+                        *front = Expect::RestoringQuery { past_reset: true };
+                    }
+                }
+                // The set_config that follows it is shardgate's: its ParameterStatus
+                // messages, an error and ReadyForQuery are the client's.
+                b'T' | b'D' | b'C' if past_reset => return false,
+                _ => {}
+            }
+        }
         match tag {
             b'G' => {
                 let skipped = self.enter_copy_in(head);
@@ -136,7 +150,10 @@ impl Flight {
             b'Z' => {
                 // Everything up to and including the Sync/Query this answers is done.
                 while let Some(e) = self.expect.pop_front() {
-                    if matches!(e, Expect::Sync | Expect::Query) {
+                    if matches!(
+                        e,
+                        Expect::Sync | Expect::Query | Expect::RestoringQuery { .. }
+                    ) {
                         break;
                     }
                 }
@@ -150,7 +167,7 @@ impl Flight {
                 result.stale_statement |= is_stale_statement_error(body);
                 // An error ends copy-in mode; the client's next Sync is answered again.
                 self.copy_in = false;
-                if head != Expect::Query {
+                if !matches!(head, Expect::Query | Expect::RestoringQuery { .. }) {
                     // The server skips to the next Sync: so do the expectations.
                     while let Some(e) = self.expect.front().copied() {
                         if e == Expect::Sync {

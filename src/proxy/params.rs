@@ -431,6 +431,53 @@ impl SessionParams {
         sql
     }
 
+    /// For a Query that is one `RESET x` (or `SET x TO DEFAULT`) or `RESET ALL` putting
+    /// startup parameters back: SQL that gives them this client's startup values again,
+    /// to run right after it on the same connection. The server's own reset values are those
+    /// of shardgate's login, not the client's, where a direct connection resets to the startup
+    /// packet's (session 8 showed the server's default until the transaction ended). Only for
+    /// a lone statement: in a longer text a statement before it may fail and skip it.
+    pub(crate) fn startup_restore(&self, sql: &[u8]) -> Option<String> {
+        if self.startup.is_empty() {
+            return None;
+        }
+        let stmt = single_statement(sql)?;
+        if !may_start_with(stmt, &[b"RESET", b"SET"]) {
+            return None;
+        }
+        let restore: Vec<(&String, &String)> = match session_command_with(stmt, self.lex_options())?
+        {
+            SessionCommand::Reset { name } => {
+                vec![self.startup.get_key_value(name.as_str())?]
+            }
+            // Not DISCARD ALL: it refuses to run in a multi-statement text.
+            SessionCommand::ResetAll => self
+                .startup
+                .iter()
+                .filter(|(name, _)| !NOT_RESET_BY_RESET_ALL.contains(&name.as_str()))
+                .collect(),
+            _ => return None,
+        };
+        // A per-transaction setting cannot be set after the transaction's first statement.
+        let restore: Vec<_> = restore
+            .into_iter()
+            .filter(|(name, _)| !PER_TRANSACTION.contains(&name.as_str()))
+            .collect();
+        if restore.is_empty() {
+            return None;
+        }
+        let calls: Vec<String> = restore
+            .into_iter()
+            .map(|(name, value)| {
+                format!(
+                    "pg_catalog.set_config({}, {value}, false)",
+                    quote_literal(name)
+                )
+            })
+            .collect();
+        Some(format!("SELECT {}", calls.join(", ")))
+    }
+
     /// Looks for tracked commands in a simple-protocol Query, which runs them now.
     pub(crate) fn observe(&mut self, sql: &[u8]) {
         let opts = self.lex_options();
@@ -1124,6 +1171,39 @@ mod tests {
         let sql = p.sync_sql();
         assert!(sql.ends_with(";SET role TO other"), "{sql}");
         assert!(!sql.contains("search_path"), "{sql}");
+    }
+
+    #[test]
+    fn a_lone_reset_of_startup_parameters_gets_their_startup_values_back() {
+        let p = startup();
+        let app = "SELECT pg_catalog.set_config('application_name', 'it''s', false)";
+        for sql in [
+            "RESET application_name",
+            "SET application_name TO DEFAULT;",
+            "RESET ALL",
+        ] {
+            assert_eq!(
+                p.startup_restore(sql.as_bytes()).as_deref(),
+                Some(app),
+                "{sql}"
+            );
+        }
+        for sql in [
+            "RESET statement_timeout",
+            "SET application_name = 'x'",
+            "SELECT 1; RESET ALL",
+            "RESET ALL; SELECT 1",
+            "discard all",
+            "SELECT 1",
+        ] {
+            assert_eq!(p.startup_restore(sql.as_bytes()), None, "{sql}");
+        }
+        let none = SessionParams::from_startup(&[("user".into(), "app".into())]);
+        assert_eq!(none.startup_restore(b"RESET ALL"), None);
+        // As on the server, RESET ALL keeps the role (a SET ROLE since included).
+        let role = SessionParams::from_startup(&[("role".into(), "r".into())]);
+        assert_eq!(role.startup_restore(b"RESET ALL"), None);
+        assert!(role.startup_restore(b"RESET ROLE").is_some());
     }
 
     #[test]
