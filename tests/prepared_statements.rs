@@ -139,10 +139,11 @@ async fn a_statement_changed_by_alter_table_works_once_prepared_again() {
         .and_then(|(_, b)| error_field(b, b'R'));
     assert_eq!(routine.as_deref(), Some("RevalidateCachedQuery"));
 
-    // Preparing it again, under another name (asyncpg) or the same one, now works.
+    // Preparing it again, under another name (asyncpg) or the same one once closed (a Parse
+    // of a name the client has fails with 42P05, as directly), now works.
     let new_shape = vec![vec!["1".to_owned(), "new".to_owned()]];
-    for name in ["st_retry", "st"] {
-        fresh.send(&prepare_and_run(name)).await;
+    for (name, close) in [("st_retry", vec![]), ("st", message(b'C', b"Sst\0"))] {
+        fresh.send(&[close, prepare_and_run(name)].concat()).await;
         let got = fresh.until_ready(STEP).await;
         assert_eq!(
             rows_and_error(&got),

@@ -6,7 +6,7 @@
 use bytes::{Buf, Bytes};
 use shardgate_config::PoolMode;
 use shardgate_sql::TxnControl;
-use shardgate_wire::{backend, peek_header, tag, FrontendRef};
+use shardgate_wire::{backend, peek_header, tag, ErrorFields, FrontendRef};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::errors::ClientError;
@@ -14,6 +14,7 @@ use super::local;
 use super::mirror::{reply_before_results, Description, Msg};
 use super::request::Scanned;
 use super::session::Session;
+use super::sqlstate;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A request made only of named Parse messages and a Sync needs no server in
@@ -27,6 +28,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let mut pos = 0;
         let mut parses = 0usize;
+        // A name the client has, or one the request prepares twice, is refused by the
+        // server (see `Flight::refuse_duplicate`), after it analyses the text.
+        let mut names: Vec<&[u8]> = Vec::new();
         let end = loop {
             let Some(h) = peek_header(&self.cbuf[pos..], self.max_len)? else {
                 return Ok(false);
@@ -35,7 +39,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(false);
             }
             match FrontendRef::decode(h.tag, &self.cbuf[pos + 5..pos + h.len])? {
-                FrontendRef::Parse(p) if !p.name.is_empty() => parses += 1,
+                FrontendRef::Parse(p) if !p.name.is_empty() => {
+                    if self.statements.get(p.name).is_some() || names.contains(&p.name) {
+                        return Ok(false);
+                    }
+                    names.push(p.name);
+                    parses += 1;
+                }
                 FrontendRef::Sync if parses > 0 => break pos + h.len,
                 _ => return Ok(false),
             }
@@ -253,6 +263,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 continue;
             }
             match msg {
+                FrontendRef::Parse(p) if self.statements.get(p.name).is_some() => {
+                    // As PostgreSQL: the name is taken, the old statement stays.
+                    let message = format!(
+                        "prepared statement \"{}\" already exists",
+                        String::from_utf8_lossy(p.name)
+                    );
+                    let fields =
+                        ErrorFields::new("ERROR", sqlstate::DUPLICATE_PREPARED_STATEMENT, message);
+                    backend::error_response(&fields, &mut self.out);
+                    failed = true;
+                }
                 FrontendRef::Parse(p) => {
                     let class = classifier.classify(p.query);
                     if p.name.is_empty() {

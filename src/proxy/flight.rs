@@ -9,14 +9,14 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use shardgate_config::PoolMode;
 use shardgate_sql::Classifier;
-use shardgate_wire::{backend, frontend, peek_header, FrontendRef};
+use shardgate_wire::{backend, frontend, peek_header, FrontendRef, ParseRef};
 
 use super::errors::ClientError;
 use super::params::{Effects, SessionParams};
-use super::statements::{ClientStatements, Prepared};
+use super::statements::{ClientStatements, Prepared, NAME_LEN};
 
 /// Largest server message shardgate buffers whole. Servers are trusted, but not with
 /// the proxy's memory.
@@ -34,6 +34,9 @@ enum Synthetic {
 enum Expect {
     /// A client Parse; if it named a statement, its internal id on the server.
     Parse(Option<u128>),
+    /// A client Parse of a name the client already has, sent under that statement's internal
+    /// name so that the server refuses it (see [`Flight::refuse_duplicate`]).
+    DuplicateParse,
     /// shardgate's own Parse re-creating a statement: its ParseComplete is dropped.
     HiddenParse(u128),
     /// shardgate's own Close of the unnamed statement: its CloseComplete is dropped.
@@ -85,6 +88,29 @@ pub(crate) struct Flight {
     copy_in: bool,
     /// The LSN a running probe has read so far.
     probe_lsn: Option<u64>,
+    /// The names of the client's named Parses in `expect` (see [`names_statement`]), in order:
+    /// one the server skips or refuses never existed, as directly.
+    named: VecDeque<NamedParse>,
+    /// A server frame rewritten for the client, sent in place of the one it replaces.
+    rewritten: BytesMut,
+}
+
+/// A client's named Parse awaiting its answer.
+#[derive(Debug)]
+struct NamedParse {
+    client: Bytes,
+    /// The internal name the server knows the statement by.
+    internal: [u8; NAME_LEN],
+}
+
+/// Whether an expectation stands for a client's named Parse (it has an entry in `named`).
+fn names_statement(e: Expect) -> bool {
+    matches!(
+        e,
+        Expect::Parse(Some(_))
+            | Expect::DuplicateParse
+            | Expect::Synthetic(Synthetic::ParseComplete)
+    )
 }
 
 impl Default for Flight {
@@ -97,6 +123,8 @@ impl Default for Flight {
             tx_status: b'I',
             copy_in: false,
             probe_lsn: None,
+            named: VecDeque::new(),
+            rewritten: BytesMut::new(),
         }
     }
 }
@@ -245,9 +273,22 @@ impl Flight {
                     self.expect.push_back(Expect::Query);
                 }
                 FrontendRef::Parse(p) => {
-                    params.observe_parse(p.name, p.query);
                     self.unsynced = true;
-                    if rename && !p.name.is_empty() {
+                    // The client's statement of that name, if it has one.
+                    let existing = for_server(
+                        rename,
+                        statements,
+                        p.name,
+                        params,
+                        server.prepared,
+                        plan_epoch,
+                    );
+                    if let Some(old) = existing {
+                        handled = true;
+                        to_server.extend_from_slice(&input[run_start..pos]);
+                        self.refuse_duplicate(&p, old, server.prepared, to_server);
+                    } else if rename && !p.name.is_empty() {
+                        params.observe_parse(p.name, p.query);
                         handled = true;
                         let prepared = Prepared::new(
                             &p,
@@ -265,9 +306,14 @@ impl Flight {
                             server.prepared.insert(id);
                             self.expect.push_back(Expect::Parse(Some(id)));
                         }
+                        self.named.push_back(NamedParse {
+                            client: Bytes::copy_from_slice(p.name),
+                            internal: prepared.name,
+                        });
                         statements.insert(p.name, prepared);
                     } else {
-                        if rename && p.name.is_empty() {
+                        params.observe_parse(p.name, p.query);
+                        if rename {
                             *server.unnamed_owner = statements.parsed_unnamed(frame);
                         }
                         self.expect.push_back(Expect::Parse(None));
@@ -428,6 +474,39 @@ impl Flight {
         }
     }
 
+    /// A Parse of a name the client already has (`old`), not closed: PostgreSQL analyses the
+    /// new text, then refuses the name with 42P05 and keeps the old statement. The server is
+    /// sent the new text under `old`'s internal name, which it holds (re-created first if
+    /// need be), so that it answers exactly as it would the client directly: the text's own
+    /// errors first, then 42P05 (its name put back to the client's when relayed), the skip to
+    /// Sync and the rollback of the implicit transaction.
+    fn refuse_duplicate(
+        &mut self,
+        p: &ParseRef<'_>,
+        old: &Prepared,
+        server_prepared: &mut HashSet<u128>,
+        to_server: &mut BytesMut,
+    ) {
+        self.ensure_prepared(old, server_prepared, to_server);
+        frontend::parse_raw_types(&old.name, p.query, p.param_types.raw(), to_server);
+        self.expect.push_back(Expect::DuplicateParse);
+        self.named.push_back(NamedParse {
+            client: Bytes::copy_from_slice(p.name),
+            internal: old.name,
+        });
+    }
+
+    /// Drops the front expectation, and the name of the named Parse it stands for, if any.
+    fn pop_expect(&mut self) -> Option<(Expect, Option<NamedParse>)> {
+        let e = self.expect.pop_front()?;
+        let named = if names_statement(e) {
+            self.named.pop_front()
+        } else {
+            None
+        };
+        Some((e, named))
+    }
+
     fn ensure_prepared(
         &mut self,
         prep: &Prepared,
@@ -493,7 +572,7 @@ impl Flight {
     /// Synthetic replies whose turn has come (everything before them was answered).
     fn emit_ready_synthetics(&mut self, to_client: &mut BytesMut) {
         while let Some(Expect::Synthetic(s)) = self.expect.front().copied() {
-            self.expect.pop_front();
+            self.pop_expect();
             match s {
                 Synthetic::ParseComplete => backend::parse_complete(to_client),
                 Synthetic::CloseComplete => backend::close_complete(to_client),

@@ -43,6 +43,8 @@ impl Flight {
             let end = pos + h.len;
             if !forward {
                 to_client.extend_from_slice(&input[run_start..pos]);
+                to_client.extend_from_slice(&self.rewritten);
+                self.rewritten.clear();
                 run_start = end;
             }
             if matches!(self.expect.front(), Some(Expect::Synthetic(_))) {
@@ -107,7 +109,7 @@ impl Flight {
                 // anything else (a notice) on.
                 return true;
             }
-            self.expect.pop_front();
+            self.pop_expect();
             // As at the client's own Sync: what the run's Parses held is settled.
             self.end_cycle(body, params, statements, server_prepared, result);
             return false;
@@ -118,7 +120,7 @@ impl Flight {
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
                     self.tx_status = status;
-                    self.expect.pop_front();
+                    self.pop_expect();
                     if probe {
                         result.probe = Some((self.probe_lsn.take(), status));
                     }
@@ -149,7 +151,7 @@ impl Flight {
             }
             b'Z' => {
                 // Everything up to and including the Sync/Query this answers is done.
-                while let Some(e) = self.expect.pop_front() {
+                while let Some((e, _)) = self.pop_expect() {
                     if matches!(
                         e,
                         Expect::Sync | Expect::Query | Expect::RestoringQuery { .. }
@@ -167,6 +169,7 @@ impl Flight {
                 result.stale_statement |= is_stale_statement_error(body);
                 // An error ends copy-in mode; the client's next Sync is answered again.
                 self.copy_in = false;
+                let (mut forward, mut first) = (true, true);
                 if !matches!(head, Expect::Query | Expect::RestoringQuery { .. }) {
                     // The server skips to the next Sync: so do the expectations.
                     while let Some(e) = self.expect.front().copied() {
@@ -176,31 +179,48 @@ impl Flight {
                         if let Expect::Parse(Some(id)) | Expect::HiddenParse(id) = e {
                             server_prepared.remove(&id);
                         }
-                        self.expect.pop_front();
+                        let Some((_, named)) = self.pop_expect() else {
+                            break;
+                        };
+                        let answered = std::mem::replace(&mut first, false);
+                        match (e, named) {
+                            // The refusal of a name the client has: the server named its own
+                            // statement.
+                            (Expect::DuplicateParse, Some(n)) if answered => {
+                                rename_in_error(body, &n.internal, &n.client, &mut self.rewritten);
+                                forward = false;
+                            }
+                            // The old statement stays.
+                            (Expect::DuplicateParse, _) => {}
+                            // A named Parse that failed or was skipped never happened.
+                            (_, Some(n)) => statements.remove(&n.client),
+                            _ => {}
+                        }
                     }
                 }
-                true
+                forward
             }
             b'C' => {
                 params.observe_command_tag(body);
                 if head == Expect::Execute {
-                    self.expect.pop_front();
+                    self.pop_expect();
                 }
                 true
             }
             b'1' => match head {
                 Expect::HiddenParse(_) => {
-                    self.expect.pop_front();
+                    self.pop_expect();
                     false
                 }
-                Expect::Parse(_) => {
-                    self.expect.pop_front();
+                // A DuplicateParse cannot succeed: the server holds its name.
+                Expect::Parse(_) | Expect::DuplicateParse => {
+                    self.pop_expect();
                     true
                 }
                 _ => true,
             },
             b'3' if head == Expect::HiddenClose => {
-                self.expect.pop_front();
+                self.pop_expect();
                 false
             }
             b'2' | b'3' | b'T' | b'n' | b'I' | b's' => {
@@ -212,7 +232,7 @@ impl Flight {
                         | (b'I' | b's', Expect::Execute)
                 );
                 if done {
-                    self.expect.pop_front();
+                    self.pop_expect();
                 }
                 true
             }
@@ -297,6 +317,35 @@ fn is_stale_statement_error(body: &[u8]) -> bool {
         rest = &tail[end + 1..];
     }
     code && routine
+}
+
+/// The ErrorResponse `body` with `internal` replaced by `client` wherever a field holds it
+/// (PostgreSQL's 42P05 quotes the statement name in its message), framed, into `out`.
+pub(super) fn rename_in_error(body: &[u8], internal: &[u8], client: &[u8], out: &mut BytesMut) {
+    let start = out.len();
+    out.extend_from_slice(&[b'E', 0, 0, 0, 0]);
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Some(end) = memchr::memchr(0, tail) else {
+            break;
+        };
+        out.extend_from_slice(&[field]);
+        let mut value = &tail[..end];
+        while let Some(at) = memchr::memmem::find(value, internal) {
+            out.extend_from_slice(&value[..at]);
+            out.extend_from_slice(client);
+            value = &value[at + internal.len()..];
+        }
+        out.extend_from_slice(value);
+        out.extend_from_slice(&[0]);
+        rest = &tail[end + 1..];
+    }
+    out.extend_from_slice(&[0]);
+    let len = i32::try_from(out.len() - start - 1).unwrap_or(i32::MAX);
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
 /// The first column of a DataRow, read as a pg_lsn ("16/B374D848").

@@ -460,3 +460,35 @@ fn a_deallocate_of_a_tracked_statement_waits_for_the_replies_before_it() {
     let (_, _, t) = h.client(&q);
     assert_eq!(t.consumed, q.len());
 }
+
+#[test]
+fn a_duplicate_parse_error_names_the_clients_statement() {
+    let internal = b"sg_0123456789abcdef0123456789abcdef";
+    let mut body = Vec::new();
+    for (field, value) in [
+        (b'S', &b"ERROR"[..]),
+        (b'V', b"ERROR"),
+        (b'C', b"42P05"),
+        (
+            b'M',
+            b"prepared statement \"sg_0123456789abcdef0123456789abcdef\" already exists",
+        ),
+    ] {
+        body.push(field);
+        body.extend_from_slice(value);
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = BytesMut::new();
+    super::replies::rename_in_error(&body, internal, b"my stmt", &mut out);
+    let mut want = BytesMut::new();
+    backend::error_response(
+        &shardgate_wire::ErrorFields::new(
+            "ERROR",
+            "42P05",
+            "prepared statement \"my stmt\" already exists",
+        ),
+        &mut want,
+    );
+    assert_eq!(out, want);
+}

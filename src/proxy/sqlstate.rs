@@ -33,3 +33,5 @@ pub(crate) const SYNTAX_ERROR: &str = "42601";
 pub(crate) const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
 /// A statement inside a transaction that already failed.
 pub(crate) const IN_FAILED_TRANSACTION: &str = "25P02";
+/// 42P05: a Parse names a prepared statement the client already has.
+pub(crate) const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";

@@ -14,7 +14,7 @@ use shardgate_wire::{frontend, ParseRef};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Length of an internal name: "sg_" + 32 hex digits.
-const NAME_LEN: usize = 35;
+pub(crate) const NAME_LEN: usize = 35;
 
 /// One client statement, as shardgate re-creates it on server connections.
 #[derive(Debug, Clone)]
