@@ -134,6 +134,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 local::answer_aborted_transaction(&mut self.out);
                 return self.flush_out().await;
             }
+            // `SET TRANSACTION modes` as the first statement joins the held-back BEGIN's modes,
+            // so that the node is chosen for the whole transaction's modes: `BEGIN READ ONLY`
+            // then `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE` is serializable, which a hot
+            // standby refuses, and `BEGIN; SET TRANSACTION READ ONLY` then a SERIALIZABLE one
+            // alike.
+            let folded = match (&self.deferred_begin, &scanned.view.hint) {
+                (Some(begin), None) if scanned.statements == 1 => {
+                    shardgate_sql::fold_set_transaction(begin, scanned.sql.bytes(&self.cbuf))
+                }
+                _ => None,
+            };
+            if let Some(folded) = folded {
+                self.consume_first_message()?;
+                self.deferred_begin = Some(Bytes::from(folded));
+                backend::command_complete("SET", &mut self.out);
+                backend::ready_for_query(b'T', &mut self.out);
+                return self.flush_out().await;
+            }
         }
         Ok(false)
     }

@@ -193,7 +193,7 @@ pub(crate) fn scan(
                     // answered before the server sees it.
                     s.lone_begin = c.statements == 1
                         && c.write.is_none()
-                        && matches!(c.txn.as_slice(), [TxnControl::Begin { read_only: false }])
+                        && matches!(c.txn.as_slice(), [TxnControl::Begin { .. }])
                         && shardgate_sql::strict_begin(sql).is_some();
                 }
                 s.complete = true;

@@ -33,7 +33,7 @@ pub use classification::{
 };
 pub use classifier::{bind_thread_cache, Classifier};
 pub use statement::SHARDGATE_COMMAND_WORDS;
-pub use txn_text::{strict_begin, strict_end, StrictBegin, StrictEnd};
+pub use txn_text::{fold_set_transaction, strict_begin, strict_end, StrictBegin, StrictEnd};
 
 /// Not part of the API: the classifier's cache key, public only so that `benches/` can time it
 /// and `tests/cache_key.rs` can compare it with its reference implementation.

@@ -128,6 +128,47 @@ pub fn strict_begin(sql: &[u8]) -> Option<StrictBegin> {
     Some(begin)
 }
 
+/// The `BEGIN` text equivalent to `begin` followed, as the transaction's first statement, by
+/// `set`, when `set` is `SET TRANSACTION modes` in the grammar [`strict_begin`] reads: PostgreSQL
+/// applies a BEGIN's modes one after the other as SET TRANSACTION does, so appending them gives
+/// the same transaction (a later mode overriding an earlier one). None for any other text.
+/// Written back from the tokens, comments dropped.
+pub fn fold_set_transaction(begin: &[u8], set: &[u8]) -> Option<Vec<u8>> {
+    strict_begin(begin)?;
+    let set_toks = tokens(set)?;
+    let mut c = Cursor {
+        toks: set_toks,
+        at: 0,
+    };
+    if !(c.eat("SET") && c.eat("TRANSACTION")) || c.done() || c.eat_comma() {
+        return None;
+    }
+    let modes = c.toks.get(c.at..)?;
+    let begin_toks = tokens(begin)?;
+    let begin_has_modes = strict_begin(begin)?.modes;
+    let mut out = Vec::with_capacity(begin.len() + set.len());
+    let push = |t: &Tok<'_>, out: &mut Vec<u8>| match t {
+        Tok::Word(w) => {
+            if !out.is_empty() {
+                out.push(b' ');
+            }
+            out.extend_from_slice(w);
+        }
+        Tok::Comma => out.push(b','),
+    };
+    for t in &begin_toks {
+        push(t, &mut out);
+    }
+    if begin_has_modes {
+        out.push(b',');
+    }
+    for t in modes {
+        push(t, &mut out);
+    }
+    strict_begin(&out)?;
+    Some(out)
+}
+
 /// `{COMMIT | END | ROLLBACK | ABORT} [WORK | TRANSACTION] [AND [NO] CHAIN]`.
 pub fn strict_end(sql: &[u8]) -> Option<StrictEnd> {
     let mut c = Cursor {
@@ -156,6 +197,42 @@ pub fn strict_end(sql: &[u8]) -> Option<StrictEnd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_transaction_folds_into_the_begin() {
+        for (begin, set, want) in [
+            (
+                "BEGIN",
+                "SET TRANSACTION READ ONLY",
+                Some("BEGIN READ ONLY"),
+            ),
+            (
+                "begin read only;",
+                "set transaction isolation level serializable;",
+                Some("begin read only, isolation level serializable"),
+            ),
+            (
+                "START TRANSACTION /* c */ READ ONLY",
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+                Some("START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE, READ ONLY"),
+            ),
+            ("BEGIN", "SET TRANSACTION", None),
+            ("BEGIN READ ONLY", "SET TRANSACTION , READ WRITE", None),
+            ("BEGIN", "SET TRANSACTION SNAPSHOT '00000003-1'", None),
+            ("BEGIN", "SET TRANSACTION READ ONLY; SELECT 1", None),
+            ("BEGIN", "SET transaction_isolation = serializable", None),
+            ("BEGIN", "SET TRANSACTION ISOLATION LEVEL SERIALIZ", None),
+            ("BEGIN; SELECT 1", "SET TRANSACTION READ ONLY", None),
+        ] {
+            let got = fold_set_transaction(begin.as_bytes(), set.as_bytes());
+            assert_eq!(got.as_deref(), want.map(str::as_bytes), "{begin} / {set}");
+        }
+        let folded = fold_set_transaction(
+            b"BEGIN READ ONLY",
+            b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        );
+        assert!(strict_begin(&folded.unwrap_or_default()).is_some_and(|b| b.primary_only));
+    }
 
     #[test]
     fn begin_texts_postgres_accepts() {
