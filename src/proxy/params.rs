@@ -172,6 +172,8 @@ fn single_statement(sql: &[u8]) -> Option<&[u8]> {
 }
 
 /// Whether a boolean setting's value, as written in SQL or a startup packet, is false.
+const SCS: &str = "standard_conforming_strings";
+
 fn is_off(value: &str) -> bool {
     let v = value.trim_matches(|c: char| c == '\'' || c == '"' || c.is_whitespace());
     [
@@ -394,10 +396,50 @@ impl SessionParams {
         };
     }
 
+    /// How the server reads the client's next message: the settled `standard_conforming_strings`,
+    /// then, in order, those set in the open transaction (the server applies a SET when it
+    /// completes, not at COMMIT) and those sent and not answered yet (the server runs them
+    /// before it reads what follows). A rolled-back SET is gone from both.
     fn lex_options(&self) -> LexOptions {
-        LexOptions {
-            standard_conforming_strings: !self.backslash_strings,
+        let mut backslash = self.backslash_strings;
+        let pending = self
+            .block
+            .iter()
+            .flatten()
+            .flat_map(|(_, cmds)| cmds)
+            .chain(&self.implicit)
+            .chain(self.queued.iter().filter_map(|(_, op)| match op {
+                Op::Session(cmd) => Some(cmd),
+                Op::Transaction(_) => None,
+            }));
+        for cmd in pending {
+            backslash = match cmd {
+                SessionCommand::Set { name, value } if name == SCS => {
+                    if value.eq_ignore_ascii_case("default") {
+                        self.default_backslash_strings()
+                    } else {
+                        is_off(value)
+                    }
+                }
+                SessionCommand::Reset { name } if name == SCS => self.default_backslash_strings(),
+                SessionCommand::ResetAll | SessionCommand::DiscardAll => {
+                    self.default_backslash_strings()
+                }
+                _ => backslash,
+            };
         }
+        LexOptions {
+            standard_conforming_strings: !backslash,
+        }
+    }
+
+    /// `standard_conforming_strings` is off without a SET: from the startup packet, or the
+    /// server's own default.
+    fn default_backslash_strings(&self) -> bool {
+        self.startup
+            .get(SCS)
+            .filter(|v| !v.eq_ignore_ascii_case("default"))
+            .map_or(self.server_backslash_strings, |v| is_off(v))
     }
 
     /// SQL that turns a server connection's settings into this client's.
@@ -1008,6 +1050,58 @@ mod tests {
         );
         assert!(!e.server_reset);
         assert_eq!(search_path(&p).as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn backslash_strings_count_from_the_set_not_the_commit() {
+        let mut p = startup();
+        query(&mut p, "BEGIN", &["BEGIN"], b'T');
+        query(
+            &mut p,
+            "SET standard_conforming_strings = off",
+            &["SET"],
+            b'T',
+        );
+        // One literal now: nothing to track.
+        let e = query(
+            &mut p,
+            "SELECT 'a\\'; SET search_path TO x; --'",
+            &["SELECT 1"],
+            b'T',
+        );
+        assert!(!e.server_reset);
+        query(
+            &mut p,
+            "SET standard_conforming_strings = on",
+            &["SET"],
+            b'T',
+        );
+        // Two statements again, the SET a real one.
+        let e = query(
+            &mut p,
+            "SELECT 'a\\'; SET search_path TO y; --'",
+            &["SELECT 1", "SET"],
+            b'T',
+        );
+        assert!(!e.server_reset);
+        query(&mut p, "COMMIT", &["COMMIT"], b'I');
+        assert_eq!(search_path(&p).as_deref(), Some("y"));
+        // A rolled-back SET no longer counts.
+        query(&mut p, "BEGIN", &["BEGIN"], b'T');
+        query(
+            &mut p,
+            "SET standard_conforming_strings = off",
+            &["SET"],
+            b'T',
+        );
+        query(&mut p, "ROLLBACK", &["ROLLBACK"], b'I');
+        query(
+            &mut p,
+            "SELECT 'a\\'; SET search_path TO z; --'",
+            &["SELECT 1", "SET"],
+            b'I',
+        );
+        assert_eq!(search_path(&p).as_deref(), Some("z"));
     }
 
     #[test]
