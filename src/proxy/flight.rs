@@ -37,6 +37,12 @@ enum Expect {
     /// A client Parse of a name the client already has, sent under that statement's internal
     /// name so that the server refuses it (see [`Flight::refuse_duplicate`]).
     DuplicateParse,
+    /// A simple Query or an Execute that runs a `DEALLOCATE` of one of the client's statements
+    /// in a shape shardgate does not answer itself (see [`deallocate_refusal`]): it goes to the
+    /// server as is, which knows the statement only under its internal name; its 26000 is
+    /// replaced by shardgate's 0A000.
+    RefusedQuery,
+    RefusedExecute,
     /// shardgate's own Parse re-creating a statement: its ParseComplete is dropped.
     HiddenParse(u128),
     /// shardgate's own Close of the unnamed statement: its CloseComplete is dropped.
@@ -250,8 +256,13 @@ impl Flight {
                     // A simple query destroys the unnamed statement, the client's included.
                     *server.unnamed_owner = 0;
                     statements.forget_unnamed();
+                    let refused = rename
+                        && self.tx_status != b'E'
+                        && !statements.is_empty()
+                        && params.deallocates_any(sql, |n| statements.get(n).is_some());
                     params.observe(sql);
                     match params.startup_restore(sql) {
+                        _ if refused => self.expect.push_back(Expect::RefusedQuery),
                         Some(restore) => {
                             // In the same text, so that the client's ReadyForQuery comes after
                             // the ParameterStatus messages, and in the same transaction: a
@@ -375,8 +386,16 @@ impl Flight {
                 }
                 FrontendRef::Execute { portal, .. } => {
                     self.unsynced = true;
+                    let refused = rename
+                        && params
+                            .portal_deallocates(portal)
+                            .is_some_and(|n| statements.get(n.as_bytes()).is_some());
                     params.observe_execute(portal);
-                    self.expect.push_back(Expect::Execute);
+                    self.expect.push_back(if refused {
+                        Expect::RefusedExecute
+                    } else {
+                        Expect::Execute
+                    });
                 }
                 FrontendRef::Close { kind, name } => {
                     self.unsynced = true;
@@ -598,6 +617,26 @@ pub(crate) fn deallocates_tracked(statements: &ClientStatements, sql: &[u8]) -> 
     }
     super::params::lone_deallocate(sql)
         .is_some_and(|name| statements.get(name.as_bytes()).is_some())
+}
+
+/// A `DEALLOCATE` of one of the client's statements, in a shape `Session::answer_deallocate`
+/// does not answer (pipelined with other messages, parsed in one request and run in another,
+/// through a named statement, inside a multi-statement Query), runs on the server, which knows
+/// the statement only under its shared internal name: it fails with 26000 while the client's
+/// name stays. shardgate replaces that error with [`deallocate_refusal`], which says what
+/// works; the failure itself (the skip to Sync, the aborted transaction) is the server's.
+pub(crate) fn deallocate_refusal(out: &mut BytesMut) {
+    let fields = shardgate_wire::ErrorFields::new(
+        "ERROR",
+        super::sqlstate::FEATURE_NOT_SUPPORTED,
+        "shardgate: DEALLOCATE of a protocol-level prepared statement works only sent alone, \
+         as a simple Query or as Parse, Bind, Execute and Sync",
+    )
+    .with(
+        b'H',
+        "Close the statement with the protocol's Close message, or send the DEALLOCATE alone.",
+    );
+    backend::error_response(&fields, out);
 }
 
 /// Whether `sql` contains "shardgate" in any case: only positions holding an `s` are compared.

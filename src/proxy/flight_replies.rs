@@ -154,7 +154,10 @@ impl Flight {
                 while let Some((e, _)) = self.pop_expect() {
                     if matches!(
                         e,
-                        Expect::Sync | Expect::Query | Expect::RestoringQuery { .. }
+                        Expect::Sync
+                            | Expect::Query
+                            | Expect::RefusedQuery
+                            | Expect::RestoringQuery { .. }
                     ) {
                         break;
                     }
@@ -170,7 +173,16 @@ impl Flight {
                 // An error ends copy-in mode; the client's next Sync is answered again.
                 self.copy_in = false;
                 let (mut forward, mut first) = (true, true);
-                if !matches!(head, Expect::Query | Expect::RestoringQuery { .. }) {
+                if matches!(head, Expect::RefusedQuery | Expect::RefusedExecute)
+                    && error_code(body) == Some(&b"26000"[..])
+                {
+                    super::deallocate_refusal(&mut self.rewritten);
+                    forward = false;
+                }
+                if !matches!(
+                    head,
+                    Expect::Query | Expect::RefusedQuery | Expect::RestoringQuery { .. }
+                ) {
                     // The server skips to the next Sync: so do the expectations.
                     while let Some(e) = self.expect.front().copied() {
                         if e == Expect::Sync {
@@ -202,7 +214,7 @@ impl Flight {
             }
             b'C' => {
                 params.observe_command_tag(body);
-                if head == Expect::Execute {
+                if matches!(head, Expect::Execute | Expect::RefusedExecute) {
                     self.pop_expect();
                 }
                 true
@@ -229,7 +241,7 @@ impl Flight {
                     (b'2', Expect::Bind)
                         | (b'3', Expect::Close)
                         | (b'T' | b'n', Expect::Describe)
-                        | (b'I' | b's', Expect::Execute)
+                        | (b'I' | b's', Expect::Execute | Expect::RefusedExecute)
                 );
                 if done {
                     self.pop_expect();
@@ -317,6 +329,22 @@ fn is_stale_statement_error(body: &[u8]) -> bool {
         rest = &tail[end + 1..];
     }
     code && routine
+}
+
+/// The SQLSTATE of an ErrorResponse `body`.
+fn error_code(body: &[u8]) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = memchr::memchr(0, tail)?;
+        if field == b'C' {
+            return tail.get(..end);
+        }
+        rest = tail.get(end + 1..)?;
+    }
+    None
 }
 
 /// The ErrorResponse `body` with `internal` replaced by `client` wherever a field holds it

@@ -531,6 +531,25 @@ impl SessionParams {
         self.requests_sent += 1;
     }
 
+    /// Whether `sql` holds a `DEALLOCATE [PREPARE] name` of a statement `has` says the client
+    /// has, read as the session reads it.
+    pub(crate) fn deallocates_any(&self, sql: &[u8], has: impl Fn(&[u8]) -> bool) -> bool {
+        const WORD: &[u8] = b"deallocate";
+        let mentioned = memchr::memchr2_iter(b'd', b'D', sql).any(|i| {
+            sql.get(i..i + WORD.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(WORD))
+        });
+        let mut hit = false;
+        if mentioned {
+            tracked_commands(sql, self.lex_options(), |op| {
+                if let Op::Session(SessionCommand::Deallocate { name: Some(name) }) = &op {
+                    hit |= has(name.as_bytes());
+                }
+            });
+        }
+        hit
+    }
+
     /// A request ended by a Sync (the client's, or shardgate's own) was sent.
     pub(crate) fn observe_sync(&mut self) {
         self.requests_sent += 1;
@@ -580,6 +599,14 @@ impl SessionParams {
             None => {
                 self.portal_commands.remove(portal);
             }
+        }
+    }
+
+    /// The statement name a `DEALLOCATE name` bound to `portal` deallocates, if it is one.
+    pub(crate) fn portal_deallocates(&self, portal: &[u8]) -> Option<&str> {
+        match self.portal_commands.get(portal)? {
+            Op::Session(SessionCommand::Deallocate { name: Some(name) }) => Some(name),
+            _ => None,
         }
     }
 

@@ -1,8 +1,10 @@
-//! A Parse of a statement name the client already has, compared with PostgreSQL directly:
+//! Statement names a client has, through shardgate (which tracks them in transaction mode) and
+//! directly. A Parse of a statement name the client already has:
 //! PostgreSQL analyses the new text first (its errors come first), then refuses the name with
 //! 42P05 `prepared statement "x" already exists`, skips to Sync (rolling back the implicit
 //! transaction) and keeps the old statement. shardgate tracks client statement names itself
-//! in transaction mode, and used to replace the old statement silently.
+//! in transaction mode, and used to replace the old statement silently. `DEALLOCATE` of a
+//! protocol-level statement, in the shapes clients send it.
 
 mod support;
 
@@ -64,12 +66,18 @@ impl Pair {
     /// Sends `bytes` to both, and checks they answer alike; returns the answer.
     /// One after the other, as both share the database. Notices are left out.
     async fn step(&mut self, bytes: &[u8]) -> Vec<String> {
+        let (direct, proxied) = self.both(bytes).await;
+        assert_eq!(proxied, direct, "through shardgate vs. directly");
+        direct
+    }
+
+    /// The answers directly and through shardgate.
+    async fn both(&mut self, bytes: &[u8]) -> (Vec<String>, Vec<String>) {
         self.direct.send(bytes).await;
         let direct = render(&self.direct.until_ready(STEP).await);
         self.proxied.send(bytes).await;
         let proxied = render(&self.proxied.until_ready(STEP).await);
-        assert_eq!(proxied, direct, "through shardgate vs. directly");
-        direct
+        (direct, proxied)
     }
 }
 
@@ -83,6 +91,9 @@ async fn pair(topo: &Topology, options: ProxyOptions) -> (support::Proxy, Pair) 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
+
+const REFUSED: &str = "E 0A000 shardgate: DEALLOCATE of a protocol-level prepared statement \
+                       works only sent alone, as a simple Query or as Parse, Bind, Execute and Sync";
 
 const DUP_X: &str = "E 42P05 prepared statement \"x\" already exists";
 
@@ -277,4 +288,175 @@ async fn sql_prepare_twice_fails_as_directly() {
         c.step(&query("EXECUTE p")).await,
         strings(&["T", "D 1", "C SELECT 1", "Z I"])
     );
+}
+
+fn describe_portal() -> Vec<u8> {
+    message(b'D', b"P\0")
+}
+
+/// `DEALLOCATE` of a protocol-level statement in other shapes than libpq's, and `DEALLOCATE
+/// PREPARE`, `DEALLOCATE ALL`: each as directly.
+#[tokio::test]
+async fn deallocate_in_every_shape_matches_postgres() {
+    let topo = Topology::builder().auth("trust").build().expect("topology");
+    let (_proxy, mut c) = pair(&topo, ProxyOptions::default()).await;
+    let prepare = |name: &str| [parse(name, "SELECT 1"), sync()].concat();
+    let gone = |name: &str| format!("E 26000 prepared statement \"{name}\" does not exist");
+    let ran = strings(&["2", "D 1", "C SELECT 1", "Z I"]);
+
+    // Simple Query, with PREPARE.
+    c.step(&prepare("a")).await;
+    assert_eq!(
+        c.step(&query("DEALLOCATE PREPARE a")).await,
+        strings(&["C DEALLOCATE", "Z I"])
+    );
+    assert_eq!(
+        c.step(&[bind_execute("a"), sync()].concat()).await,
+        strings(&[&gone("a"), "Z I"])
+    );
+
+    // Unnamed statement without Describe; with Describe of the portal.
+    for (name, describe) in [("b", false), ("c", true)] {
+        c.step(&prepare(name)).await;
+        let mut req = parse("", &format!("DEALLOCATE {name}"));
+        req.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+        if describe {
+            req.extend(describe_portal());
+        }
+        req.extend(message(b'E', b"\0\0\0\0\0"));
+        req.extend(sync());
+        let got = c.step(&req).await;
+        assert_eq!(got.last().map(String::as_str), Some("Z I"), "{got:?}");
+        assert!(got.contains(&"C DEALLOCATE".to_owned()), "{got:?}");
+        assert_eq!(
+            c.step(&[bind_execute(name), sync()].concat()).await,
+            strings(&[&gone(name), "Z I"])
+        );
+    }
+
+    // Other shapes: shardgate refuses them with 0A000 (the server knows the statement only
+    // under a shared internal name, and would answer 26000 while the client's name stayed).
+    // Before the refusal they failed with 26000, or ran with the name still there.
+    // Each: the name, the request(s), the answers directly and through shardgate.
+    type Shape = (&'static str, Vec<u8>, Vec<String>, Vec<String>);
+    let shapes: Vec<Shape> = vec![
+        // Parsed in one request, run in the next.
+        (
+            "d",
+            [parse("", "DEALLOCATE d"), sync(), bind_execute(""), sync()].concat(),
+            strings(&["1", "Z I", "2", "C DEALLOCATE", "Z I"]),
+            strings(&["1", "Z I", "2", REFUSED, "Z I"]),
+        ),
+        // Through a named statement.
+        (
+            "e",
+            [
+                parse("dealloc_e", "DEALLOCATE e"),
+                bind_execute("dealloc_e"),
+                sync(),
+            ]
+            .concat(),
+            strings(&["1", "2", "C DEALLOCATE", "Z I"]),
+            strings(&["1", "2", REFUSED, "Z I"]),
+        ),
+        // Pipelined with other statements.
+        (
+            "f",
+            [
+                parse("", "DEALLOCATE f"),
+                bind_execute(""),
+                parse("", "SELECT 1"),
+                bind_execute(""),
+                sync(),
+            ]
+            .concat(),
+            strings(&[
+                "1",
+                "2",
+                "C DEALLOCATE",
+                "1",
+                "2",
+                "D 1",
+                "C SELECT 1",
+                "Z I",
+            ]),
+            strings(&["1", "2", REFUSED, "Z I"]),
+        ),
+        // In a multi-statement Query.
+        (
+            "g",
+            query("DEALLOCATE g; SELECT 1"),
+            strings(&["C DEALLOCATE", "T", "D 1", "C SELECT 1", "Z I"]),
+            strings(&[REFUSED, "Z I"]),
+        ),
+    ];
+    for (name, req, want_direct, want_proxied) in shapes {
+        c.step(&prepare(name)).await;
+        c.direct.send(&req).await;
+        c.proxied.send(&req).await;
+        let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+        while direct.len() < want_direct.len() {
+            direct.extend(render(&c.direct.until_ready(STEP).await));
+        }
+        while proxied.len() < want_proxied.len() {
+            proxied.extend(render(&c.proxied.until_ready(STEP).await));
+        }
+        assert_eq!(direct, want_direct, "{name}: directly");
+        assert_eq!(proxied, want_proxied, "{name}: through shardgate");
+        // The statement is still there, and the request, sent alone, works.
+        c.direct.send(&prepare(name)).await;
+        c.direct.until_ready(STEP).await;
+        assert_eq!(c.step(&[bind_execute(name), sync()].concat()).await, ran);
+        assert_eq!(
+            c.step(&query(&format!("DEALLOCATE {name}"))).await,
+            strings(&["C DEALLOCATE", "Z I"])
+        );
+    }
+    // Alone inside a transaction it works too.
+    c.step(&prepare("k")).await;
+    c.step(&query("BEGIN")).await;
+    assert_eq!(
+        c.step(&query("DEALLOCATE k")).await,
+        strings(&["C DEALLOCATE", "Z T"])
+    );
+    c.step(&query("COMMIT")).await;
+    assert_eq!(
+        c.step(&[bind_execute("k"), sync()].concat()).await,
+        strings(&[&gone("k"), "Z I"])
+    );
+    // In a failed transaction the server answers, as directly.
+    c.step(&prepare("j")).await;
+    c.step(&query("BEGIN")).await;
+    c.step(&query("SELECT 1/0")).await;
+    let got = c.step(&query("DEALLOCATE j; SELECT 1")).await;
+    assert!(got[0].starts_with("E 25P02 "), "{got:?}");
+    c.step(&query("ROLLBACK")).await;
+    assert_eq!(c.step(&[bind_execute("j"), sync()].concat()).await, ran);
+
+    // DEALLOCATE ALL, simple and extended.
+    for extended in [false, true] {
+        c.step(&prepare("h")).await;
+        c.step(&prepare("i")).await;
+        let req = if extended {
+            [parse("", "DEALLOCATE ALL"), bind_execute(""), sync()].concat()
+        } else {
+            query("DEALLOCATE ALL")
+        };
+        let got = c.step(&req).await;
+        assert!(got.contains(&"C DEALLOCATE ALL".to_owned()), "{got:?}");
+        for name in ["h", "i"] {
+            assert_eq!(
+                c.step(&[bind_execute(name), sync()].concat()).await,
+                strings(&[&gone(name), "Z I"])
+            );
+        }
+    }
+    // A name the client does not have.
+    assert_eq!(
+        c.step(&query("DEALLOCATE nope")).await,
+        strings(&[&gone("nope"), "Z I"])
+    );
+    // Whatever happened, a statement prepared afterwards works.
+    c.step(&prepare("a")).await;
+    assert_eq!(c.step(&[bind_execute("a"), sync()].concat()).await, ran);
 }
