@@ -591,6 +591,8 @@ async fn a_pin_arriving_mid_request_on_a_replica_does_not_hang() {
         let wait = Duration::from_secs(5);
         let mut x = login_trust(proxy.addr(), topology.user(), topology.database()).await;
         x.run_ok("BEGIN READ ONLY", wait).await;
+        // The held-back BEGIN goes to the replica with the transaction's first statement.
+        x.run_ok("SELECT 1", wait).await;
         // The request's first frame arrives alone, and is sent on; its pin comes later.
         x.send(&message(b'P', b"\0SELECT 1\0\0\0")).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
