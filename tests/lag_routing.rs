@@ -303,3 +303,74 @@ async fn reads_survive_a_killed_replica() {
     .await
     .expect("test timed out");
 }
+
+/// A replica restarted from a restartpoint has replayed no commit, so
+/// `pg_last_xact_replay_timestamp()` is NULL; when its replay then stalls, the time bound must
+/// still take it out of reads (the byte bound is set too high to).
+#[tokio::test]
+async fn stalled_replica_with_no_replayed_commit_is_held_to_the_time_bound() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().replicas(1).build().expect("topology");
+        let primary = &topology.shards[0].primary;
+        let replica = &topology.shards[0].replicas[0];
+        primary.sql("postgres", "CHECKPOINT").expect("checkpoint primary");
+        topology
+            .wait_replicas_caught_up(Duration::from_secs(10))
+            .expect("caught up");
+        replica.sql("postgres", "CHECKPOINT").expect("restartpoint");
+        replica.restart().expect("restart replica");
+        let no_commit = "SELECT pg_last_xact_replay_timestamp() IS NULL";
+        assert_eq!(replica.sql("postgres", no_commit).expect("ts"), "t");
+
+        let proxy = start(
+            &topology,
+            "  max_replica_lag_bytes: 1099511627776\n  max_replica_lag_ms: 500\n  lag_check_interval_ms: 100\n",
+        );
+        wait_routable(&proxy, 1, Duration::from_secs(15)).await;
+        let reader = proxy.connect(&topology).await;
+        assert_eq!(port(&reader, READ).await, replica.port(), "read before the stall");
+
+        replica.pause_replay().expect("pause replay");
+        let writer = proxy.connect(&topology).await;
+        writer
+            .batch_execute("CREATE TABLE fresh AS SELECT 1 AS v")
+            .await
+            .expect("write");
+        assert_eq!(replica.sql("postgres", no_commit).expect("ts"), "t");
+
+        // The bound, two checks over it, plus slack for a loaded machine.
+        let bound = Duration::from_millis(500 + 3 * 100) + Duration::from_secs(2);
+        let took = poll_until(bound, || async {
+            port(&reader, READ).await == primary.port()
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "reads still on the stalled replica {bound:?} after the write: {:?}",
+            proxy.replica_nodes()
+        );
+        let nodes = proxy.replica_nodes().expect("topology");
+        let reason = nodes[0]["reason"].as_str().unwrap_or_default();
+        assert!(
+            nodes[0]["routable"] == false && reason.starts_with("excluded: replay lag"),
+            "topology: {nodes:?}"
+        );
+        assert!(
+            nodes[0]["lag_ms"].as_u64().is_some_and(|ms| ms > 500),
+            "lag_ms: {nodes:?}"
+        );
+        // A fresh session reads the write.
+        let fresh = proxy.connect(&topology).await;
+        let v: i32 = fresh
+            .query_one("SELECT v FROM fresh", &[])
+            .await
+            .expect("fresh session reads the write")
+            .get(0);
+        assert_eq!(v, 1);
+
+        replica.resume_replay().expect("resume replay");
+        wait_routable(&proxy, 1, Duration::from_secs(10)).await;
+    })
+    .await
+    .expect("test timed out");
+}

@@ -23,7 +23,8 @@ pub struct ReplicaStatus {
     pub routable: bool,
     /// Primary LSN minus replay LSN; `None` when either was unknown.
     pub lag_bytes: Option<u64>,
-    /// Time since the last replayed commit, counted only while replay is behind.
+    /// Time since the last replayed commit, counted only while replay is behind; for a replica
+    /// that has replayed no commit since it started, time since it was first seen behind.
     pub lag_ms: Option<u64>,
     /// Last observed replay LSN.
     pub replay_lsn: Option<u64>,
@@ -56,6 +57,8 @@ struct State {
     over_streak: u32,
     /// Consecutive checks within bounds.
     good_streak: u32,
+    /// Since when consecutive checks have seen replay behind with no replayed commit.
+    behind_undated_since: Option<SystemTime>,
 }
 
 impl ReplicaHealth {
@@ -81,6 +84,7 @@ impl ReplicaHealth {
                 },
                 over_streak: 0,
                 good_streak: 0,
+                behind_undated_since: None,
             }),
         })
     }
@@ -138,6 +142,11 @@ impl ReplicaHealth {
         self.readmissions.load(Ordering::Relaxed)
     }
 
+    /// Since when replay has been seen behind with no replayed commit to date the lag by.
+    pub(crate) fn behind_undated_since(&self) -> Option<SystemTime> {
+        self.lock().behind_undated_since
+    }
+
     pub(crate) fn set_shard(&self, shard: &str) {
         // A replica belongs to one shard; a second monitor for it would be a caller bug, and
         // keeping the first name is harmless.
@@ -158,6 +167,11 @@ impl ReplicaHealth {
                 self.replay_lsn.store(lsn, Ordering::Relaxed);
             }
             status.checked_at = Some(now);
+            state.behind_undated_since = if check.behind_undated {
+                Some(state.behind_undated_since.unwrap_or(now))
+            } else {
+                None
+            };
             let (routable, reason) = match check.verdict {
                 Verdict::Exclude(why) => {
                     state.over_streak = 0;

@@ -12,7 +12,8 @@ use super::lsn::format_bytes;
 pub struct LagBounds {
     /// Primary LSN minus replay LSN.
     pub max_bytes: u64,
-    /// Time since the last replayed commit, while replay is behind.
+    /// Time since the last replayed commit, while replay is behind (or, when the replica has
+    /// replayed no commit since it started, time since it was first seen behind).
     pub max_ms: u64,
 }
 
@@ -50,6 +51,9 @@ pub(crate) struct Assessment {
     pub(crate) lag_bytes: Option<u64>,
     pub(crate) lag_ms: Option<u64>,
     pub(crate) replay_lsn: Option<u64>,
+    /// Replay is behind and the replica reports no replayed commit to date it by: `lag_ms` was
+    /// measured from when it was first seen so, which the health record keeps.
+    pub(crate) behind_undated: bool,
     pub(crate) verdict: Verdict,
 }
 
@@ -73,15 +77,24 @@ pub fn observe(
     bounds: LagBounds,
     now: SystemTime,
 ) -> Option<bool> {
-    health.record(assess(obs, bounds), now)
+    let behind_since = health.behind_undated_since();
+    health.record(assess(obs, bounds, behind_since, now), now)
 }
 
-pub(crate) fn assess(obs: Observation, bounds: LagBounds) -> Assessment {
+/// `behind_since` is when the replica was first seen behind with no replayed commit (see
+/// [`Assessment::behind_undated`]), `None` if the previous check did not see it so.
+pub(crate) fn assess(
+    obs: Observation,
+    bounds: LagBounds,
+    behind_since: Option<SystemTime>,
+    now: SystemTime,
+) -> Assessment {
     let unhealthy = |why: String| Assessment {
         healthy: false,
         lag_bytes: None,
         lag_ms: None,
         replay_lsn: None,
+        behind_undated: false,
         verdict: Verdict::Exclude(why),
     };
     let sample = match obs {
@@ -100,8 +113,17 @@ pub(crate) fn assess(obs: Observation, bounds: LagBounds) -> Assessment {
         (Some(replay), Some(target)) => replay >= target,
         _ => false,
     };
+    // pg_last_xact_replay_timestamp() is NULL until the replica replays a commit after it
+    // starts: one restarted and then stuck (paused, a recovery conflict) would otherwise never
+    // be over the time bound. Its lag is instead how long it has been seen behind, an
+    // underestimate by at most one check interval.
+    let behind_undated = !caught_up && sample.replay_age_ms.is_none();
     let lag_ms = if caught_up {
         Some(0)
+    } else if behind_undated {
+        let since = behind_since.unwrap_or(now);
+        let behind_for = now.duration_since(since).unwrap_or_default();
+        Some(u64::try_from(behind_for.as_millis()).unwrap_or(u64::MAX))
     } else {
         sample.replay_age_ms
     };
@@ -121,6 +143,7 @@ pub(crate) fn assess(obs: Observation, bounds: LagBounds) -> Assessment {
         lag_bytes,
         lag_ms,
         replay_lsn: sample.replay_lsn,
+        behind_undated,
         verdict,
     }
 }

@@ -299,3 +299,113 @@ fn mark_failed_resets_a_pending_readmission() {
     assert!(!health.routable());
     assert_eq!(observe(&health, good(), BOUNDS, at(3)), Some(true));
 }
+
+/// Replay `behind` bytes behind a busy primary, and no commit replayed since the replica
+/// started (`pg_last_xact_replay_timestamp()` is NULL).
+fn behind_undated(behind: u64) -> Observation {
+    let primary = 0x20_0000_0000;
+    Observation::Sample(Sample {
+        primary_lsn: Some(primary),
+        replay_lsn: Some(primary - behind),
+        receive_lsn: Some(primary),
+        replay_age_ms: None,
+        in_recovery: true,
+    })
+}
+
+fn at_ms(ms: u64) -> SystemTime {
+    at(0) + Duration::from_millis(ms)
+}
+
+#[test]
+fn behind_with_no_replayed_commit_is_timed_from_when_first_seen() {
+    let health = admitted();
+    // Small byte lag, far under the byte bound: only the time bound can act.
+    assert_eq!(
+        observe(&health, behind_undated(900), BOUNDS, at_ms(10_000)),
+        None
+    );
+    let status = health.status();
+    assert!(status.routable);
+    assert_eq!((status.lag_bytes, status.lag_ms), (Some(900), Some(0)));
+    assert_eq!(
+        observe(&health, behind_undated(900), BOUNDS, at_ms(10_600)),
+        None
+    );
+    assert_eq!(health.status().lag_ms, Some(600));
+    assert_eq!(
+        observe(&health, behind_undated(900), BOUNDS, at_ms(11_200)),
+        None
+    );
+    let status = health.status();
+    assert_eq!(status.lag_ms, Some(1200));
+    assert_eq!(
+        status.reason,
+        "replay lag 1200 ms > bound 1000 ms (1 of 2 checks)"
+    );
+    assert_eq!(
+        observe(&health, behind_undated(900), BOUNDS, at_ms(11_800)),
+        Some(false)
+    );
+    assert_eq!(
+        health.status().reason,
+        "excluded: replay lag 1800 ms > bound 1000 ms"
+    );
+
+    // Caught up: the clock restarts the next time it falls behind undated.
+    let caught_up = behind_undated(0);
+    assert_eq!(
+        observe(&health, caught_up.clone(), BOUNDS, at_ms(12_000)),
+        None
+    );
+    assert_eq!(
+        observe(&health, caught_up, BOUNDS, at_ms(12_100)),
+        Some(true)
+    );
+    assert_eq!(
+        observe(&health, behind_undated(64), BOUNDS, at_ms(20_000)),
+        None
+    );
+    assert_eq!(health.status().lag_ms, Some(0));
+    assert!(health.routable());
+}
+
+#[test]
+fn a_dated_check_between_undated_ones_restarts_the_clock() {
+    let health = admitted();
+    assert_eq!(
+        observe(&health, behind_undated(900), BOUNDS, at_ms(0)),
+        None
+    );
+    // A commit replayed: the timestamp dates the lag again.
+    assert_eq!(observe(&health, lagging(900, 5), BOUNDS, at_ms(900)), None);
+    assert_eq!(
+        observe(&health, behind_undated(900), BOUNDS, at_ms(1_800)),
+        None
+    );
+    let status = health.status();
+    assert_eq!((status.lag_ms, status.reason.as_str()), (Some(0), "ok"));
+}
+
+#[test]
+fn unreachable_restarts_the_undated_clock() {
+    let health = admitted();
+    assert_eq!(
+        observe(&health, behind_undated(900), BOUNDS, at_ms(0)),
+        None
+    );
+    assert_eq!(
+        observe(
+            &health,
+            Observation::Unreachable("refused".into()),
+            BOUNDS,
+            at_ms(500)
+        ),
+        Some(false)
+    );
+    assert_eq!(
+        observe(&health, behind_undated(900), BOUNDS, at_ms(5_000)),
+        None
+    );
+    assert_eq!(health.status().lag_ms, Some(0));
+}
