@@ -173,7 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                             }
                         }
                     };
-                    self.note_written(leg.co.shard, lsn.as_deref());
+                    self.note_written(snapshot, leg.co.shard, lsn.as_deref());
                 }
             }
             return None;
@@ -197,7 +197,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(lsn) if commit => {
                     committed.push(name);
                     if track {
-                        self.note_written(leg.co.shard, lsn.as_deref());
+                        self.note_written(snapshot, leg.co.shard, lsn.as_deref());
                     }
                 }
                 Ok(_) => rolled_back.push(name),
@@ -265,10 +265,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Remembers where a committed write stands on `shard` for read-your-writes. An unknown
     /// position counts as beyond any replica's, so this session's reads of that shard go to
     /// the primary, which has the write; a replica could be stale.
-    fn note_written(&mut self, shard: usize, lsn: Option<&str>) {
+    fn note_written(&mut self, snapshot: &Snapshot, shard: usize, lsn: Option<&str>) {
         let lsn = lsn
             .and_then(shardgate_pool::lag::parse_lsn)
             .unwrap_or(u64::MAX);
-        self.routing.note_lsn(shard, lsn);
+        self.routing.note_lsn(snapshot, shard, lsn);
     }
 }

@@ -472,8 +472,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.shared.plan_epoch.advance();
         }
         if let Some((Some(lsn), b'I')) = r.probe {
-            let shard = checkout.shard;
-            self.routing.note_lsn(shard, lsn);
+            self.routing
+                .note_lsn(&checkout.snapshot, checkout.shard, lsn);
         }
         if r.cycles_ended > 0 {
             conn.state_fingerprint = if r.effects.server_reset {

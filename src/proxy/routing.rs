@@ -21,9 +21,8 @@ pub(crate) struct SessionRouting {
     /// `SET shardgate.shard_key`: every statement goes to this key's shard.
     pub(crate) shard_key: Option<Arc<str>>,
     pub(crate) sticky: bool,
-    /// Per shard, the WAL position of the session's last committed write there (0: none).
-    /// Positions of different primaries are not comparable, so each shard keeps its own.
-    pub(crate) ryw_lsn: Vec<u64>,
+    /// Per shard, the WAL position of the session's last committed write there.
+    pub(crate) ryw_lsn: WrittenPositions,
     /// The open transaction has written on the primary.
     pub(crate) txn_wrote: bool,
     /// Varies the replica choice between requests.
@@ -31,20 +30,93 @@ pub(crate) struct SessionRouting {
 }
 
 impl SessionRouting {
-    fn view(&self, shard: usize) -> SessionView {
+    fn view(&mut self, snapshot: &Snapshot, shard: usize) -> SessionView {
         SessionView {
             target: self.target,
             sticky_primary: self.sticky,
-            ryw_lsn: self.ryw_lsn.get(shard).copied().unwrap_or(0),
+            ryw_lsn: self
+                .ryw_lsn
+                .get(snapshot.version, &snapshot.shards, shard, |s| &s.name),
         }
     }
 
-    /// Remembers a committed write's WAL position on `shard`.
-    pub(crate) fn note_lsn(&mut self, shard: usize, lsn: u64) {
-        if self.ryw_lsn.len() <= shard {
-            self.ryw_lsn.resize(shard + 1, 0);
+    /// Remembers a committed write's WAL position on shard `shard` of `snapshot` (the one the
+    /// write ran on, which may be older than the newest).
+    pub(crate) fn note_lsn(&mut self, snapshot: &Snapshot, shard: usize, lsn: u64) {
+        self.ryw_lsn
+            .note(snapshot.version, &snapshot.shards, shard, |s| &s.name, lsn);
+    }
+}
+
+/// Per shard, the WAL position of a session's last committed write there (0: none). Positions
+/// of different primaries are not comparable, so each shard keeps its own, by shard name: a
+/// reload may reorder, add or remove shards. The list follows the shard order of the newest
+/// snapshot `version` the session used (a read finds its shard by index); the first use of a
+/// newer one remaps it by name, dropping the shards that snapshot no longer has. Empty until the
+/// session's first write, so a session that never writes never builds it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct WrittenPositions {
+    version: u64,
+    by_shard: Vec<(Arc<str>, u64)>,
+}
+
+impl WrittenPositions {
+    /// The position on shard `shard` of the snapshot `version` whose shards are `shards`.
+    pub(crate) fn get<T>(
+        &mut self,
+        version: u64,
+        shards: &[T],
+        shard: usize,
+        name: impl Fn(&T) -> &Arc<str>,
+    ) -> u64 {
+        if self.by_shard.is_empty() {
+            return 0;
         }
-        self.ryw_lsn[shard] = self.ryw_lsn[shard].max(lsn);
+        self.follow(version, shards, &name);
+        if self.version == version {
+            return self.by_shard.get(shard).map_or(0, |e| e.1);
+        }
+        shards
+            .get(shard)
+            .map_or(0, |s| self.find(name(s)).map_or(0, |e| e.1))
+    }
+
+    /// Raises the position on shard `shard` of the snapshot `version` to `lsn`.
+    pub(crate) fn note<T>(
+        &mut self,
+        version: u64,
+        shards: &[T],
+        shard: usize,
+        name: impl Fn(&T) -> &Arc<str>,
+        lsn: u64,
+    ) {
+        self.follow(version, shards, &name);
+        // By name: `version` may be older than the list's (a transaction that began before a
+        // reload commits on its own snapshot); a shard the newer one dropped is not kept.
+        if let Some(e) = shards.get(shard).and_then(|s| self.find(name(s))) {
+            e.1 = e.1.max(lsn);
+        }
+    }
+
+    /// Remaps the list to a newer snapshot's shards, by name.
+    fn follow<T>(&mut self, version: u64, shards: &[T], name: &impl Fn(&T) -> &Arc<str>) {
+        if version <= self.version {
+            return;
+        }
+        let old = std::mem::take(&mut self.by_shard);
+        self.by_shard = shards
+            .iter()
+            .map(|s| {
+                let n = name(s);
+                let kept = old.iter().find(|(o, _)| o == n).map_or(0, |e| e.1);
+                (n.clone(), kept)
+            })
+            .collect();
+        self.version = version;
+    }
+
+    fn find(&mut self, wanted: &Arc<str>) -> Option<&mut (Arc<str>, u64)> {
+        self.by_shard.iter_mut().find(|(n, _)| n == wanted)
     }
 }
 
@@ -90,7 +162,7 @@ pub(crate) fn choose(
     };
     match route(
         scanned.view,
-        session.view(shard_index),
+        session.view(snapshot, shard_index),
         snapshot.policy,
         &views[..n],
         tiebreak,
@@ -280,5 +352,63 @@ pub(crate) fn explain_route(snapshot: &Snapshot, user: Option<&str>, sql: &str) 
             )),
             class,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::WrittenPositions;
+
+    fn names(list: &[&str]) -> Vec<Arc<str>> {
+        list.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    fn get(p: &mut WrittenPositions, version: u64, shards: &[Arc<str>], shard: usize) -> u64 {
+        p.get(version, shards, shard, |n| n)
+    }
+
+    #[test]
+    fn positions_follow_the_shard_by_name_across_reloads() {
+        let v1 = names(&["s0", "s1"]);
+        let mut p = WrittenPositions::default();
+        assert_eq!(get(&mut p, 1, &v1, 0), 0);
+        p.note(1, &v1, 1, |n| n, 500);
+        p.note(1, &v1, 1, |n| n, 400);
+        assert_eq!((get(&mut p, 1, &v1, 0), get(&mut p, 1, &v1, 1)), (0, 500));
+
+        // Reordered, with a new shard in front: found by name before and after a remap.
+        let v2 = names(&["s2", "s1", "s0"]);
+        assert_eq!(
+            (
+                get(&mut p, 2, &v2, 0),
+                get(&mut p, 2, &v2, 1),
+                get(&mut p, 2, &v2, 2)
+            ),
+            (0, 500, 0)
+        );
+        p.note(2, &v2, 2, |n| n, 70);
+        assert_eq!(
+            (
+                get(&mut p, 2, &v2, 0),
+                get(&mut p, 2, &v2, 1),
+                get(&mut p, 2, &v2, 2)
+            ),
+            (0, 500, 70)
+        );
+        // A transaction that began on version 1 commits on it.
+        p.note(1, &v1, 0, |n| n, 90);
+        assert_eq!((get(&mut p, 2, &v2, 2), get(&mut p, 1, &v1, 0)), (90, 90));
+
+        // s1 removed (seen by a read alone): its position goes; added back, it starts from none.
+        let v3 = names(&["s0"]);
+        assert_eq!(get(&mut p, 3, &v3, 0), 90);
+        let v4 = names(&["s0", "s1"]);
+        assert_eq!((get(&mut p, 4, &v4, 0), get(&mut p, 4, &v4, 1)), (90, 0));
+        p.note(4, &v4, 1, |n| n, 1);
+        assert_eq!(get(&mut p, 4, &v4, 1), 1);
+        // An index past the snapshot's shards is no position.
+        assert_eq!(get(&mut p, 4, &v4, 9), 0);
     }
 }
