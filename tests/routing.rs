@@ -771,3 +771,32 @@ async fn a_read_beside_a_prepared_begin_is_a_plain_read() {
     .await
     .expect("test timed out");
 }
+
+/// Sessions that each make one read spread over the replicas, with `round_robin` and with
+/// `least_busy` (idle replicas tie): a session's first read does not always pick the same one.
+#[tokio::test]
+async fn first_reads_of_new_sessions_spread_over_the_replicas() {
+    timeout(TEST_TIMEOUT, async {
+        for policy in ["round_robin", "least_busy"] {
+            let s = setup(&format!("  load_balance: {policy}\n")).await;
+            let mut counts = [0usize; 2];
+            for _ in 0..40 {
+                let c = s.proxy.connect(&s.topology).await;
+                let p = port(&c, &format!("SELECT {WHERE}")).await;
+                let i = s
+                    .replicas
+                    .iter()
+                    .position(|r| *r == p)
+                    .unwrap_or_else(|| panic!("{policy}: a plain read ran on {p}"));
+                counts[i] += 1;
+            }
+            // All 40 on one replica by chance: 2^-39 with random starts.
+            assert!(
+                counts.iter().all(|n| *n > 0),
+                "{policy}: first reads per replica {counts:?}"
+            );
+        }
+    })
+    .await
+    .expect("test timed out");
+}

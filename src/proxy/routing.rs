@@ -30,6 +30,16 @@ pub(crate) struct SessionRouting {
 }
 
 impl SessionRouting {
+    /// A new session's routing state. Its replica counter starts at a random value: from 0,
+    /// every session's first read would pick the same replica under `round_robin` and
+    /// `least_busy` (idle replicas tie), piling short sessions onto one replica.
+    pub(crate) fn new() -> SessionRouting {
+        SessionRouting {
+            counter: rand::random(),
+            ..SessionRouting::default()
+        }
+    }
+
     fn view(&mut self, snapshot: &Snapshot, shard: usize) -> SessionView {
         SessionView {
             target: self.target,

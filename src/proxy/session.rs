@@ -161,7 +161,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             server: None,
             registration,
             cycle_started: None,
-            routing: SessionRouting::default(),
+            routing: SessionRouting::new(),
             deferred_begin: None,
             unnamed: None,
             probe_pending: false,
