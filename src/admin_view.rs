@@ -35,14 +35,25 @@ impl shardgate_admin::AdminSource for AdminView {
             .shards
             .iter()
             .map(|shard| {
+                // No monitor checks a primary: what is known is whether shardgate's last
+                // attempt to connect to it (for any user) failed.
+                let failure = shard
+                    .primary
+                    .pools
+                    .values()
+                    .find_map(|p| p.connect_failure());
+                let reason = failure.as_ref().map_or_else(
+                    || "primary".to_owned(),
+                    |e| format!("unreachable: connect failed: {e}"),
+                );
                 let mut nodes = vec![json!({
                     "addr": shard.primary.addr.to_string(),
                     "role": "primary",
-                    "healthy": true,
-                    "routable": true,
+                    "healthy": failure.is_none(),
+                    "routable": failure.is_none(),
                     "lag_bytes": 0,
                     "lag_ms": 0,
-                    "reason": "primary",
+                    "reason": reason,
                     "checked_at": Value::Null,
                 })];
                 for replica in &shard.replicas {

@@ -244,3 +244,71 @@ async fn metrics_has_every_family() {
     .await
     .expect("test timed out");
 }
+
+/// The primary's node in `/api/topology`.
+fn primary_node(proxy: &Proxy) -> Value {
+    let topo = proxy.admin_json("/api/topology");
+    topo["shards"][0]["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["role"] == "primary").cloned())
+        .unwrap_or_else(|| panic!("no primary: {topo}"))
+}
+
+/// A stopped primary is shown unhealthy once shardgate fails to connect to it, and healthy
+/// again once a connection to it succeeds.
+#[tokio::test]
+async fn a_stopped_primary_is_shown_unhealthy() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().build().expect("topology");
+        let proxy = Proxy::start(&topology);
+        let url = proxy.conn_str(&topology);
+        let client = proxy.connect(&topology).await;
+        client.batch_execute("SELECT 1").await.expect("query");
+        let node = primary_node(&proxy);
+        assert_eq!(
+            (&node["healthy"], &node["routable"]),
+            (&Value::Bool(true), &Value::Bool(true)),
+            "{node}"
+        );
+
+        let primary = &topology.shards[0].primary;
+        primary.stop().expect("stop primary");
+        let down = support::poll_until(Duration::from_secs(10), || async {
+            // Each try needs a server connection: a fresh session, a query.
+            if let Ok(c) = support::connect(&url).await {
+                let _ = c.batch_execute("SELECT 1").await;
+            }
+            primary_node(&proxy)["healthy"] == false
+        })
+        .await;
+        let node = primary_node(&proxy);
+        assert!(
+            down.is_some(),
+            "a stopped primary still looks healthy: {node}"
+        );
+        assert_eq!(node["routable"], false, "{node}");
+        let reason = node["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("unreachable: connect failed"), "{node}");
+
+        primary.start().expect("start primary");
+        let up = support::poll_until(Duration::from_secs(15), || async {
+            match support::connect(&url).await {
+                Ok(c) => c.batch_execute("SELECT 1").await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        assert!(
+            up.is_some(),
+            "no query succeeded after the primary restarted"
+        );
+        let node = primary_node(&proxy);
+        assert_eq!(
+            (&node["healthy"], &node["routable"]),
+            (&Value::Bool(true), &Value::Bool(true)),
+            "{node}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}

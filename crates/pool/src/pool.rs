@@ -229,6 +229,14 @@ impl NodePool {
         self.active()
     }
 
+    /// Why the last attempt to connect failed, while no connect has succeeded since. This is
+    /// all a pool knows of its server's health: it connects only when a checkout finds no
+    /// idle connection, so a server that went down is seen only at the next such attempt.
+    pub fn connect_failure(&self) -> Option<String> {
+        let backoff = lock(&self.backoff);
+        (backoff.failures > 0).then(|| backoff.last_error.clone())
+    }
+
     /// Connections checked out by clients now.
     pub fn active(&self) -> usize {
         let sum: isize = self
