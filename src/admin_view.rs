@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 use shardgate_router::Role;
 
-use crate::proxy::{explain_route, Shared};
+use crate::proxy::{explain_route, NodeRuntime, Shared};
 use crate::reload::{Outcome, Reloader};
 
 fn rfc3339(t: SystemTime) -> String {
@@ -19,6 +19,34 @@ fn role_name(role: Role) -> &'static str {
         Role::Primary => "primary",
         Role::Replica => "replica",
     }
+}
+
+/// A primary's entry. With replicas, its shard's lag monitor asks it every check interval,
+/// and its last answer decides; without (or before the first check), all that is known is
+/// whether shardgate's last attempt to open a connection to it, for any user, failed.
+fn primary_json(node: &NodeRuntime) -> Value {
+    let checked = node.primary_check.as_ref().and_then(|c| c.status());
+    let failure = match &checked {
+        Some(status) => status.error.clone(),
+        None => node
+            .pools
+            .values()
+            .find_map(|p| p.connect_failure())
+            .map(|e| format!("connect failed: {e}")),
+    };
+    let reason = failure
+        .as_ref()
+        .map_or_else(|| "primary".to_owned(), |e| format!("unreachable: {e}"));
+    json!({
+        "addr": node.addr.to_string(),
+        "role": "primary",
+        "healthy": failure.is_none(),
+        "routable": failure.is_none(),
+        "lag_bytes": 0,
+        "lag_ms": 0,
+        "reason": reason,
+        "checked_at": checked.map(|s| rfc3339(s.checked_at)),
+    })
 }
 
 /// The proxy state behind the admin API.
@@ -35,27 +63,8 @@ impl shardgate_admin::AdminSource for AdminView {
             .shards
             .iter()
             .map(|shard| {
-                // No monitor checks a primary: what is known is whether shardgate's last
-                // attempt to connect to it (for any user) failed.
-                let failure = shard
-                    .primary
-                    .pools
-                    .values()
-                    .find_map(|p| p.connect_failure());
-                let reason = failure.as_ref().map_or_else(
-                    || "primary".to_owned(),
-                    |e| format!("unreachable: connect failed: {e}"),
-                );
-                let mut nodes = vec![json!({
-                    "addr": shard.primary.addr.to_string(),
-                    "role": "primary",
-                    "healthy": failure.is_none(),
-                    "routable": failure.is_none(),
-                    "lag_bytes": 0,
-                    "lag_ms": 0,
-                    "reason": reason,
-                    "checked_at": Value::Null,
-                })];
+                let primary = primary_json(&shard.primary);
+                let mut nodes = vec![primary];
                 for replica in &shard.replicas {
                     let st = replica.health.as_ref().map(|h| h.status());
                     nodes.push(json!({

@@ -69,6 +69,7 @@ impl Monitors {
                 let spec = ShardMonitorSpec {
                     shard: shard.name.to_string(),
                     primary: (*shard.primary.addr).clone(),
+                    primary_check: shard.primary.primary_check.clone().unwrap_or_default(),
                     replicas: shard
                         .replicas
                         .iter()

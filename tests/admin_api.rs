@@ -312,3 +312,48 @@ async fn a_stopped_primary_is_shown_unhealthy() {
     .await
     .expect("test timed out");
 }
+
+/// With replicas, the lag monitor asks the primary every check interval: a stopped primary is
+/// shown unhealthy without any client needing it, and healthy again once it is back.
+#[tokio::test]
+async fn the_lag_monitor_shows_a_stopped_primary_unhealthy() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().replicas(1).build().expect("topology");
+        let proxy = Proxy::start_with(
+            &topology,
+            ProxyOptions {
+                extra_yaml: "routing:\n  lag_check_interval_ms: 100\n".into(),
+                ..ProxyOptions::default()
+            },
+        );
+        wait_routable(&proxy, 1, Duration::from_secs(15)).await;
+        let node = primary_node(&proxy);
+        assert_eq!(node["healthy"], true, "{node}");
+        assert!(node["checked_at"].is_string(), "{node}");
+
+        let primary = &topology.shards[0].primary;
+        primary.stop().expect("stop primary");
+        let down = support::poll_until(Duration::from_secs(5), || async {
+            primary_node(&proxy)["healthy"] == false
+        })
+        .await;
+        let node = primary_node(&proxy);
+        assert!(
+            down.is_some(),
+            "a stopped primary still looks healthy: {node}"
+        );
+        assert_eq!(node["routable"], false, "{node}");
+        let reason = node["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("unreachable: "), "{node}");
+
+        primary.start().expect("start primary");
+        let up = support::poll_until(Duration::from_secs(10), || async {
+            primary_node(&proxy)["healthy"] == true
+        })
+        .await;
+        assert!(up.is_some(), "{}", primary_node(&proxy));
+        assert_eq!(primary_node(&proxy)["reason"], "primary");
+    })
+    .await
+    .expect("test timed out");
+}

@@ -47,7 +47,7 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) use cancel::CancelRegistry;
 pub(crate) use listener::serve;
 pub(crate) use routing::explain_route;
-pub(crate) use topology::Snapshot;
+pub(crate) use topology::{NodeRuntime, Snapshot};
 pub(crate) use two_phase::recovery_loop;
 pub(crate) use workers::Workers;
 

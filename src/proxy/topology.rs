@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use shardgate_auth::ScramSecret;
 use shardgate_config::{Config, NodeAddr, UserConfig};
-use shardgate_pool::lag::ReplicaHealth;
+use shardgate_pool::lag::{PrimaryCheck, ReplicaHealth};
 use shardgate_pool::{Credentials, NodePool};
 use shardgate_router::{Policy, ReplicaView};
 use shardgate_sql::Classifier;
@@ -34,6 +34,8 @@ pub(crate) struct NodeRuntime {
     /// keys come from the config, not from clients, and one lookup happens per transaction.
     pub(crate) pools: HashMap<String, Arc<NodePool>, Xxh3DefaultBuilder>,
     pub(crate) health: Option<Arc<ReplicaHealth>>,
+    /// For a primary: whether its shard's lag monitor last reached it (shards with replicas).
+    pub(crate) primary_check: Option<Arc<PrimaryCheck>>,
 }
 
 impl NodeRuntime {
@@ -77,12 +79,18 @@ impl NodeRuntime {
                 .and_then(|p| p.health.clone())
                 .unwrap_or_else(|| ReplicaHealth::new(addr.clone()))
         });
+        let primary_check = (!replica).then(|| {
+            previous
+                .and_then(|p| p.primary_check.clone())
+                .unwrap_or_default()
+        });
         Arc::new(NodeRuntime {
             addr: previous
                 .map(|p| p.addr.clone())
                 .unwrap_or_else(|| Arc::new(addr.clone())),
             pools,
             health,
+            primary_check,
         })
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shardgate_config::NodeAddr;
 use shardgate_pool::lag::{
-    spawn_shard_monitor, LagBounds, MonitorSettings, ReplicaHealth, ShardMonitorSpec,
+    spawn_shard_monitor, LagBounds, MonitorSettings, PrimaryCheck, ReplicaHealth, ShardMonitorSpec,
 };
 use shardgate_testkit::{Node, Topology};
 use tokio::sync::watch;
@@ -55,9 +55,11 @@ fn monitor_tracks_lag_failures_and_recovery() -> TestResult {
     };
     let (_settings_tx, settings_rx) = watch::channel(settings);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let primary_check = PrimaryCheck::new();
     let spec = ShardMonitorSpec {
         shard: shard.name.clone(),
         primary: node_addr(&shard.primary)?,
+        primary_check: Arc::clone(&primary_check),
         replicas: vec![Arc::clone(&lagger), Arc::clone(&steady)],
         user: topo.user().to_owned(),
         password: topo.password().to_owned(),
@@ -74,6 +76,8 @@ fn monitor_tracks_lag_failures_and_recovery() -> TestResult {
     assert_eq!(lagger.status().reason, "ok");
     assert!(lagger.replay_lsn() > 0);
     assert!(lagger.status().healthy && lagger.status().checked_at.is_some());
+    let primary = primary_check.status().expect("primary checked");
+    assert_eq!(primary.error, None, "the primary answered");
 
     // A connection failure seen by the proxy excludes at once; the monitor re-admits.
     steady.mark_failed("query failed: test");
@@ -150,9 +154,11 @@ fn monitor_stops_when_its_stop_sender_is_dropped() -> TestResult {
     };
     let (_settings_tx, settings_rx) = watch::channel(settings);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let primary_check = PrimaryCheck::new();
     let spec = ShardMonitorSpec {
         shard: "s0".to_owned(),
         primary: format!("127.0.0.1:{port}").parse()?,
+        primary_check: Arc::clone(&primary_check),
         replicas: vec![Arc::clone(&replica)],
         user: "app".to_owned(),
         password: "x".to_owned(),
@@ -171,6 +177,15 @@ fn monitor_stops_when_its_stop_sender_is_dropped() -> TestResult {
         "{reason}"
     );
     assert!(!replica.routable());
+    // Nothing listens for the primary either: the check records why.
+    let primary = primary_check.status().expect("primary checked");
+    assert!(
+        primary
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("could not connect")),
+        "{primary:?}"
+    );
     drop(stop_tx);
     runtime.block_on(async { tokio::time::timeout(SLACK, monitor).await })??;
     Ok(())

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::health::ReplicaHealth;
 use super::observe::{observe, LagBounds, Observation};
+use super::primary::PrimaryCheck;
 use super::probe::{Login, Probe};
 
 /// A check waits at most this long for a connect or a query, however long the interval.
@@ -31,6 +32,8 @@ pub struct MonitorSettings {
 pub struct ShardMonitorSpec {
     pub shard: String,
     pub primary: NodeAddr,
+    /// Where each cycle records whether the primary answered.
+    pub primary_check: Arc<PrimaryCheck>,
     pub replicas: Vec<Arc<ReplicaHealth>>,
     pub user: String,
     pub password: String,
@@ -55,6 +58,7 @@ pub fn spawn_shard_monitor(
     });
     let monitor = ShardMonitor {
         primary: Probe::new(spec.primary, Arc::clone(&login)),
+        primary_check: spec.primary_check,
         replicas: spec
             .replicas
             .into_iter()
@@ -71,6 +75,7 @@ pub fn spawn_shard_monitor(
 struct ShardMonitor {
     shard: String,
     primary: Probe,
+    primary_check: Arc<PrimaryCheck>,
     /// A probe is `None` only while its check runs in a task of the current cycle.
     replicas: Vec<(Arc<ReplicaHealth>, Option<Probe>)>,
 }
@@ -106,8 +111,13 @@ impl ShardMonitor {
         // The primary first: a replica read after it can only have replayed more, so a
         // caught-up replica is seen as caught up, never as behind by in-flight writes.
         let primary_lsn = match self.primary.primary_lsn(timeout).await {
-            Ok(lsn) => Some(lsn),
+            Ok(lsn) => {
+                self.primary_check.record(SystemTime::now(), None);
+                Some(lsn)
+            }
             Err(e) => {
+                self.primary_check
+                    .record(SystemTime::now(), Some(e.describe()));
                 // Replicas are still judged, by time lag against what they received.
                 tracing::debug!(shard = %self.shard, node = %self.primary.addr(),
                     error = %e.describe(), "lag monitor could not read the primary's LSN");
