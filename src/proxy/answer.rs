@@ -163,14 +163,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         scanned: &Scanned,
         tx_status: u8,
     ) -> Result<bool, ClientError> {
+        let own = scanned.shardgate.is_some() || scanned.shardgate_extended.is_some();
+        if own && tx_status == b'E' {
+            // As PostgreSQL: nothing but the end runs in a failed transaction, not even SHOW.
+            let fields = ErrorFields::new(
+                "ERROR",
+                super::sqlstate::IN_FAILED_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            );
+            self.reject_request(fields).await?;
+            return Ok(true);
+        }
         if let Some(cmd) = &scanned.shardgate {
             self.consume_first_message()?;
             let shards = self.shared.snapshot.load().shard_names();
-            local::answer_shardgate(cmd, &mut self.routing, &shards, tx_status, &mut self.out);
+            let failed = local::answer_shardgate(cmd, &mut self.routing, &shards, &mut self.out);
+            let status = self.status_after_own_command(failed, tx_status).await;
+            backend::ready_for_query(status, &mut self.out);
             return self.flush_out().await;
         }
         if let Some(cmd) = &scanned.shardgate_extended {
-            self.answer_shardgate_extended(cmd, tx_status)?;
+            self.answer_shardgate_extended(cmd, tx_status).await?;
             return self.flush_out().await;
         }
         self.answer_deallocate(tx_status).await
@@ -257,9 +270,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(None)
     }
 
+    /// The status after one of shardgate's own commands: its error inside a transaction block
+    /// fails the transaction, as a server's error would (25P02 until it ends).
+    async fn status_after_own_command(&mut self, failed: bool, tx_status: u8) -> u8 {
+        if !failed || tx_status != b'T' {
+            return tx_status;
+        }
+        self.abort_locally().await;
+        b'E'
+    }
+
     /// shardgate's own command through the extended protocol: every message of the
     /// request up to its Sync is answered here, in order, and the command applied once.
-    fn answer_shardgate_extended(
+    async fn answer_shardgate_extended(
         &mut self,
         cmd: &shardgate_sql::ShardgateCommand,
         tx_status: u8,
@@ -318,7 +341,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     local::write_result(&answer, &mut self.out);
                 }
                 FrontendRef::Sync => {
-                    backend::ready_for_query(tx_status, &mut self.out);
+                    let status = self.status_after_own_command(failed, tx_status).await;
+                    backend::ready_for_query(status, &mut self.out);
                     break;
                 }
                 _ => {}

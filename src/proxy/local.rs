@@ -169,21 +169,20 @@ pub(crate) fn write_result(answer: &Answer, out: &mut BytesMut) {
     }
 }
 
-/// Answers a simple-protocol `SET/RESET/SHOW shardgate.<name>` into `out`, ending with
-/// ReadyForQuery(`tx_status`).
+/// Answers a simple-protocol `SET/RESET/SHOW shardgate.<name>` into `out`, up to the
+/// ReadyForQuery the caller adds. True if the answer is an error.
 pub(crate) fn answer_shardgate(
     cmd: &ShardgateCommand,
     routing: &mut SessionRouting,
     shards: &[std::sync::Arc<str>],
-    tx_status: u8,
     out: &mut BytesMut,
-) {
+) -> bool {
     let answer = apply_shardgate(cmd, routing, shards);
     if matches!(answer, Answer::Show(..)) {
         show_description(cmd).encode(out);
     }
     write_result(&answer, out);
-    backend::ready_for_query(tx_status, out);
+    matches!(answer, Answer::Error(_))
 }
 
 /// The reply to a lone `BEGIN` that shardgate holds back until it knows whether the

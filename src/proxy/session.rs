@@ -609,8 +609,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Answers the buffered request with an error, skipping the client's messages up to
-    /// the end of that request as PostgreSQL would, then ReadyForQuery.
+    /// the end of that request as PostgreSQL would, then ReadyForQuery. Inside a transaction
+    /// block the error fails the transaction, as a server's error would: 25P02 until it ends,
+    /// and COMMIT answers ROLLBACK.
     pub(super) async fn reject_request(&mut self, fields: ErrorFields) -> Result<(), ClientError> {
+        if self.flight.tx_status == b'T' && (self.server.is_some() || !self.parked.is_empty()) {
+            self.abort_locally().await;
+        }
         // Nothing of the request runs; a transaction it would have begun never starts.
         self.txn.drop_staged();
         if self.server.is_none() && self.parked.is_empty() && self.deferred_begin.is_none() {

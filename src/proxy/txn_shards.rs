@@ -265,9 +265,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Rolls back every connection of the open transaction, gives them back, and leaves the
-    /// session in a failed transaction answered locally.
+    /// session in a failed transaction answered locally. A connection the session keeps
+    /// (pinned, or session mode) fails its transaction on the server instead.
     pub(super) async fn abort_locally(&mut self) {
-        if self.pinned.is_some() && self.parked.is_empty() && self.fail_pinned_transaction().await {
+        let keeps = self.pinned.is_some() || self.mode == shardgate_config::PoolMode::Session;
+        if keeps && self.parked.is_empty() && self.fail_pinned_transaction().await {
             return;
         }
         let mut conns: Vec<Checkout> = self.parked.drain(..).map(|p| p.co).collect();

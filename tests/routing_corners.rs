@@ -1,0 +1,210 @@
+//! Routing corner cases (from the session 9 routing hunt), each end to end against real
+//! PostgreSQL through shardgate: what each test's doc says must hold, on the wire.
+
+mod support;
+
+use std::time::Duration;
+
+use shardgate_testkit::Topology;
+use support::raw::{error_field, extended, first_column, login_trust, message, query, RawConn};
+use support::sharded::{int_keys_on, sharding_yaml, SCHEMA};
+use support::{poll_until, start_trust, ProxyOptions};
+use tokio::time::timeout;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+const STEP: Duration = Duration::from_secs(10);
+
+type Reply = Vec<(u8, Vec<u8>)>;
+
+async fn run(conn: &mut RawConn, sql: &str) -> Reply {
+    conn.send(&query(sql)).await;
+    conn.until_ready(STEP).await
+}
+
+/// The transaction status of the ReadyForQuery that ends `got`.
+fn status(got: &Reply) -> u8 {
+    match got.last() {
+        Some((b'Z', body)) => body[0],
+        _ => panic!("no ReadyForQuery at the end: {got:?}"),
+    }
+}
+
+/// The SQLSTATE of the first ErrorResponse, if any.
+fn error_code(got: &Reply) -> Option<String> {
+    got.iter()
+        .find(|(t, _)| *t == b'E')
+        .and_then(|(_, body)| error_field(body, b'C'))
+}
+
+/// The command tags, in order.
+fn command_tags(got: &Reply) -> Vec<String> {
+    got.iter()
+        .filter(|(t, _)| *t == b'C')
+        .map(|(_, body)| {
+            String::from_utf8_lossy(body.trim_ascii_end())
+                .trim_end_matches('\0')
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The first column of the first DataRow.
+fn value(got: &Reply) -> String {
+    let row = got
+        .iter()
+        .find(|(t, _)| *t == b'D')
+        .unwrap_or_else(|| panic!("no row: {got:?}"));
+    first_column(&row.1)
+}
+
+/// Asserts `got` failed with `code` and left the session in status `tx`.
+fn assert_failed(got: &Reply, code: &str, tx: u8, what: &str) {
+    assert_eq!(error_code(got).as_deref(), Some(code), "{what}: {got:?}");
+    assert_eq!(status(got), tx, "{what}: status");
+}
+
+/// Asserts the session is in a failed transaction that COMMIT ends with ROLLBACK.
+async fn assert_aborted_until_commit(conn: &mut RawConn, what: &str) {
+    let got = run(conn, "SELECT 1").await;
+    assert_failed(&got, "25P02", b'E', &format!("{what}: SELECT 1 after it"));
+    let got = run(conn, "SHOW shardgate.target").await;
+    assert_failed(&got, "25P02", b'E', &format!("{what}: SHOW after it"));
+    let got = run(conn, "COMMIT").await;
+    assert_eq!(command_tags(&got), ["ROLLBACK"], "{what}: COMMIT: {got:?}");
+    assert_eq!(status(&got), b'I', "{what}: after COMMIT");
+}
+
+/// Replicas of shard `shard` in `/api/topology` that are routable.
+fn routable_replicas(proxy: &support::Proxy, shard: usize) -> usize {
+    let v = proxy.admin_json("/api/topology");
+    v["shards"][shard]["nodes"].as_array().map_or(0, |ns| {
+        ns.iter()
+            .filter(|n| n["role"] == "replica" && n["routable"] == true)
+            .count()
+    })
+}
+
+/// shardgate's own errors inside a transaction (here a bad `SET shardgate.*`) fail it, as a
+/// server's error would.
+#[tokio::test]
+async fn own_errors_fail_the_transaction() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().build().expect("topology");
+        let proxy = start_trust(&topology, ProxyOptions::default());
+        let mut c = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        // A bad value of shardgate's own setting, in a transaction that reached the primary.
+        for begin in ["BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ"] {
+            assert_eq!(status(&run(&mut c, begin).await), b'T', "{begin}");
+            let got = run(&mut c, "SELECT txid_current()").await;
+            assert_eq!(error_code(&got), None, "{begin}: {got:?}");
+            let got = run(&mut c, "SET shardgate.target = 'bogus'").await;
+            assert_failed(&got, "22023", b'E', begin);
+            assert_aborted_until_commit(&mut c, begin).await;
+        }
+        // The same in a held-back transaction (nothing reached a server yet), and through
+        // the extended protocol.
+        assert_eq!(status(&run(&mut c, "BEGIN").await), b'T');
+        let got = run(&mut c, "SHOW shardgate.nonsense").await;
+        assert_failed(&got, "42704", b'E', "held-back BEGIN, unknown setting");
+        assert_aborted_until_commit(&mut c, "held-back BEGIN").await;
+        assert_eq!(status(&run(&mut c, "BEGIN").await), b'T');
+        run(&mut c, "SELECT txid_current()").await;
+        let mut request = extended("SET shardgate.target = 'bogus'");
+        request.extend(message(b'S', b""));
+        c.send(&request).await;
+        let got = c.until_ready(STEP).await;
+        assert_failed(&got, "22023", b'E', "extended SET in a transaction");
+        assert_aborted_until_commit(&mut c, "extended SET").await;
+
+        // The session is whole, and no failed SET changed the setting.
+        let got = run(&mut c, "SHOW shardgate.target").await;
+        assert_eq!(value(&got), "auto");
+        let got = run(&mut c, "/* shardgate: primary */ SELECT 41 + 1").await;
+        assert_eq!(value(&got), "42");
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Sharded, `when_no_replica: error`, s1's replica down: a read-only transaction that needs
+/// s1 fails there with 57P03, and that fails the transaction, as PostgreSQL would.
+#[tokio::test]
+async fn a_routing_failure_inside_a_sharded_read_only_transaction_aborts_it() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder()
+            .shards(2)
+            .replicas(1)
+            .build()
+            .expect("topology");
+        for shard in &topology.shards {
+            let d = support::connect(&support::direct_conn_str(&topology, &shard.primary))
+                .await
+                .expect("direct");
+            d.batch_execute(SCHEMA).await.expect("schema");
+        }
+        topology
+            .wait_replicas_caught_up(Duration::from_secs(10))
+            .expect("replicas caught up");
+        let proxy = start_trust(
+            &topology,
+            ProxyOptions {
+                extra_yaml: format!(
+                    "routing:\n  lag_check_interval_ms: 100\n  when_no_replica: error\n{}",
+                    sharding_yaml(None)
+                ),
+                ..ProxyOptions::default()
+            },
+        );
+        let up = poll_until(Duration::from_secs(15), || async {
+            routable_replicas(&proxy, 0) == 1 && routable_replicas(&proxy, 1) == 1
+        })
+        .await;
+        assert!(up.is_some(), "replicas not routable");
+        topology.shards[1].replicas[0]
+            .stop()
+            .expect("stop s1's replica");
+        let down = poll_until(Duration::from_secs(15), || async {
+            routable_replicas(&proxy, 1) == 0
+        })
+        .await;
+        assert!(down.is_some(), "s1's replica still routable");
+        let a = int_keys_on(0, 1, 1)[0];
+        let b = int_keys_on(1, 1, 1)[0];
+        let mut c = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        for begin in [
+            "BEGIN READ ONLY",
+            "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        ] {
+            assert_eq!(status(&run(&mut c, begin).await), b'T', "{begin}");
+            let got = run(
+                &mut c,
+                &format!("SELECT count(*) FROM orders WHERE user_id = {a}"),
+            )
+            .await;
+            assert_eq!(value(&got), "0", "{begin}: the read on s0");
+            let got = run(
+                &mut c,
+                &format!("SELECT count(*) FROM orders WHERE user_id = {b}"),
+            )
+            .await;
+            assert_failed(&got, "57P03", b'E', &format!("{begin}: the read on s1"));
+            assert_aborted_until_commit(&mut c, begin).await;
+        }
+        let got = run(
+            &mut c,
+            &format!("SELECT count(*) FROM orders WHERE user_id = {a}"),
+        )
+        .await;
+        assert_eq!(value(&got), "0", "the session after the transaction");
+
+        // Another refusal of shardgate's own, in a read-write transaction.
+        run(&mut c, "BEGIN").await;
+        let read_a = format!("SELECT count(*) FROM orders WHERE user_id = {a}");
+        assert_eq!(value(&run(&mut c, &read_a).await), "0", "the read on s0");
+        let got = run(&mut c, "COPY orders FROM STDIN").await;
+        assert_failed(&got, "0A000", b'E', "COPY FROM into both shards");
+        assert_aborted_until_commit(&mut c, "COPY FROM into both shards").await;
+    })
+    .await
+    .expect("test timed out");
+}
