@@ -8,7 +8,7 @@ use std::time::Duration;
 use shardgate_testkit::Topology;
 use support::raw::{error_field, extended, first_column, login_trust, message, query, RawConn};
 use support::sharded::{int_keys_on, sharding_yaml, SCHEMA};
-use support::{poll_until, start_trust, ProxyOptions};
+use support::{poll_until, start_trust, wait_routable, ProxyOptions};
 use tokio::time::timeout;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -121,6 +121,104 @@ async fn own_errors_fail_the_transaction() {
         assert_eq!(value(&got), "auto");
         let got = run(&mut c, "/* shardgate: primary */ SELECT 41 + 1").await;
         assert_eq!(value(&got), "42");
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A read prepared with Parse, Describe and Flush (asyncpg) goes to a replica; a write so
+/// prepared goes to the primary.
+#[tokio::test]
+async fn a_read_prepared_with_flush_goes_to_a_replica() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().replicas(1).build().expect("topology");
+        let proxy = start_trust(
+            &topology,
+            ProxyOptions {
+                extra_yaml: "routing:\n  lag_check_interval_ms: 100\n".to_owned(),
+                ..ProxyOptions::default()
+            },
+        );
+        wait_routable(&proxy, 1, Duration::from_secs(15)).await;
+        let mut c = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        let in_recovery = "SELECT pg_is_in_recovery()::text";
+
+        // asyncpg's prepare: Parse, Describe, Flush; its Bind, Execute and Sync come later.
+        // (Another session writes, so this one's reads are free of read-your-writes.)
+        let mut w = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        run(&mut w, "CREATE SEQUENCE seq").await;
+        for name in ["", "r1"] {
+            c.send(
+                &[
+                    message(b'P', format!("{name}\0{in_recovery}\0\0\0").as_bytes()),
+                    message(b'D', format!("S{name}\0").as_bytes()),
+                    message(b'H', b""),
+                ]
+                .concat(),
+            )
+            .await;
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(c.next(STEP).await.expect("a reply"));
+            }
+            assert_eq!(
+                support::raw::tags(&got),
+                b"1tT",
+                "prepare {name:?}: {got:?}"
+            );
+            c.send(
+                &[
+                    message(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes()),
+                    message(b'E', b"\0\0\0\0\0"),
+                    message(b'S', b""),
+                ]
+                .concat(),
+            )
+            .await;
+            let got = c.until_ready(STEP).await;
+            assert_eq!(value(&got), "true", "a flushed prepare {name:?} of a read");
+        }
+        // A write so prepared (unnamed: its execution follows on the same connection) stays
+        // on the primary: a replica would refuse nextval.
+        c.send(
+            &[
+                message(b'P', b"\0SELECT nextval('seq')::text\0\0\0"),
+                message(b'D', b"S\0"),
+                message(b'H', b""),
+            ]
+            .concat(),
+        )
+        .await;
+        for _ in 0..3 {
+            c.next(STEP).await.expect("a reply");
+        }
+        c.send(
+            &[
+                message(b'B', b"\0\0\0\0\0\0\0\0"),
+                message(b'E', b"\0\0\0\0\0"),
+                message(b'S', b""),
+            ]
+            .concat(),
+        )
+        .await;
+        let got = c.until_ready(STEP).await;
+        assert_eq!(value(&got), "1", "nextval prepared with Flush: {got:?}");
+        // The decision log shows the prepares of the read (and the named one's execution)
+        // as reads on the replica.
+        let decisions = proxy.admin_json("/api/decisions?limit=100");
+        let list = decisions["decisions"].as_array().expect("decisions");
+        let reads: Vec<_> = list
+            .iter()
+            .filter(|d| d["sql"].as_str() == Some(in_recovery) && d["kind"] != "transaction")
+            .collect();
+        assert_eq!(reads.len(), 3, "{list:?}");
+        for d in reads {
+            assert_eq!(
+                (&d["role"], &d["kind"]),
+                (&"replica".into(), &"read".into()),
+                "{d}"
+            );
+        }
     })
     .await
     .expect("test timed out");

@@ -174,6 +174,9 @@ pub(crate) fn scan(
     let mut binds = 0;
     let mut executes = 0;
     let mut other = false;
+    // Only Parse, Describe and Flush so far, ending with the Flush (asyncpg's prepare).
+    let mut prepare_flushed = true;
+    let mut last_flush = false;
     while let Some(h) = peek_header(&buf[pos..], max_len)? {
         if buf.len() - pos < h.len {
             break;
@@ -181,6 +184,11 @@ pub(crate) fn scan(
         let body_start = pos + 5;
         let msg = FrontendRef::decode(h.tag, &buf[body_start..pos + h.len])?;
         messages += 1;
+        last_flush = matches!(msg, FrontendRef::Flush);
+        prepare_flushed &= matches!(
+            msg,
+            FrontendRef::Parse(_) | FrontendRef::Describe { .. } | FrontendRef::Flush
+        );
         match msg {
             FrontendRef::Query { sql } => {
                 s.executes = true;
@@ -260,8 +268,11 @@ pub(crate) fn scan(
         }
         pos += h.len;
     }
-    if !s.complete {
-        // The rest of the request is not here yet: it could write.
+    if !s.complete && (!prepare_flushed || !last_flush) {
+        // The rest of the request is not here yet: it could write. A prepare that waits on its
+        // Flush ran nothing: the statements it prepares decide (a write or an unparsed one
+        // already made it a write), and whatever follows on that connection before its Sync is
+        // the server's to refuse (a write on a replica fails with 25006, never silently).
         s.view.write = true;
     }
     if s.complete && !other {
