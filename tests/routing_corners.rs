@@ -126,6 +126,48 @@ async fn own_errors_fail_the_transaction() {
     .expect("test timed out");
 }
 
+/// `SET shardgate.target = 'primary'` keeps read-only transactions on the primary.
+#[tokio::test]
+async fn target_primary_keeps_read_only_transactions_on_the_primary() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().replicas(1).build().expect("topology");
+        let proxy = start_trust(
+            &topology,
+            ProxyOptions {
+                extra_yaml: "routing:\n  lag_check_interval_ms: 100\n".to_owned(),
+                ..ProxyOptions::default()
+            },
+        );
+        wait_routable(&proxy, 1, Duration::from_secs(15)).await;
+        let mut c = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        let in_recovery = "SELECT pg_is_in_recovery()::text";
+
+        run(&mut c, "SET shardgate.target = 'primary'").await;
+        for begin in [
+            vec!["BEGIN READ ONLY"],
+            vec!["BEGIN", "SET TRANSACTION READ ONLY"],
+            vec!["START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"],
+        ] {
+            for sql in &begin {
+                assert_eq!(error_code(&run(&mut c, sql).await), None, "{sql}");
+            }
+            let got = run(&mut c, in_recovery).await;
+            assert_eq!(value(&got), "false", "{begin:?} under target=primary");
+            run(&mut c, "COMMIT").await;
+        }
+        run(&mut c, "RESET shardgate.target").await;
+        run(&mut c, "BEGIN READ ONLY").await;
+        assert_eq!(
+            value(&run(&mut c, in_recovery).await),
+            "true",
+            "auto: a replica"
+        );
+        run(&mut c, "COMMIT").await;
+    })
+    .await
+    .expect("test timed out");
+}
+
 /// A read prepared with Parse, Describe and Flush (asyncpg) goes to a replica; a write so
 /// prepared goes to the primary.
 #[tokio::test]

@@ -114,6 +114,10 @@ pub fn route(
         return Ok(primary(Reason::StickyPrimary));
     }
     match request.begins {
+        // The session asked for the primary: a read-only transaction is reads, and follows it.
+        Some(true) if !request.write && session.target == TargetSetting::Primary => {
+            return Ok(primary(Reason::SessionTarget(HintTarget::Primary)))
+        }
         Some(true) if !request.write => {
             return pick_replica(
                 Reason::ReadOnlyTransaction,

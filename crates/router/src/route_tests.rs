@@ -129,6 +129,23 @@ fn transactions_pin_to_primary_unless_read_only() {
         ..read()
     };
     assert_eq!(go(ro, SessionView::default(), &reps).role, Role::Replica);
+    // `SET shardgate.target = 'primary'` keeps a read-only transaction on the primary too;
+    // `replica` does not move a read-write one.
+    let on_primary = SessionView {
+        target: TargetSetting::Primary,
+        ..SessionView::default()
+    };
+    let r = go(ro, on_primary, &reps);
+    assert_eq!(
+        (r.role, r.reason),
+        (Role::Primary, Reason::SessionTarget(HintTarget::Primary))
+    );
+    let on_replica = SessionView {
+        target: TargetSetting::Replica,
+        ..SessionView::default()
+    };
+    assert_eq!(go(ro, on_replica, &reps).role, Role::Replica);
+    assert_eq!(go(begin, on_replica, &reps).reason, Reason::Transaction);
     let ro_write = RequestView {
         begins: Some(true),
         ..write()
