@@ -225,11 +225,6 @@ async fn transactions_are_pinned_and_never_move() {
                 seen[0].0
             }
         };
-        assert_eq!(
-            in_txn("BEGIN").await,
-            s.primary,
-            "BEGIN pins to the primary"
-        );
         let p = in_txn("BEGIN READ ONLY").await;
         assert!(s.is_replica(p), "BEGIN READ ONLY ran on {p}");
         let p = in_txn("BEGIN; SET TRANSACTION READ ONLY").await;
@@ -261,6 +256,13 @@ async fn transactions_are_pinned_and_never_move() {
             "BEGIN / SET TRANSACTION READ ONLY ran on {first}"
         );
         assert_eq!((second, ro.as_str()), (first, "on"));
+        // After the read-only ones: a read-write transaction's COMMIT is probed for
+        // read-your-writes like a write, so the session's next reads wait for the replicas.
+        assert_eq!(
+            in_txn("BEGIN").await,
+            s.primary,
+            "BEGIN pins to the primary"
+        );
 
         // A read-write transaction started by tokio-postgres (BEGIN, then reads and a write).
         c.batch_execute("CREATE TABLE t (x int)")
@@ -376,8 +378,11 @@ async fn hints_and_the_shardgate_target_setting() {
                 .expect("SHOW returns a row")
         };
 
+        // From another session: a statement hinted to the primary is probed for
+        // read-your-writes like a write, which would keep this session's reads there a while.
+        let other = s.proxy.connect(&s.topology).await;
         assert_eq!(
-            port(c, &format!("/* shardgate: primary */ {read}")).await,
+            port(&other, &format!("/* shardgate: primary */ {read}")).await,
             s.primary
         );
         let p = port(c, &format!("/* shardgate: replica */ {read}")).await;

@@ -266,6 +266,81 @@ async fn a_read_prepared_with_flush_goes_to_a_replica() {
     .expect("test timed out");
 }
 
+/// A function that writes but is not in `write_functions`, run on the primary in a transaction
+/// or under a primary hint: the session's next read must not go to a replica that has not
+/// replayed it. The replica is paused (and the lag bounds are loose, so it stays routable).
+#[tokio::test]
+async fn what_ran_on_the_primary_keeps_reads_off_a_stale_replica() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().replicas(1).build().expect("topology");
+        let proxy = start_trust(
+            &topology,
+            ProxyOptions {
+                extra_yaml: "routing:\n  lag_check_interval_ms: 100\n  max_replica_lag_ms: 3600000\n  max_replica_lag_bytes: 1073741824\n".to_owned(),
+                ..ProxyOptions::default()
+            },
+        );
+        wait_routable(&proxy, 1, Duration::from_secs(15)).await;
+        let mut c = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        run(
+            &mut c,
+            "CREATE TABLE cnt (n int); INSERT INTO cnt VALUES (0);
+             CREATE FUNCTION wbump() RETURNS int LANGUAGE sql AS
+               'UPDATE cnt SET n = n + 1 RETURNING n';",
+        )
+        .await;
+        topology
+            .wait_replicas_caught_up(Duration::from_secs(10))
+            .expect("replica caught up");
+        topology.shards[0].replicas[0]
+            .pause_replay()
+            .expect("pause replay");
+        // The write above may have left the session reading from the primary: wait until the
+        // monitor has seen the replica replay it, so reads go to the (now paused) replica.
+        let mut reader = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        let read = "SELECT n::text || '@' || pg_is_in_recovery()::text FROM cnt";
+        let mut fresh = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        assert_eq!(value(&run(&mut fresh, read).await), "0@true");
+        let ok = {
+            let mut ok = false;
+            for _ in 0..100 {
+                if value(&run(&mut c, read).await) == "0@true" {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ok
+        };
+        assert!(ok, "the writer's reads never reached the replica");
+
+        let mut expected = 0;
+        for (what, sqls) in [
+            ("a transaction", vec!["BEGIN", "SELECT wbump()", "COMMIT"]),
+            ("one request", vec!["BEGIN; SELECT wbump(); COMMIT"]),
+            ("a hint", vec!["/* shardgate: primary */ SELECT wbump()"]),
+            (
+                "a filter",
+                vec!["BEGIN", "SELECT 1 FROM cnt WHERE wbump() > 0", "COMMIT"],
+            ),
+        ] {
+            for sql in &sqls {
+                assert_eq!(error_code(&run(&mut c, sql).await), None, "{what}: {sql}");
+            }
+            expected += 1;
+            assert_eq!(
+                value(&run(&mut c, read).await),
+                format!("{expected}@false"),
+                "{what}: the next read must see the write (on the primary)"
+            );
+        }
+        // Others still read the paused replica: it was there all along.
+        assert_eq!(value(&run(&mut reader, read).await), "0@true");
+    })
+    .await
+    .expect("test timed out");
+}
+
 /// Sharded, `when_no_replica: error`, s1's replica down: a read-only transaction that needs
 /// s1 fails there with 57P03, and that fails the transaction, as PostgreSQL would.
 #[tokio::test]

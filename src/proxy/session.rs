@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use shardgate_config::PoolMode;
 use shardgate_pool::PooledConn;
-use shardgate_router::{Reason, Role};
+use shardgate_router::{HintTarget, Reason, Role};
 use shardgate_sql::{Classification, Classifier, TxnControl};
 use shardgate_wire::{backend, peek_header, tag, ErrorFields, FrontendRef};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -546,13 +546,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.txn_write_shard = Some(shard);
             self.txn_written |= shardgate_router::bit(shard);
         }
+        // What runs on the primary may write through a function no classifier knows (one
+        // missing from write_functions): a transaction there that was not declared READ ONLY,
+        // and a statement hinted there, get the probe a write gets.
+        if role == Role::Primary && scanned.view.begins == Some(false) {
+            self.routing.txn_wrote = true;
+        }
+        let hinted = scanned.executes && scanned.view.hint == Some(HintTarget::Primary);
         let tracks = snapshot.policy.read_your_writes
             && snapshot.policy.read_write_split
             && role == Role::Primary
             && self.mode == PoolMode::Transaction
             && snapshot.shards.iter().any(|s| !s.replicas.is_empty());
         self.probe_pending = tracks
-            && ((scanned.view.write && !in_txn)
+            && (((scanned.view.write || hinted) && !in_txn)
                 || ((self.routing.txn_wrote || scanned.view.write) && scanned.ends_transaction));
         self.probe_after_idle = self.probe_pending && scanned.copy_from;
     }
