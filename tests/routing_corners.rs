@@ -423,3 +423,52 @@ async fn a_routing_failure_inside_a_sharded_read_only_transaction_aborts_it() {
     .await
     .expect("test timed out");
 }
+
+/// With no replica and `when_no_replica: error` (any read that wants one fails 57P03), COMMIT
+/// and ROLLBACK with no transaction open are answered as PostgreSQL answers them.
+#[tokio::test]
+async fn a_stray_commit_or_rollback_needs_no_replica() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().build().expect("topology");
+        let proxy = start_trust(
+            &topology,
+            ProxyOptions {
+                extra_yaml: "routing:\n  when_no_replica: error\n".to_owned(),
+                ..ProxyOptions::default()
+            },
+        );
+        let mut c = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        let got = run(&mut c, "SELECT 1").await;
+        assert_failed(&got, "57P03", b'I', "a read with no replica");
+
+        // COMMIT, ROLLBACK and END with no transaction open: PostgreSQL's warning and tag.
+        for (sql, tag) in [
+            ("COMMIT", "COMMIT"),
+            ("ROLLBACK", "ROLLBACK"),
+            ("END", "COMMIT"),
+            ("ABORT", "ROLLBACK"),
+        ] {
+            let got = run(&mut c, sql).await;
+            assert_eq!(error_code(&got), None, "{sql}: {got:?}");
+            assert_eq!(command_tags(&got), [tag], "{sql}: {got:?}");
+            let notice = got
+                .iter()
+                .find(|(t, _)| *t == b'N')
+                .unwrap_or_else(|| panic!("{sql}: no warning: {got:?}"));
+            assert_eq!(
+                error_field(&notice.1, b'C').as_deref(),
+                Some("25P01"),
+                "{sql}"
+            );
+            assert_eq!(status(&got), b'I', "{sql}");
+        }
+        let mut request = extended("COMMIT");
+        request.extend(message(b'S', b""));
+        c.send(&request).await;
+        let got = c.until_ready(STEP).await;
+        assert_eq!(error_code(&got), None, "extended COMMIT: {got:?}");
+        assert_eq!(command_tags(&got), ["COMMIT"], "extended COMMIT: {got:?}");
+    })
+    .await
+    .expect("test timed out");
+}

@@ -283,6 +283,8 @@ pub(crate) fn scan(
             _ => None,
         };
     }
+    s.view.ends_transaction =
+        matches!(s.first_txn, Some(TxnControl::Commit | TxnControl::Rollback));
     // Binds and Executes counted too: a statement bound that shardgate does not know is not
     // folded in, and a portal may run twice.
     s.ends_alone = s.complete

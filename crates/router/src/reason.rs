@@ -34,6 +34,9 @@ pub enum Reason {
     ReadYourWritesReplica { session: u64 },
     /// No replica is routable; `when_no_replica: primary`.
     NoRoutableReplica,
+    /// A COMMIT or ROLLBACK with no transaction on a server (none open, or one that ran
+    /// nothing yet): the primary answers it, whatever the replicas' state.
+    TransactionEnd,
     /// Pipelined behind a request on the same server (sharding plans it, and it needs the
     /// same shard).
     Pipelined,
@@ -81,6 +84,7 @@ impl fmt::Display for Reason {
             ),
             Reason::NoRoutableReplica => f.write_str("no routable replica: primary"),
             Reason::Pipelined => f.write_str("pipelined behind the previous request"),
+            Reason::TransactionEnd => f.write_str("transaction end: primary"),
         }
     }
 }

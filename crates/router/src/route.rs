@@ -31,6 +31,9 @@ pub struct RequestView {
     pub hint: Option<HintTarget>,
     /// The request opens a transaction: `Some(read_only)`.
     pub begins: Option<bool>,
+    /// Its first statement is a COMMIT or ROLLBACK, routed only when no server holds a
+    /// transaction: it needs no replica, and the primary always answers it.
+    pub ends_transaction: bool,
 }
 
 /// What the session has done that matters for routing.
@@ -112,6 +115,9 @@ pub fn route(
     }
     if session.sticky_primary {
         return Ok(primary(Reason::StickyPrimary));
+    }
+    if request.ends_transaction {
+        return Ok(primary(Reason::TransactionEnd));
     }
     match request.begins {
         // The session asked for the primary: a read-only transaction is reads, and follows it.

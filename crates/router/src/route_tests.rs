@@ -114,6 +114,22 @@ fn hints_and_session_target_force_roles() {
 }
 
 #[test]
+fn a_transaction_end_needs_no_replica() {
+    let end = RequestView {
+        ends_transaction: true,
+        ..read()
+    };
+    let policy = Policy {
+        when_no_replica: WhenNoReplica::Error,
+        ..POLICY
+    };
+    for reps in [&[][..], &[down()], &[up(1)]] {
+        let r = route(end, SessionView::default(), policy, reps, 0).expect("route");
+        assert_eq!((r.role, r.reason), (Role::Primary, Reason::TransactionEnd));
+    }
+}
+
+#[test]
 fn transactions_pin_to_primary_unless_read_only() {
     let reps = [up(1)];
     let begin = RequestView {
@@ -254,7 +270,7 @@ proptest! {
         tiebreak in any::<u64>(),
         lb in 0u8..3,
     ) {
-        let request = RequestView { write: write || !parsed, parsed, hint: None, begins };
+        let request = RequestView { write: write || !parsed, parsed, hint: None, begins, ends_transaction: false };
         let session = SessionView {
             target: [TargetSetting::Auto, TargetSetting::Primary, TargetSetting::Replica][target as usize],
             sticky_primary: sticky,
