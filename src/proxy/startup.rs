@@ -67,7 +67,8 @@ async fn send<S: AsyncWrite + Unpin>(
 }
 
 /// Authenticates the client named in `params`. On success the client has been sent
-/// AuthenticationOk but not yet the greeting. Not cancel safe.
+/// AuthenticationOk but not yet the greeting; so has a client that authenticated but named
+/// a database other than the proxy's ([`ClientError::UnknownDatabase`]). Not cancel safe.
 pub(crate) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
@@ -134,11 +135,14 @@ pub(crate) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     if !authenticated {
         return Err(ClientError::AuthFailed { user });
     }
+    // As on the server, the database is looked up only once authentication has completed
+    // (SASLFinal and AuthenticationOk sent): a client told 3D000 mid-exchange, such as libpq
+    // over TLS with sslmode=prefer, takes it for a TLS failure and retries without TLS.
+    backend::auth_ok(&mut out);
+    send(stream, &mut out).await?;
     if database != snapshot.config.database {
         return Err(ClientError::UnknownDatabase(database));
     }
-    backend::auth_ok(&mut out);
-    send(stream, &mut out).await?;
     Ok(Startup { user, params })
 }
 
