@@ -61,6 +61,20 @@ impl ClientError {
         let fatal = |code: &str, msg: String| Some((ErrorFields::new("FATAL", code, msg), false));
         match self {
             ClientError::Io(_) | ClientError::Tls(_) => None,
+            // PostgreSQL's own wording for what a client library may recognise.
+            ClientError::Wire(WireError::UnsupportedVersion { major, minor }) => fatal(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                ),
+            ),
+            ClientError::Wire(WireError::UnknownTag(t)) => fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid frontend message type {t}"),
+            ),
+            ClientError::Wire(e @ WireError::StartupLayout) => {
+                fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())
+            }
             ClientError::Wire(e) => fatal(
                 sqlstate::PROTOCOL_VIOLATION,
                 format!("invalid frontend message: {e}"),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use shardgate_wire::{backend, StartupRequest};
+use shardgate_wire::{backend, StartupRequest, WireError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -20,6 +20,8 @@ use super::Shared;
 
 /// How long SIGTERM waits for sessions holding a server connection.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The only protocol version shardgate speaks, as a startup packet codes it.
+const PROTOCOL_3_0: i32 = 3 << 16;
 /// A client must finish startup and authentication within this.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -69,15 +71,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: W
 
 async fn handle(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let Ok(slot) = shared.client_slots.clone().try_acquire_owned() else {
-        reject_plain(stream, ClientError::TooManyClients).await;
-        return;
-    };
-    shared.metrics.clients.inc();
-    let result = negotiate(stream, &shared).await;
-    shared.metrics.clients.dec();
-    drop(slot);
-    if let Err(e) = result {
+    if let Err(e) = negotiate(stream, &shared).await {
         match &e {
             ClientError::Io(_) => tracing::debug!(error = %e, "client connection ended"),
             _ => tracing::info!(error = %e, "client session ended with an error"),
@@ -85,41 +79,56 @@ async fn handle(stream: TcpStream, shared: Arc<Shared>) {
     }
 }
 
-/// Tells a client why it is turned away, best effort.
-async fn reject_plain(mut stream: TcpStream, error: ClientError) {
-    if let Some((fields, _)) = error.to_response() {
-        let mut out = BytesMut::new();
-        backend::error_response(&fields, &mut out);
-        let _ = stream.write_all(&out).await;
-    }
-}
-
 /// SSLRequest / GSSENCRequest / CancelRequest, then the session on the plain or TLS
-/// stream.
+/// stream. Everything up to the startup packet (TLS handshake included) must arrive within
+/// one [`STARTUP_TIMEOUT`]: this phase holds no client slot, so that a cancel is served and
+/// a TLS client is told "too many clients" over TLS even when the proxy is full, as
+/// PostgreSQL does; the deadline is what bounds a flood of connections that never start.
 async fn negotiate(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), ClientError> {
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     let mut buf = BytesMut::with_capacity(1024);
+    // As PostgreSQL: the same request twice in a row is not a negotiation it knows.
+    let mut last_refused = None;
     loop {
-        let req = tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut stream, &mut buf))
-            .await
-            .map_err(|_| ClientError::Protocol("startup timed out"))??;
+        let req = match read_startup_by(deadline, &mut stream, &mut buf).await {
+            Ok(req) => req,
+            Err(e) => return Err(refuse_startup(&mut stream, e).await),
+        };
         match req {
             None => return Ok(()),
             Some(StartupRequest::Cancel { pid, secret }) => {
                 shared.cancel.cancel(pid, secret).await;
                 return Ok(());
             }
-            Some(StartupRequest::GssEncRequest) => stream.write_all(b"N").await?,
+            Some(req @ (StartupRequest::GssEncRequest | StartupRequest::SslRequest))
+                if last_refused.as_ref() == Some(&req) =>
+            {
+                return Err(refuse_startup(&mut stream, repeated(&req)).await);
+            }
+            Some(StartupRequest::GssEncRequest) => {
+                stream.write_all(b"N").await?;
+                last_refused = Some(StartupRequest::GssEncRequest);
+            }
             Some(StartupRequest::SslRequest) => match &shared.tls {
                 Some(acceptor) => {
                     if !buf.is_empty() {
                         // Bytes after SSLRequest would bypass TLS (CVE-2021-23214).
-                        return Err(ClientError::Protocol("data received before TLS handshake"));
+                        let e =
+                            ClientError::Protocol("received unencrypted data after SSL request");
+                        tell(&mut stream, &e).await;
+                        return Err(e);
                     }
                     stream.write_all(b"S").await?;
-                    let tls = acceptor.accept(stream).await.map_err(ClientError::Tls)?;
-                    return start(tls, buf, shared).await;
+                    let tls = tokio::time::timeout_at(deadline, acceptor.accept(stream))
+                        .await
+                        .map_err(|_| ClientError::Protocol("startup timed out"))?
+                        .map_err(ClientError::Tls)?;
+                    return start(tls, buf, deadline, shared).await;
                 }
-                None => stream.write_all(b"N").await?,
+                None => {
+                    stream.write_all(b"N").await?;
+                    last_refused = Some(StartupRequest::SslRequest);
+                }
             },
             Some(StartupRequest::Startup { minor, params }) => {
                 return login_and_run(stream, buf, shared, minor, params).await
@@ -128,29 +137,80 @@ async fn negotiate(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Cl
     }
 }
 
+/// [`read_startup`] bounded by the negotiation's deadline. Cancel safe.
+async fn read_startup_by<S: AsyncRead + Unpin>(
+    deadline: tokio::time::Instant,
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Option<StartupRequest>, ClientError> {
+    tokio::time::timeout_at(deadline, read_startup(stream, buf))
+        .await
+        .map_err(|_| ClientError::Protocol("startup timed out"))?
+}
+
+/// Tells a client why its startup packet is refused when PostgreSQL would tell it (a
+/// protocol version or a packet layout it cannot read); closes silently otherwise (a bad
+/// length, a timeout), as PostgreSQL does. Returns the error.
+async fn refuse_startup<S: AsyncWrite + Unpin>(stream: &mut S, e: ClientError) -> ClientError {
+    if matches!(
+        e,
+        ClientError::Wire(WireError::UnsupportedVersion { .. } | WireError::StartupLayout)
+    ) {
+        tell(stream, &e).await;
+    }
+    e
+}
+
+/// The same request twice in a row: PostgreSQL reads it as a protocol version it does not
+/// support (1234.5679 is SSLRequest's code, 1234.5680 GSSENCRequest's).
+fn repeated(req: &StartupRequest) -> ClientError {
+    let minor = if *req == StartupRequest::SslRequest {
+        5679
+    } else {
+        5680
+    };
+    ClientError::Wire(WireError::UnsupportedVersion { major: 1234, minor })
+}
+
+/// Sends the error's ErrorResponse, best effort.
+async fn tell<S: AsyncWrite + Unpin>(stream: &mut S, e: &ClientError) {
+    if let Some((fields, _)) = e.to_response() {
+        let mut out = BytesMut::new();
+        backend::error_response(&fields, &mut out);
+        let _ = stream.write_all(&out).await;
+    }
+}
+
 /// The startup message on an already-encrypted stream.
 async fn start<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     mut buf: BytesMut,
+    deadline: tokio::time::Instant,
     shared: &Arc<Shared>,
 ) -> Result<(), ClientError> {
-    let req = tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut stream, &mut buf))
-        .await
-        .map_err(|_| ClientError::Protocol("startup timed out"))??;
+    let req = match read_startup_by(deadline, &mut stream, &mut buf).await {
+        Ok(req) => req,
+        Err(e) => return Err(refuse_startup(&mut stream, e).await),
+    };
     match req {
         None => Ok(()),
         Some(StartupRequest::Startup { minor, params }) => {
             login_and_run(stream, buf, shared, minor, params).await
         }
-        Some(_) => Err(ClientError::Protocol(
-            "unexpected request after TLS handshake",
-        )),
+        Some(StartupRequest::Cancel { pid, secret }) => {
+            shared.cancel.cancel(pid, secret).await;
+            Ok(())
+        }
+        // Encrypted already: PostgreSQL takes either request as an unknown version now.
+        Some(req) => Err(refuse_startup(&mut stream, repeated(&req)).await),
     }
 }
 
+/// The client limit is checked here, at the startup packet, as PostgreSQL checks it: a client
+/// turned away then reads a plain FATAL 53300 (over TLS if it asked for TLS).
 async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    mut buf: BytesMut,
+    buf: BytesMut,
     shared: &Arc<Shared>,
     minor: u16,
     mut params: Vec<(String, String)>,
@@ -166,12 +226,28 @@ async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
         params.retain(|(k, _)| !k.starts_with("_pq_."));
         let mut out = BytesMut::new();
         shardgate_wire::BackendMessage::NegotiateProtocolVersion {
-            newest_minor: 0,
+            newest_version: PROTOCOL_3_0,
             unrecognized,
         }
         .encode(&mut out);
         stream.write_all(&out).await?;
     }
+    let Ok(_slot) = shared.client_slots.clone().try_acquire_owned() else {
+        return Err(refuse_login(&mut stream, ClientError::TooManyClients).await);
+    };
+    shared.metrics.clients.inc();
+    let result = login_and_serve(stream, buf, shared, params).await;
+    shared.metrics.clients.dec();
+    result
+}
+
+/// Authentication, the greeting, then the session; the client holds a slot.
+async fn login_and_serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut buf: BytesMut,
+    shared: &Arc<Shared>,
+    params: Vec<(String, String)>,
+) -> Result<(), ClientError> {
     let snapshot = shared.snapshot.load_full();
     let auth = tokio::time::timeout(
         STARTUP_TIMEOUT,

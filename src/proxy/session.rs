@@ -258,6 +258,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Cancel safe.
     async fn wait_for_request(&mut self) -> Result<bool, ClientError> {
         loop {
+            // Refused on its type byte, as PostgreSQL does, not after the body it announces.
+            if let Some(&t) = self.cbuf.first().filter(|t| !tag::is_frontend(**t)) {
+                return Err(shardgate_wire::WireError::UnknownTag(t).into());
+            }
             let complete = match peek_header(&self.cbuf, self.max_len)? {
                 Some(h) if self.cbuf.len() >= h.len => Some(h.tag),
                 _ => None,

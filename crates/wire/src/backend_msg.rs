@@ -110,10 +110,13 @@ pub enum BackendMessage {
         /// Payload.
         payload: String,
     },
-    /// `v`: the server's newest supported minor version and the `_pq_.` options it did not know.
+    /// `v`: the server's newest supported protocol version and the `_pq_.` options it did not
+    /// know.
     NegotiateProtocolVersion {
-        /// Newest minor version the server supports.
-        newest_minor: i32,
+        /// Newest version the server supports for the major version asked for, as a whole
+        /// version code (`3 << 16` for 3.0): what PostgreSQL sends, and what libpq compares
+        /// with the version it asked for.
+        newest_version: i32,
         /// Protocol options it did not recognize.
         unrecognized: Vec<String>,
     },
@@ -251,7 +254,7 @@ impl BackendMessage {
             }
             tag::NEGOTIATE_PROTOCOL_VERSION => {
                 let mut r = Reader::new(body, "NegotiateProtocolVersion");
-                let newest_minor = r.i32()?;
+                let newest_version = r.i32()?;
                 let n = usize::try_from(r.i32()?).map_err(|_| r.err("negative option count"))?;
                 // Each name takes at least its NUL, which caps the allocation by the body size.
                 let mut unrecognized = Vec::with_capacity(n.min(r.remaining()));
@@ -260,7 +263,7 @@ impl BackendMessage {
                 }
                 r.finish()?;
                 M::NegotiateProtocolVersion {
-                    newest_minor,
+                    newest_version,
                     unrecognized,
                 }
             }
@@ -306,10 +309,10 @@ impl BackendMessage {
                 put_cstr(d, payload.as_bytes());
             }),
             M::NegotiateProtocolVersion {
-                newest_minor,
+                newest_version,
                 unrecognized,
             } => write_frame(tag::NEGOTIATE_PROTOCOL_VERSION, dst, |d| {
-                d.put_i32(*newest_minor);
+                d.put_i32(*newest_version);
                 d.put_i32(crate::frontend::len32(unrecognized.len()));
                 for name in unrecognized {
                     put_cstr(d, name.as_bytes());

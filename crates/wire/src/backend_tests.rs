@@ -86,7 +86,7 @@ fn every_variant_round_trips() {
             payload: "p".into(),
         },
         BackendMessage::NegotiateProtocolVersion {
-            newest_minor: 0,
+            newest_version: 0,
             unrecognized: vec!["_pq_.x".into()],
         },
     ];

@@ -26,6 +26,10 @@ pub enum WireError {
     /// A message type byte this decoder does not know.
     #[error("unknown message type {0:?}")]
     UnknownTag(u8),
+    /// A StartupMessage whose parameters are not NUL-terminated name/value pairs ending with a
+    /// single NUL as the packet's last byte.
+    #[error("invalid startup packet layout: expected terminator as last byte")]
+    StartupLayout,
     /// A startup packet asking for a protocol other than 3.x.
     #[error("unsupported protocol version {major}.{minor}")]
     UnsupportedVersion {

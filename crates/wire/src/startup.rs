@@ -90,15 +90,23 @@ fn decode_packet(packet: &[u8]) -> Result<StartupRequest> {
     Ok(request)
 }
 
+/// The parameters; any fault in their framing is the one error PostgreSQL reports for it.
 fn decode_params(r: &mut Reader<'_>) -> Result<Vec<(String, String)>> {
     let mut params = Vec::new();
     loop {
-        let name = r.str()?;
+        let name = r.cstr().map_err(|_| WireError::StartupLayout)?;
         if name.is_empty() {
+            if r.remaining() > 0 {
+                return Err(WireError::StartupLayout);
+            }
             return Ok(params);
         }
-        let value = r.str()?;
-        params.push((name.to_owned(), value.to_owned()));
+        let value = r.cstr().map_err(|_| WireError::StartupLayout)?;
+        let text = |b| match std::str::from_utf8(b) {
+            Ok(t) => Ok(t.to_owned()),
+            Err(_) => Err(r.err("invalid UTF-8")),
+        };
+        params.push((text(name)?, text(value)?));
     }
 }
 
@@ -238,9 +246,35 @@ mod tests {
         for case in cases {
             let mut buf = BytesMut::from(*case);
             assert!(
-                matches!(parse_startup(&mut buf), Err(WireError::Malformed { .. })),
+                matches!(
+                    parse_startup(&mut buf),
+                    Err(WireError::Malformed { .. } | WireError::StartupLayout)
+                ),
                 "{case:?}"
             );
         }
+    }
+
+    #[test]
+    fn startup_layout_faults_are_told_apart() {
+        let layout: &[&[u8]] = &[
+            b"\0\0\0\x0c\0\x03\0\0user",        // no NUL
+            b"\0\0\0\x0d\0\x03\0\0user\0",      // name without value or terminator
+            b"\0\0\0\x11\0\x03\0\0user\0tru\0", // no final terminator
+            b"\0\0\0\x0e\0\x03\0\0u\0v\0\0x",   // bytes after the terminator
+        ];
+        for case in layout {
+            let mut buf = BytesMut::from(*case);
+            assert!(
+                matches!(parse_startup(&mut buf), Err(WireError::StartupLayout)),
+                "{case:?}"
+            );
+        }
+        // Well framed, but the name is not UTF-8.
+        let mut buf = BytesMut::from(&b"\0\0\0\x0d\0\x03\0\0\xff\0v\0\0"[..]);
+        assert!(matches!(
+            parse_startup(&mut buf),
+            Err(WireError::Malformed { .. })
+        ));
     }
 }

@@ -34,6 +34,28 @@ pub const COPY_DATA: u8 = b'd';
 /// CopyDone.
 pub const COPY_DONE: u8 = b'c';
 
+/// Whether a client may send a message of this type at all once logged in (PostgreSQL's own
+/// list). Anything else is refused on its type byte, before waiting for the body it announces.
+pub fn is_frontend(tag: u8) -> bool {
+    matches!(
+        tag,
+        QUERY
+            | PARSE
+            | BIND
+            | DESCRIBE
+            | EXECUTE
+            | CLOSE
+            | SYNC
+            | FLUSH
+            | TERMINATE
+            | COPY_FAIL
+            | PASSWORD
+            | FUNCTION_CALL
+            | COPY_DATA
+            | COPY_DONE
+    )
+}
+
 // Backend (server to client).
 /// Authentication request or result.
 pub const AUTHENTICATION: u8 = b'R';

@@ -137,9 +137,9 @@ fn backend_message() -> impl Strategy<Value = BackendMessage> {
                 payload,
             }
         }),
-        (any::<i32>(), vec(cstring(), 0..4)).prop_map(|(newest_minor, unrecognized)| {
+        (any::<i32>(), vec(cstring(), 0..4)).prop_map(|(newest_version, unrecognized)| {
             M::NegotiateProtocolVersion {
-                newest_minor,
+                newest_version,
                 unrecognized,
             }
         }),
