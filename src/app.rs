@@ -176,9 +176,13 @@ pub(crate) async fn run(
     let listen = config.listen;
     let admin_listen = config.admin_listen;
     let watch_file = config.reload.watch;
-    let tls = match &config.tls {
-        Some(t) => Some(crate::app_tls::acceptor(&t.cert, &t.key).map_err(StartError::Tls)?),
-        None => None,
+    let (tls, tls_end_point) = match &config.tls {
+        Some(t) => {
+            let (acceptor, end_point) =
+                crate::app_tls::acceptor(&t.cert, &t.key).map_err(StartError::Tls)?;
+            (Some(acceptor), end_point)
+        }
+        None => (None, None),
     };
     // Before binding: once a client can connect, a SIGHUP must reload, not kill the
     // process (the default action while no handler is installed).
@@ -208,6 +212,7 @@ pub(crate) async fn run(
         shutdown: stop.clone(),
         client_slots: Arc::new(Semaphore::new(max_clients)),
         tls,
+        tls_end_point,
         mock_key: rand::random(),
         decisions: Arc::new(DecisionLog::new(lanes)),
         plan_epoch: Default::default(),

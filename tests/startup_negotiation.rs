@@ -269,12 +269,25 @@ async fn the_same_negotiation_request_twice_gets_0a000() {
     conn.run_ok("SELECT 1", WAIT).await;
 }
 
-/// A self-signed certificate and key in `dir`, or None when openssl is unavailable.
+/// A self-signed ECDSA P-256 / SHA-256 certificate and key in `dir`, or None when openssl is
+/// unavailable.
 fn self_signed(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    self_signed_with(
+        dir,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+    )
+}
+
+/// A self-signed certificate made with these extra `openssl req` arguments.
+fn self_signed_with(
+    dir: &std::path::Path,
+    args: &[&str],
+) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let generated = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["req", "-x509"])
+        .args(args)
+        .args(["-nodes", "-days", "1"])
         .args(["-subj", "/CN=localhost", "-keyout"])
         .arg(&key)
         .arg("-out")
@@ -291,17 +304,79 @@ fn self_signed(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::
 }
 
 fn psql(proxy: &Proxy, topology: &Topology, db: &str, sslmode: &str) -> (bool, String) {
+    let (ok, _, err) = psql_out(proxy, topology, &format!("dbname={db} sslmode={sslmode}"));
+    (ok, err)
+}
+
+/// psql `SELECT 1` with these extra connection settings: (success, stdout, stderr).
+fn psql_out(proxy: &Proxy, topology: &Topology, settings: &str) -> (bool, String, String) {
     let conninfo = format!(
-        "host=127.0.0.1 port={} user={} dbname={db} sslmode={sslmode} connect_timeout=10",
+        "host=127.0.0.1 port={} user={} connect_timeout=10 {settings}",
         proxy.port,
         topology.user(),
     );
-    let (ok, _, err) = run_tool(
+    run_tool(
         "psql",
         &["-X", "-A", "-t", &conninfo, "-c", "SELECT 1"],
         &[("PGPASSWORD", topology.password())],
-    );
-    (ok, err)
+    )
+}
+
+/// libpq's `channel_binding=require` over TLS: SCRAM-SHA-256-PLUS bound to the certificate's
+/// hash, SHA-256 or, for a certificate signed with SHA-384, SHA-384. A wrong password is still
+/// 28P01, and without TLS libpq refuses to go on.
+#[tokio::test]
+async fn channel_binding_require_works_over_tls() {
+    let ecdsa_sha256: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let rsa_sha384: &[&str] = &["-newkey", "rsa:2048", "-sha384"];
+    let topology = Topology::builder().build().expect("topology");
+    for args in [ecdsa_sha256, rsa_sha384] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some((cert, key)) = self_signed_with(dir.path(), args) else {
+            return;
+        };
+        let options = ProxyOptions {
+            extra_yaml: format!(
+                "tls:\n  cert: {}\n  key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            ..ProxyOptions::default()
+        };
+        let proxy = Proxy::start_with(&topology, options);
+        let db = format!("dbname={}", topology.database());
+        let (ok, out, err) = psql_out(
+            &proxy,
+            &topology,
+            &format!("{db} sslmode=require channel_binding=require"),
+        );
+        assert!(ok, "{args:?}: {err}");
+        assert_eq!(out.trim(), "1");
+        let (ok, out, err) = psql_out(
+            &proxy,
+            &topology,
+            &format!("{db} sslmode=require channel_binding=disable"),
+        );
+        assert!(ok, "{args:?} without binding: {err}");
+        assert_eq!(out.trim(), "1");
+        let (ok, _, err) = psql_out(
+            &proxy,
+            &topology,
+            &format!("{db} sslmode=require channel_binding=require password=wrong"),
+        );
+        assert!(!ok);
+        assert!(
+            err.contains("password authentication failed for user"),
+            "{args:?}: {err}"
+        );
+        let (ok, _, err) = psql_out(
+            &proxy,
+            &topology,
+            &format!("{db} sslmode=disable channel_binding=require"),
+        );
+        assert!(!ok, "bound without TLS?");
+        assert!(err.contains("channel binding"), "{err}");
+    }
 }
 
 /// libpq over TLS: a wrong database is reported once (not retried without TLS, as libpq

@@ -131,7 +131,7 @@ async fn negotiate(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Cl
                 }
             },
             Some(StartupRequest::Startup { minor, params }) => {
-                return login_and_run(stream, buf, shared, minor, params).await
+                return login_and_run(stream, buf, shared, None, minor, params).await
             }
         }
     }
@@ -195,7 +195,8 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
     match req {
         None => Ok(()),
         Some(StartupRequest::Startup { minor, params }) => {
-            login_and_run(stream, buf, shared, minor, params).await
+            let end_point = shared.tls_end_point.as_deref();
+            login_and_run(stream, buf, shared, end_point, minor, params).await
         }
         Some(StartupRequest::Cancel { pid, secret }) => {
             shared.cancel.cancel(pid, secret).await;
@@ -207,11 +208,13 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The client limit is checked here, at the startup packet, as PostgreSQL checks it: a client
-/// turned away then reads a plain FATAL 53300 (over TLS if it asked for TLS).
+/// turned away then reads a plain FATAL 53300 (over TLS if it asked for TLS). `end_point`: the
+/// channel-binding data of a TLS connection.
 async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     buf: BytesMut,
     shared: &Arc<Shared>,
+    end_point: Option<&[u8]>,
     minor: u16,
     mut params: Vec<(String, String)>,
 ) -> Result<(), ClientError> {
@@ -236,7 +239,7 @@ async fn login_and_run<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(refuse_login(&mut stream, ClientError::TooManyClients).await);
     };
     shared.metrics.clients.inc();
-    let result = login_and_serve(stream, buf, shared, params).await;
+    let result = login_and_serve(stream, buf, shared, end_point, params).await;
     shared.metrics.clients.dec();
     result
 }
@@ -246,12 +249,13 @@ async fn login_and_serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     mut buf: BytesMut,
     shared: &Arc<Shared>,
+    end_point: Option<&[u8]>,
     params: Vec<(String, String)>,
 ) -> Result<(), ClientError> {
     let snapshot = shared.snapshot.load_full();
     let auth = tokio::time::timeout(
         STARTUP_TIMEOUT,
-        authenticate(&mut stream, &mut buf, shared, &snapshot, params),
+        authenticate(&mut stream, &mut buf, shared, &snapshot, end_point, params),
     )
     .await
     .map_err(|_| ClientError::Protocol("authentication timed out"));

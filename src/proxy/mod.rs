@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) client_slots: Arc<Semaphore>,
     pub(crate) tls: Option<TlsAcceptor>,
+    /// The `tls-server-end-point` data SCRAM-SHA-256-PLUS binds TLS clients to.
+    pub(crate) tls_end_point: Option<Vec<u8>>,
     /// Per-process key for mock SCRAM secrets of unknown users.
     pub(crate) mock_key: [u8; 32],
     pub(crate) decisions: Arc<DecisionLog>,

@@ -3,7 +3,10 @@
 //! ParameterStatus/BackendKeyData/ReadyForQuery greeting.
 
 use bytes::BytesMut;
-use shardgate_auth::{random_md5_salt, verify_md5, ScramServer, SCRAM_SHA_256};
+use shardgate_auth::{
+    random_md5_salt, verify_md5, AuthError, ChannelBinding, ScramServer, SCRAM_SHA_256,
+    SCRAM_SHA_256_PLUS,
+};
 use shardgate_config::AuthMethod;
 use shardgate_wire::{
     backend, decode_password_message, decode_sasl_initial_response, parse_startup, split_frame,
@@ -68,12 +71,15 @@ async fn send<S: AsyncWrite + Unpin>(
 
 /// Authenticates the client named in `params`. On success the client has been sent
 /// AuthenticationOk but not yet the greeting; so has a client that authenticated but named
-/// a database other than the proxy's ([`ClientError::UnknownDatabase`]). Not cancel safe.
+/// a database other than the proxy's ([`ClientError::UnknownDatabase`]). `end_point`: the
+/// channel-binding data of a TLS connection, which offers SCRAM-SHA-256-PLUS first. Not
+/// cancel safe.
 pub(crate) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
     snapshot: &Snapshot,
+    end_point: Option<&[u8]>,
     params: Vec<(String, String)>,
 ) -> Result<Startup, ClientError> {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -104,17 +110,29 @@ pub(crate) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 Some(e) => e.scram.clone(),
                 None => shardgate_auth::ScramSecret::mock(&user, &shared.mock_key),
             };
-            backend::auth_sasl(&[SCRAM_SHA_256], &mut out);
+            let mechanisms: &[&str] = match end_point {
+                Some(_) => &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256],
+                None => &[SCRAM_SHA_256],
+            };
+            backend::auth_sasl(mechanisms, &mut out);
             send(stream, &mut out).await?;
             let body = read_password_frame(stream, buf).await?;
             let (mechanism, data) = decode_sasl_initial_response(&body)?;
-            if mechanism != SCRAM_SHA_256 {
-                return Err(ClientError::Protocol("unsupported SASL mechanism"));
-            }
-            let mut server = ScramServer::new(secret);
+            let binding = match (mechanism, end_point) {
+                (SCRAM_SHA_256_PLUS, Some(data)) => {
+                    ChannelBinding::TlsServerEndPoint(data.to_vec())
+                }
+                (SCRAM_SHA_256, Some(_)) => ChannelBinding::Declined,
+                (SCRAM_SHA_256, None) => ChannelBinding::Unavailable,
+                _ => return Err(ClientError::Protocol("unsupported SASL mechanism")),
+            };
+            let mut server = ScramServer::new(secret).with_channel_binding(binding);
             let first = server
                 .client_first(data.unwrap_or_default())
-                .map_err(|_| ClientError::Protocol("malformed SCRAM client-first-message"))?;
+                .map_err(|e| match e {
+                    AuthError::ChannelBinding(what) => ClientError::Protocol(what),
+                    _ => ClientError::Protocol("malformed SCRAM client-first-message"),
+                })?;
             backend::auth_sasl_continue(&first, &mut out);
             send(stream, &mut out).await?;
             let body = read_password_frame(stream, buf).await?;
@@ -123,7 +141,8 @@ pub(crate) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                     backend::auth_sasl_final(&final_msg, &mut out);
                     true
                 }
-                Ok(_) | Err(shardgate_auth::AuthError::InvalidProof) => false,
+                Ok(_) | Err(AuthError::InvalidProof) => false,
+                Err(AuthError::ChannelBinding(what)) => return Err(ClientError::Protocol(what)),
                 Err(_) => {
                     return Err(ClientError::Protocol(
                         "malformed SCRAM client-final-message",

@@ -10,10 +10,10 @@ pub enum AuthError {
     /// The message does not follow the RFC 5802 grammar, or uses a feature we do not support.
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
-    /// The client asked for channel binding (gs2 flag `p=...`); shardgate does not offer
-    /// SCRAM-SHA-256-PLUS.
-    #[error("channel binding is not supported")]
-    ChannelBindingUnsupported,
+    /// The client's channel-binding flag or data does not fit the mechanism it chose or the
+    /// connection (see [`crate::ChannelBinding`]).
+    #[error("SCRAM channel binding: {0}")]
+    ChannelBinding(&'static str),
     /// The nonce in client-final is not the one the server built in server-first.
     #[error("SCRAM nonce mismatch")]
     NonceMismatch,

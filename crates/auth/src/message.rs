@@ -5,10 +5,22 @@ use crate::AuthError;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
+/// The gs2 channel-binding flag of a client-first-message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Gs2Flag<'a> {
+    /// `n`: the client does not bind.
+    No,
+    /// `y`: the client could bind, but thinks the server cannot.
+    ClientCanBind,
+    /// `p=name`: the client binds with this channel-binding type.
+    Binds(&'a [u8]),
+}
+
 /// The parts of a client-first-message the server needs.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ClientFirst<'a> {
-    /// `n,,` or `y,,`, kept verbatim: client-final must echo it in `c=`.
+    pub(crate) flag: Gs2Flag<'a>,
+    /// `n,,`, `y,,` or `p=name,,`, kept verbatim: client-final must echo it in `c=`.
     pub(crate) gs2_header: &'a [u8],
     /// client-first-message-bare, which enters the AuthMessage as sent.
     pub(crate) bare: &'a [u8],
@@ -18,7 +30,7 @@ pub(crate) struct ClientFirst<'a> {
 /// The parts of a client-final-message the server needs.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ClientFinal<'a> {
-    /// Decoded `c=` value (gs2 header plus channel-binding data, which we never have).
+    /// Decoded `c=` value (gs2 header, then the channel-binding data if the client binds).
     pub(crate) channel_binding: Vec<u8>,
     pub(crate) nonce: &'a [u8],
     /// client-final-message-without-proof, which enters the AuthMessage as sent.
@@ -32,17 +44,20 @@ pub(crate) struct ClientFinal<'a> {
 /// libpq sends it empty), authzid and mandatory extensions (`m=`) are refused, and optional
 /// extensions after the nonce are skipped.
 pub(crate) fn parse_client_first(data: &[u8]) -> Result<ClientFirst<'_>, AuthError> {
-    match data.first() {
-        Some(b'n' | b'y') => {}
-        Some(b'p') => return Err(AuthError::ChannelBindingUnsupported),
-        _ => return Err(AuthError::Malformed("unexpected channel-binding flag")),
-    }
-    if data.get(1) != Some(&b',') {
-        return Err(AuthError::Malformed(
+    let flag_end = data
+        .iter()
+        .position(|&b| b == b',')
+        .ok_or(AuthError::Malformed(
             "comma expected after channel-binding flag",
-        ));
-    }
-    match data.get(2) {
+        ))?;
+    let flag = match data.split_at(flag_end).0 {
+        b"n" => Gs2Flag::No,
+        b"y" => Gs2Flag::ClientCanBind,
+        [b'p', b'=', name @ ..] if !name.is_empty() => Gs2Flag::Binds(name),
+        _ => return Err(AuthError::Malformed("unexpected channel-binding flag")),
+    };
+    let after_flag = flag_end + 1;
+    match data.get(after_flag) {
         Some(b',') => {}
         Some(b'a') => {
             return Err(AuthError::Malformed(
@@ -52,7 +67,7 @@ pub(crate) fn parse_client_first(data: &[u8]) -> Result<ClientFirst<'_>, AuthErr
         _ => return Err(AuthError::Malformed("invalid gs2 header")),
     }
     let (gs2_header, bare) = data
-        .split_at_checked(3)
+        .split_at_checked(after_flag + 1)
         .ok_or(AuthError::Malformed("client-first-message is truncated"))?;
 
     let mut attrs = bare.split(|&b| b == b',');
@@ -76,6 +91,7 @@ pub(crate) fn parse_client_first(data: &[u8]) -> Result<ClientFirst<'_>, AuthErr
         check_extension(extension)?;
     }
     Ok(ClientFirst {
+        flag,
         gs2_header,
         bare,
         client_nonce,
@@ -151,6 +167,7 @@ mod tests {
     #[test]
     fn client_first_as_libpq_sends_it() {
         let parsed = parse_client_first(b"n,,n=,r=abc").expect("valid");
+        assert_eq!(parsed.flag, Gs2Flag::No);
         assert_eq!(parsed.gs2_header, b"n,,");
         assert_eq!(parsed.bare, b"n=,r=abc");
         assert_eq!(parsed.client_nonce, "abc");
@@ -159,20 +176,27 @@ mod tests {
     #[test]
     fn client_first_accepts_y_flag_user_and_extensions() {
         let parsed = parse_client_first(b"y,,n=bob,r=x~y,e=ext").expect("valid");
+        assert_eq!(parsed.flag, Gs2Flag::ClientCanBind);
         assert_eq!(parsed.gs2_header, b"y,,");
         assert_eq!(parsed.bare, b"n=bob,r=x~y,e=ext");
         assert_eq!(parsed.client_nonce, "x~y");
     }
 
     #[test]
+    fn client_first_with_channel_binding() {
+        let parsed = parse_client_first(b"p=tls-server-end-point,,n=,r=abc").expect("valid");
+        assert_eq!(parsed.flag, Gs2Flag::Binds(b"tls-server-end-point"));
+        assert_eq!(parsed.gs2_header, b"p=tls-server-end-point,,");
+        assert_eq!(parsed.bare, b"n=,r=abc");
+    }
+
+    #[test]
     fn client_first_rejections() {
         let malformed =
             |data: &[u8]| matches!(parse_client_first(data), Err(AuthError::Malformed(_)));
-        assert!(matches!(
-            parse_client_first(b"p=tls-server-end-point,,n=,r=abc"),
-            Err(AuthError::ChannelBindingUnsupported)
-        ));
         assert!(malformed(b""));
+        assert!(malformed(b"p=,,n=,r=abc"));
+        assert!(malformed(b"p,,n=,r=abc"));
         assert!(malformed(b"n"));
         assert!(malformed(b"n,"));
         assert!(malformed(b"x,,n=,r=abc"));

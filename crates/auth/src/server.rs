@@ -1,9 +1,9 @@
 //! The server side of one SCRAM-SHA-256 exchange, as a state machine fed with the SASL
 //! payloads the client sends; it builds the replies but never sends them.
 
-use crate::message::{parse_client_final, parse_client_first};
+use crate::message::{parse_client_final, parse_client_first, Gs2Flag};
 use crate::secret::{hmac_sha256, sha256, ScramSecret};
-use crate::AuthError;
+use crate::{AuthError, ChannelBinding};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use std::mem;
@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 const SERVER_NONCE_BYTES: usize = 18;
 
 /// One SCRAM-SHA-256 authentication of one client (RFC 5802 / RFC 7677, as PostgreSQL runs it,
-/// without channel binding).
+/// with `tls-server-end-point` channel binding when the client chose SCRAM-SHA-256-PLUS).
 ///
 /// Feed it [`client_first`](Self::client_first) then [`client_final`](Self::client_final).
 /// Any error ends the exchange: later calls return [`AuthError::OutOfOrder`], so a client
@@ -22,6 +22,7 @@ const SERVER_NONCE_BYTES: usize = 18;
 pub struct ScramServer {
     secret: ScramSecret,
     server_nonce: String,
+    binding: ChannelBinding,
     state: State,
 }
 
@@ -29,7 +30,8 @@ pub struct ScramServer {
 enum State {
     AwaitingClientFirst,
     AwaitingClientFinal {
-        gs2_header: Vec<u8>,
+        /// What `c=` must decode to: the gs2 header, then any channel-binding data.
+        channel_binding: Vec<u8>,
         /// client nonce + server nonce, as sent in server-first.
         nonce: String,
         /// `client-first-message-bare "," server-first-message ","`: the AuthMessage up to
@@ -55,7 +57,39 @@ impl ScramServer {
         Self {
             secret,
             server_nonce: server_nonce.to_owned(),
+            binding: ChannelBinding::Unavailable,
             state: State::AwaitingClientFirst,
+        }
+    }
+
+    /// Says how this connection stands towards channel binding (by default it cannot bind).
+    pub fn with_channel_binding(mut self, binding: ChannelBinding) -> Self {
+        self.binding = binding;
+        self
+    }
+
+    /// Checks the client's gs2 flag against the mechanism it chose and the connection, as
+    /// PostgreSQL does; returns the channel-binding data `c=` must carry after the header.
+    fn binding_data(&self, flag: &Gs2Flag<'_>) -> Result<&[u8], AuthError> {
+        match (flag, &self.binding) {
+            (Gs2Flag::Binds(b"tls-server-end-point"), ChannelBinding::TlsServerEndPoint(data)) => {
+                Ok(data)
+            }
+            (Gs2Flag::Binds(_), ChannelBinding::TlsServerEndPoint(_)) => Err(
+                AuthError::ChannelBinding("unsupported channel-binding type"),
+            ),
+            (Gs2Flag::Binds(_), _) => Err(AuthError::ChannelBinding(
+                "the client selected SCRAM-SHA-256 without channel binding, but sent \
+                 channel-binding data",
+            )),
+            (_, ChannelBinding::TlsServerEndPoint(_)) => Err(AuthError::ChannelBinding(
+                "the client selected SCRAM-SHA-256-PLUS, but sent no channel-binding data",
+            )),
+            (Gs2Flag::ClientCanBind, ChannelBinding::Declined) => Err(AuthError::ChannelBinding(
+                "the client supports channel binding but thinks the server does not; \
+                 this server does support it",
+            )),
+            (Gs2Flag::No | Gs2Flag::ClientCanBind, _) => Ok(&[]),
         }
     }
 
@@ -68,6 +102,8 @@ impl ScramServer {
         }
         self.state = State::Finished;
         let first = parse_client_first(data)?;
+        let mut channel_binding = first.gs2_header.to_vec();
+        channel_binding.extend_from_slice(self.binding_data(&first.flag)?);
 
         let nonce = format!("{}{}", first.client_nonce, self.server_nonce);
         let server_first = format!(
@@ -84,7 +120,7 @@ impl ScramServer {
         auth_message_prefix.push(b',');
 
         self.state = State::AwaitingClientFinal {
-            gs2_header: first.gs2_header.to_vec(),
+            channel_binding,
             nonce,
             auth_message_prefix,
         };
@@ -97,7 +133,7 @@ impl ScramServer {
     /// Only an `Ok` means the client knows the password.
     pub fn client_final(&mut self, data: &[u8]) -> Result<Vec<u8>, AuthError> {
         let State::AwaitingClientFinal {
-            gs2_header,
+            channel_binding,
             nonce,
             mut auth_message_prefix,
         } = mem::replace(&mut self.state, State::Finished)
@@ -105,11 +141,11 @@ impl ScramServer {
             return Err(AuthError::OutOfOrder);
         };
         let last = parse_client_final(data)?;
-        // Without channel binding the c= payload is exactly the gs2 header; a mismatch means
-        // something between us and the client changed the first message.
-        if last.channel_binding != gs2_header {
-            return Err(AuthError::Malformed(
-                "channel-binding data does not match gs2 header",
+        // A different header means something between us and the client changed the first
+        // message; different binding data, that the client's TLS session ends elsewhere.
+        if last.channel_binding != channel_binding {
+            return Err(AuthError::ChannelBinding(
+                "channel-binding data does not match the gs2 header and this connection",
             ));
         }
         if last.nonce != nonce.as_bytes() {
@@ -194,7 +230,7 @@ mod tests {
         server.client_first(b"n,,n=,r=abc").expect("valid");
         // "eSws" is base64("y,,"): the client claims a different header than it sent.
         let reply = server.client_final(format!("c=eSws,r=abcsrv,p={proof}").as_bytes());
-        assert!(matches!(reply, Err(AuthError::Malformed(_))));
+        assert!(matches!(reply, Err(AuthError::ChannelBinding(_))));
         assert!(matches!(
             server.client_final(b""),
             Err(AuthError::OutOfOrder)

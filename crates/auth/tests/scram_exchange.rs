@@ -4,7 +4,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use shardgate_auth::{AuthError, ScramSecret, ScramServer};
+use shardgate_auth::{AuthError, ChannelBinding as Binding, ScramSecret, ScramServer};
 
 /// Runs one exchange; `Ok` only if the server accepted the proof and the client accepted the
 /// server's signature.
@@ -13,7 +13,17 @@ fn exchange(
     client_password: &str,
     binding: ChannelBinding,
 ) -> Result<(), AuthError> {
-    let mut server = ScramServer::new(secret);
+    exchange_on(Binding::Unavailable, secret, client_password, binding)
+}
+
+/// [`exchange`] on a connection standing so towards channel binding.
+fn exchange_on(
+    connection: Binding,
+    secret: ScramSecret,
+    client_password: &str,
+    binding: ChannelBinding,
+) -> Result<(), AuthError> {
+    let mut server = ScramServer::new(secret).with_channel_binding(connection);
     let mut client = ScramSha256::new(client_password.as_bytes(), binding);
     let server_first = server.client_first(client.message())?;
     client
@@ -41,14 +51,79 @@ fn wrong_password_is_invalid_proof() {
 }
 
 #[test]
-fn channel_binding_request_is_refused() {
+fn channel_binding_without_plus_is_refused() {
     let secret = ScramSecret::generate("s3cret");
-    let binding = ChannelBinding::tls_server_end_point(vec![1, 2, 3]);
-    let result = exchange(secret, "s3cret", binding);
+    for connection in [Binding::Unavailable, Binding::Declined] {
+        let binding = ChannelBinding::tls_server_end_point(vec![1, 2, 3]);
+        let result = exchange_on(connection, secret.clone(), "s3cret", binding);
+        assert!(
+            matches!(result, Err(AuthError::ChannelBinding(_))),
+            "{result:?}"
+        );
+    }
+}
+
+#[test]
+fn plus_binds_to_the_server_certificate_hash() {
+    let secret = ScramSecret::generate("s3cret");
+    let hash = vec![7u8; 32];
+    let plus = || Binding::TlsServerEndPoint(hash.clone());
+    exchange_on(
+        plus(),
+        secret.clone(),
+        "s3cret",
+        ChannelBinding::tls_server_end_point(hash.clone()),
+    )
+    .expect("bound exchange");
+    // The client's TLS session ends somewhere else (a man in the middle): other data.
+    let result = exchange_on(
+        plus(),
+        secret.clone(),
+        "s3cret",
+        ChannelBinding::tls_server_end_point(vec![8u8; 32]),
+    );
     assert!(
-        matches!(result, Err(AuthError::ChannelBindingUnsupported)),
+        matches!(result, Err(AuthError::ChannelBinding(_))),
         "{result:?}"
     );
+    // PLUS chosen, but no binding data sent.
+    for binding in [ChannelBinding::unsupported(), ChannelBinding::unrequested()] {
+        let result = exchange_on(plus(), secret.clone(), "s3cret", binding);
+        assert!(
+            matches!(result, Err(AuthError::ChannelBinding(_))),
+            "{result:?}"
+        );
+    }
+    // A wrong password with the right binding is still only a wrong password.
+    let result = exchange_on(
+        plus(),
+        secret,
+        "S3cret",
+        ChannelBinding::tls_server_end_point(hash.clone()),
+    );
+    assert!(matches!(result, Err(AuthError::InvalidProof)), "{result:?}");
+}
+
+#[test]
+fn y_flag_is_a_downgrade_when_plus_was_offered() {
+    let secret = ScramSecret::generate("s3cret");
+    let result = exchange_on(
+        Binding::Declined,
+        secret.clone(),
+        "s3cret",
+        ChannelBinding::unrequested(),
+    );
+    assert!(
+        matches!(result, Err(AuthError::ChannelBinding(_))),
+        "{result:?}"
+    );
+    exchange_on(
+        Binding::Declined,
+        secret,
+        "s3cret",
+        ChannelBinding::unsupported(),
+    )
+    .expect("gs2 n,, without binding");
 }
 
 #[test]
