@@ -144,7 +144,9 @@ async fn checkout_timeout_gives_53300_then_recovers() {
     let topology = Topology::builder().build().expect("topology");
     let options = ProxyOptions {
         pool_size: 1,
-        checkout_timeout_ms: 300,
+        // Also bounds the first login's connect to PostgreSQL, which a loaded machine (a
+        // parallel test run) can take longer than a few hundred ms to serve.
+        checkout_timeout_ms: 1000,
         ..Default::default()
     };
     let proxy = Proxy::start_with(&topology, options);
@@ -159,8 +161,8 @@ async fn checkout_timeout_gives_53300_then_recovers() {
     let waited = started.elapsed();
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
     assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
-        "checkout should fail after ~300 ms, took {waited:?}"
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(3000),
+        "checkout should fail after ~1000 ms, took {waited:?}"
     );
     a.batch_execute("COMMIT").await.expect("A commits");
     let row = timeout(WAIT, b.query_one("SELECT 2", &[]))

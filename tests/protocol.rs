@@ -397,7 +397,9 @@ async fn failed_transaction_keeps_its_server() {
         &topo,
         ProxyOptions {
             pool_size: 1,
-            checkout_timeout_ms: 300,
+            // Also bounds the first login's connect to PostgreSQL, which a loaded machine
+            // (a parallel test run) can take longer than 300 ms to serve.
+            checkout_timeout_ms: 1500,
             ..ProxyOptions::default()
         },
     );
