@@ -107,7 +107,7 @@ fn limit_and_offset_widen_on_the_shards() {
     let s = ok("SELECT a FROM t ORDER BY a OFFSET $2 LIMIT $1");
     assert_eq!(
         s.shard_sql,
-        b"SELECT a FROM t ORDER BY a LIMIT ($1::int8 + $2::int8)"
+        b"SELECT a FROM t ORDER BY a LIMIT LEAST(($1::int8)::numeric + ($2::int8), 9223372036854775807)::int8"
     );
     assert_eq!(
         (s.limit, s.offset),
@@ -128,7 +128,7 @@ fn limit_and_offset_widen_on_the_shards() {
     );
     assert_eq!(
         shard("SELECT a FROM t LIMIT 4 OFFSET $1"),
-        "SELECT a FROM t LIMIT (4 + $1::int8)"
+        "SELECT a FROM t LIMIT LEAST((4)::numeric + ($1::int8), 9223372036854775807)::int8"
     );
     let s = ok("SELECT a FROM t OFFSET 7");
     assert_eq!(s.shard_sql, b"SELECT a FROM t");

@@ -112,7 +112,14 @@ pub(crate) fn shard_limit(l: &Limits) -> Vec<u8> {
             // Past bigint no shard could return that many rows anyway.
             _ => Vec::new(),
         },
-        (Some(lim), Some(off)) => format!("LIMIT ({} + {})", term(lim), term(off)).into_bytes(),
+        // Summed as numeric and capped at bigint's maximum: `$1 + $2` in bigint overflows
+        // (22003) for a limit near it, which one server never reports.
+        (Some(lim), Some(off)) => format!(
+            "LIMIT LEAST(({})::numeric + ({}), 9223372036854775807)::int8",
+            term(lim),
+            term(off)
+        )
+        .into_bytes(),
     }
 }
 
