@@ -18,6 +18,7 @@ mod relay;
 mod request;
 mod routing;
 mod scatter;
+mod scatter_encoding;
 mod scatter_group;
 mod scatter_request;
 mod scatter_stream;

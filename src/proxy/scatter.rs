@@ -27,8 +27,11 @@ use super::fanout::{read_more, request_len};
 use super::flight::SERVER_MAX_MESSAGE;
 use super::mirror::{reply_before_results, Description, Msg};
 use super::request::Scanned;
-use super::scatter_group::check_text_order;
-use super::scatter_request::{count_value, read_request, shard_formats, ClientRequest};
+use super::scatter_encoding::{may_compare_text, read_probe, Encodings, PROBE};
+use super::scatter_group::{check_text_order, compares_text};
+use super::scatter_request::{
+    count_value, needs_param_types, param_types, read_request, shard_formats, ClientRequest,
+};
 use super::scatter_stream::Sink;
 use super::session::Session;
 use super::shard_legs::Leg;
@@ -133,7 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 &formats,
                 &mut shard_req,
             );
-            if client.msgs.contains(&Msg::DescribeStatement) {
+            if shards_describe_statement(&select, &client) {
                 frontend::describe(b'S', b"", &mut shard_req);
             }
             frontend::describe(b'P', b"", &mut shard_req);
@@ -143,11 +146,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             frontend::query(&select.shard_sql, &mut shard_req);
         }
         let mut sent = Ok(());
-        for leg in &mut legs {
+        // Text ordered in the merge is in the client's encoding: ask which it is.
+        let probe = text_order && may_compare_text(&select);
+        for (i, leg) in legs.iter_mut().enumerate() {
             let mut bytes = BytesMut::new();
             for sql in std::mem::take(&mut leg.replay) {
                 frontend::query(&sql, &mut bytes);
                 leg.skip_replies += 1;
+            }
+            if probe && i == 0 {
+                frontend::query(PROBE, &mut bytes);
             }
             bytes.extend_from_slice(&shard_req);
             if let Err(e) = leg.co.conn.stream.write_all(&bytes).await {
@@ -161,7 +169,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut flushed = false;
         let outcome = match sent {
             Ok(()) => {
-                self.run_scatter(&mut legs, &select, &client, &mut flushed, text_order)
+                let order = TextOrder {
+                    collation_c: text_order,
+                    probe,
+                };
+                self.run_scatter(&mut legs, &select, &client, &mut flushed, order)
                     .await
             }
             Err(e) => Err(own(sqlstate::CONNECTION_FAILURE, format!("shardgate: {e}"))),
@@ -235,13 +247,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         select: &ScatterSelect,
         client: &ClientRequest,
         flushed: &mut bool,
-        text_order: bool,
+        text_order: TextOrder,
     ) -> Result<(), Failure> {
+        let encodings = match (text_order.probe, legs.first_mut()) {
+            (true, Some(leg)) => Some(read_probe(leg).await?),
+            _ => None,
+        };
         // Each shard's RowDescription (and ParameterDescription) first. With a Describe of the
         // statement, the shards describe it before the portal: that description always says
         // text (a statement does not know its result formats), so rows are decoded with the
         // portal's, which carries the formats the Bind asked for.
-        let statement_described = client.msgs.contains(&Msg::DescribeStatement);
+        let statement_described = shards_describe_statement(select, client);
         let mut described: Option<(RowDescription, Option<Bytes>)> = None;
         for (i, leg) in legs.iter_mut().enumerate() {
             let mut params_desc = None;
@@ -303,12 +319,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else {
             (select.outputs.len(), select.order_by.clone())
         };
-        if !text_order {
+        if !text_order.collation_c {
             check_text_order(select, &order_by, &columns)?;
+        } else if compares_text(select, &order_by, &columns) {
+            // Without the probe (it should have been sent) the encoding is unknown: refused.
+            match &encodings {
+                Some(e) if e.keep_byte_order() => {}
+                Some(e) => return Err(e.refusal()),
+                None => return Err(Encodings::unknown()),
+            }
         }
-        let limit = count_value(select.limit, &client.params, &client.param_formats)?;
-        let offset =
-            count_value(select.offset, &client.params, &client.param_formats)?.unwrap_or(0);
+        let types = param_types(params_desc.as_ref());
+        let (params, formats) = (&client.params, &client.param_formats);
+        let limit = count_value(select.limit, params, formats, &types)?;
+        let offset = count_value(select.offset, params, formats, &types)?.unwrap_or(0);
         let mut sink = Sink {
             limit,
             offset,
@@ -384,6 +408,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.shared.metrics.scatter.inc();
         self.record_legs(snapshot, legs, scanned, why, in_txn);
     }
+}
+
+/// How text sorts: as in C on the shards, and whether the first shard was asked for the
+/// session's encodings.
+#[derive(Clone, Copy)]
+struct TextOrder {
+    collation_c: bool,
+    probe: bool,
+}
+
+/// The shards describe the statement when the client does, and when a LIMIT/OFFSET parameter
+/// must be read (its type is in the description).
+fn shards_describe_statement(select: &ScatterSelect, client: &ClientRequest) -> bool {
+    client.extended && (client.msgs.contains(&Msg::DescribeStatement) || needs_param_types(select))
 }
 
 /// Why a shard's description of the result cannot be merged with the first shard's: another

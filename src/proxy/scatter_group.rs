@@ -210,6 +210,21 @@ pub(super) fn check_text_order(
     order_by: &[shardgate_sql::SortCol],
     columns: &[Column],
 ) -> Result<(), Failure> {
+    if compares_text(select, order_by, columns) {
+        return Err(own(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "shardgate: cannot merge ORDER BY, min or max over text across shards: the database's collation is not C",
+        ));
+    }
+    Ok(())
+}
+
+/// The merge orders text: an ORDER BY, min/max or HAVING over a text column.
+pub(super) fn compares_text(
+    select: &ScatterSelect,
+    order_by: &[shardgate_sql::SortCol],
+    columns: &[Column],
+) -> bool {
     const TEXTS: &[u32] = &[25, 1043, 1042, 19];
     let is_text = |c: usize| columns.get(c).is_some_and(|c| TEXTS.contains(&c.type_oid));
     let sorts_text = order_by.iter().any(|k| is_text(k.column));
@@ -219,13 +234,7 @@ pub(super) fn check_text_order(
     let having_text = select.having.as_ref().is_some_and(|h| {
         select.group_by.iter().any(|c| is_text(*c)) || having_min_max(h, &is_text)
     });
-    if sorts_text || min_max_text || having_text {
-        return Err(own(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "shardgate: cannot merge ORDER BY, min or max over text across shards: the database's collation is not C",
-        ));
-    }
-    Ok(())
+    sorts_text || min_max_text || having_text
 }
 
 /// HAVING reads a min or max over text (which may not be among the outputs).

@@ -4,11 +4,11 @@
 
 use bytes::Bytes;
 use shardgate_sql::{Count, OutputCol, ScatterSelect};
-use shardgate_wire::{peek_header, FrontendRef};
+use shardgate_wire::{peek_header, BackendMessage, FrontendRef};
 
 use super::errors::ClientError;
 use super::mirror::Msg;
-use super::scatter::{own, Failure};
+use super::scatter::{own_with_hint, Failure};
 use super::sqlstate;
 
 /// What the client sent: its messages, and the Bind the shards re-run.
@@ -84,17 +84,39 @@ pub(super) fn shard_formats(select: &ScatterSelect, client: &[i16]) -> Vec<i16> 
     f
 }
 
+/// Whether the shards must describe the statement for [`count_value`]: a LIMIT/OFFSET
+/// parameter's value is read by its type, which only the server knows for sure (a parameter
+/// left unspecified takes the type of its first use, not necessarily bigint).
+pub(super) fn needs_param_types(select: &ScatterSelect) -> bool {
+    matches!(select.limit, Some(Count::Param(_))) || matches!(select.offset, Some(Count::Param(_)))
+}
+
+/// The parameter types of the shards' ParameterDescription body (empty when unreadable).
+pub(super) fn param_types(desc: Option<&Bytes>) -> Vec<u32> {
+    match desc.map(|d| BackendMessage::decode(b't', d)) {
+        Some(Ok(BackendMessage::ParameterDescription(oids))) => oids,
+        _ => Vec::new(),
+    }
+}
+
+const INT2: u32 = 21;
+const INT4: u32 = 23;
+const INT8: u32 = 20;
+
 /// A LIMIT/OFFSET value: None for no limit (`ALL`, `NULL`). Err when a parameter cannot be
-/// read: guessing would return the wrong number of rows.
+/// read exactly: guessing would return the wrong number of rows. `types` are the statement's
+/// parameter types as the server resolved them.
 pub(super) fn count_value(
     c: Option<Count>,
     params: &[Option<Bytes>],
     formats: &[i16],
+    types: &[u32],
 ) -> Result<Option<u64>, Failure> {
     let unreadable = || {
-        own(
+        own_with_hint(
             sqlstate::FEATURE_NOT_SUPPORTED,
-            "shardgate: cannot read the LIMIT/OFFSET parameter of a query across shards",
+            "shardgate: cannot read the LIMIT/OFFSET parameter of a query across shards exactly",
+            "Pass LIMIT and OFFSET as integers (int2, int4 or int8), or in text format.",
         )
     };
     let n = match c {
@@ -112,17 +134,20 @@ pub(super) fn count_value(
         _ => formats.get(i).copied().unwrap_or(0),
     };
     let value: i64 = if format == 1 {
-        match raw.len() {
-            8 => <[u8; 8]>::try_from(&raw[..]).map(i64::from_be_bytes).ok(),
-            4 => <[u8; 4]>::try_from(&raw[..])
+        // Binary: the bytes mean what the type says (a float8's are not an int8's).
+        match (types.get(i).copied(), raw.len()) {
+            (Some(INT8), 8) => <[u8; 8]>::try_from(&raw[..]).map(i64::from_be_bytes).ok(),
+            (Some(INT4), 4) => <[u8; 4]>::try_from(&raw[..])
                 .map(|b| i32::from_be_bytes(b).into())
                 .ok(),
-            2 => <[u8; 2]>::try_from(&raw[..])
+            (Some(INT2), 2) => <[u8; 2]>::try_from(&raw[..])
                 .map(|b| i16::from_be_bytes(b).into())
                 .ok(),
             _ => None,
         }
     } else {
+        // Text of any type: an integer is read as is; anything else ("5.0", "2.5") would be
+        // rounded by the type's own rules, which are not repeated here.
         std::str::from_utf8(raw)
             .ok()
             .and_then(|t| t.trim().parse().ok())
