@@ -203,3 +203,64 @@ async fn text_is_not_ordered_in_an_encoding_that_sorts_differently() {
     .await
     .expect("bounded");
 }
+
+/// asyncpg's `fetchrow`/`fetchval` run a statement with an Execute row limit: a scatter sends
+/// at most that many merged rows, then PortalSuspended when it sent exactly that many (as a
+/// server does, whether or not rows remain), CommandComplete otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_execute_row_limit_cuts_the_merged_rows_as_a_server_does() {
+    use shardgate_testkit::Topology;
+    use support::raw::{first_column, login_trust, message, tags};
+    use support::sharded::{primaries, sharded_options, SCHEMA};
+
+    timeout(Duration::from_secs(90), async {
+        let topology = Topology::builder().shards(2).build().expect("topology");
+        let direct = primaries(&topology).await;
+        let mut keys = Vec::new();
+        for (shard, d) in direct.iter().enumerate() {
+            d.batch_execute(SCHEMA).await.expect("schema");
+            for k in int_keys_on(shard, 1, 3) {
+                d.execute("INSERT INTO orders (user_id, note) VALUES ($1, 'n')", &[&k])
+                    .await
+                    .expect("seed");
+                keys.push(k);
+            }
+        }
+        keys.sort_unstable();
+        let proxy = support::start_trust(&topology, sharded_options(None));
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.port));
+        let mut raw = login_trust(addr, topology.user(), topology.database()).await;
+        let wait = Duration::from_secs(10);
+        let run = |sql: &str, max_rows: u32| {
+            let mut out = message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+            out.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+            let mut execute = vec![0u8];
+            execute.extend_from_slice(&max_rows.to_be_bytes());
+            out.extend(message(b'E', &execute));
+            out.extend(message(b'S', b""));
+            out
+        };
+        let sorted = "SELECT user_id FROM orders ORDER BY user_id";
+        // Fewer rows than there are: the first ones in order, then PortalSuspended.
+        raw.send(&run(sorted, 2)).await;
+        let got = raw.until_ready(wait).await;
+        assert_eq!(tags(&got), b"12DDsZ".to_vec(), "{got:?}");
+        let firsts: Vec<String> = got
+            .iter()
+            .filter(|(t, _)| *t == b'D')
+            .map(|(_, b)| first_column(b))
+            .collect();
+        assert_eq!(firsts, vec![keys[0].to_string(), keys[1].to_string()]);
+        // More than there are: every row and the command tag.
+        raw.send(&run(sorted, 100)).await;
+        let got = raw.until_ready(wait).await;
+        assert_eq!(tags(&got), b"12DDDDDDCZ".to_vec(), "{got:?}");
+        // Exactly as many as asked for: suspended, as a server reports it.
+        raw.send(&run("SELECT count(*) FROM orders", 1)).await;
+        let got = raw.until_ready(wait).await;
+        assert_eq!(tags(&got), b"12DsZ".to_vec(), "{got:?}");
+        assert_eq!(first_column(&got[2].1), "6");
+    })
+    .await
+    .expect("test timed out");
+}

@@ -101,7 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let fields = ErrorFields::new(
                 "ERROR",
                 sqlstate::FEATURE_NOT_SUPPORTED,
-                "shardgate: a query across all shards must be one Bind and one Execute (without a row limit) in its request",
+                "shardgate: a query across all shards must be one Bind and one Execute in its request",
             );
             return self.reject_request(fields).await;
         };
@@ -333,8 +333,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let (params, formats) = (&client.params, &client.param_formats);
         let limit = count_value(select.limit, params, formats, &types)?;
         let offset = count_value(select.offset, params, formats, &types)?.unwrap_or(0);
+        // An Execute's row limit stops the rows as a LIMIT does; whether the portal then
+        // reports PortalSuspended is decided below.
+        let row_limit = (client.row_limit > 0).then_some(u64::from(client.row_limit));
         let mut sink = Sink {
-            limit,
+            limit: match (limit, row_limit) {
+                (Some(l), Some(r)) => Some(l.min(r)),
+                (l, r) => l.or(r),
+            },
             offset,
             sent: 0,
             distinct: None,
@@ -380,7 +386,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         *flushed = sink.flushed;
         merged?;
         self.shared.metrics.merge_rows.inc_by(sink.sent);
-        if client.msgs.contains(&Msg::Execute) || !client.extended {
+        if row_limit.is_some_and(|r| sink.sent == r) {
+            // As the server: a portal that returned as many rows as asked for is suspended,
+            // whether or not rows remain.
+            backend::portal_suspended(&mut self.out);
+        } else if client.msgs.contains(&Msg::Execute) || !client.extended {
             backend::command_complete(&format!("SELECT {}", sink.sent), &mut self.out);
         }
         Ok(())

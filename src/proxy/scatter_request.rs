@@ -18,6 +18,9 @@ pub(super) struct ClientRequest {
     pub(super) param_formats: Vec<i16>,
     pub(super) params: Vec<Option<Bytes>>,
     pub(super) result_formats: Vec<i16>,
+    /// The Execute's row limit (0: all rows). The portal is not fetched again: a second
+    /// Execute is refused, and Sync ends it.
+    pub(super) row_limit: u32,
 }
 
 pub(super) fn read_request(
@@ -30,6 +33,7 @@ pub(super) fn read_request(
         param_formats: Vec::new(),
         params: Vec::new(),
         result_formats: Vec::new(),
+        row_limit: 0,
     };
     let mut pos = 0;
     while let Some(h) = peek_header(&request[pos..], max_len)? {
@@ -43,11 +47,12 @@ pub(super) fn read_request(
             r.params = b.params().map(|p| p.map(Bytes::copy_from_slice)).collect();
             r.result_formats = b.result_formats().collect();
         }
-        // A portal fetched in parts, a Close, a Flush: not mirrored.
-        let m = match msg {
-            FrontendRef::Execute { max_rows, .. } if max_rows != 0 => None,
-            _ => Msg::of(&msg),
-        };
+        if let FrontendRef::Execute { max_rows, .. } = &msg {
+            // A negative count is all rows, as on the server.
+            r.row_limit = u32::try_from(*max_rows).unwrap_or(0);
+        }
+        // A Close, a Flush: not mirrored.
+        let m = Msg::of(&msg);
         let Some(m) = m else {
             return Ok(None);
         };

@@ -55,6 +55,11 @@ pub fn command_complete(tag: &str, dst: &mut BytesMut) {
     write_frame(tag::COMMAND_COMPLETE, dst, |d| put_cstr(d, tag.as_bytes()));
 }
 
+/// PortalSuspended: an Execute's row limit was reached.
+pub fn portal_suspended(dst: &mut BytesMut) {
+    write_frame(tag::PORTAL_SUSPENDED, dst, |_| {});
+}
+
 /// EmptyQueryResponse.
 pub fn empty_query(dst: &mut BytesMut) {
     write_frame(tag::EMPTY_QUERY_RESPONSE, dst, |_| {});
