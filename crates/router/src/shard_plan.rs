@@ -111,49 +111,59 @@ pub fn plan_statement(
     let column = a.key_column.clone().unwrap_or_default();
     const UNPARSED: &str = "Pin it with /* shardgate: shard=<name> */ or /* shardgate: \
                             shard_key=<value> */.";
-    let values = match key {
-        KeyConstraint::Values(v) if !v.is_empty() => v,
-        _ if !a.parsed => {
-            return Err(refuse(
-                format!(
+    let values =
+        match key {
+            KeyConstraint::Values(v) if !v.is_empty() => v,
+            _ if !a.parsed => {
+                return Err(refuse(
+                    format!(
                     "shardgate: cannot route a statement on sharded table {table}: it could not \
                      be parsed, so its shard key is unknown"
                 ),
-                UNPARSED,
-            ))
-        }
-        _ if a.sharded.len() > 1 => {
-            return Err(refuse(
-                format!(
+                    UNPARSED,
+                ))
+            }
+            _ if a.sharded.len() > 1 => {
+                return Err(refuse(
+                    format!(
                     "shardgate: a statement joining sharded tables ({}) needs a shard-key filter",
                     a.sharded.join(", ")
                 ),
-                PIN_HINT,
-            ))
-        }
-        _ if a.key_assigned => {
-            return Err(refuse(
-                format!(
+                    PIN_HINT,
+                ))
+            }
+            _ if a.key_assigned => {
+                return Err(refuse(
+                    format!(
                     "shardgate: an UPDATE of {table} without a shard-key filter assigns its shard \
                      key {column}, which could move rows to another shard"
                 ),
-                PIN_HINT,
-            ))
-        }
-        _ => {
-            let target = if a.write {
-                Target::ScatterWrite
-            } else {
-                Target::Scatter
-            };
-            return Ok(StatementPlan {
-                target,
-                why: ShardWhy::NoKey {
-                    table: table.to_owned(),
-                },
-            });
-        }
-    };
+                    PIN_HINT,
+                ))
+            }
+            _ if a.outer_join_of_copies => return Err(refuse(
+                format!(
+                    "shardgate: an outer join keeping every row of a reference table, a function \
+                     or VALUES against sharded table {table} cannot run across shards: each \
+                     shard would add its own NULL-extended rows"
+                ),
+                "Add a shard-key filter on the sharded table, or run it as two statements: the \
+                 rows that match, then the rows without a match (NOT EXISTS).",
+            )),
+            _ => {
+                let target = if a.write {
+                    Target::ScatterWrite
+                } else {
+                    Target::Scatter
+                };
+                return Ok(StatementPlan {
+                    target,
+                    why: ShardWhy::NoKey {
+                        table: table.to_owned(),
+                    },
+                });
+            }
+        };
     let mut set: ShardSet = 0;
     let mut first: Option<(KeyValue, u32)> = None;
     let mut shard_of_value = |src: &KeySource| -> Result<Option<usize>, Refusal> {

@@ -147,6 +147,42 @@ fn key_moves_are_refused_unless_they_stay_on_the_shard() {
 }
 
 #[test]
+fn outer_joins_keeping_a_reference_side_are_refused_unless_pinned() {
+    for sql in [
+        "SELECT count(*) FROM countries LEFT JOIN orders ON false",
+        "SELECT x FROM generate_series(1, 7) x LEFT JOIN orders o ON o.user_id = x",
+        "SELECT * FROM orders RIGHT JOIN countries ON true",
+        "DELETE FROM orders USING countries c FULL JOIN orders o ON true",
+    ] {
+        let r = plan(sql, &[]).unwrap_err();
+        assert_eq!(r.code, "0A000", "{sql}");
+        assert!(r.message.contains("NULL-extended"), "{sql}: {}", r.message);
+    }
+    let (a, b) = keys_on_both();
+    let p = plan(
+        &format!("SELECT * FROM countries c LEFT JOIN orders o ON true WHERE o.user_id = {a}"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(p.target, Target::Shards(bit(shard(a))));
+    // The key filter drops the NULL-extended rows: several shards answer it exactly.
+    let p = plan(
+        &format!(
+            "SELECT * FROM countries c LEFT JOIN orders o ON true WHERE o.user_id IN ({a}, {b})"
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(p.target, Target::Shards(bit(shard(a)) | bit(shard(b))));
+    assert_eq!(
+        plan("SELECT * FROM orders LEFT JOIN countries ON true", &[])
+            .unwrap()
+            .target,
+        Target::Scatter
+    );
+}
+
+#[test]
 fn unsharded_statements() {
     let t = |sql: &str| plan(sql, &[]).unwrap().target;
     assert_eq!(t("CREATE TABLE orders (user_id bigint)"), Target::All);

@@ -170,6 +170,12 @@ pub struct ShardAnalysis {
     pub key_assigned: bool,
     /// False: sqlparser could not read it (the caller refuses it on a multi-shard setup).
     pub parsed: bool,
+    /// An outer join keeps the rows of a side that reads no sharded table (a reference or
+    /// unsharded table, a function such as `generate_series`, `VALUES`) against a side that
+    /// reads one (`rr LEFT JOIN t`, `t RIGHT JOIN rr`, `FULL JOIN`): every shard holds the kept
+    /// side in full and would add its own NULL-extended rows, so the statement cannot run on
+    /// several shards (one shard, pinned by a key filter, answers it exactly).
+    pub outer_join_of_copies: bool,
 }
 
 const DDL_WORDS: &[&str] = &[
@@ -200,6 +206,7 @@ pub fn analyze_with(stmt: &[u8], spec: &ShardingSpec, write: Option<bool>) -> Sh
         key_update: None,
         key_assigned: false,
         parsed: false,
+        outer_join_of_copies: false,
     };
     let Some(tree) = parse_one(stmt, spec) else {
         // Unreadable: report the configured tables the text names, none of them constrained.
@@ -211,26 +218,29 @@ pub fn analyze_with(stmt: &[u8], spec: &ShardingSpec, write: Option<bool>) -> Sh
     out.parsed = true;
     let mut walk = walk::Walker::new(spec);
     walk.statement(&tree, true, 0);
-    // The token cross-checks of the module doc.
+    // The token cross-checks of the module doc. A name the statement defines for itself (`AS t`)
+    // explains the word, unless part of the tree went unread.
     let blind = walk.too_deep || mentions.selects > walk.selects;
-    for (table, name) in &mentions.sharded {
-        if !walk.seen_names.contains(name) {
-            walk.sharded.push(walk::ShardedRef {
-                table: *table,
-                key: None,
-            });
-        }
+    let explained =
+        |name: &String| walk.seen_names.contains(name) || (!blind && walk.aliases.contains(name));
+    let missed_sharded: Vec<usize> = (mentions.sharded.iter())
+        .filter(|(_, name)| !explained(name))
+        .map(|&(table, _)| table)
+        .collect();
+    let missed_reference: Vec<usize> = (mentions.reference_names.iter())
+        .filter(|(i, name)| !explained(name) && !walk.reference.contains(i))
+        .map(|&(i, _)| i)
+        .collect();
+    for table in missed_sharded {
+        walk.sharded.push(walk::ShardedRef { table, key: None });
     }
-    for &(i, ref name) in &mentions.reference_names {
-        if !walk.seen_names.contains(name) && !walk.reference.contains(&i) {
-            walk.reference.push(i);
-        }
-    }
+    walk.reference.extend(missed_reference);
     let tables: Vec<usize> = walk.sharded.iter().map(|r| r.table).collect();
     finish_tables(&mut out, spec, &tables, &walk.reference);
     out.other = std::mem::take(&mut walk.other);
     out.key_update = walk.key_update.take();
     out.key_assigned = walk.key_assigned;
+    out.outer_join_of_copies = walk.outer_join_of_copies;
     if walk.sharded.is_empty() {
         return out;
     }

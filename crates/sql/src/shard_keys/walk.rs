@@ -11,8 +11,8 @@ use super::values::{fold, fold_name, key_source};
 use super::{KeySource, ShardingSpec, TableKind};
 use sqlparser::ast::{
     Assignment, AssignmentTarget, Delete, Expr, FromTable, Insert, ObjectName, ObjectType,
-    OnConflictAction, OnInsert, Query, Select, SelectItem, SetExpr, Statement, TableObject, Update,
-    UpdateTableFromKind,
+    OnConflictAction, OnInsert, Query, Select, SelectItem, SetExpr, Statement, TableAlias,
+    TableObject, Update, UpdateTableFromKind,
 };
 
 /// Deeper than this the walk stops and reports `too_deep` (the caller then pins nothing).
@@ -41,8 +41,14 @@ pub(crate) struct Walker<'s> {
     pub(crate) other: Vec<String>,
     /// The last part of every relation name met, CTE names included.
     pub(crate) seen_names: Vec<String>,
+    /// Names the statement defines for itself: table and column aliases, output names, window
+    /// names. A word equal to a table's name that is one of these need not name that table.
+    pub(crate) aliases: Vec<String>,
     /// `SELECT` nodes visited, to compare with the `SELECT` keywords in the text.
     pub(crate) selects: usize,
+    /// An outer join keeps every row of a side that reads no sharded table (a reference table,
+    /// a function, `VALUES`) against a side that does: see `ShardAnalysis::outer_join_of_copies`.
+    pub(crate) outer_join_of_copies: bool,
     pub(crate) too_deep: bool,
     pub(crate) insert: Option<InsertKeys>,
     pub(crate) key_update: Option<KeySource>,
@@ -58,7 +64,9 @@ impl<'s> Walker<'s> {
             reference: Vec::new(),
             other: Vec::new(),
             seen_names: Vec::new(),
+            aliases: Vec::new(),
             selects: 0,
+            outer_join_of_copies: false,
             too_deep: false,
             insert: None,
             key_update: None,
@@ -128,6 +136,7 @@ impl<'s> Walker<'s> {
             for cte in &with.cte_tables {
                 let name = fold(&cte.alias.name);
                 self.seen_names.push(name.clone());
+                self.table_alias(&cte.alias);
                 self.ctes.push(name);
                 self.query(&cte.query, false, depth + 1);
             }
@@ -178,6 +187,9 @@ impl<'s> Walker<'s> {
                 self.expr(e, depth);
             }
         }
+        self.output_names(&s.projection);
+        self.aliases
+            .extend(s.named_window.iter().map(|w| fold(&w.0)));
         if let Some(w) = &s.selection {
             self.expr(w, depth);
             if top {
@@ -214,6 +226,7 @@ impl<'s> Walker<'s> {
                 scope.add_conjuncts(w, false);
             }
         }
+        self.output_names(u.returning.iter().flatten());
         if top {
             self.pin(&scope);
         }
@@ -231,6 +244,7 @@ impl<'s> Walker<'s> {
                 scope.add_conjuncts(w, false);
             }
         }
+        self.output_names(del.returning.iter().flatten());
         if top {
             self.pin(&scope);
         }
@@ -241,6 +255,9 @@ impl<'s> Walker<'s> {
             return;
         };
         let target = self.relation(name);
+        self.aliases
+            .extend(ins.table_alias.iter().map(|a| fold(&a.alias)));
+        self.output_names(ins.returning.iter().flatten());
         let key_col = target.and_then(|r| self.key_column(r));
         if let Some(src) = &ins.source {
             self.query(src, false, depth);
@@ -294,6 +311,26 @@ impl<'s> Walker<'s> {
                 self.key_update = v;
             }
         }
+    }
+
+    /// Notes the `AS name` of select-list (or `RETURNING`) items.
+    fn output_names<'i>(&mut self, items: impl IntoIterator<Item = &'i SelectItem>) {
+        for item in items {
+            match item {
+                SelectItem::ExprWithAlias { alias, .. } => self.aliases.push(fold(alias)),
+                SelectItem::ExprWithAliases { aliases, .. } => {
+                    self.aliases.extend(aliases.iter().map(fold))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Notes a table alias and its column aliases.
+    fn table_alias(&mut self, alias: &TableAlias) {
+        self.aliases.push(fold(&alias.name));
+        self.aliases
+            .extend(alias.columns.iter().map(|c| fold(&c.name)));
     }
 
     fn pin(&mut self, scope: &Scope) {

@@ -6,7 +6,7 @@ use crate::shard_keys::scope::{Entry, Scope, Term};
 use crate::shard_keys::values::{fold, fold_name};
 use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, JoinConstraint, JoinOperator,
-    TableFactor, TableWithJoins,
+    ObjectName, ObjectNamePart, TableAlias, TableFactor, TableWithJoins,
 };
 
 impl Walker<'_> {
@@ -19,10 +19,22 @@ impl Walker<'_> {
         if self.deep(depth) {
             return;
         }
+        let start = self.sharded.len();
         self.factor(&twj.relation, scope, depth + 1);
         for join in &twj.joins {
             let left_len = scope.entries.len();
+            let right_start = self.sharded.len();
             self.factor(&join.relation, scope, depth + 1);
+            let left_sharded = right_start > start;
+            let right_sharded = self.sharded.len() > right_start;
+            let (left_kept, right_kept) = match &join.join_operator {
+                JoinOperator::Left(_) | JoinOperator::LeftOuter(_) => (true, false),
+                JoinOperator::Right(_) | JoinOperator::RightOuter(_) => (false, true),
+                JoinOperator::FullOuter(_) => (true, true),
+                _ => (false, false),
+            };
+            self.outer_join_of_copies |= (left_kept && !left_sharded && right_sharded)
+                || (right_kept && !right_sharded && left_sharded);
             let (constraint, inner) = match &join.join_operator {
                 JoinOperator::Join(c)
                 | JoinOperator::Inner(c)
@@ -67,6 +79,7 @@ impl Walker<'_> {
         if self.deep(depth) {
             return;
         }
+        self.factor_alias(f);
         match f {
             TableFactor::Table {
                 name,
@@ -74,7 +87,16 @@ impl Walker<'_> {
                 args: None,
                 ..
             } => {
-                let Some(parts) = fold_name(name) else { return };
+                let (parts, alias) = match only_table(name, alias.as_ref()) {
+                    Some(table) => (vec![table], None),
+                    None => (
+                        fold_name(name).unwrap_or_default(),
+                        alias.as_ref().map(|a| fold(&a.name)),
+                    ),
+                };
+                if parts.is_empty() {
+                    return;
+                }
                 let is_cte = matches!(parts.as_slice(), [n] if self.ctes.contains(n));
                 let sharded = if is_cte {
                     self.seen_names.extend(parts.last().cloned());
@@ -85,7 +107,7 @@ impl Walker<'_> {
                 };
                 scope.entries.push(Entry {
                     parts,
-                    alias: alias.as_ref().map(|a| fold(&a.name)),
+                    alias,
                     sharded,
                 });
             }
@@ -103,6 +125,27 @@ impl Walker<'_> {
                 table_with_joins, ..
             } => self.table_with_joins(table_with_joins, scope, depth + 1),
             _ => {}
+        }
+    }
+
+    /// Notes the alias a `FROM` item defines; the table name of `ONLY t` is no alias.
+    fn factor_alias(&mut self, f: &TableFactor) {
+        let alias = match f {
+            TableFactor::Table { name, alias, .. } => {
+                if only_table(name, alias.as_ref()).is_some() {
+                    return;
+                }
+                alias
+            }
+            TableFactor::Derived { alias, .. }
+            | TableFactor::TableFunction { alias, .. }
+            | TableFactor::Function { alias, .. }
+            | TableFactor::UNNEST { alias, .. }
+            | TableFactor::NestedJoin { alias, .. } => alias,
+            _ => return,
+        };
+        if let Some(a) = alias {
+            self.table_alias(a);
         }
     }
 
@@ -182,4 +225,18 @@ impl Walker<'_> {
             _ => {}
         }
     }
+}
+
+/// `ONLY t` (no inheritance children): sqlparser reads it as a table named `ONLY` with the alias
+/// `t`. `only` is a reserved word in PostgreSQL, so an unquoted one-part `ONLY` cannot name a
+/// table: the alias is the table. `ONLY t AS x` and `ONLY schema.t` do not parse at all.
+pub(super) fn only_table(name: &ObjectName, alias: Option<&TableAlias>) -> Option<String> {
+    let [ObjectNamePart::Identifier(word)] = name.0.as_slice() else {
+        return None;
+    };
+    let alias = alias?;
+    (word.quote_style.is_none()
+        && word.value.eq_ignore_ascii_case("only")
+        && alias.columns.is_empty())
+    .then(|| fold(&alias.name))
 }
