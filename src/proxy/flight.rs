@@ -553,7 +553,21 @@ impl Flight {
             && self.tx_status == b'I'
     }
 
-    /// Ends the unsynced run with a Sync of shardgate's own (see [`Flight::can_end_prepares`]).
+    /// The server answered everything sent, but the client has not ended its run with a Sync
+    /// (it sent a Flush): the flight goes idle only through the client's next messages.
+    pub(crate) fn waits_on_client_sync(&self) -> bool {
+        self.unsynced && self.expect.is_empty() && !self.copy_in
+    }
+
+    /// [`Flight::waits_on_client_sync`], without error, inside a transaction block: a Sync of
+    /// shardgate's own there changes nothing the client can see (it commits nothing, and
+    /// portals and statements live on to the transaction's end), so it may end the run.
+    pub(crate) fn can_end_run_in_transaction(&self) -> bool {
+        self.waits_on_client_sync() && !self.had_error && self.tx_status == b'T'
+    }
+
+    /// Ends the unsynced run with a Sync of shardgate's own (see [`Flight::can_end_prepares`],
+    /// [`Flight::can_end_run_in_transaction`]).
     pub(crate) fn end_prepares(&mut self, to_server: &mut BytesMut) {
         frontend::sync(to_server);
         self.expect.push_back(Expect::HiddenSync);

@@ -347,6 +347,38 @@ fn a_run_that_only_prepares_named_statements_may_be_ended_by_shardgate() {
     h.client(&prepare(b"bad"));
     h.server(&reply("E"));
     assert!(!h.flight.can_end_prepares());
+
+    // Inside a transaction block, any run answered without error may be ended when a request
+    // behind it needs another shard (the relay asks); outside one, none but the above.
+    let mut h = Harness::new();
+    h.flight = Flight::with_status(b'T');
+    h.client(&prepare(b""));
+    assert!(!h.flight.waits_on_client_sync(), "replies still owed");
+    h.server(&answer);
+    assert!(h.flight.waits_on_client_sync());
+    assert!(!h.flight.can_end_prepares());
+    assert!(h.flight.can_end_run_in_transaction());
+    let mut to_server = BytesMut::new();
+    h.flight.end_prepares(&mut to_server);
+    assert!(!h.flight.waits_on_client_sync());
+    let mut ready = BytesMut::new();
+    backend::ready_for_query(b'T', &mut ready);
+    assert!(h.server(&ready).is_empty());
+    assert!(h.flight.idle());
+    assert_eq!(h.flight.tx_status, b'T');
+    let mut h = Harness::new();
+    h.client(&prepare(b""));
+    h.server(&answer);
+    assert!(h.flight.waits_on_client_sync());
+    assert!(
+        !h.flight.can_end_run_in_transaction(),
+        "outside a transaction block"
+    );
+    let mut h = Harness::new();
+    h.flight = Flight::with_status(b'T');
+    h.client(&prepare(b"bad"));
+    h.server(&reply("E"));
+    assert!(!h.flight.can_end_run_in_transaction(), "after an error");
 }
 
 #[test]

@@ -46,6 +46,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
             let limit = self.translate_limit()?;
+            if limit == 0 && self.flight.waits_on_client_sync() && self.request_held_back()? {
+                // Held back behind a run only the client's Sync would end: that Sync comes
+                // after this request.
+                if !self.flight.can_end_run_in_transaction() {
+                    self.refuse_behind_unsynced().await?;
+                    return Ok(true);
+                }
+                self.send_hidden_sync().await?;
+            }
             let Some(checkout) = self.server.as_mut() else {
                 return Ok(true);
             };
@@ -172,15 +181,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Ends, with a Sync of its own, a run that only prepared and described named statements
     /// once the server has answered it (see `Flight::can_end_prepares`), so that a client
     /// waiting after a Flush does not hold its server connection (transaction mode, when
-    /// nothing more from the client is waiting). Not cancel safe.
+    /// nothing more from the client is waiting; with sharding, whatever it sent meanwhile: a
+    /// request for another shard is held back until the flight is idle). Not cancel safe.
     async fn end_prepares_if_answered(&mut self) -> Result<(), ClientError> {
+        let sharded = self
+            .server
+            .as_ref()
+            .is_some_and(|c| c.snapshot.sharding.is_some());
         if self.mode != PoolMode::Transaction
             || self.pinned.is_some()
-            || !self.cbuf.is_empty()
+            || (!self.cbuf.is_empty() && !sharded)
             || !self.flight.can_end_prepares()
         {
             return Ok(());
         }
+        self.send_hidden_sync().await
+    }
+
+    /// Ends the unsynced run with a Sync of shardgate's own, whose ReadyForQuery the client never
+    /// sees. Not cancel safe.
+    async fn send_hidden_sync(&mut self) -> Result<(), ClientError> {
         let Some(checkout) = self.server.as_mut() else {
             return Ok(());
         };
@@ -245,6 +265,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(len);
         }
         Ok(if self.plan_pipelined()? { len } else { 0 })
+    }
+
+    /// A whole request is buffered but held back (see `translate_limit`).
+    fn request_held_back(&self) -> Result<bool, ClientError> {
+        Ok(
+            self.server.is_some()
+                && super::fanout::request_len(&self.cbuf, self.max_len)?.is_some(),
+        )
+    }
+
+    /// Refuses a request that cannot follow the unsynced run before it (it needs another shard,
+    /// or its own planning) while that run holds its connection, outside a transaction block or
+    /// after an error: the server owes nothing, and the flight goes idle only with the client's
+    /// Sync, which comes after this request. A Sync of shardgate's own would commit the
+    /// implicit transaction the run is in, which the client's request may still fail. The
+    /// run's connection is closed, which ends it as the error would on one server: an open
+    /// transaction is rolled back everywhere (the client ends it with ROLLBACK), an implicit
+    /// one with it.
+    async fn refuse_behind_unsynced(&mut self) -> Result<(), ClientError> {
+        self.shared.metrics.refused("behind_unsynced");
+        if self.flight.tx_status == b'I' && self.parked.is_empty() {
+            if let Some(co) = self.server.take() {
+                // Whatever it left unsynced (portals, an implicit transaction) dies with it.
+                self.registration.slot.clear();
+                co.conn.discard();
+            }
+            self.flight = super::flight::Flight::default();
+        } else {
+            self.abort_locally().await;
+        }
+        let fields = ErrorFields::new(
+            "ERROR",
+            super::sqlstate::FEATURE_NOT_SUPPORTED,
+            "shardgate: this request needs another shard than the unfinished one before it",
+        )
+        .with(
+            b'D',
+            "The messages before it were ended with Flush, not Sync, outside a transaction \
+             block (or after an error), and left something open on their shard: the request \
+             cannot run elsewhere until a Sync ends that.",
+        )
+        .with(
+            b'H',
+            "End each request with Sync before one that needs another shard, or run them in a \
+             transaction block.",
+        );
+        self.reject_request(fields).await
     }
 
     /// Plans a complete request pipelined behind one in flight: true if it can follow on the

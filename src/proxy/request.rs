@@ -85,6 +85,9 @@ pub(crate) struct Scanned {
     /// It runs something (a Query, Execute or FunctionCall), rather than only preparing or
     /// describing: only then can it write.
     pub(crate) executes: bool,
+    /// Not complete, and so far only Parse and Describe ended by a Flush (asyncpg's prepare):
+    /// it runs nothing, and what the client sends next is planned as a request of its own.
+    pub(crate) prepare_flushed: bool,
 }
 
 /// Folds one text's classification into the request's. `runs`: the text is run by this
@@ -268,7 +271,8 @@ pub(crate) fn scan(
         }
         pos += h.len;
     }
-    if !s.complete && (!prepare_flushed || !last_flush) {
+    s.prepare_flushed = !s.complete && prepare_flushed && last_flush;
+    if !s.complete && !s.prepare_flushed {
         // The rest of the request is not here yet: it could write. A prepare that waits on its
         // Flush ran nothing: the statements it prepares decide (a write or an unparsed one
         // already made it a write), and whatever follows on that connection before its Sync is

@@ -545,7 +545,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.pin_if_needed(scanned);
         let in_txn = in_transaction || scanned.view.begins.is_some();
-        if scanned.view.write && in_txn && (scanned.executes || !scanned.complete) {
+        // A prepare waiting on its Flush runs nothing; its execution is planned (and noted)
+        // as a request of its own.
+        let may_run = scanned.executes || (!scanned.complete && !scanned.prepare_flushed);
+        if scanned.view.write && in_txn && may_run {
             self.routing.txn_wrote = true;
             self.txn_write_shard = Some(shard);
             self.txn_written |= shardgate_router::bit(shard);
