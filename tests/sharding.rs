@@ -707,7 +707,21 @@ async fn reference_and_unlisted_tables_are_written_everywhere_and_read_on_s0() {
             .await
             .expect("extended reference insert");
         assert_eq!(n, 1);
-        simple(c, "UPDATE countries SET name = 'Nippon' WHERE code = 'jp'").await;
+        // RETURNING: every shard returns the same row, which one server returns once.
+        let (rows, n) = simple(
+            c,
+            "UPDATE countries SET name = 'Nippon' WHERE code = 'jp' RETURNING name",
+        )
+        .await;
+        assert_eq!((rows, n), (vec!["Nippon".to_owned()], vec![1]));
+        let rows = c
+            .query(
+                "UPDATE countries SET name = $1 WHERE code = 'jp' RETURNING code",
+                &[&"Nippon"],
+            )
+            .await
+            .expect("extended reference update returning");
+        assert_eq!(rows.len(), 1, "one row, as from one server");
         for (i, d) in s.direct.iter().enumerate() {
             let got = texts(d, "SELECT code || '=' || name FROM countries").await;
             assert_eq!(

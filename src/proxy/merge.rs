@@ -128,6 +128,9 @@ pub(crate) fn merge_replies(
                 if is_row(ot) {
                     match positions {
                         Some(_) => held.push((n + 1, of)),
+                        // A broadcast to full copies (a reference table's write): every shard
+                        // returns the same rows, which one server returns once.
+                        None if !sum_counts => {}
                         None => dst.extend_from_slice(of),
                     }
                 } else if !incidental(ot) {
