@@ -126,6 +126,17 @@ async fn aliases_only_and_outer_joins_match_one_server() {
             );
             assert!(msg.contains("NULL-extended"), "{sql}: {msg}");
         }
+        // A self-join off the key: each shard would pair only its own rows.
+        let msg = expect_code(
+            c.query(
+                "SELECT count(*) FROM orders a JOIN orders b ON a.note = b.note",
+                &[],
+            )
+            .await,
+            &SqlState::FEATURE_NOT_SUPPORTED,
+            "self-join",
+        );
+        assert!(msg.contains("more than once"), "{msg}");
         // Pinned by a key filter, one shard answers it exactly.
         let sql = format!(
             "SELECT c.code FROM countries c LEFT JOIN orders o ON o.note = c.code \

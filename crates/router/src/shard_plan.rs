@@ -150,6 +150,18 @@ pub fn plan_statement(
                 "Add a shard-key filter on the sharded table, or run it as two statements: the \
                  rows that match, then the rows without a match (NOT EXISTS).",
             )),
+            // A self-join or a subquery on the same table: each shard would pair only its own
+            // rows, losing the pairs that span shards.
+            _ if a.sharded_refs > 1 => {
+                return Err(refuse(
+                    format!(
+                        "shardgate: a statement reading sharded table {table} more than once (a \
+                         self-join or a subquery on it) needs a shard-key filter on every \
+                         reference"
+                    ),
+                    PIN_HINT,
+                ))
+            }
             _ => {
                 let target = if a.write {
                     Target::ScatterWrite

@@ -219,3 +219,34 @@ fn null_keys() {
     let p = plan_statement(&a, &map, 2, &mut |_: &KeySource| Ok(None)).unwrap();
     assert_eq!(p.target, Target::Shards(1));
 }
+
+#[test]
+fn a_sharded_table_read_twice_needs_a_key_on_every_reference() {
+    // Each shard would pair only its own rows (the scatter hunt's self-join lost half its
+    // pairs), or test membership against its own rows only.
+    for sql in [
+        "SELECT count(*) FROM orders a JOIN orders b ON a.note = b.note",
+        "SELECT * FROM orders WHERE note IN (SELECT note FROM orders WHERE user_id > 3)",
+        "DELETE FROM orders WHERE note IN (SELECT note FROM orders WHERE user_id > 3)",
+    ] {
+        let r = plan(sql, &[]).unwrap_err();
+        assert_eq!(r.code, "0A000", "{sql}");
+        assert!(r.message.contains("more than once"), "{sql}: {}", r.message);
+    }
+    let (a, _) = keys_on_both();
+    let r = plan(
+        &format!("SELECT * FROM orders x JOIN orders y ON x.note = y.note WHERE x.user_id = {a}"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(r.code, "0A000");
+    let p = plan(
+        &format!(
+            "SELECT * FROM orders x JOIN orders y ON x.note = y.note \
+             WHERE x.user_id = {a} AND y.user_id = {a}"
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(p.target, Target::Shards(bit(shard(a))));
+}

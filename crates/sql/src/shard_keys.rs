@@ -176,6 +176,9 @@ pub struct ShardAnalysis {
     /// side in full and would add its own NULL-extended rows, so the statement cannot run on
     /// several shards (one shard, pinned by a key filter, answers it exactly).
     pub outer_join_of_copies: bool,
+    /// How many times sharded tables are referenced (a self-join or a subquery on the same
+    /// table counts each reference; `sharded` lists each table once).
+    pub sharded_refs: usize,
 }
 
 const DDL_WORDS: &[&str] = &[
@@ -207,6 +210,7 @@ pub fn analyze_with(stmt: &[u8], spec: &ShardingSpec, write: Option<bool>) -> Sh
         key_assigned: false,
         parsed: false,
         outer_join_of_copies: false,
+        sharded_refs: 0,
     };
     let Some(tree) = parse_one(stmt, spec) else {
         // Unreadable: report the configured tables the text names, none of them constrained.
@@ -241,6 +245,7 @@ pub fn analyze_with(stmt: &[u8], spec: &ShardingSpec, write: Option<bool>) -> Sh
     out.key_update = walk.key_update.take();
     out.key_assigned = walk.key_assigned;
     out.outer_join_of_copies = walk.outer_join_of_copies;
+    out.sharded_refs = walk.sharded.len();
     if walk.sharded.is_empty() {
         return out;
     }
