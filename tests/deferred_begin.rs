@@ -309,6 +309,23 @@ async fn a_held_back_begin_a_node_refuses_fails_the_statement() {
         assert_eq!(proxied, direct);
         assert_eq!(proxied[0], ["C ROLLBACK", "Z T"]);
 
+        // The serializable transaction above ran on the primary, and its end was probed for
+        // read-your-writes (it was not READ ONLY): the session reads from the primary until the
+        // replica has replayed that position. Wait for it, bounded.
+        let mut on_replica = false;
+        for _ in 0..100 {
+            let got = transcript(
+                &mut c,
+                &query("/* shardgate: replica */ SELECT pg_is_in_recovery()"),
+            )
+            .await;
+            if got.first().map(String::as_str) == Some("D t") {
+                on_replica = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(on_replica, "the replica never caught up with the session");
         // A write it carried never ran anywhere.
         assert_eq!(
             transcript(&mut c, &query("BEGIN READ WRITE")).await,
