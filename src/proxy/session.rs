@@ -372,14 +372,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if in_transaction {
             // The held-back BEGIN starts now: read-only only if the first statement says so,
             // and on the primary if its modes are ones a hot standby refuses.
-            let begin = self.deferred_begin.as_deref().unwrap_or_default();
-            let standby_ok = shardgate_sql::strict_begin(begin).is_some_and(|b| !b.primary_only);
-            let begins_read_only = matches!(
-                snapshot.classifier.classify(begin).txn.as_slice(),
-                [TxnControl::Begin { read_only: true }]
-            );
+            let begin = self
+                .deferred_begin
+                .as_deref()
+                .and_then(shardgate_sql::strict_begin);
+            let standby_ok = begin.is_some_and(|b| !b.primary_only);
             let read_only = standby_ok
-                && (begins_read_only
+                && (begin.is_some_and(|b| b.read_only)
                     || scanned.first_txn == Some(TxnControl::SetTransactionReadOnly));
             scanned.view.begins = Some(read_only);
         }

@@ -14,6 +14,8 @@ pub struct StrictBegin {
     pub modes: bool,
     /// A mode a hot standby refuses at BEGIN: `READ WRITE`, `ISOLATION LEVEL SERIALIZABLE`.
     pub primary_only: bool,
+    /// Its last access mode is `READ ONLY` (a later mode overrides an earlier one).
+    pub read_only: bool,
 }
 
 /// A `COMMIT` / `END` / `ROLLBACK` / `ABORT` text PostgreSQL certainly accepts.
@@ -98,6 +100,7 @@ pub fn strict_begin(sql: &[u8]) -> Option<StrictBegin> {
         start,
         modes: false,
         primary_only: false,
+        read_only: false,
     };
     while !c.done() {
         if begin.modes && c.eat_comma() && c.done() {
@@ -117,7 +120,10 @@ pub fn strict_begin(sql: &[u8]) -> Option<StrictBegin> {
         } else if c.eat("READ") {
             if c.eat("WRITE") {
                 begin.primary_only = true;
-            } else if !c.eat("ONLY") {
+                begin.read_only = false;
+            } else if c.eat("ONLY") {
+                begin.read_only = true;
+            } else {
                 return None;
             }
         } else if !(c.eat("DEFERRABLE") || (c.eat("NOT") && c.eat("DEFERRABLE"))) {
@@ -274,10 +280,25 @@ mod tests {
                 Some(StrictBegin {
                     start,
                     modes,
-                    primary_only
+                    primary_only,
+                    read_only: sql.contains("READ ONLY"),
                 }),
                 "{sql}"
             );
+        }
+    }
+
+    #[test]
+    fn the_last_access_mode_decides_read_only() {
+        for (sql, read_only, primary_only) in [
+            ("BEGIN READ ONLY", true, false),
+            ("BEGIN READ ONLY, READ WRITE", false, true),
+            // The standby refuses the READ WRITE step even though READ ONLY follows.
+            ("BEGIN READ WRITE READ ONLY", true, true),
+            ("BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY", true, true),
+        ] {
+            let b = strict_begin(sql.as_bytes()).map(|b| (b.read_only, b.primary_only));
+            assert_eq!(b, Some((read_only, primary_only)), "{sql}");
         }
     }
 
