@@ -56,8 +56,8 @@ async fn login_error(conn_str: &str, options: &str) -> (String, SqlState, String
     )
 }
 
-#[tokio::test]
-async fn the_greeting_reports_startup_settings_as_the_server_spells_them() {
+/// One primary behind a proxy with a pool of one, and the primary's direct connection string.
+fn one_server_proxy() -> (Topology, Proxy, String) {
     let topo = Topology::builder().build().expect("topology");
     let proxy = Proxy::start_with(
         &topo,
@@ -67,6 +67,12 @@ async fn the_greeting_reports_startup_settings_as_the_server_spells_them() {
         },
     );
     let direct = support::direct_conn_str(&topo, &topo.shards[0].primary);
+    (topo, proxy, direct)
+}
+
+#[tokio::test]
+async fn the_greeting_reports_startup_settings_as_the_server_spells_them() {
+    let (topo, proxy, direct) = one_server_proxy();
     for options in [
         r"-c DateStyle=sql,dmy -c TimeZone=utc -c IntervalStyle=SQL_STANDARD",
         r"-c datestyle=german -c timezone=europe/paris --application-name=app",
@@ -110,15 +116,7 @@ async fn the_greeting_reports_startup_settings_as_the_server_spells_them() {
 
 #[tokio::test]
 async fn a_startup_setting_the_server_refuses_fails_the_login_with_its_error() {
-    let topo = Topology::builder().build().expect("topology");
-    let proxy = Proxy::start_with(
-        &topo,
-        ProxyOptions {
-            pool_size: 1,
-            ..ProxyOptions::default()
-        },
-    );
-    let direct = support::direct_conn_str(&topo, &topo.shards[0].primary);
+    let (topo, proxy, direct) = one_server_proxy();
     for (options, code) in [
         ("-c DateStyle=bogus", SqlState::INVALID_PARAMETER_VALUE),
         (
