@@ -450,12 +450,11 @@ impl SessionParams {
         let mut sql = String::from("RESET ALL;RESET ROLE;SET SESSION AUTHORIZATION DEFAULT");
         // A startup parameter's value is read as the server reads it from the startup packet,
         // which set_config does and SET does not: `SET search_path TO 'a,b'` names one schema
-        // called "a,b", where the startup parameter `search_path=a,b` names two.
-        for (name, value) in self
-            .startup
-            .iter()
-            .filter(|(k, _)| !self.sets.contains_key(*k))
-        {
+        // called "a,b", where the startup parameter `search_path=a,b` names two. Each one
+        // is applied even when a SET changed it since, as a direct session has it under the
+        // SET: `SET DateStyle = ISO` keeps the startup value's day order (session 10 found
+        // `ISO, MDY` where PostgreSQL shows `ISO, DMY` after a re-application).
+        for (name, value) in &self.startup {
             sql.push_str(&format!(
                 ";SELECT pg_catalog.set_config({}, {value}, false)",
                 quote_literal(name)
