@@ -294,3 +294,260 @@ async fn reset_returns_to_the_startup_value_at_once_as_on_a_direct_connection() 
         .expect("other");
     assert_eq!(row.get::<_, String>(0), "");
 }
+
+/// One client logged in with the same startup packet twice: straight to PostgreSQL and through
+/// shardgate, to run the same messages on both and compare every reply.
+struct Twins {
+    direct: RawConn,
+    proxied: RawConn,
+}
+
+/// What a reply says, comparable between a direct and a proxied connection: every message as
+/// is, except an error, reduced to its SQLSTATE and message.
+fn comparable(got: &[(u8, Vec<u8>)]) -> Vec<(char, String)> {
+    got.iter()
+        .map(|(tag, body)| {
+            let text = if *tag == b'E' {
+                format!(
+                    "{} {}",
+                    support::raw::error_field(body, b'C').unwrap_or_default(),
+                    support::raw::error_field(body, b'M').unwrap_or_default()
+                )
+            } else {
+                String::from_utf8_lossy(body).into_owned()
+            };
+            (char::from(*tag), text)
+        })
+        .collect()
+}
+
+impl Twins {
+    async fn login(topo: &Topology, proxy: &Proxy, params: &[(&str, &str)]) -> Twins {
+        let mut packet = vec![("user", topo.user()), ("database", topo.database())];
+        packet.extend_from_slice(params);
+        let direct_addr =
+            std::net::SocketAddr::from(([127, 0, 0, 1], topo.shards[0].primary.port()));
+        let mut direct = RawConn::connect(direct_addr).await;
+        let mut proxied = RawConn::connect(proxy.addr()).await;
+        for conn in [&mut direct, &mut proxied] {
+            conn.send(&startup_message(&packet)).await;
+            let greeting = conn.until_ready(Duration::from_secs(10)).await;
+            assert!(greeting.iter().all(|(t, _)| *t != b'E'), "{greeting:?}");
+        }
+        Twins { direct, proxied }
+    }
+
+    /// Sends `bytes` to both, reads each reply up to ReadyForQuery, and asserts they are the
+    /// same; returns the reply.
+    async fn same(&mut self, bytes: &[u8], what: &str) -> Vec<(char, String)> {
+        let t = Duration::from_secs(10);
+        self.direct.send(bytes).await;
+        let want = comparable(&self.direct.until_ready(t).await);
+        self.proxied.send(bytes).await;
+        let got = comparable(&self.proxied.until_ready(t).await);
+        assert_eq!(got, want, "{what}");
+        got
+    }
+
+    async fn query(&mut self, sql: &str) -> Vec<(char, String)> {
+        self.same(&support::raw::query(sql), sql).await
+    }
+}
+
+fn sync() -> Vec<u8> {
+    support::raw::message(b'S', b"")
+}
+
+/// Parse of a named statement, then Sync.
+fn parse_named(name: &str, sql: &str) -> Vec<u8> {
+    let mut out = support::raw::message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+    out.extend(sync());
+    out
+}
+
+/// Bind of a named statement to the unnamed portal, Execute, Sync.
+fn run_named(name: &str) -> Vec<u8> {
+    let mut out = support::raw::message(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes());
+    out.extend(support::raw::message(b'E', b"\0\0\0\0\0"));
+    out.extend(sync());
+    out
+}
+
+/// The values a reply's ParameterStatus messages report for `name`, in order.
+fn reported(got: &[(char, String)], name: &str) -> Vec<String> {
+    got.iter()
+        .filter(|(t, _)| *t == 'S')
+        .filter_map(|(_, body)| {
+            let mut parts = body.split('\0');
+            (parts.next() == Some(name)).then(|| parts.next().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
+const STARTUP: [(&str, &str); 2] = [
+    ("application_name", "alpha"),
+    ("options", "-c search_path=s1 -c DateStyle=sql,dmy"),
+];
+
+const SHOW_ALL: &str = "SHOW search_path; SHOW application_name; SHOW DateStyle";
+const SET_ALL: &str = "SET search_path = x; SET application_name = 'x'; SET DateStyle = ISO";
+
+fn trust_proxy(topo: &Topology) -> Proxy {
+    support::start_trust(
+        topo,
+        ProxyOptions {
+            pool_size: 1,
+            ..ProxyOptions::default()
+        },
+    )
+}
+
+/// `RESET` in a longer simple query, and sent through the extended protocol, returns to the
+/// startup value at once, with the ParameterStatus PostgreSQL sends; a failure or a ROLLBACK
+/// undoes it as on PostgreSQL. Another client shares the one server connection throughout.
+#[tokio::test]
+async fn reset_anywhere_returns_to_the_startup_value_as_on_a_direct_connection() {
+    let topo = Topology::builder().auth("trust").build().expect("topology");
+    let proxy = trust_proxy(&topo);
+    let mut c = Twins::login(&topo, &proxy, &STARTUP).await;
+    let other = proxy.connect(&topo).await;
+
+    c.query(SET_ALL).await;
+    let got = c.query("RESET search_path; SHOW search_path").await;
+    assert!(
+        got.contains(&('D', "\0\u{1}\0\0\0\u{2}s1".to_owned())),
+        "{got:?}"
+    );
+    let got = c
+        .query("SELECT 1; RESET application_name; SHOW application_name")
+        .await;
+    assert_eq!(reported(&got, "application_name"), ["alpha"]);
+    c.query(SET_ALL).await;
+    let got = c
+        .query(&format!("SET search_path = y; RESET ALL; {SHOW_ALL}"))
+        .await;
+    assert_eq!(reported(&got, "application_name"), ["alpha"]);
+    assert_eq!(reported(&got, "DateStyle"), ["SQL, DMY"]);
+    other.batch_execute("SELECT 1").await.expect("other");
+    c.query(SHOW_ALL).await;
+
+    // A later statement fails: the RESET is undone with the request's implicit transaction.
+    c.query(SET_ALL).await;
+    c.query("RESET ALL; SELECT 1/0").await;
+    c.query(SHOW_ALL).await;
+    // In a block: seen at once, undone by ROLLBACK (and by ROLLBACK TO), kept by COMMIT.
+    c.query("BEGIN; RESET ALL; SHOW search_path").await;
+    c.query("SHOW application_name").await;
+    let got = c.query("ROLLBACK").await;
+    assert_eq!(reported(&got, "application_name"), ["x"]);
+    c.query(SHOW_ALL).await;
+    c.query("BEGIN; SAVEPOINT s; RESET search_path; SHOW search_path; ROLLBACK TO s; SHOW search_path; RESET application_name").await;
+    c.query("COMMIT").await;
+    other.batch_execute("SELECT 1").await.expect("other");
+    c.query(SHOW_ALL).await;
+
+    // The extended protocol: the unnamed statement, a pipeline, a named statement run twice.
+    c.query(SET_ALL).await;
+    let mut reset = support::raw::extended("RESET search_path");
+    reset.extend(sync());
+    c.same(&reset, "extended RESET").await;
+    c.query(SHOW_ALL).await;
+    let mut pipeline = support::raw::extended("RESET ALL");
+    pipeline.extend(support::raw::extended("SHOW application_name"));
+    pipeline.extend(sync());
+    let got = c.same(&pipeline, "pipelined RESET ALL").await;
+    assert!(
+        got.iter().any(|(t, b)| *t == 'D' && b.ends_with("alpha")),
+        "{got:?}"
+    );
+    c.query(SET_ALL).await;
+    c.same(&parse_named("r", "RESET application_name"), "parse")
+        .await;
+    let got = c.same(&run_named("r"), "run r").await;
+    assert_eq!(reported(&got, "application_name"), ["alpha"]);
+    c.query("SET application_name = 'z'").await;
+    other.batch_execute("SELECT 1").await.expect("other");
+    let got = c.same(&run_named("r"), "run r again").await;
+    assert_eq!(reported(&got, "application_name"), ["alpha"]);
+    c.same(&parse_named("d", "SET DateStyle TO DEFAULT"), "parse")
+        .await;
+    c.same(&run_named("d"), "run d").await;
+    c.query(SHOW_ALL).await;
+    // In a block, then ROLLBACK.
+    c.query("BEGIN; SET search_path = w").await;
+    c.same(&reset, "extended RESET in a block").await;
+    c.query("SHOW search_path").await;
+    c.query("ROLLBACK").await;
+    c.query(SHOW_ALL).await;
+    // The unnamed statement the client parsed before still runs after a RESET through a
+    // named one.
+    let mut parse = support::raw::message(b'P', b"\0SHOW search_path\0\0\0");
+    parse.extend(sync());
+    c.same(&parse, "parse unnamed").await;
+    c.same(&run_named("r"), "run r after the unnamed").await;
+    let got = c.same(&run_named(""), "run the unnamed").await;
+    assert!(got.iter().any(|(t, _)| *t == 'D'), "{got:?}");
+
+    let row = other
+        .query_one("SHOW search_path", &[])
+        .await
+        .expect("other");
+    assert_eq!(row.get::<_, String>(0), "\"$user\", public");
+}
+
+/// `DISCARD ALL`, as a simple query or through the extended protocol, leaves the client's
+/// startup values (and tells it so) and no prepared statement, as on PostgreSQL; on the next
+/// server connection it gets, the startup values are re-applied.
+#[tokio::test]
+async fn discard_all_returns_to_the_startup_values_as_on_a_direct_connection() {
+    let topo = Topology::builder().auth("trust").build().expect("topology");
+    let proxy = trust_proxy(&topo);
+    let mut c = Twins::login(&topo, &proxy, &STARTUP).await;
+    let other = proxy.connect(&topo).await;
+
+    c.query(SET_ALL).await;
+    c.same(&parse_named("ps", "SELECT 2"), "parse ps").await;
+    let got = c.query("DISCARD ALL").await;
+    assert_eq!(reported(&got, "application_name"), ["alpha"]);
+    assert_eq!(reported(&got, "DateStyle"), ["SQL, DMY"]);
+    c.query(SHOW_ALL).await;
+    let got = c.same(&run_named("ps"), "run ps").await;
+    assert!(
+        got.iter().any(|(t, b)| *t == 'E' && b.starts_with("26000")),
+        "{got:?}"
+    );
+    other
+        .batch_execute("SET search_path = q; SELECT 1")
+        .await
+        .expect("other");
+    c.query(SHOW_ALL).await;
+
+    // Refused in a block and in a longer text, as directly.
+    c.query(SET_ALL).await;
+    c.query("BEGIN").await;
+    c.query("DISCARD ALL").await;
+    c.query("ROLLBACK").await;
+    c.query("SELECT 1; DISCARD ALL").await;
+    c.query(SHOW_ALL).await;
+
+    // Through the extended protocol, as drivers' pools send it.
+    c.same(&parse_named("ps", "SELECT 2"), "parse ps").await;
+    let mut discard = support::raw::extended("DISCARD ALL");
+    discard.extend(sync());
+    let got = c.same(&discard, "extended DISCARD ALL").await;
+    assert_eq!(reported(&got, "application_name"), ["alpha"]);
+    c.query(SHOW_ALL).await;
+    let got = c.same(&run_named("ps"), "run ps").await;
+    assert!(
+        got.iter().any(|(t, b)| *t == 'E' && b.starts_with("26000")),
+        "{got:?}"
+    );
+    c.same(&parse_named("dd", "DISCARD ALL"), "parse dd").await;
+    c.query(SET_ALL).await;
+    c.same(&run_named("dd"), "run dd").await;
+    other
+        .batch_execute("RESET ALL; SELECT 1")
+        .await
+        .expect("other");
+    c.query(SHOW_ALL).await;
+}

@@ -15,8 +15,12 @@ use shardgate_sql::Classifier;
 use shardgate_wire::{backend, frontend, peek_header, FrontendRef, ParseRef};
 
 use super::errors::ClientError;
-use super::params::{Effects, SessionParams};
+use super::params::{Effects, Restore, SessionParams};
 use super::statements::{ClientStatements, Prepared, NAME_LEN};
+
+/// The statement and portal of [`Flight::send_restore`]: never a client's in transaction mode,
+/// where the server knows the client's statements under internal names.
+const RESTORE_NAME: &[u8] = b"shardgate.restore_startup";
 
 /// Largest server message shardgate buffers whole. Servers are trusted, but not with
 /// the proxy's memory.
@@ -56,12 +60,16 @@ enum Expect {
     /// A simple Query or FunctionCall: ends at ReadyForQuery, errors do not skip.
     Query,
     /// A client's simple Query resetting startup parameters, sent with shardgate's
-    /// `set_config` of their startup values behind it (see
-    /// [`SessionParams::startup_restore`]): that statement's rows and CommandComplete are
-    /// dropped; `past_reset` once the client's statement completed.
+    /// `set_config` of their startup values right behind each such statement (see
+    /// [`Restore::InText`]): those statements' rows and CommandComplete are dropped;
+    /// `hiding` while one of them is being answered.
     RestoringQuery {
-        past_reset: bool,
+        hiding: bool,
     },
+    /// shardgate's own Bind and Execute (of [`Flight::send_restore`]): their replies are
+    /// dropped.
+    HiddenBind,
+    HiddenExecute,
     Synthetic(Synthetic),
     /// The client ended a COPY here (CopyDone/CopyFail): no reply of its own, it only
     /// tells which Syncs the server ignored in copy-in mode.
@@ -260,21 +268,44 @@ impl Flight {
                         && self.tx_status != b'E'
                         && !statements.is_empty()
                         && params.deallocates_any(sql, |n| statements.get(n).is_some());
-                    params.observe(sql);
-                    match params.startup_restore(sql) {
+                    match params.observe(sql) {
                         _ if refused => self.expect.push_back(Expect::RefusedQuery),
-                        Some(restore) => {
-                            // In the same text, so that the client's ReadyForQuery comes after
-                            // the ParameterStatus messages, and in the same transaction: a
-                            // ROLLBACK undoes both. The newline ends a trailing `--` comment.
+                        Some(Restore::InText(points)) => {
+                            // In the same text, so that the client's next statement sees the
+                            // startup value, and so that the ParameterStatus messages come before
+                            // its ReadyForQuery; in the same transaction: a ROLLBACK or a later
+                            // error undoes both. The newline ends a trailing `--` comment.
                             handled = true;
                             to_server.extend_from_slice(&input[run_start..pos]);
-                            let mut text = sql.to_vec();
-                            text.extend_from_slice(b"\n;");
-                            text.extend_from_slice(restore.as_bytes());
+                            let mut text = Vec::with_capacity(sql.len() + 80 * points.len());
+                            let mut from = 0;
+                            for (end, restore) in points {
+                                text.extend_from_slice(&sql[from..end]);
+                                text.extend_from_slice(b"\n;");
+                                text.extend_from_slice(restore.as_bytes());
+                                from = end;
+                            }
+                            text.extend_from_slice(&sql[from..]);
                             frontend::query(&text, to_server);
                             self.expect
-                                .push_back(Expect::RestoringQuery { past_reset: false });
+                                .push_back(Expect::RestoringQuery { hiding: false });
+                        }
+                        Some(Restore::AfterDiscard(restore)) => {
+                            // DISCARD ALL refuses to share a simple Query with anything: the same
+                            // request in the extended protocol, with one Sync and so one
+                            // ReadyForQuery and one transaction. The client's unnamed statement
+                            // is gone anyway (above).
+                            handled = true;
+                            to_server.extend_from_slice(&input[run_start..pos]);
+                            frontend::parse(b"", sql, &[], to_server);
+                            frontend::bind(b"", b"", &[], &[], &[], to_server);
+                            frontend::execute(b"", 0, to_server);
+                            self.expect.push_back(Expect::HiddenParse(0));
+                            self.expect.push_back(Expect::HiddenBind);
+                            self.expect.push_back(Expect::Execute);
+                            self.send_restore(&restore, to_server);
+                            frontend::sync(to_server);
+                            self.expect.push_back(Expect::Sync);
                         }
                         None => self.expect.push_back(Expect::Query),
                     }
@@ -390,12 +421,17 @@ impl Flight {
                         && params
                             .portal_deallocates(portal)
                             .is_some_and(|n| statements.get(n.as_bytes()).is_some());
-                    params.observe_execute(portal);
+                    let restore = params.observe_execute(portal);
                     self.expect.push_back(if refused {
                         Expect::RefusedExecute
                     } else {
                         Expect::Execute
                     });
+                    if let Some(restore) = restore {
+                        handled = true;
+                        to_server.extend_from_slice(&input[run_start..pos + h.len]);
+                        self.send_restore(&restore, to_server);
+                    }
                 }
                 FrontendRef::Close { kind, name } => {
                     self.unsynced = true;
@@ -465,6 +501,25 @@ impl Flight {
             direct,
             terminate,
         })
+    }
+
+    /// shardgate's own statement `sql` (restoring startup values), sent as Parse, Bind, Execute
+    /// and Close of its own statement and portal, within the client's run: it runs in the
+    /// client's transaction, right after what precedes it, and only if that succeeded. The
+    /// client's unnamed statement and portal are left alone. Every reply is dropped.
+    fn send_restore(&mut self, sql: &str, to_server: &mut BytesMut) {
+        frontend::parse(RESTORE_NAME, sql.as_bytes(), &[], to_server);
+        frontend::bind(RESTORE_NAME, RESTORE_NAME, &[], &[], &[], to_server);
+        frontend::execute(RESTORE_NAME, 0, to_server);
+        frontend::close(b'P', RESTORE_NAME, to_server);
+        frontend::close(b'S', RESTORE_NAME, to_server);
+        self.expect.extend([
+            Expect::HiddenParse(0),
+            Expect::HiddenBind,
+            Expect::HiddenExecute,
+            Expect::HiddenClose,
+            Expect::HiddenClose,
+        ]);
     }
 
     /// Before a Bind or Describe of the unnamed statement (transaction mode) on a server

@@ -129,17 +129,37 @@ impl Flight {
             }
             return false;
         }
-        if let Expect::RestoringQuery { past_reset } = head {
+        if let Expect::RestoringQuery { hiding } = head {
             match tag {
-                // The client's RESET: as any statement's answer.
-                b'C' if !past_reset => {
-                    if let Some(front) = self.expect.front_mut() {
-                        *front = Expect::RestoringQuery { past_reset: true };
+                // A client statement: a RESET with shardgate's set_config behind it starts
+                // hiding.
+                b'C' if !hiding => {
+                    if params.observe_command_tag(body) {
+                        if let Some(front) = self.expect.front_mut() {
+                            *front = Expect::RestoringQuery { hiding: true };
+                        }
                     }
+                    return true;
                 }
-                // The set_config that follows it is shardgate's: its ParameterStatus
-                // messages, an error and ReadyForQuery are the client's.
-                b'T' | b'D' | b'C' if past_reset => return false,
+                // The set_config is shardgate's: its row and CommandComplete are dropped. Its
+                // ParameterStatus messages, an error and ReadyForQuery are the client's.
+                b'T' | b'D' if hiding => return false,
+                b'C' => {
+                    if let Some(front) = self.expect.front_mut() {
+                        *front = Expect::RestoringQuery { hiding: false };
+                    }
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        if head == Expect::HiddenExecute {
+            match tag {
+                b'D' => return false,
+                b'C' => {
+                    self.pop_expect();
+                    return false;
+                }
                 _ => {}
             }
         }
@@ -232,6 +252,10 @@ impl Flight {
                 _ => true,
             },
             b'3' if head == Expect::HiddenClose => {
+                self.pop_expect();
+                false
+            }
+            b'2' if head == Expect::HiddenBind => {
                 self.pop_expect();
                 false
             }

@@ -50,8 +50,10 @@ pub(crate) struct SessionParams {
     server_backslash_strings: bool,
     /// Session commands and transaction-control statements sent to the server and not
     /// answered yet, in order, each with the number of the request (Query or Sync) it is in.
-    /// Each takes effect when its CommandComplete arrives (see [`SessionParams::observe_command_tag`]).
-    queued: VecDeque<(u64, Op)>,
+    /// Each takes effect when its CommandComplete arrives (see [`SessionParams::observe_command_tag`]);
+    /// `true`: a statement of shardgate's restoring startup values follows it in the same text
+    /// (see [`Restore::InText`]).
+    queued: VecDeque<(u64, Op, bool)>,
     /// How many of `queued` change settings.
     queued_settings: usize,
     /// Requests sent and answered (or skipped by the server), numbering `queued`.
@@ -127,23 +129,35 @@ fn tracked_tag(tag: &[u8]) -> bool {
         || tag.starts_with(b"DEALLOCATE")
 }
 
-/// Calls `f` with each tracked command in `sql`, in order.
-fn tracked_commands(sql: &[u8], opts: LexOptions, mut f: impl FnMut(Op)) {
-    let mut one = |stmt: &[u8]| {
+/// Calls `f` with each tracked command in `sql`, in order, and where its statement ends.
+fn tracked_commands(sql: &[u8], opts: LexOptions, mut f: impl FnMut(Op, usize)) {
+    let mut one = |stmt: &[u8], end: usize| {
         if let Some(cmd) = session_command_with(stmt, opts) {
-            f(Op::Session(cmd));
+            f(Op::Session(cmd), end);
         } else if let Some(cmd) = transaction_command(stmt) {
-            f(Op::Transaction(cmd));
+            f(Op::Transaction(cmd), end);
         }
     };
     if let Some(stmt) = single_statement(sql) {
         // One statement: its first tokens decide, no need to split the whole text.
         if may_start_with(stmt, TRACKED_WORDS) {
-            one(stmt);
+            one(stmt, stmt.len());
         }
         return;
     }
-    for_each_statement(sql, opts, |range| one(&sql[range]));
+    for_each_statement(sql, opts, |range| one(&sql[range.clone()], range.end));
+}
+
+/// How a request that puts startup parameters back to the server connection's own defaults
+/// gets this client's startup values again, in the same transaction, before anything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Restore {
+    /// A simple Query holding `RESET`s: each SQL text goes into the Query right after the
+    /// statement that ends at that offset.
+    InText(Vec<(usize, String)>),
+    /// A simple Query that is one `DISCARD ALL`, which refuses to run in a longer text: the
+    /// SQL runs after it as a statement of its own in the same request.
+    AfterDiscard(String),
 }
 
 /// The statement a simple Query deallocates when its text is exactly one `DEALLOCATE [PREPARE]
@@ -408,7 +422,7 @@ impl SessionParams {
             .flatten()
             .flat_map(|(_, cmds)| cmds)
             .chain(&self.implicit)
-            .chain(self.queued.iter().filter_map(|(_, op)| match op {
+            .chain(self.queued.iter().filter_map(|(_, op, _)| match op {
                 Op::Session(cmd) => Some(cmd),
                 Op::Transaction(_) => None,
             }));
@@ -472,27 +486,23 @@ impl SessionParams {
         sql
     }
 
-    /// For a Query that is one `RESET x` (or `SET x TO DEFAULT`) or `RESET ALL` putting
-    /// startup parameters back: SQL that gives them this client's startup values again,
-    /// to run right after it on the same connection. The server's own reset values are those
-    /// of shardgate's login, not the client's, where a direct connection resets to the startup
-    /// packet's (session 8 showed the server's default until the transaction ended). Only for
-    /// a lone statement: in a longer text a statement before it may fail and skip it.
-    pub(crate) fn startup_restore(&self, sql: &[u8]) -> Option<String> {
+    /// For a command putting startup parameters back (`RESET x` or `SET x TO DEFAULT`, `RESET
+    /// ALL`, `DISCARD ALL`): SQL that gives them this client's startup values again, to run
+    /// right after it on the same connection, in its transaction. The server's own reset values
+    /// are those of shardgate's login, not the client's, where a direct connection resets to the
+    /// startup packet's (session 8 showed the server's default until the transaction ended).
+    fn restore_sql(&self, cmd: &SessionCommand) -> Option<String> {
         if self.startup.is_empty() {
             return None;
         }
-        let stmt = single_statement(sql)?;
-        if !may_start_with(stmt, &[b"RESET", b"SET"]) {
-            return None;
-        }
-        let restore: Vec<(&String, &String)> = match session_command_with(stmt, self.lex_options())?
-        {
+        let restore: Vec<(&String, &String)> = match cmd {
             SessionCommand::Reset { name } => {
                 vec![self.startup.get_key_value(name.as_str())?]
             }
-            // Not DISCARD ALL: it refuses to run in a multi-statement text.
-            SessionCommand::ResetAll => self
+            // Not the role, as RESET ALL. What DISCARD ALL (whose SET SESSION AUTHORIZATION
+            // DEFAULT drops the current role) does to a startup `role` is not compared with a
+            // direct connection (docs/pooling.md, "Known gaps").
+            SessionCommand::ResetAll | SessionCommand::DiscardAll => self
                 .startup
                 .iter()
                 .filter(|(name, _)| !NOT_RESET_BY_RESET_ALL.contains(&name.as_str()))
@@ -519,15 +529,42 @@ impl SessionParams {
         Some(format!("SELECT {}", calls.join(", ")))
     }
 
-    /// Looks for tracked commands in a simple-protocol Query, which runs them now.
-    pub(crate) fn observe(&mut self, sql: &[u8]) {
+    /// Looks for tracked commands in a simple-protocol Query, which runs them now; what must
+    /// run with it to give startup parameters it resets their startup values.
+    pub(crate) fn observe(&mut self, sql: &[u8]) -> Option<Restore> {
         let opts = self.lex_options();
         let mut ops = Vec::new();
-        tracked_commands(sql, opts, |op| ops.push(op));
-        for op in ops {
-            self.queue(op);
+        tracked_commands(sql, opts, |op, end| ops.push((op, end)));
+        let mut in_text = Vec::new();
+        let mut after_discard = None;
+        let lone = ops.len() == 1 && single_statement(sql).is_some();
+        for (op, end) in ops {
+            let restore = match &op {
+                Op::Session(cmd) => self.restore_sql(cmd),
+                Op::Transaction(_) => None,
+            };
+            let in_text_restore = match restore {
+                // In a longer text DISCARD ALL fails, and so would the text around a restore.
+                Some(restore) if op == Op::Session(SessionCommand::DiscardAll) => {
+                    if lone {
+                        after_discard = Some(restore);
+                    }
+                    false
+                }
+                Some(restore) => {
+                    in_text.push((end, restore));
+                    true
+                }
+                None => false,
+            };
+            self.queue(op, in_text_restore);
         }
         self.requests_sent += 1;
+        match after_discard {
+            Some(restore) => Some(Restore::AfterDiscard(restore)),
+            None if in_text.is_empty() => None,
+            None => Some(Restore::InText(in_text)),
+        }
     }
 
     /// Whether `sql` holds a `DEALLOCATE [PREPARE] name` of a statement `has` says the client
@@ -540,7 +577,7 @@ impl SessionParams {
         });
         let mut hit = false;
         if mentioned {
-            tracked_commands(sql, self.lex_options(), |op| {
+            tracked_commands(sql, self.lex_options(), |op, _| {
                 if let Op::Session(SessionCommand::Deallocate { name: Some(name) }) = &op {
                     hit |= has(name.as_bytes());
                 }
@@ -554,14 +591,15 @@ impl SessionParams {
         self.requests_sent += 1;
     }
 
-    fn queue(&mut self, op: Op) {
+    fn queue(&mut self, op: Op, restore_follows: bool) {
         if op == Op::Session(SessionCommand::Local) {
             self.local_in_transaction = true;
         }
         if op.changes_settings() {
             self.queued_settings += 1;
         }
-        self.queued.push_back((self.requests_sent, op));
+        self.queued
+            .push_back((self.requests_sent, op, restore_follows));
     }
 
     /// Looks for a tracked command in a Parse of statement `name` (empty: the unnamed one). It
@@ -571,7 +609,7 @@ impl SessionParams {
     /// which only keeps the statements parsed meanwhile to this client.
     pub(crate) fn observe_parse(&mut self, name: &[u8], sql: &[u8]) {
         let mut found = None;
-        tracked_commands(sql, self.lex_options(), |op| found = Some(op));
+        tracked_commands(sql, self.lex_options(), |op, _| found = Some(op));
         if found == Some(Op::Session(SessionCommand::Local)) {
             self.local_in_transaction = true;
         }
@@ -609,14 +647,19 @@ impl SessionParams {
         }
     }
 
-    /// An Execute of `portal`: its tracked command, if any, runs now.
-    pub(crate) fn observe_execute(&mut self, portal: &[u8]) {
+    /// An Execute of `portal`: its tracked command, if any, runs now. Returns the SQL that must
+    /// run right after it when it puts startup parameters back (see `restore_sql`).
+    pub(crate) fn observe_execute(&mut self, portal: &[u8]) -> Option<String> {
         if self.portal_commands.is_empty() {
-            return;
+            return None;
         }
-        if let Some(op) = self.portal_commands.get(portal).cloned() {
-            self.queue(op);
-        }
+        let op = self.portal_commands.get(portal).cloned()?;
+        let restore = match &op {
+            Op::Session(cmd) => self.restore_sql(cmd),
+            Op::Transaction(_) => None,
+        };
+        self.queue(op, false);
+        restore
     }
 
     /// Whether settings may be changing: a command that changes them was sent and not
@@ -632,23 +675,26 @@ impl SessionParams {
 
     /// A CommandComplete (`tag`, with its NUL) arrived. Tracked commands take effect in the
     /// order the server completes them; one the server completed that was not seen being sent
-    /// means the server connection's settings are no longer known.
-    pub(crate) fn observe_command_tag(&mut self, tag: &[u8]) {
+    /// means the server connection's settings are no longer known. True when the command it
+    /// answers has shardgate's restore of startup values behind it in the same text.
+    pub(crate) fn observe_command_tag(&mut self, tag: &[u8]) -> bool {
         let tag = tag.strip_suffix(&[0]).unwrap_or(tag);
         let matches = match self.queued.front() {
-            Some((_, op)) => op.answered_by(tag),
+            Some((_, op, _)) => op.answered_by(tag),
             None => false,
         };
         if matches {
-            if let Some((_, op)) = self.queued.pop_front() {
+            if let Some((_, op, restore_follows)) = self.queued.pop_front() {
                 if op.changes_settings() {
                     self.queued_settings -= 1;
                 }
                 self.apply(op, tag);
+                return restore_follows;
             }
         } else if tracked_tag(tag) {
             self.lost_track();
         }
+        false
     }
 
     /// A transaction shardgate ended itself, unseen by this tracking (the COMMIT or ROLLBACK of
@@ -674,11 +720,11 @@ impl SessionParams {
     /// Drops what the request being answered still has queued; `unexpected`: it should have
     /// been answered.
     fn drop_answered(&mut self, unexpected: bool) {
-        while let Some((request, _)) = self.queued.front() {
+        while let Some((request, _, _)) = self.queued.front() {
             if *request > self.requests_answered {
                 break;
             }
-            if let Some((_, op)) = self.queued.pop_front() {
+            if let Some((_, op, _)) = self.queued.pop_front() {
                 if op.changes_settings() {
                     self.queued_settings -= 1;
                 }
@@ -1294,36 +1340,57 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_reset_of_startup_parameters_gets_their_startup_values_back() {
-        let p = startup();
+    fn resets_of_startup_parameters_get_their_startup_values_back_where_they_run() {
         let app = "SELECT pg_catalog.set_config('application_name', 'it''s', false)";
-        for sql in [
-            "RESET application_name",
-            "SET application_name TO DEFAULT;",
-            "RESET ALL",
+        let in_text = |points: &[usize]| {
+            Some(Restore::InText(
+                points.iter().map(|&end| (end, app.to_owned())).collect(),
+            ))
+        };
+        for (sql, want) in [
+            ("RESET application_name", in_text(&[22])),
+            ("SET application_name TO DEFAULT;", in_text(&[31])),
+            ("RESET ALL", in_text(&[9])),
+            ("SELECT 1; RESET ALL", in_text(&[19])),
+            ("RESET ALL; SELECT 1", in_text(&[9])),
+            (
+                "RESET ALL /* a */; SHOW x; reset application_name -- b",
+                in_text(&[17, 54]),
+            ),
+            (
+                " discard all ;",
+                Some(Restore::AfterDiscard(app.to_owned())),
+            ),
+            ("SELECT 1; DISCARD ALL", None),
+            ("RESET statement_timeout", None),
+            ("SET application_name = 'x'", None),
+            ("SELECT 1", None),
         ] {
-            assert_eq!(
-                p.startup_restore(sql.as_bytes()).as_deref(),
-                Some(app),
-                "{sql}"
-            );
-        }
-        for sql in [
-            "RESET statement_timeout",
-            "SET application_name = 'x'",
-            "SELECT 1; RESET ALL",
-            "RESET ALL; SELECT 1",
-            "discard all",
-            "SELECT 1",
-        ] {
-            assert_eq!(p.startup_restore(sql.as_bytes()), None, "{sql}");
+            assert_eq!(startup().observe(sql.as_bytes()), want, "{sql}");
         }
         let none = SessionParams::from_startup(&[("user".into(), "app".into())]);
-        assert_eq!(none.startup_restore(b"RESET ALL"), None);
+        assert_eq!(none.clone().observe(b"RESET ALL"), None);
         // As on the server, RESET ALL keeps the role (a SET ROLE since included).
         let role = SessionParams::from_startup(&[("role".into(), "r".into())]);
-        assert_eq!(role.startup_restore(b"RESET ALL"), None);
-        assert!(role.startup_restore(b"RESET ROLE").is_some());
+        assert_eq!(role.clone().observe(b"RESET ALL"), None);
+        assert!(role.clone().observe(b"RESET ROLE").is_some());
+        // Through the extended protocol: when the portal runs.
+        let mut p = startup();
+        p.observe_parse(b"r", b"RESET ALL");
+        p.observe_bind(b"", b"r");
+        assert_eq!(p.observe_execute(b"").as_deref(), Some(app));
+    }
+
+    #[test]
+    fn the_restore_behind_a_reset_is_told_apart_from_the_client_statements() {
+        let mut p = startup();
+        p.observe(b"SET search_path TO x; RESET ALL; SET search_path TO y");
+        assert!(!p.observe_command_tag(b"SET\0"));
+        assert!(p.observe_command_tag(b"RESET\0"));
+        assert!(!p.observe_command_tag(b"SELECT 1\0"));
+        assert!(!p.observe_command_tag(b"SET\0"));
+        p.end_cycle(b'I');
+        assert_eq!(search_path(&p).as_deref(), Some("y"));
     }
 
     #[test]
