@@ -8,6 +8,7 @@
 //! frequency) spreads over all of them instead of biasing whichever ran last.
 
 mod cpu;
+mod mux;
 mod pgbench;
 mod pgbouncer;
 mod relay;
@@ -79,6 +80,9 @@ struct Settings {
     backends: Vec<Backend>,
     /// Whether to measure a bare TCP relay too (`SG_BENCH_RELAY`, default on).
     relay: bool,
+    /// Server connections per worker thread of the multiplexing relay (`SG_BENCH_MUX`,
+    /// default 1; 0 leaves it out).
+    mux: usize,
 }
 
 impl Settings {
@@ -133,8 +137,17 @@ impl Settings {
                 })
             }
         };
+        let mux = match std::env::var("SG_BENCH_MUX") {
+            Err(_) => 1,
+            Ok(value) => value.trim().parse().map_err(|_| BenchError::Setting {
+                var: "SG_BENCH_MUX",
+                value,
+                why: "expected server connections per worker (0: leave the mux relay out)",
+            })?,
+        };
         Ok(Settings {
             relay,
+            mux,
             backends,
             rounds: usize::try_from(rounds).unwrap_or(usize::MAX),
             seconds,
@@ -161,6 +174,9 @@ fn env_number(var: &'static str, default: u64) -> Result<u64, BenchError> {
 
 fn main() -> ExitCode {
     if let Some(code) = relay::child_main() {
+        return code;
+    }
+    if let Some(code) = mux::child_main() {
         return code;
     }
     match run() {
@@ -213,6 +229,7 @@ fn run_select_only(
     let mut proxies = Vec::new();
     let mut bouncers = Vec::new();
     let mut relays = Vec::new();
+    let mut muxes = Vec::new();
     let bouncer_bin = pgbouncer::find();
     for &backend in &settings.backends {
         let (sg_name, pgb_name, relay_name) = match backend {
@@ -223,6 +240,11 @@ fn run_select_only(
             let relay = relay::Relay::start(primary.port(), primary.socket_dir(), backend)?;
             targets.push(Target::proxy(relay_name, relay.port(), Some(relay.pid())));
             relays.push(relay);
+        }
+        if settings.mux > 0 && matches!(backend, Backend::Tcp) {
+            let mux = mux::Mux::start(primary.port(), topology.database(), settings.mux)?;
+            targets.push(Target::proxy("mux", mux.port(), Some(mux.pid())));
+            muxes.push(mux);
         }
         let proxy = shardgate::Shardgate::start_over(&topology, POOL_SIZE, backend)?;
         targets.push(Target::proxy(sg_name, proxy.port(), Some(proxy.pid())));
@@ -257,6 +279,7 @@ fn run_select_only(
     drop(bouncers);
     drop(proxies);
     drop(relays);
+    drop(muxes);
     Ok(())
 }
 
