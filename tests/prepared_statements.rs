@@ -350,3 +350,155 @@ async fn a_set_prepared_without_a_server_counts_when_it_runs() {
         (vec![vec!["local_x".to_owned()]], None)
     );
 }
+
+/// A client's statement, prepared and run on the only server connection, then dropped from
+/// that connection by another client's `DISCARD ALL` after `alter` changed the table: its next
+/// use re-creates it there, as on any connection that never had it.
+async fn recreated_after(alter: &str, table: &str) -> (Topology, support::Proxy, RawConn, RawConn) {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_connection(&topo);
+    let mut admin = client(&proxy, &topo).await;
+    admin
+        .run_ok(
+            &format!(
+                "CREATE TABLE {table} (id int, a text, b text); \
+                 INSERT INTO {table} VALUES (1, 'A', 'B'); CREATE TABLE {table}_log (x int)"
+            ),
+            STEP,
+        )
+        .await;
+    let mut user = client(&proxy, &topo).await;
+    let sql = format!("SELECT * FROM {table} WHERE id = 1");
+    user.send(&[parse("s", &sql), run_statement("s")].concat())
+        .await;
+    let got = user.until_ready(STEP).await;
+    assert_eq!(rows_and_error(&got), (vec![row(&["1", "A", "B"])], None));
+    admin.run_ok(alter, STEP).await;
+    admin.run_ok("DISCARD ALL", STEP).await;
+    (topo, proxy, user, admin)
+}
+
+fn row(values: &[&str]) -> Vec<String> {
+    values.iter().map(|v| (*v).to_owned()).collect()
+}
+
+/// The reply is PostgreSQL's own for a statement whose result type changed: 0A000, its message
+/// and routine (pgjdbc and asyncpg prepare again on it), no row, the transaction status.
+fn assert_result_type_changed(got: &[(u8, Vec<u8>)], status_after: u8) {
+    assert_eq!(
+        rows_and_error(got),
+        (vec![], Some("0A000".to_owned())),
+        "{got:?}"
+    );
+    let error = &got.iter().find(|(t, _)| *t == b'E').expect("an error").1;
+    assert_eq!(
+        error_field(error, b'M').as_deref(),
+        Some("cached plan must not change result type")
+    );
+    assert_eq!(
+        error_field(error, b'R').as_deref(),
+        Some("RevalidateCachedQuery")
+    );
+    assert!(
+        got.iter().all(|(t, _)| !matches!(t, b'T' | b'D' | b'C')),
+        "nothing of the new layout: {got:?}"
+    );
+    assert_eq!(status(got), status_after);
+}
+
+/// The drivers hunt's silent wrong result: a statement re-created on a connection that lacked
+/// it was analysed against the changed table, and the client got the new columns' values under
+/// the names it had described (`a=B b=C`). As on one server it now fails with 0A000 until the
+/// client prepares it again, which then gives the new columns.
+#[tokio::test]
+async fn a_recreated_statement_with_renamed_columns_fails_as_on_one_server() {
+    let (_topo, _proxy, mut user, mut admin) = recreated_after(
+        "ALTER TABLE shape_t DROP COLUMN a, ADD COLUMN c text DEFAULT 'C'",
+        "shape_t",
+    )
+    .await;
+    user.send(&run_statement("s")).await;
+    assert_result_type_changed(&user.until_ready(STEP).await, b'I');
+
+    // It keeps failing, by Bind or by Describe, as on one server; and like the server's own
+    // error, it rolls back what ran before it in the same implicit transaction.
+    let pipelined = [
+        parse("", "INSERT INTO shape_t_log VALUES (1)"),
+        message(b'B', b"\0\0\0\0\0\0\0\0"),
+        message(b'E', b"\0\0\0\0\0"),
+        run_statement("s"),
+    ]
+    .concat();
+    user.send(&pipelined).await;
+    let got = user.until_ready(STEP).await;
+    assert_eq!(
+        tags(&got),
+        vec![b'1', b'2', b'C', b'E', b'Z'],
+        "the INSERT ran, then the Bind failed: {got:?}"
+    );
+    assert_result_type_changed(&got[3..], b'I');
+    let count = admin.run_ok("SELECT count(*) FROM shape_t_log", STEP).await;
+    let counted: Vec<_> = count.iter().filter(|(t, _)| *t == b'D').collect();
+    assert_eq!(
+        columns(&counted[0].1),
+        vec!["0"],
+        "the INSERT was rolled back"
+    );
+    user.send(&[describe_statement("s"), message(b'S', b"")].concat())
+        .await;
+    assert_result_type_changed(&user.until_ready(STEP).await, b'I');
+    // In a transaction block the error aborts it, as the server's would.
+    user.send(&[query("BEGIN"), run_statement("s")].concat())
+        .await;
+    user.until_ready(STEP).await;
+    assert_result_type_changed(&user.until_ready(STEP).await, b'E');
+    user.run_ok("ROLLBACK", STEP).await;
+
+    // Prepared again, it describes and returns the new columns.
+    user.send(
+        &[
+            message(b'C', b"Ss\0"),
+            parse("s", "SELECT * FROM shape_t WHERE id = 1"),
+            describe_statement("s"),
+            run_statement("s"),
+        ]
+        .concat(),
+    )
+    .await;
+    let got = user.until_ready(STEP).await;
+    assert_eq!(
+        rows_and_error(&got),
+        (vec![row(&["1", "B", "C"])], None),
+        "{got:?}"
+    );
+}
+
+/// The same with a changed column count (pgjdbc crashed decoding it, and in binary mode failed
+/// with 08P01 forever).
+#[tokio::test]
+async fn a_recreated_statement_with_fewer_columns_fails_as_on_one_server() {
+    let (_topo, _proxy, mut user, _admin) =
+        recreated_after("ALTER TABLE shape_n DROP COLUMN a", "shape_n").await;
+    user.send(&run_statement("s")).await;
+    assert_result_type_changed(&user.until_ready(STEP).await, b'I');
+}
+
+/// A re-created statement whose columns are still the ones described runs, on the first try:
+/// also when a column was dropped and added again under its name and type, which PostgreSQL
+/// does not count as a change of result type either (its value is now NULL).
+#[tokio::test]
+async fn a_recreated_statement_with_the_same_columns_runs() {
+    let (_topo, _proxy, mut user, _admin) = recreated_after(
+        "ALTER TABLE shape_s DROP COLUMN b, ADD COLUMN b text",
+        "shape_s",
+    )
+    .await;
+    user.send(&run_statement("s")).await;
+    let got = user.until_ready(STEP).await;
+    assert_eq!(
+        rows_and_error(&got),
+        (vec![row(&["1", "A", "NULL"])], None),
+        "{got:?}"
+    );
+    assert_eq!(tags(&got), vec![b'2', b'D', b'C', b'Z'], "{got:?}");
+}

@@ -165,6 +165,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     params,
                     classifier: &classifier,
                     plan_epoch: self.shared.plan_epoch.current(),
+                    // A leg takes its whole request at once: it cannot wait for a check.
+                    check_shapes: false,
                 },
                 ServerSide {
                     prepared: &mut conn.prepared,

@@ -22,6 +22,11 @@ use super::statements::{ClientStatements, Prepared, NAME_LEN};
 /// where the server knows the client's statements under internal names.
 const RESTORE_NAME: &[u8] = b"shardgate.restore_startup";
 
+/// A statement name no server connection has: a Bind or Describe of a stale statement (see
+/// [`Expect::StaleStatement`]) is sent under it, so that the server fails it (26000) with the
+/// skip to Sync and the rollback it does for any error.
+const STALE_NAME: &[u8] = b"shardgate.result_type_changed";
+
 /// Largest server message shardgate buffers whole. Servers are trusted, but not with
 /// the proxy's memory.
 pub(crate) const SERVER_MAX_MESSAGE: usize = 1 << 30;
@@ -51,6 +56,17 @@ enum Expect {
     HiddenParse(u128),
     /// shardgate's own Close of the unnamed statement: its CloseComplete is dropped.
     HiddenClose,
+    /// shardgate's own Describe of a statement the client just parsed: its shape is learnt
+    /// (see [`super::statements::Shape`]), its replies dropped.
+    ShapeProbe(u128),
+    /// shardgate's own Describe of a statement it re-created on this connection: its shape is
+    /// compared with the one the client's Parse got, its replies dropped. Translation waits for
+    /// it (see [`Flight::shape_pending`]).
+    ShapeCheck(u128),
+    /// A Bind or Describe of a statement whose shape changed, sent under [`STALE_NAME`]: the
+    /// server's 26000 is replaced by PostgreSQL's 0A000 "cached plan must not change result
+    /// type".
+    StaleStatement,
     Bind,
     Describe,
     Execute,
@@ -107,6 +123,9 @@ pub(crate) struct Flight {
     named: VecDeque<NamedParse>,
     /// A server frame rewritten for the client, sent in place of the one it replaces.
     rewritten: BytesMut,
+    /// An [`Expect::ShapeCheck`] is unanswered: the client's Bind or Describe that needed it
+    /// is translated once it is, as a stale statement's or as usual.
+    shape_pending: bool,
 }
 
 /// A client's named Parse awaiting its answer.
@@ -139,6 +158,7 @@ impl Default for Flight {
             probe_lsn: None,
             named: VecDeque::new(),
             rewritten: BytesMut::new(),
+            shape_pending: false,
         }
     }
 }
@@ -178,6 +198,11 @@ pub(crate) struct ClientSide<'a> {
     pub(crate) classifier: &'a Classifier,
     /// The [`super::statements::PlanEpoch`] now.
     pub(crate) plan_epoch: u64,
+    /// Learn the row shape of each named statement the client parses, and check it on every
+    /// copy re-created on another connection, holding the client's Bind or Describe until the
+    /// server has described the copy (see [`Expect::ShapeCheck`]). Off where translation must
+    /// take a whole request at once (a fan-out leg).
+    pub(crate) check_shapes: bool,
 }
 
 /// The parts of a server connection the translation touches.
@@ -225,7 +250,15 @@ impl Flight {
             params,
             classifier,
             plan_epoch,
+            check_shapes,
         } = client;
+        if self.shape_pending {
+            return Ok(Translated {
+                consumed: 0,
+                direct: true,
+                terminate: false,
+            });
+        }
         let rename = mode == PoolMode::Transaction;
         let busy_at_start = !self.idle();
         let (mut pos, mut run_start) = (0usize, 0usize);
@@ -352,6 +385,10 @@ impl Flight {
                             client: Bytes::copy_from_slice(p.name),
                             internal: prepared.name,
                         });
+                        if check_shapes {
+                            frontend::describe(b'S', &prepared.name, to_server);
+                            self.expect.push_back(Expect::ShapeProbe(id));
+                        }
                         statements.insert(p.name, prepared);
                     } else {
                         params.observe_parse(p.name, p.query);
@@ -362,8 +399,6 @@ impl Flight {
                     }
                 }
                 FrontendRef::Bind(b) => {
-                    self.unsynced = true;
-                    params.observe_bind(b.portal, b.statement);
                     if rename
                         && b.statement.is_empty()
                         && !statements.owns_unnamed(*server.unnamed_owner)
@@ -372,6 +407,7 @@ impl Flight {
                         run_start = pos;
                         self.restore_unnamed(statements, server.unnamed_owner, to_server);
                     }
+                    let mut expect = Expect::Bind;
                     if let Some(prep) = for_server(
                         rename,
                         statements,
@@ -380,12 +416,22 @@ impl Flight {
                         server.prepared,
                         plan_epoch,
                     ) {
-                        handled = true;
                         to_server.extend_from_slice(&input[run_start..pos]);
-                        self.ensure_prepared(prep, server.prepared, to_server);
-                        frontend::bind_renamed(b.portal, &prep.name, b.rest(), to_server);
+                        run_start = pos;
+                        if self.prepare_checked(prep, check_shapes, server.prepared, to_server) {
+                            break;
+                        }
+                        handled = true;
+                        if prep.stale {
+                            frontend::bind_renamed(b.portal, STALE_NAME, b.rest(), to_server);
+                            expect = Expect::StaleStatement;
+                        } else {
+                            frontend::bind_renamed(b.portal, &prep.name, b.rest(), to_server);
+                        }
                     }
-                    self.expect.push_back(Expect::Bind);
+                    self.unsynced = true;
+                    params.observe_bind(b.portal, b.statement);
+                    self.expect.push_back(expect);
                 }
                 FrontendRef::Describe { kind, name } => {
                     self.unsynced = true;
@@ -398,6 +444,7 @@ impl Flight {
                         run_start = pos;
                         self.restore_unnamed(statements, server.unnamed_owner, to_server);
                     }
+                    let mut expect = Expect::Describe;
                     if kind == b'S' {
                         if let Some(prep) = for_server(
                             rename,
@@ -407,13 +454,22 @@ impl Flight {
                             server.prepared,
                             plan_epoch,
                         ) {
-                            handled = true;
                             to_server.extend_from_slice(&input[run_start..pos]);
-                            self.ensure_prepared(prep, server.prepared, to_server);
-                            frontend::describe(b'S', &prep.name, to_server);
+                            run_start = pos;
+                            if self.prepare_checked(prep, check_shapes, server.prepared, to_server)
+                            {
+                                break;
+                            }
+                            handled = true;
+                            if prep.stale {
+                                frontend::describe(b'S', STALE_NAME, to_server);
+                                expect = Expect::StaleStatement;
+                            } else {
+                                frontend::describe(b'S', &prep.name, to_server);
+                            }
                         }
                     }
-                    self.expect.push_back(Expect::Describe);
+                    self.expect.push_back(expect);
                 }
                 FrontendRef::Execute { portal, .. } => {
                     self.unsynced = true;
@@ -573,12 +629,49 @@ impl Flight {
     /// Drops the front expectation, and the name of the named Parse it stands for, if any.
     fn pop_expect(&mut self) -> Option<(Expect, Option<NamedParse>)> {
         let e = self.expect.pop_front()?;
+        if let Expect::ShapeCheck(_) = e {
+            self.shape_pending = false;
+        }
         let named = if names_statement(e) {
             self.named.pop_front()
         } else {
             None
         };
         Some((e, named))
+    }
+
+    /// Before a Bind or Describe of `prep`: a connection that lacks it gets it re-created (unless
+    /// it is stale: see [`STALE_NAME`]). When its shape is known, a Describe of shardgate's own
+    /// follows, and translation stops in front of the client's message until the server has
+    /// answered (the Flush asks it to). The server analyses the text against its tables as they
+    /// are now; a changed shape makes the statement stale (see [`Expect::ShapeCheck`]), so that
+    /// the client gets PostgreSQL's 0A000 rather than rows it would decode with the old
+    /// description. Returns whether translation waits. A statement the connection has costs
+    /// one set lookup, as before.
+    fn prepare_checked(
+        &mut self,
+        prep: &Prepared,
+        check_shapes: bool,
+        server_prepared: &mut HashSet<u128>,
+        to_server: &mut BytesMut,
+    ) -> bool {
+        if prep.stale || !server_prepared.insert(prep.id) {
+            return false;
+        }
+        to_server.extend_from_slice(&prep.parse);
+        self.expect.push_back(Expect::HiddenParse(prep.id));
+        if !check_shapes || prep.shape.is_none() {
+            return false;
+        }
+        frontend::describe(b'S', &prep.name, to_server);
+        frontend::flush(to_server);
+        self.expect.push_back(Expect::ShapeCheck(prep.id));
+        self.shape_pending = true;
+        // The client's run goes on once the check is answered; no Sync of shardgate's own may
+        // end it meanwhile.
+        self.unsynced = true;
+        self.prepares_only = false;
+        true
     }
 
     fn ensure_prepared(

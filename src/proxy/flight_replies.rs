@@ -153,6 +153,24 @@ impl Flight {
                 _ => {}
             }
         }
+        if let Expect::ShapeProbe(id) | Expect::ShapeCheck(id) = head {
+            match tag {
+                b't' => return false,
+                b'T' | b'n' => {
+                    self.pop_expect();
+                    let shape = crate::proxy::statements::shape_of(tag, body);
+                    if head == Expect::ShapeProbe(id) {
+                        statements.learn_shape(id, &shape);
+                    } else if statements.check_shape(id, &shape) {
+                        // As the server's own 0A000 does: whoever prepares the text from now on
+                        // gets a statement of its own, analysed against the new columns.
+                        result.stale_statement = true;
+                    }
+                    return false;
+                }
+                _ => {}
+            }
+        }
         if head == Expect::HiddenExecute {
             match tag {
                 b'D' => return false,
@@ -197,6 +215,10 @@ impl Flight {
                     && error_code(body) == Some(&b"26000"[..])
                 {
                     super::deallocate_refusal(&mut self.rewritten);
+                    forward = false;
+                }
+                if head == Expect::StaleStatement && error_code(body) == Some(&b"26000"[..]) {
+                    result_type_changed(&mut self.rewritten);
                     forward = false;
                 }
                 if !matches!(
@@ -353,6 +375,19 @@ fn is_stale_statement_error(body: &[u8]) -> bool {
         rest = &tail[end + 1..];
     }
     code && routine
+}
+
+/// PostgreSQL's error for a prepared statement whose result type changed, with the routine
+/// drivers tell it by (pgjdbc and asyncpg then prepare the statement again).
+fn result_type_changed(out: &mut BytesMut) {
+    let fields = shardgate_wire::ErrorFields::new(
+        "ERROR",
+        crate::proxy::sqlstate::FEATURE_NOT_SUPPORTED,
+        "cached plan must not change result type",
+    )
+    .with(b'F', "plancache.c")
+    .with(b'R', "RevalidateCachedQuery");
+    shardgate_wire::backend::error_response(&fields, out);
 }
 
 /// The SQLSTATE of an ErrorResponse `body`.

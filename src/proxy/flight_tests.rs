@@ -17,6 +17,7 @@ struct Harness {
     unnamed_owner: u128,
     classifier: Classifier,
     plan_epoch: u64,
+    check_shapes: bool,
 }
 
 impl Harness {
@@ -29,6 +30,7 @@ impl Harness {
             unnamed_owner: 0,
             classifier: Classifier::new(64, &[]),
             plan_epoch: 0,
+            check_shapes: false,
         }
     }
 
@@ -46,6 +48,7 @@ impl Harness {
                     params: &mut self.params,
                     classifier: &self.classifier,
                     plan_epoch: self.plan_epoch,
+                    check_shapes: self.check_shapes,
                 },
                 ServerSide {
                     prepared: &mut self.prepared,

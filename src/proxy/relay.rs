@@ -69,6 +69,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     params: &mut self.params,
                     classifier: &classifier,
                     plan_epoch: self.shared.plan_epoch.current(),
+                    check_shapes: true,
                 },
                 ServerSide {
                     prepared: &mut conn.prepared,

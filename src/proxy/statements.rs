@@ -33,6 +33,61 @@ pub(crate) struct Prepared {
     pub(crate) settings: u64,
     /// The [`PlanEpoch`] it was named in.
     pub(crate) epoch: u64,
+    /// The row shape the server gave the client's Parse (see [`Shape`]): what a re-created copy
+    /// must still return. None until the server answers.
+    pub(crate) shape: Option<Shape>,
+    /// A re-created copy returned another row shape: as on a single server, every Bind and
+    /// Describe of the statement fails with 0A000 until the client prepares it again.
+    pub(crate) stale: bool,
+}
+
+/// A statement's result as a server describes it: a RowDescription body behind a `T`, or a
+/// lone `n` (NoData). PostgreSQL fails a prepared statement whose result type changed
+/// (`RevalidateCachedQuery` compares the result tuple descriptors); [`same_shape`] compares what
+/// the protocol shows of them.
+pub(crate) type Shape = Bytes;
+
+/// A [`Shape`] from a server's RowDescription (`tag` `T`, `body`) or NoData (`n`).
+pub(crate) fn shape_of(tag: u8, body: &[u8]) -> Shape {
+    let mut b = BytesMut::with_capacity(body.len() + 1);
+    b.extend_from_slice(&[tag]);
+    b.extend_from_slice(body);
+    b.freeze()
+}
+
+/// Whether two shapes have the same columns: count, names, type OIDs, type lengths and type
+/// modifiers. Not the source table and column, which PostgreSQL does not compare either (a
+/// column dropped and added again under its name and type is the same result type), nor the
+/// format code, always text in a statement's description. A collation is not on the wire: a
+/// change of collation alone is not seen.
+pub(crate) fn same_shape(a: &[u8], b: &[u8]) -> bool {
+    /// Name, then table OID (4), column number (2), type OID (4), type length (2), type
+    /// modifier (4), format (2).
+    fn field(b: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+        let end = memchr::memchr(0, b)?;
+        Some((&b[..end], b.get(end + 7..end + 17)?, b.get(end + 19..)?))
+    }
+    match (a.split_first(), b.split_first()) {
+        (Some((b'T', a)), Some((b'T', b))) => {
+            if a.len() < 2 || a.get(..2) != b.get(..2) {
+                return false;
+            }
+            let count = i16::from_be_bytes([a[0], a[1]]);
+            let (mut a, mut b) = (&a[2..], &b[2..]);
+            for _ in 0..count {
+                let (Some((na, ta, ra)), Some((nb, tb, rb))) = (field(a), field(b)) else {
+                    return false;
+                };
+                if na != nb || ta != tb {
+                    return false;
+                }
+                (a, b) = (ra, rb);
+            }
+            true
+        }
+        (Some((b'n', _)), Some((b'n', _))) => true,
+        _ => false,
+    }
 }
 
 /// A counter in every internal name, moved on whenever a server reports that a statement
@@ -107,6 +162,8 @@ impl Prepared {
             class,
             settings,
             epoch,
+            shape: None,
+            stale: false,
         }
     }
 
@@ -117,7 +174,11 @@ impl Prepared {
     fn under(&self, settings: u64, epoch: u64) -> Prepared {
         let query = self.parse.get(self.query.clone()).unwrap_or_default();
         let types = self.parse.get(self.query.end + 1..).unwrap_or_default();
-        Prepared::build(query, types, self.class.clone(), settings, epoch)
+        Prepared {
+            shape: self.shape.clone(),
+            stale: self.stale,
+            ..Prepared::build(query, types, self.class.clone(), settings, epoch)
+        }
     }
 }
 
@@ -213,11 +274,75 @@ impl ClientStatements {
         Some(prep)
     }
 
+    /// The server described statement `id` right after the client's Parse of it: the shape its
+    /// copies must keep.
+    pub(crate) fn learn_shape(&mut self, id: u128, shape: &[u8]) {
+        for prep in self.by_name.values_mut() {
+            if prep.id == id && prep.shape.is_none() {
+                prep.shape = Some(Bytes::copy_from_slice(shape));
+            }
+        }
+    }
+
+    /// The server described statement `id`, just re-created on its connection, as `shape`:
+    /// the client's statements that expected another shape go stale. Returns whether any did.
+    pub(crate) fn check_shape(&mut self, id: u128, shape: &[u8]) -> bool {
+        let mut changed = false;
+        for prep in self.by_name.values_mut() {
+            if prep.id == id && prep.shape.as_deref().is_some_and(|s| !same_shape(s, shape)) {
+                prep.stale = true;
+                changed = true;
+            }
+        }
+        changed
+    }
+
     pub(crate) fn remove(&mut self, client_name: &[u8]) {
         self.by_name.remove(client_name);
     }
 
     pub(crate) fn clear(&mut self) {
         self.by_name.clear();
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::{same_shape, shape_of};
+
+    /// A RowDescription body: (name, table OID, column number, type OID, type modifier).
+    fn row_description(columns: &[(&str, u32, i16, u32, i32)], format: i16) -> Vec<u8> {
+        let mut b = (columns.len() as i16).to_be_bytes().to_vec();
+        for (name, table, column, oid, typmod) in columns {
+            b.extend_from_slice(name.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&table.to_be_bytes());
+            b.extend_from_slice(&column.to_be_bytes());
+            b.extend_from_slice(&oid.to_be_bytes());
+            b.extend_from_slice(&(-1i16).to_be_bytes());
+            b.extend_from_slice(&typmod.to_be_bytes());
+            b.extend_from_slice(&format.to_be_bytes());
+        }
+        shape_of(b'T', &b).to_vec()
+    }
+
+    #[test]
+    fn shapes_compare_names_types_and_modifiers_only() {
+        let before = row_description(&[("id", 7, 1, 23, -1), ("a", 7, 2, 25, -1)], 0);
+        // Another source column (dropped and added again) and format: the same result type.
+        let readded = row_description(&[("id", 7, 1, 23, -1), ("a", 7, 4, 25, -1)], 1);
+        assert!(same_shape(&before, &readded));
+        for changed in [
+            row_description(&[("id", 7, 1, 23, -1), ("c", 7, 4, 25, -1)], 0),
+            row_description(&[("id", 7, 1, 23, -1), ("a", 7, 2, 1043, -1)], 0),
+            row_description(&[("id", 7, 1, 23, -1), ("a", 7, 2, 25, 14)], 0),
+            row_description(&[("id", 7, 1, 23, -1)], 0),
+            shape_of(b'n', b"").to_vec(),
+        ] {
+            assert!(!same_shape(&before, &changed), "{changed:?}");
+        }
+        assert!(same_shape(&shape_of(b'n', b""), &shape_of(b'n', b"")));
+        // A truncated description is never the same.
+        assert!(!same_shape(&before, &before[..before.len() - 3]));
     }
 }
