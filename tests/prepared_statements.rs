@@ -353,8 +353,13 @@ async fn a_set_prepared_without_a_server_counts_when_it_runs() {
 
 /// A client's statement, prepared and run on the only server connection, then dropped from
 /// that connection by another client's `DISCARD ALL` after `alter` changed the table: its next
-/// use re-creates it there, as on any connection that never had it.
-async fn recreated_after(alter: &str, table: &str) -> (Topology, support::Proxy, RawConn, RawConn) {
+/// use re-creates it there, as on any connection that never had it. `parse_alone`: prepared in
+/// a request of its own (Parse, Sync), which shardgate answers without a server connection.
+async fn recreated_after(
+    alter: &str,
+    table: &str,
+    parse_alone: bool,
+) -> (Topology, support::Proxy, RawConn, RawConn) {
     let topo = Topology::builder().build().expect("topology");
     let proxy = one_connection(&topo);
     let mut admin = client(&proxy, &topo).await;
@@ -369,8 +374,14 @@ async fn recreated_after(alter: &str, table: &str) -> (Topology, support::Proxy,
         .await;
     let mut user = client(&proxy, &topo).await;
     let sql = format!("SELECT * FROM {table} WHERE id = 1");
-    user.send(&[parse("s", &sql), run_statement("s")].concat())
-        .await;
+    if parse_alone {
+        user.send(&[parse("s", &sql), message(b'S', b"")].concat())
+            .await;
+        assert_eq!(tags(&user.until_ready(STEP).await), vec![b'1', b'Z']);
+    } else {
+        user.send(&parse("s", &sql)).await;
+    }
+    user.send(&run_statement("s")).await;
     let got = user.until_ready(STEP).await;
     assert_eq!(rows_and_error(&got), (vec![row(&["1", "A", "B"])], None));
     admin.run_ok(alter, STEP).await;
@@ -415,6 +426,7 @@ async fn a_recreated_statement_with_renamed_columns_fails_as_on_one_server() {
     let (_topo, _proxy, mut user, mut admin) = recreated_after(
         "ALTER TABLE shape_t DROP COLUMN a, ADD COLUMN c text DEFAULT 'C'",
         "shape_t",
+        false,
     )
     .await;
     user.send(&run_statement("s")).await;
@@ -474,11 +486,12 @@ async fn a_recreated_statement_with_renamed_columns_fails_as_on_one_server() {
 }
 
 /// The same with a changed column count (pgjdbc crashed decoding it, and in binary mode failed
-/// with 08P01 forever).
+/// with 08P01 forever), for a statement prepared in a request of its own (pgbench -M prepared,
+/// libpq's PQprepare), which shardgate answers locally: its shape is learnt at its first run.
 #[tokio::test]
 async fn a_recreated_statement_with_fewer_columns_fails_as_on_one_server() {
     let (_topo, _proxy, mut user, _admin) =
-        recreated_after("ALTER TABLE shape_n DROP COLUMN a", "shape_n").await;
+        recreated_after("ALTER TABLE shape_n DROP COLUMN a", "shape_n", true).await;
     user.send(&run_statement("s")).await;
     assert_result_type_changed(&user.until_ready(STEP).await, b'I');
 }
@@ -491,6 +504,7 @@ async fn a_recreated_statement_with_the_same_columns_runs() {
     let (_topo, _proxy, mut user, _admin) = recreated_after(
         "ALTER TABLE shape_s DROP COLUMN b, ADD COLUMN b text",
         "shape_s",
+        false,
     )
     .await;
     user.send(&run_statement("s")).await;

@@ -641,13 +641,15 @@ impl Flight {
     }
 
     /// Before a Bind or Describe of `prep`: a connection that lacks it gets it re-created (unless
-    /// it is stale: see [`STALE_NAME`]). When its shape is known, a Describe of shardgate's own
-    /// follows, and translation stops in front of the client's message until the server has
-    /// answered (the Flush asks it to). The server analyses the text against its tables as they
-    /// are now; a changed shape makes the statement stale (see [`Expect::ShapeCheck`]), so that
-    /// the client gets PostgreSQL's 0A000 rather than rows it would decode with the old
-    /// description. Returns whether translation waits. A statement the connection has costs
-    /// one set lookup, as before.
+    /// it is stale: see [`STALE_NAME`]). A statement whose shape is not known yet (its Parse was
+    /// answered locally, or went to a fan-out leg) gets a Describe of shardgate's own that
+    /// learns it. One whose shape is known and that was re-created gets one too, and translation
+    /// stops in front of the client's message until the server has answered (the Flush asks it
+    /// to). The server analyses the text against its tables as they are now; a changed shape
+    /// makes the statement stale (see [`Expect::ShapeCheck`]), so that the client gets
+    /// PostgreSQL's 0A000 rather than rows it would decode with the old description. Returns
+    /// whether translation waits. A statement the connection has costs one set lookup, as
+    /// before.
     fn prepare_checked(
         &mut self,
         prep: &Prepared,
@@ -655,12 +657,23 @@ impl Flight {
         server_prepared: &mut HashSet<u128>,
         to_server: &mut BytesMut,
     ) -> bool {
-        if prep.stale || !server_prepared.insert(prep.id) {
+        if prep.stale {
             return false;
         }
-        to_server.extend_from_slice(&prep.parse);
-        self.expect.push_back(Expect::HiddenParse(prep.id));
-        if !check_shapes || prep.shape.is_none() {
+        let created = server_prepared.insert(prep.id);
+        if created {
+            to_server.extend_from_slice(&prep.parse);
+            self.expect.push_back(Expect::HiddenParse(prep.id));
+        }
+        if !check_shapes {
+            return false;
+        }
+        if prep.shape.is_none() {
+            frontend::describe(b'S', &prep.name, to_server);
+            self.expect.push_back(Expect::ShapeProbe(prep.id));
+            return false;
+        }
+        if !created {
             return false;
         }
         frontend::describe(b'S', &prep.name, to_server);
