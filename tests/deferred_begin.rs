@@ -368,3 +368,170 @@ async fn a_held_back_begin_a_node_refuses_fails_the_statement() {
     .await
     .expect("test timed out");
 }
+
+/// Parse of `sql` as statement `name`, no declared parameter types.
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+}
+
+/// Bind of statement `name` to the unnamed portal, no parameters, default result formats.
+fn bind(name: &str) -> Vec<u8> {
+    message(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes())
+}
+
+/// Describe of a statement (`b'S'`) or portal (`b'P'`).
+fn describe(kind: u8, name: &str) -> Vec<u8> {
+    let mut body = vec![kind];
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    message(b'D', &body)
+}
+
+/// Execute of the unnamed portal, all rows.
+fn execute() -> Vec<u8> {
+    message(b'E', b"\0\0\0\0\0")
+}
+
+fn sync() -> Vec<u8> {
+    message(b'S', b"")
+}
+
+/// pgjdbc's shape of a statement with no metadata wanted (its BEGIN): Parse, Bind, Execute.
+fn pbe(sql: &str) -> Vec<u8> {
+    [parse("", sql), bind(""), execute()].concat()
+}
+
+/// libpq's `PQsendQueryParams` (psycopg 3), or pgjdbc's query: Parse, Bind, Describe portal,
+/// Execute.
+fn pbde(sql: &str) -> Vec<u8> {
+    [parse("", sql), bind(""), describe(b'P', ""), execute()].concat()
+}
+
+/// Every reply, in order: message types, with command tags, SQLSTATEs, first columns and the
+/// transaction status spelled out.
+async fn full_transcript(conn: &mut RawConn, request: &[u8]) -> Vec<String> {
+    conn.send(request).await;
+    let mut out = Vec::new();
+    for (tag, body) in conn.until_ready(T).await {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim_end_matches('\0').to_owned();
+        out.push(match tag {
+            b'C' => format!("C {}", text(&body)),
+            b'E' | b'N' => format!(
+                "{} {}",
+                tag as char,
+                error_field(&body, b'C').unwrap_or_default()
+            ),
+            b'D' => format!("D {}", support::raw::first_column(&body)),
+            b'Z' => format!("Z {}", body[0] as char),
+            other => (other as char).to_string(),
+        });
+    }
+    out
+}
+
+/// A BEGIN run through the extended protocol, alone in its request (psycopg 3) or pipelined
+/// in front of the transaction's first statement (pgjdbc), in each of the shapes drivers send,
+/// is held back and answered by shardgate: every reply reads as PostgreSQL's, and the
+/// transaction has the BEGIN's modes when it reaches its node.
+#[tokio::test]
+async fn extended_begin_shapes_match_postgres() {
+    timeout(TEST_TIMEOUT, async {
+        let s = setup().await;
+        let jdbc = |begin: &str, sql: &str| [pbe(begin), pbde(sql), sync()].concat();
+        let psycopg = |sql: &str| [pbde(sql), sync()].concat();
+        let sequences: Vec<(&str, Vec<Vec<u8>>)> = vec![
+            (
+                "psycopg BEGIN, INSERT, COMMIT",
+                vec![psycopg("BEGIN"), psycopg(INSERT), psycopg("COMMIT")],
+            ),
+            (
+                "pgjdbc BEGIN ahead of a read",
+                vec![jdbc("BEGIN", "SELECT 1"), psycopg("ROLLBACK")],
+            ),
+            (
+                "pgjdbc BEGIN READ ONLY ahead of a read, then a write",
+                vec![
+                    jdbc("BEGIN READ ONLY", "SHOW transaction_read_only"),
+                    psycopg(INSERT),
+                    psycopg("ROLLBACK"),
+                ],
+            ),
+            (
+                "START TRANSACTION with a Describe of the statement",
+                vec![
+                    [
+                        parse("", "START TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
+                        describe(b'S', ""),
+                        bind(""),
+                        describe(b'P', ""),
+                        execute(),
+                        pbde("SHOW transaction_isolation"),
+                        sync(),
+                    ]
+                    .concat(),
+                    psycopg("COMMIT"),
+                ],
+            ),
+            (
+                "pgjdbc's named BEGIN, prepared then bound again",
+                vec![
+                    [
+                        parse("S_1", "BEGIN"),
+                        bind("S_1"),
+                        execute(),
+                        pbde("SELECT 1"),
+                        sync(),
+                    ]
+                    .concat(),
+                    psycopg("ROLLBACK"),
+                    [bind("S_1"), execute(), pbde(INSERT), sync()].concat(),
+                    psycopg("COMMIT"),
+                ],
+            ),
+            (
+                "an error right after the pipelined BEGIN",
+                vec![
+                    jdbc("BEGIN", "SELECT 1/0"),
+                    psycopg("SELECT 1"),
+                    psycopg("COMMIT"),
+                ],
+            ),
+            (
+                "a prepare only, then its run, in the held-back transaction",
+                vec![
+                    psycopg("BEGIN"),
+                    [parse("q", "SELECT 1"), sync()].concat(),
+                    [bind("q"), execute(), sync()].concat(),
+                    psycopg("ROLLBACK"),
+                ],
+            ),
+            (
+                "the unnamed BEGIN bound again in a later request",
+                vec![
+                    psycopg("BEGIN"),
+                    [parse("c", "COMMIT"), bind("c"), execute(), sync()].concat(),
+                    [bind(""), execute(), sync()].concat(),
+                    psycopg(INSERT),
+                    [bind("c"), execute(), sync()].concat(),
+                ],
+            ),
+        ];
+        for (name, requests) in sequences {
+            let mut runs = Vec::new();
+            for mut conn in [s.direct().await, s.proxied().await] {
+                let mut check = s.direct().await;
+                check.run_ok("TRUNCATE dbt", T).await;
+                let mut out = Vec::new();
+                for r in &requests {
+                    out.push(full_transcript(&mut conn, r).await);
+                }
+                drop(conn);
+                out.push(transcript(&mut check, &query("SELECT count(*) FROM dbt")).await);
+                runs.push(out);
+            }
+            assert_eq!(runs[1], runs[0], "{name}: through shardgate vs directly");
+        }
+    })
+    .await
+    .expect("test timed out");
+}

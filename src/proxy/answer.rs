@@ -23,7 +23,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// here matters: synchronous clients that prepare while other clients of theirs
     /// hold every server connection would otherwise wait on themselves.
     pub(super) async fn answer_prepare_locally(&mut self) -> Result<bool, ClientError> {
-        if self.mode != PoolMode::Transaction || self.flight.tx_status != b'I' {
+        // In a held-back transaction that failed, the server answers the Parse with 25P02.
+        if self.mode != PoolMode::Transaction
+            || self.flight.tx_status != b'I'
+            || self.deferred_failed
+        {
             return Ok(false);
         }
         let mut pos = 0;
@@ -73,7 +77,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             pos += h.len;
         }
         self.cbuf.advance(end);
-        backend::ready_for_query(b'I', &mut self.out);
+        // Inside a held-back transaction: the client sees the transaction open.
+        let status = if self.deferred_begin.is_some() {
+            b'T'
+        } else {
+            b'I'
+        };
+        backend::ready_for_query(status, &mut self.out);
         self.flush_out().await
     }
 
@@ -99,6 +109,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(false);
         }
         drop(snapshot);
+        if self.hold_back_extended_begin().await? {
+            return Ok(true);
+        }
         if self.deferred_begin.is_none() && scanned.lone_begin && self.flight.tx_status == b'I' {
             let sql = self.consume_first_message()?;
             let start = shardgate_sql::strict_begin(&sql).is_some_and(|b| b.start);

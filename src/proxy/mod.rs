@@ -5,6 +5,7 @@ mod answer;
 pub(crate) mod busy_poll;
 mod cancel;
 mod errors;
+mod extended_begin;
 mod fanout;
 mod fanout_commit;
 mod flight;
