@@ -186,6 +186,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let status = if in_txn { b'T' } else { b'I' };
                 backend::ready_for_query(status, &mut self.out);
                 self.finish_legs(legs, in_txn);
+                if in_txn && client.extended && self.txn.active() {
+                    // Inside a transaction the client may Execute the portal again; it
+                    // exists on no shard, so that Execute is refused (shard_catalog.rs).
+                    let open = &mut self.txn.scatter_portals;
+                    open.retain(|p| *p != client.portal);
+                    open.push(client.portal.clone());
+                }
             }
             Err(failure) => {
                 let fields = match failure {

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use shardgate_sql::{Count, OutputCol, ScatterSelect};
-use shardgate_wire::{peek_header, BackendMessage, FrontendRef};
+use shardgate_wire::{peek_header, BackendMessage, ErrorFields, FrontendRef};
 
 use super::errors::ClientError;
 use super::mirror::Msg;
@@ -21,6 +21,8 @@ pub(super) struct ClientRequest {
     /// The Execute's row limit (0: all rows). The portal is not fetched again: a second
     /// Execute is refused, and Sync ends it.
     pub(super) row_limit: u32,
+    /// The Bind's portal name (the client may Execute it again inside a transaction).
+    pub(super) portal: Bytes,
 }
 
 pub(super) fn read_request(
@@ -34,6 +36,7 @@ pub(super) fn read_request(
         params: Vec::new(),
         result_formats: Vec::new(),
         row_limit: 0,
+        portal: Bytes::new(),
     };
     let mut pos = 0;
     while let Some(h) = peek_header(&request[pos..], max_len)? {
@@ -46,6 +49,7 @@ pub(super) fn read_request(
             r.param_formats = b.param_formats().collect();
             r.params = b.params().map(|p| p.map(Bytes::copy_from_slice)).collect();
             r.result_formats = b.result_formats().collect();
+            r.portal = Bytes::copy_from_slice(b.portal);
         }
         if let FrontendRef::Execute { max_rows, .. } = &msg {
             // A negative count is all rows, as on the server.
@@ -65,6 +69,70 @@ pub(super) fn read_request(
         return Ok(None);
     }
     Ok(Some(r))
+}
+
+/// The first portal of the request at the start of `request` that a scatter left to the client
+/// (`open`, see `TxnReplay::scatter_portals`) and that the request executes or describes
+/// again. A Bind or Close of such a name before that makes it an ordinary portal again, and so
+/// does a simple Query for the unnamed portal (PostgreSQL drops it there); `open` forgets those.
+pub(super) fn refetched_scatter_portal(
+    request: &[u8],
+    max_len: usize,
+    open: &mut Vec<Bytes>,
+) -> Option<Bytes> {
+    let mut pos = 0;
+    while !open.is_empty() {
+        let h = peek_header(&request[pos..], max_len).ok()??;
+        if request.len() - pos < h.len {
+            return None;
+        }
+        let msg = FrontendRef::decode(h.tag, &request[pos + 5..pos + h.len]).ok()?;
+        pos += h.len;
+        let forget = |open: &mut Vec<Bytes>, name: &[u8]| open.retain(|p| p[..] != *name);
+        match msg {
+            FrontendRef::Bind(b) => forget(open, b.portal),
+            FrontendRef::Close { kind: b'P', name } => forget(open, name),
+            FrontendRef::Execute { portal, .. }
+            | FrontendRef::Describe {
+                kind: b'P',
+                name: portal,
+            } => {
+                if let Some(p) = open.iter().find(|p| p[..] == *portal) {
+                    return Some(p.clone());
+                }
+            }
+            FrontendRef::Query { .. } => {
+                forget(open, b"");
+                return None;
+            }
+            FrontendRef::Sync | FrontendRef::FunctionCall(_) => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// 0A000 for an Execute (or Describe) of a portal a scatter answered in an earlier request.
+pub(super) fn refetch_error(portal: &[u8]) -> ErrorFields {
+    ErrorFields::new(
+        "ERROR",
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!(
+            "shardgate: portal \"{}\" of a query across shards cannot be fetched in parts",
+            String::from_utf8_lossy(portal)
+        ),
+    )
+    .with(
+        b'D',
+        "Its rows were merged from every shard in its first Execute; no shard keeps the portal \
+         for a later fetch.",
+    )
+    .with(
+        b'H',
+        "Fetch all its rows in one Execute (no row limit: JDBC fetch size 0, asyncpg fetch() \
+         instead of a cursor), page with LIMIT/OFFSET or by key range, or add a shard-key \
+         filter so it runs on one shard.",
+    )
 }
 
 /// The result format the shards should use for each shard column: the client's format of the

@@ -12,6 +12,7 @@ use super::errors::ClientError;
 use super::fanout::request_len;
 use super::params::SessionParams;
 use super::request::Scanned;
+use super::scatter_request::{refetch_error, refetched_scatter_portal};
 use super::session::{reserve, Session};
 use super::shard_plan::{plan_request, Need, RequestPlan};
 use super::sharding_runtime::ShardingRuntime;
@@ -86,6 +87,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if let Need::Scatter { .. } = plan.need {
             self.check_scatter(snapshot, &rt, &mut plan).await;
+        }
+        let open = &mut self.txn.scatter_portals;
+        if let Some(portal) = refetched_scatter_portal(&self.cbuf, self.max_len, open) {
+            plan.need = Need::Refuse(refetch_error(&portal));
         }
         if is_ddl(scanned) {
             // Before and after (fan_out) the change: nothing learned before it is trusted.

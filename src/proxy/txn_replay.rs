@@ -38,6 +38,9 @@ pub(super) struct TxnReplay {
     opaque: Option<&'static str>,
     /// `opaque` of the request being planned.
     staged_opaque: Option<&'static str>,
+    /// Portals the client opened on a query across shards in this transaction: their rows
+    /// were merged in one Execute and no shard keeps the portal (see `scatter_request.rs`).
+    pub(super) scatter_portals: Vec<Bytes>,
 }
 
 impl TxnReplay {
@@ -48,6 +51,7 @@ impl TxnReplay {
         self.staged.clear();
         self.opaque = None;
         self.staged_opaque = None;
+        self.scatter_portals.clear();
     }
 
     /// A transaction is being recorded.
