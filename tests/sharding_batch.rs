@@ -1,15 +1,17 @@
 //! Driver idioms against two shards, as raw protocol messages shaped like the drivers': a
 //! row-limited scatter portal fetched a second time (asyncpg's cursor iterator, JDBC's fetch
 //! size inside a transaction) gets the documented 0A000, not 34000; and a batch (one request,
-//! several Bind/Execute, one Sync) whose statements need different shards is refused with a
-//! hint that works. Every read is bounded, so a hang fails the test.
+//! several Bind/Execute, one Sync: JDBC executeBatch, asyncpg and psycopg executemany, a
+//! psycopg pipeline) whose statements each need one shard, not the same, runs each on its
+//! shard with replies in the client's order, atomically, failing as PostgreSQL does. Every
+//! read is bounded, so a hang fails the test.
 
 mod support;
 
 use std::time::Duration;
 
 use support::raw::{error_field, first_column, login_trust, message, query, tags, RawConn};
-use support::sharded::{int_keys_on, sharded_options, sharded_setup};
+use support::sharded::{int_keys_on, notes_on, sharded_options, sharded_setup};
 use support::start_trust;
 use tokio::time::timeout;
 
@@ -182,6 +184,206 @@ async fn a_row_limited_scatter_portal_fetched_again_gets_0a000_not_34000() {
             .expect("another client")
             .get(0);
         assert_eq!(n, 13);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// One unit of a batch: Bind of `statement` with text parameters, Describe of the portal (as
+/// pgjdbc and psycopg send it), Execute.
+fn unit(statement: &str, params: &[&str]) -> Vec<u8> {
+    let mut out = bind("", statement, params);
+    out.extend(describe_portal(""));
+    out.extend(execute("", 0));
+    out
+}
+
+/// Keys alternating between the shards: s1, s0, s1, s0.
+fn alternating_keys() -> Vec<String> {
+    let (a, b) = (int_keys_on(0, 1, 2), int_keys_on(1, 1, 2));
+    vec![b[0], a[0], b[1], a[1]]
+        .into_iter()
+        .map(|k| k.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_whose_rows_live_on_several_shards_runs_each_on_its_shard_in_order() {
+    timeout(TEST_TIMEOUT, async {
+        let s = sharded_setup(None).await;
+        let proxy = start_trust(&s.topology, sharded_options(None));
+        let keys = alternating_keys();
+        let mut conn = login_trust(proxy.addr(), s.topology.user(), s.topology.database()).await;
+        let insert =
+            "INSERT INTO orders (user_id, note) VALUES ($1, $2::int::text) RETURNING user_id";
+
+        // pgjdbc executeBatch / psycopg executemany(returning=True): one Parse, then Bind,
+        // Describe, Execute per row, one Sync. Each row on its key's shard, replies in order.
+        let mut req = parse("", insert);
+        for (i, k) in keys.iter().enumerate() {
+            req.extend(unit("", &[k, &i.to_string()]));
+        }
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"12TDC2TDC2TDC2TDCZ", "{got:?}");
+        assert_eq!(rows_of(&got), keys);
+        assert_eq!(got[got.len() - 1].1, b"I");
+        assert_eq!(notes_on(&s.direct, "0").await, [0, 1]);
+        assert_eq!(notes_on(&s.direct, "1").await, [1, 0]);
+        assert_eq!(notes_on(&s.direct, "3").await, [1, 0]);
+
+        // asyncpg executemany: a named statement prepared before, then Bind and Execute per
+        // row and one Sync.
+        let mut prep = parse("ins", insert);
+        prep.extend(message(b'D', b"Sins\0"));
+        prep.extend(sync());
+        conn.send(&prep).await;
+        assert_eq!(tags(&conn.until_ready(STEP).await), b"1tTZ");
+        let mut req = Vec::new();
+        for k in &keys {
+            req.extend(bind("", "ins", &[k, "10"]));
+            req.extend(execute("", 0));
+        }
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"2DC2DC2DC2DCZ", "{got:?}");
+        assert_eq!(rows_of(&got), keys);
+        assert_eq!(notes_on(&s.direct, "10").await, [2, 2]);
+
+        // psycopg pipeline of keyed reads: each Execute's rows from its shard, in order.
+        let read = "SELECT note FROM orders WHERE user_id = $1 ORDER BY note";
+        let mut req = Vec::new();
+        for k in keys.iter().rev() {
+            req.extend(parse("", read));
+            req.extend(unit("", &[k]));
+        }
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"12TDDC12TDDC12TDDC12TDDCZ", "{got:?}");
+        // Text order: "1" < "10" < "2".
+        assert_eq!(rows_of(&got), ["10", "3", "10", "2", "1", "10", "0", "10"]);
+
+        // Inside a transaction, reads spread over shards join it; the status says so.
+        conn.run_ok("BEGIN", STEP).await;
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"12TDDC12TDDC12TDDC12TDDCZ", "{got:?}");
+        assert_eq!(got[got.len() - 1].1, b"T");
+        // A batch writing on two shards would make the transaction span them: refused
+        // (without two-phase commit), and the transaction is failed.
+        let mut req = parse("", insert);
+        for k in &keys {
+            req.extend(unit("", &[k, "20"]));
+        }
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"EZ", "{got:?}");
+        assert_eq!(error_field(&got[0].1, b'C').as_deref(), Some("0A000"));
+        assert_eq!(got[1].1, b"E");
+        expect_failed_transaction(&mut conn).await;
+        assert_eq!(notes_on(&s.direct, "20").await, [0, 0]);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_failing_row_of_a_batch_rolls_back_every_shard_and_skips_the_rest() {
+    timeout(TEST_TIMEOUT, async {
+        let s = sharded_setup(None).await;
+        let proxy = start_trust(&s.topology, sharded_options(None));
+        let keys = alternating_keys();
+        let mut conn = login_trust(proxy.addr(), s.topology.user(), s.topology.database()).await;
+        let insert = "INSERT INTO orders (user_id, note) VALUES ($1, $2::int::text)";
+
+        // The third row (on s1) fails, at its Bind (its parameter is no integer): the first
+        // two rows' replies, then its error as PostgreSQL reports it, then ReadyForQuery; nothing is left on either shard, not the
+        // rows before it and not the fourth row, which s0 ran before the error was known.
+        let mut req = parse("", insert);
+        for (k, note) in keys.iter().zip(["1", "2", "x", "4"]) {
+            req.extend(unit("", &[k, note]));
+        }
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"12nC2nCEZ", "{got:?}");
+        let err = &got[got.len() - 2].1;
+        assert_eq!(error_field(err, b'C').as_deref(), Some("22P02"));
+        assert!(
+            error_field(err, b'D')
+                .unwrap_or_default()
+                .contains("shard s1"),
+            "{got:?}"
+        );
+        assert_eq!(got[got.len() - 1].1, b"I");
+        for note in ["1", "2", "4"] {
+            assert_eq!(notes_on(&s.direct, note).await, [0, 0], "{note}");
+        }
+
+        // The first row failing: only its error, after the ParseComplete.
+        let mut req = parse("", insert);
+        for (k, note) in keys.iter().zip(["x", "2", "3", "4"]) {
+            req.extend(unit("", &[k, note]));
+        }
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"1EZ", "{got:?}");
+        assert_eq!(error_field(&got[1].1, b'C').as_deref(), Some("22P02"));
+        assert_eq!(notes_on(&s.direct, "4").await, [0, 0]);
+
+        // A row failing at its Execute (a duplicate key on s1): the rows before it answered,
+        // then its error; the table keeps only the row that was there.
+        s.client
+            .execute(
+                &format!("INSERT INTO users (id, name) VALUES ({}, 'old')", keys[2]),
+                &[],
+            )
+            .await
+            .expect("seed a user");
+        let mut req = parse("", "INSERT INTO users (id, name) VALUES ($1, 'new')");
+        for k in &keys {
+            req.extend(unit("", &[k]));
+        }
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"12nC2nC2nEZ", "{got:?}");
+        assert_eq!(error_field(&got[9].1, b'C').as_deref(), Some("23505"));
+        let users: Vec<(i64, String)> = s
+            .client
+            .query("SELECT id, name FROM users", &[])
+            .await
+            .expect("users")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(
+            users,
+            [(keys[2].parse::<i64>().expect("key"), "old".to_owned())]
+        );
+
+        // JDBC reWriteBatchedInserts: several multi-row INSERTs whose rows span shards, in
+        // one request. Not split: refused with what to do, nothing written.
+        let multi = "INSERT INTO orders (user_id, note) VALUES ($1, 'm'), ($2, 'm')";
+        let mut req = parse("", multi);
+        req.extend(unit("", &[&keys[0], &keys[1]]));
+        req.extend(unit("", &[&keys[2], &keys[3]]));
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"EZ", "{got:?}");
+        assert_eq!(error_field(&got[0].1, b'C').as_deref(), Some("0A000"));
+        let hint = error_field(&got[0].1, b'H').unwrap_or_default();
+        assert!(hint.contains("reWriteBatchedInserts"), "{hint}");
+        assert_eq!(notes_on(&s.direct, "m").await, [0, 0]);
+
+        // The session goes on.
+        conn.run_ok("SELECT 1", STEP).await;
     })
     .await
     .expect("test timed out");

@@ -18,6 +18,7 @@ use super::merge::{merge_replies, ShardReplies};
 use super::request::Scanned;
 use super::routing::kind_of;
 use super::session::{reserve, Session};
+use super::shard_batch::{interleave_replies, BatchReplies};
 use super::shard_legs::Leg;
 use super::shard_plan::{Need, RequestPlan};
 use super::sqlstate;
@@ -59,6 +60,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let in_txn = self.server.is_some() || self.deferred_begin.is_some();
         let mut sum = true;
         let mut split_rows = Vec::new();
+        let mut batch = Vec::new();
         let (targets, skip_parse): (Vec<(usize, Option<Bytes>)>, bool) = match plan.need {
             Need::Many { shards, sum: s } => {
                 sum = s;
@@ -68,9 +70,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 requests,
                 client_parse,
                 rows,
+                batch: steps,
             } => (
                 {
                     split_rows = rows;
+                    batch = steps;
                     requests
                         .into_iter()
                         .map(|(s, b)| (s, Some(b.freeze())))
@@ -248,6 +252,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(fields) = commit_error {
             backend::error_response(&fields, &mut self.out);
             backend::ready_for_query(status, &mut self.out);
+        } else if !batch.is_empty() {
+            let replies: Vec<BatchReplies<'_>> = legs
+                .iter()
+                .map(|l| BatchReplies {
+                    shard: l.co.shard,
+                    name: &snapshot.shards[l.co.shard].name,
+                    bytes: &l.out,
+                })
+                .collect();
+            let mark = self.out.len();
+            if let Err(m) = interleave_replies(&batch, &replies, status, &mut self.out) {
+                self.out.truncate(mark);
+                let fields = ErrorFields::new(
+                    "ERROR",
+                    "XX000",
+                    format!("shardgate: shards answered a batch unexpectedly: {}", m.0),
+                );
+                backend::error_response(&fields, &mut self.out);
+                backend::ready_for_query(status, &mut self.out);
+            }
         } else {
             let replies: Vec<ShardReplies<'_>> = legs
                 .iter()

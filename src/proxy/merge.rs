@@ -27,7 +27,7 @@ struct Frames<'a> {
 }
 
 /// The whole frames (header included) in `b`, with their tags.
-fn frames(b: &[u8]) -> Vec<(u8, &[u8])> {
+pub(super) fn frames(b: &[u8]) -> Vec<(u8, &[u8])> {
     let mut out = Vec::new();
     let mut pos = 0;
     // The bytes are replies a shard's relay already framed and held to the size limit: no
@@ -43,7 +43,7 @@ fn frames(b: &[u8]) -> Vec<(u8, &[u8])> {
 }
 
 /// Messages that may differ between shards and are kept from the first shard only.
-fn incidental(t: u8) -> bool {
+pub(super) fn incidental(t: u8) -> bool {
     matches!(t, tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | b'A')
 }
 
@@ -80,16 +80,7 @@ pub(crate) fn merge_replies(
     // Any error wins, the first shard's first, and nothing else is sent.
     for (i, f) in all.iter().enumerate() {
         if let Some((_, frame)) = f.frames.iter().find(|(t, _)| *t == tag::ERROR_RESPONSE) {
-            let mut fields = match BackendMessage::decode(tag::ERROR_RESPONSE, &frame[5..]) {
-                Ok(BackendMessage::ErrorResponse(fields)) => fields,
-                _ => shardgate_wire::ErrorFields::new("ERROR", "XX000", "malformed error"),
-            };
-            let from = format!("shardgate: this error came from shard {}.", shards[i].shard);
-            match fields.fields.iter_mut().find(|(c, _)| *c == b'D') {
-                Some(d) => d.1 = format!("{} ({from})", d.1),
-                None => fields.fields.push((b'D', from)),
-            }
-            backend::error_response(&fields, dst);
+            backend::error_response(&named_error(frame, shards[i].shard), dst);
             backend::ready_for_query(status, dst);
             return Ok(());
         }
@@ -173,6 +164,21 @@ pub(crate) fn merge_replies(
     }
     backend::ready_for_query(status, dst);
     Ok(())
+}
+
+/// A shard's ErrorResponse frame as fields whose detail names the shard.
+pub(super) fn named_error(frame: &[u8], shard: &str) -> shardgate_wire::ErrorFields {
+    let mut fields =
+        match BackendMessage::decode(tag::ERROR_RESPONSE, frame.get(5..).unwrap_or_default()) {
+            Ok(BackendMessage::ErrorResponse(fields)) => fields,
+            _ => shardgate_wire::ErrorFields::new("ERROR", "XX000", "malformed error"),
+        };
+    let from = format!("shardgate: this error came from shard {shard}.");
+    match fields.fields.iter_mut().find(|(c, _)| *c == b'D') {
+        Some(d) => d.1 = format!("{} ({from})", d.1),
+        None => fields.fields.push((b'D', from)),
+    }
+    fields
 }
 
 /// Writes the `held` rows (shard index, frame) to `dst` in `VALUES` order when every shard

@@ -24,6 +24,7 @@ mod scatter_group;
 mod scatter_request;
 mod scatter_stream;
 mod session;
+mod shard_batch;
 mod shard_catalog;
 mod shard_combine;
 mod shard_legs;

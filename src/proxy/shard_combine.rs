@@ -125,7 +125,10 @@ impl Combined {
                         shardgate_router::FEATURE_NOT_SUPPORTED,
                         format!("shardgate: the statements of this request need different shards ({what})"),
                     )
-                    .with(b'H', "Send statements for different shards as separate requests."),
+                    .with(
+                        b'H',
+                        "Send statements for different shards as separate requests. A batch of statements that each name one shard key (several Bind/Execute, one Sync) runs each on its shard.",
+                    ),
                 ),
                 String::new(),
             )
@@ -161,7 +164,20 @@ impl Combined {
         }
         if self.split {
             if self.statements > 1 {
-                return conflict("a split INSERT and other statements");
+                return with(
+                    Need::Refuse(
+                        ErrorFields::new(
+                            "ERROR",
+                            shardgate_router::FEATURE_NOT_SUPPORTED,
+                            "shardgate: the statements of this request need different shards (a multi-row INSERT whose rows live on several shards, and other statements)",
+                        )
+                        .with(
+                            b'H',
+                            "Send such an INSERT as a request of its own, or insert one row per statement: a batch of statements that each name one shard key runs each on its shard (with pgjdbc, turn reWriteBatchedInserts off).",
+                        ),
+                    ),
+                    String::new(),
+                );
             }
             let why = format!("INSERT rows split by key → {}", list(self.shards));
             return with(
@@ -169,6 +185,7 @@ impl Combined {
                     requests: Vec::new(),
                     client_parse: false,
                     rows: Vec::new(),
+                    batch: Vec::new(),
                 },
                 why,
             );

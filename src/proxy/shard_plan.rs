@@ -11,6 +11,7 @@ use shardgate_sql::{for_each_statement, Hint, LexOptions, ShardAnalysis};
 use shardgate_wire::{peek_header, BindRef, FrontendRef, ParseRef};
 
 use super::routing::SessionRouting;
+use super::shard_batch::{batch_requests, Step};
 use super::shard_combine::Combined;
 use super::shard_split::split_requests;
 use super::shard_statement::plan_one;
@@ -45,13 +46,16 @@ pub(crate) enum Need {
         shards: ShardSet,
         sum: bool,
     },
-    /// One rewritten request per shard (a split INSERT); `parse` says whether the client's
-    /// request had a Parse (its ParseComplete is then expected).
+    /// One rewritten request per shard (a split INSERT, or a batch); `parse` says whether the
+    /// client's request had a Parse (its ParseComplete is then expected).
     Split {
         requests: Vec<(usize, BytesMut)>,
         client_parse: bool,
         /// Per shard, the `VALUES` positions of its rows, to return `RETURNING` rows in order.
         rows: Vec<(usize, Vec<usize>)>,
+        /// A batch's messages in client order and where each ran (`shard_batch.rs`); empty
+        /// for a split INSERT.
+        batch: Vec<Step>,
     },
     Refuse(ErrorFields),
 }
@@ -156,6 +160,8 @@ pub(crate) fn plan_request(
     let mut split_source: Option<Split<'_>> = None;
     // The last statement planned and its declared parameter types (for a scatter).
     let mut last_unit: Option<(Vec<u8>, Vec<u32>)> = None;
+    // Per Bind, its one shard (a batch may run each on its own); None: no batch.
+    let mut batch_units: Option<Vec<usize>> = Some(Vec::new());
     while let Ok(Some(h)) = peek_header(&buf[pos..], max_len) {
         if buf.len() - pos < h.len {
             break;
@@ -166,6 +172,7 @@ pub(crate) fn plan_request(
         pos += h.len;
         match msg {
             FrontendRef::Query { sql } => {
+                batch_units = None;
                 let mut stmts = Vec::new();
                 for_each_statement(sql, LexOptions::default(), |r| stmts.push(r));
                 for r in stmts {
@@ -208,6 +215,7 @@ pub(crate) fn plan_request(
                 };
                 let Some(parse) = parse else {
                     // The server will report the unknown statement; it needs no shard.
+                    batch_units = None;
                     continue;
                 };
                 let a = rt.analyze(parse.query);
@@ -218,6 +226,16 @@ pub(crate) fn plan_request(
                 units += 1;
                 last_unit = Some((parse.query.to_vec(), bound.types.clone()));
                 let p = plan_one(rt, parse.query, &a, &bound, &mut acc.missing);
+                match (&p, &mut batch_units) {
+                    (
+                        Ok(StatementPlan {
+                            target: Target::Shards(set),
+                            ..
+                        }),
+                        Some(units),
+                    ) if set.count_ones() == 1 => units.push(set.trailing_zeros() as usize),
+                    _ => batch_units = None,
+                }
                 if let Ok(StatementPlan {
                     target: Target::Split(per),
                     ..
@@ -231,6 +249,9 @@ pub(crate) fn plan_request(
             FrontendRef::Sync | FrontendRef::FunctionCall(_) => break,
             _ => {}
         }
+    }
+    if let Some(plan) = batch_plan(rt, &acc, batch_units, buf, max_len) {
+        return plan;
     }
     if acc.scatter && acc.refused.is_none() {
         let why = acc.scatter_why(rt);
@@ -285,6 +306,42 @@ pub(crate) fn plan_request(
         *cp = client_parse;
     }
     plan
+}
+
+/// The plan of a batch: several Bind/Execute units in one request, each on one shard (its
+/// key's), not all on the same one. None for any other request.
+fn batch_plan(
+    rt: &ShardingRuntime,
+    acc: &Combined,
+    units: Option<Vec<usize>>,
+    buf: &[u8],
+    max_len: usize,
+) -> Option<RequestPlan> {
+    let units = units?;
+    let first = *units.first()?;
+    if units.iter().all(|&s| s == first) || acc.refused.is_some() || !acc.missing.is_empty() {
+        return None;
+    }
+    let (requests, steps) = batch_requests(buf, max_len, &units)?;
+    let names: Vec<&str> = requests
+        .iter()
+        .filter_map(|(s, _)| rt.names.get(*s).map(|n| &**n))
+        .collect();
+    Some(RequestPlan {
+        need: Need::Split {
+            requests,
+            client_parse: true,
+            rows: Vec::new(),
+            batch: steps,
+        },
+        why: format!(
+            "batch of {} statements by key → {}",
+            units.len(),
+            names.join(", ")
+        ),
+        missing_types: Vec::new(),
+        write: acc.write,
+    })
 }
 
 /// The plan of a read merged across `shards` (a single statement), or its refusal.
