@@ -266,7 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.out.truncate(mark);
                 let fields = ErrorFields::new(
                     "ERROR",
-                    "XX000",
+                    sqlstate::INTERNAL_ERROR,
                     format!("shardgate: shards answered a batch unexpectedly: {}", m.0),
                 );
                 backend::error_response(&fields, &mut self.out);

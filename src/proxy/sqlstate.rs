@@ -35,3 +35,5 @@ pub(crate) const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
 pub(crate) const IN_FAILED_TRANSACTION: &str = "25P02";
 /// 42P05: a Parse names a prepared statement the client already has.
 pub(crate) const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+/// XX000: shards answered in a way shardgate cannot combine into one server's reply.
+pub(crate) const INTERNAL_ERROR: &str = "XX000";
