@@ -3,7 +3,7 @@
 //! nothing else.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,16 +16,35 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long a forwarded cancel is waited for (the postmaster closing its connection).
 const CANCEL_DELIVERY: Duration = Duration::from_secs(5);
 
-/// Where a client's query currently runs, if anywhere.
+/// Where a client's query currently runs, if anywhere, and whether a cancel came for a
+/// request that has not reached a server yet.
 #[derive(Debug, Default)]
 pub(crate) struct CancelSlot {
-    target: Mutex<Option<(Arc<NodeAddr>, BackendKey)>>,
+    state: Mutex<SlotState>,
     /// Wakes a request still waiting for a server connection: that is where its
     /// query "runs" while the pool is busy.
-    pub(crate) waiting: tokio::sync::Notify,
+    waiting: tokio::sync::Notify,
+    /// The request `start_on` took the target for has not been written to it yet: a cancel
+    /// forwarded now could reach the server before the query and be dropped there, as an
+    /// idle backend drops one. Such a cancel waits (on `sent`) until `mark_sent`.
+    unsent: AtomicBool,
+    sent: tokio::sync::Notify,
     /// Cancels on their way to the server connection in `target` (counted under its lock).
     in_flight: AtomicU32,
 }
+
+#[derive(Debug, Default)]
+struct SlotState {
+    target: Option<(Arc<NodeAddr>, BackendKey)>,
+    /// A cancel arrived while no query of this client ran on a server. Kept, not just
+    /// signalled, so that a request between its checkout and `start_on` still sees it;
+    /// `begin_request` drops it, as PostgreSQL drops a cancel that finds its backend idle.
+    cancel_pending: bool,
+}
+
+/// The request was cancelled before it reached a server: answer it with 57014.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct CancelledBeforeStart;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -33,17 +52,103 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl CancelSlot {
     pub(crate) fn set(&self, addr: &Arc<NodeAddr>, key: BackendKey) {
-        *lock(&self.target) = Some((Arc::clone(addr), key));
+        lock(&self.state).target = Some((Arc::clone(addr), key));
+        self.unsent.store(false, Ordering::Release);
+    }
+
+    /// A new request from the client starts routing: a cancel that arrived before it (the
+    /// client was idle, or between requests) is stale and must not stop it.
+    pub(crate) fn begin_request(&self) {
+        lock(&self.state).cancel_pending = false;
+    }
+
+    /// Whether a cancel arrived for the current request since `begin_request`.
+    pub(crate) fn cancel_pending(&self) -> bool {
+        lock(&self.state).cancel_pending
+    }
+
+    /// Resolves once a cancel arrives for the current request (at once if one already has).
+    /// Cancel safe.
+    pub(crate) async fn cancel_requested(&self) {
+        loop {
+            let notified = self.waiting.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read: a cancel setting it after the read wakes us.
+            notified.as_mut().enable();
+            if self.cancel_pending() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The request's query is about to be sent on this server connection: from now on a
+    /// cancel goes there (once `mark_sent` says the query is on its way). Refused if a cancel
+    /// already came for the request, in the same lock the canceller takes, so that every
+    /// cancel either sees the target or is seen here.
+    pub(crate) fn start_on(
+        &self,
+        addr: &Arc<NodeAddr>,
+        key: BackendKey,
+    ) -> Result<(), CancelledBeforeStart> {
+        let mut state = lock(&self.state);
+        if state.cancel_pending {
+            return Err(CancelledBeforeStart);
+        }
+        state.target = Some((Arc::clone(addr), key));
+        self.unsent.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The request `start_on` was for has been written to its server connection: a cancel
+    /// may go there now. Cheap when there is nothing to do (every write calls it).
+    pub(crate) fn mark_sent(&self) {
+        if self.unsent.load(Ordering::Acquire) && self.unsent.swap(false, Ordering::AcqRel) {
+            self.sent.notify_waiters();
+        }
     }
 
     /// The client's query no longer runs on a server. True if a cancel for it may still be
     /// on its way to that server connection: the connection must then be closed, not handed
     /// to another client, whose query the late cancel would stop.
     pub(crate) fn clear(&self) -> bool {
-        let mut target = lock(&self.target);
-        *target = None;
+        let mut state = lock(&self.state);
+        state.target = None;
+        if self.unsent.swap(false, Ordering::AcqRel) {
+            // A cancel waiting for the write finds no query now, as PostgreSQL's would.
+            self.sent.notify_waiters();
+        }
         self.in_flight.load(Ordering::Acquire) > 0
     }
+
+    /// Where a cancel for the client goes now. `force` sends it even to a server connection
+    /// its query has not been written to yet (after waiting for that too long).
+    fn take_cancel(&self, force: bool) -> CancelTarget {
+        let mut state = lock(&self.state);
+        match state.target.clone() {
+            Some(_) if !force && self.unsent.load(Ordering::Acquire) => CancelTarget::NotSentYet,
+            Some(target) => {
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
+                CancelTarget::Server(target)
+            }
+            None => {
+                state.cancel_pending = true;
+                CancelTarget::Kept
+            }
+        }
+    }
+}
+
+/// What a cancel does, decided under the slot's lock.
+#[derive(Debug)]
+enum CancelTarget {
+    /// Forwarded to the server connection running the client's query (counted in flight).
+    Server((Arc<NodeAddr>, BackendKey)),
+    /// No query on a server: kept for a request that has not reached one (dropped by the
+    /// client's next request, see `CancelSlot::begin_request`).
+    Kept,
+    /// A server connection is taken but the query not yet written to it.
+    NotSentYet,
 }
 
 /// All live clients' keys.
@@ -97,29 +202,30 @@ impl CancelRegistry {
     /// Forwards a client's CancelRequest. Unknown keys are ignored silently, as
     /// PostgreSQL does. Not cancel safe in a meaningful way; run it in its own task.
     pub(crate) async fn cancel(&self, pid: i32, secret: i32) {
-        let target = {
-            let clients = lock(&self.clients);
-            match clients.get(&pid) {
-                Some((s, slot)) if *s == secret => {
-                    let target = lock(&slot.target);
-                    if target.is_some() {
-                        slot.in_flight.fetch_add(1, Ordering::AcqRel);
-                    }
-                    target.clone().map(|t| (t, slot.clone()))
-                }
-                _ => None,
-            }
+        let slot = match lock(&self.clients).get(&pid) {
+            Some((s, slot)) if *s == secret => slot.clone(),
+            _ => return,
         };
-        let Some(((addr, key), slot)) = target else {
-            // Not on a server: a request may be waiting for a pool slot (woken here), or
-            // the client is idle (ignored, as PostgreSQL ignores it).
-            if let Some((s, slot)) = lock(&self.clients).get(&pid) {
-                if *s == secret {
+        let deadline = tokio::time::Instant::now() + CANCEL_DELIVERY;
+        let mut force = false;
+        let (addr, key) = loop {
+            let sent = slot.sent.notified();
+            tokio::pin!(sent);
+            // Registered before the slot is read: a write marked after the read wakes us.
+            sent.as_mut().enable();
+            match slot.take_cancel(force) {
+                CancelTarget::Server(target) => break target,
+                CancelTarget::Kept => {
+                    // A request waiting for a pool slot, or one between its checkout and
+                    // `start_on`, finds the cancel kept and fails with 57014.
                     slot.waiting.notify_waiters();
+                    tracing::debug!(pid, "cancel request with no query on a server");
+                    return;
+                }
+                CancelTarget::NotSentYet => {
+                    force = tokio::time::timeout_at(deadline, sent).await.is_err();
                 }
             }
-            tracing::debug!(pid, "cancel request with no query on a server");
-            return;
         };
         let mut buf = BytesMut::with_capacity(16);
         StartupRequest::Cancel {
@@ -141,5 +247,81 @@ impl CancelRegistry {
             Err(e) => tracing::warn!(node = %addr, error = %e, "forwarding cancel request failed"),
         }
         slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> (Arc<NodeAddr>, BackendKey) {
+        let addr = Arc::new(NodeAddr {
+            host: "127.0.0.1".into(),
+            port: 5432,
+        });
+        (addr, BackendKey { pid: 7, secret: 9 })
+    }
+
+    #[test]
+    fn a_cancel_before_the_query_starts_is_kept_for_it() {
+        let slot = CancelSlot::default();
+        let (addr, key) = server();
+        slot.begin_request();
+        assert!(matches!(slot.take_cancel(false), CancelTarget::Kept));
+        assert!(slot.cancel_pending());
+        assert_eq!(slot.start_on(&addr, key), Err(CancelledBeforeStart));
+    }
+
+    #[test]
+    fn a_cancel_sent_while_idle_does_not_stop_the_next_request() {
+        let slot = CancelSlot::default();
+        let (addr, key) = server();
+        assert!(matches!(slot.take_cancel(false), CancelTarget::Kept));
+        slot.begin_request();
+        assert!(!slot.cancel_pending());
+        assert_eq!(slot.start_on(&addr, key), Ok(()));
+    }
+
+    #[test]
+    fn a_cancel_waits_until_the_query_is_written() {
+        let slot = CancelSlot::default();
+        let (addr, key) = server();
+        slot.begin_request();
+        assert_eq!(slot.start_on(&addr, key), Ok(()));
+        assert!(matches!(slot.take_cancel(false), CancelTarget::NotSentYet));
+        slot.mark_sent();
+        match slot.take_cancel(false) {
+            CancelTarget::Server((a, k)) => assert_eq!((a, k), (addr, key)),
+            other => panic!("{other:?}"),
+        }
+        // Counted in flight: the connection must not go to another client.
+        assert!(slot.clear());
+    }
+
+    #[test]
+    fn a_cancel_waiting_for_the_write_finds_no_query_once_it_ended() {
+        let slot = CancelSlot::default();
+        let (addr, key) = server();
+        slot.begin_request();
+        assert_eq!(slot.start_on(&addr, key), Ok(()));
+        assert!(!slot.clear());
+        assert!(matches!(slot.take_cancel(false), CancelTarget::Kept));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_is_woken_by_a_cancel() {
+        let slot = Arc::new(CancelSlot::default());
+        slot.begin_request();
+        let waiter = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.cancel_requested().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(matches!(slot.take_cancel(false), CancelTarget::Kept));
+        slot.waiting.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("join");
     }
 }

@@ -104,6 +104,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(())
             };
             sent.map_err(|source| server_io(conn, source))?;
+            if t.consumed > 0 {
+                // The query is on the server now: a cancel for it may follow it there.
+                self.registration.slot.mark_sent();
+            }
             self.sbuf.clear();
             self.cbuf.advance(t.consumed);
             if !self.out.is_empty() {

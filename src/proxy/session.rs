@@ -26,6 +26,20 @@ use super::topology::{NodeRuntime, Snapshot};
 use super::Shared;
 use crate::decisions::{Draft, Kind};
 
+/// The answer to a request cancelled before it reached a server: it never ran.
+fn cancelled_before_start() -> ErrorFields {
+    ErrorFields::new(
+        "ERROR",
+        super::sqlstate::QUERY_CANCELED,
+        "canceling statement due to user request",
+    )
+    .with(
+        b'D',
+        "The request was cancelled before it reached a server (while it waited for a server \
+         connection); it did not run.",
+    )
+}
+
 /// Read buffers grow in steps of this much, so that reads are large.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 
@@ -315,6 +329,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         snapshot: Arc<Snapshot>,
         mut scanned: Scanned,
     ) -> Result<bool, ClientError> {
+        // A cancel sent before this request (while the client was idle) is not for it.
+        self.registration.slot.begin_request();
         let in_transaction = self.deferred_begin.is_some();
         if !in_transaction && self.txn.active() {
             // A held-back transaction ended without reaching a server.
@@ -430,14 +446,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             let slot = self.registration.slot.clone();
             let checkout = tokio::select! {
-                r = pool.checkout(snapshot.checkout_timeout()) => r,
-                _ = slot.waiting.notified() => {
-                    // Cancelled while waiting for a server: the query never started.
-                    let fields = ErrorFields::new("ERROR", "57014", "canceling statement due to user request")
-                        .with(b'D', "The request was cancelled while waiting for a server connection.");
-                    self.reject_request(fields).await?;
+                // The cancel first: a connection that came in the same poll is given back.
+                biased;
+                () = slot.cancel_requested() => {
+                    self.reject_request(cancelled_before_start()).await?;
                     return Ok(false);
                 }
+                r = pool.checkout(snapshot.checkout_timeout()) => r,
             };
             match checkout {
                 Ok(conn) => break (chosen, conn),
@@ -465,6 +480,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         let mut conn = conn;
+        if self.registration.slot.cancel_pending() {
+            // Cancelled in the same instant the connection came: nothing ran on it yet.
+            conn.release();
+            self.reject_request(cancelled_before_start()).await?;
+            return Ok(false);
+        }
         if let Some(fields) = self.pin_problem(&scanned, None, chosen.role) {
             conn.release();
             self.refuse_pin(fields, false).await?;
@@ -480,13 +501,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .deferred_begin
             .as_deref()
             .filter(|b| shardgate_sql::strict_begin(b).is_none_or(|b| b.modes));
-        if let Some(begin) = begin_with_modes {
-            if let Some(fields) = super::relay::open_held_back_begin(&mut conn, begin).await? {
-                conn.release();
-                // The client was told BEGIN succeeded: its transaction is now aborted.
-                self.reject_request(fields).await?;
-                return Ok(false);
+        let begun = match begin_with_modes {
+            Some(begin) => {
+                if let Some(fields) = super::relay::open_held_back_begin(&mut conn, begin).await? {
+                    conn.release();
+                    // The client was told BEGIN succeeded: its transaction is now aborted.
+                    self.reject_request(fields).await?;
+                    return Ok(false);
+                }
+                true
             }
+            None => false,
+        };
+        // After the last wait before the request is sent: a cancel that came during the
+        // checkout or the re-application above is kept in the slot and found here; one
+        // coming later sees the target and goes to the server.
+        if self
+            .registration
+            .slot
+            .start_on(&conn.addr, conn.key)
+            .is_err()
+        {
+            if begun {
+                // Closing rolls back the transaction just opened; the held-back BEGIN stays
+                // with the session, which the rejection marks failed (as PostgreSQL would).
+                conn.discard();
+            } else {
+                conn.release();
+            }
+            self.reject_request(cancelled_before_start()).await?;
+            return Ok(false);
+        }
+        if begun {
             self.flight.tx_status = b'T';
             if let Some(begin) = self.deferred_begin.take() {
                 if !self.txn.active() {
@@ -494,7 +540,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         }
-        self.registration.slot.set(&conn.addr, conn.key);
         self.note_routed(
             &snapshot,
             &scanned,

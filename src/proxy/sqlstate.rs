@@ -16,6 +16,8 @@ pub(crate) const INVALID_AUTHORIZATION: &str = "28000";
 pub(crate) const INVALID_CATALOG_NAME: &str = "3D000";
 /// 53300: too many connections, or no server connection free in time.
 pub(crate) const TOO_MANY_CONNECTIONS: &str = "53300";
+/// 57014: the client cancelled the request.
+pub(crate) const QUERY_CANCELED: &str = "57014";
 /// 57P01: shutting down.
 pub(crate) const ADMIN_SHUTDOWN: &str = "57P01";
 /// 08004: the server rejected the connection (e.g. backend login failed).
