@@ -79,8 +79,8 @@ async fn holder_and_waiter(proxy: &Proxy, topology: &Topology) -> (Shared, Share
     (holder, waiter)
 }
 
-/// The waiter's `pg_sleep(3)` waits for the server connection the holder uses; the waiter's
-/// cancel is sent `delay` after the holder's query ends: during the re-application of the
+/// The waiter's `pg_sleep(10)` waits for the server connection the holder's transaction holds;
+/// the waiter's cancel is sent `delay` after the holder's COMMIT: during the re-application of the
 /// waiter's settings, well before its query is written (a cancel reaching a backend that has
 /// not read its query yet is dropped by PostgreSQL itself, so this stays clear of that
 /// instant). Returns the waiter's error, which must be 57014 and come soon.
@@ -90,12 +90,15 @@ async fn cancel_at_hand_over(
     delay: Duration,
     round: u32,
 ) -> tokio_postgres::Error {
-    let h = holder.clone();
-    let held = tokio::spawn(async move { h.simple_query("SELECT pg_sleep(0.02)").await });
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    holder
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("hold the only server");
     let w = waiter.clone();
-    let waiting = tokio::spawn(async move { w.simple_query("SELECT pg_sleep(3)").await });
-    held.await.expect("join holder").expect("holder query");
+    let waiting = tokio::spawn(async move { w.simple_query("SELECT pg_sleep(10)").await });
+    // The waiter's request reaches shardgate and waits for the server.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    holder.batch_execute("COMMIT").await.expect("release");
     tokio::time::sleep(delay).await;
     let sent = Instant::now();
     waiter
@@ -116,7 +119,7 @@ async fn cancel_at_hand_over(
         "round {round}: {err}"
     );
     assert!(
-        sent.elapsed() < Duration::from_secs(2),
+        sent.elapsed() < Duration::from_secs(5),
         "round {round}: cancel took {:?}",
         sent.elapsed()
     );
@@ -125,7 +128,7 @@ async fn cancel_at_hand_over(
 
 /// A cancel that arrives after the waiting request got its server connection but before its
 /// query reached the server is not lost. Before the fix it was lost in nearly every round
-/// (from round 0) and the waiter's `pg_sleep(3)` ran to its end.
+/// (from round 0) and the waiter's `pg_sleep(10)` ran to its end.
 #[tokio::test]
 async fn a_cancel_between_checkout_and_query_start_is_never_lost() {
     timeout(Duration::from_secs(120), async {

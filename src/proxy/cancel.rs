@@ -16,6 +16,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long a forwarded cancel is waited for (the postmaster closing its connection).
 const CANCEL_DELIVERY: Duration = Duration::from_secs(5);
 
+/// How long after a request was written to its server connection a cancel for it is held back.
+/// PostgreSQL drops a cancel that arrives before the backend has read the message that runs
+/// the query (it checks for one after reading each message, and drops it while reading): for
+/// the extended protocol that is until it has parsed and bound the statement. A client's cancel
+/// lands there when its request waited for a pool slot and got one just as the cancel was sent
+/// (a query timeout firing in a busy pool): without this, about one such cancel in 200 was
+/// lost under load.
+const ARRIVAL_GRACE: Duration = Duration::from_millis(5);
+
 /// Where a client's query currently runs, if anywhere, and whether a cancel came for a
 /// request that has not reached a server yet.
 #[derive(Debug, Default)]
@@ -40,6 +49,11 @@ struct SlotState {
     /// signalled, so that a request between its checkout and `start_on` still sees it;
     /// `begin_request` drops it, as PostgreSQL drops a cancel that finds its backend idle.
     cancel_pending: bool,
+    /// Counts the client's requests (`begin_request`): a cancel held back for one request is
+    /// dropped once the next starts, as it would have arrived while the first ran.
+    generation: u64,
+    /// When the request `start_on` was for was written to the server (see `ARRIVAL_GRACE`).
+    written_at: Option<std::time::Instant>,
 }
 
 /// The request was cancelled before it reached a server: answer it with 57014.
@@ -52,14 +66,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl CancelSlot {
     pub(crate) fn set(&self, addr: &Arc<NodeAddr>, key: BackendKey) {
-        lock(&self.state).target = Some((Arc::clone(addr), key));
+        let mut state = lock(&self.state);
+        state.target = Some((Arc::clone(addr), key));
+        state.written_at = None;
         self.unsent.store(false, Ordering::Release);
     }
 
     /// A new request from the client starts routing: a cancel that arrived before it (the
     /// client was idle, or between requests) is stale and must not stop it.
     pub(crate) fn begin_request(&self) {
-        lock(&self.state).cancel_pending = false;
+        let mut state = lock(&self.state);
+        state.cancel_pending = false;
+        state.generation = state.generation.wrapping_add(1);
     }
 
     /// Whether a cancel arrived for the current request since `begin_request`.
@@ -104,6 +122,7 @@ impl CancelSlot {
     /// may go there now. Cheap when there is nothing to do (every write calls it).
     pub(crate) fn mark_sent(&self) {
         if self.unsent.load(Ordering::Acquire) && self.unsent.swap(false, Ordering::AcqRel) {
+            lock(&self.state).written_at = Some(std::time::Instant::now());
             self.sent.notify_waiters();
         }
     }
@@ -114,6 +133,7 @@ impl CancelSlot {
     pub(crate) fn clear(&self) -> bool {
         let mut state = lock(&self.state);
         state.target = None;
+        state.written_at = None;
         if self.unsent.swap(false, Ordering::AcqRel) {
             // A cancel waiting for the write finds no query now, as PostgreSQL's would.
             self.sent.notify_waiters();
@@ -121,12 +141,25 @@ impl CancelSlot {
         self.in_flight.load(Ordering::Acquire) > 0
     }
 
-    /// Where a cancel for the client goes now. `force` sends it even to a server connection
-    /// its query has not been written to yet (after waiting for that too long).
-    fn take_cancel(&self, force: bool) -> CancelTarget {
+    /// Where a cancel for the client goes now. `arrived` is the request generation it arrived
+    /// in (taken on the first call). `force` sends it even to a server connection its query
+    /// has not been written to yet, or only just (after waiting for that too long).
+    fn take_cancel(&self, arrived: &mut Option<u64>, force: bool) -> CancelTarget {
         let mut state = lock(&self.state);
+        if *arrived.get_or_insert(state.generation) != state.generation {
+            return CancelTarget::Over;
+        }
         match state.target.clone() {
-            Some(_) if !force && self.unsent.load(Ordering::Acquire) => CancelTarget::NotSentYet,
+            Some(_) if !force && self.unsent.load(Ordering::Acquire) => CancelTarget::Wait(None),
+            Some(_)
+                if !force
+                    && state
+                        .written_at
+                        .is_some_and(|t| t.elapsed() < ARRIVAL_GRACE) =>
+            {
+                let since = state.written_at.map_or(Duration::ZERO, |t| t.elapsed());
+                CancelTarget::Wait(Some(ARRIVAL_GRACE.saturating_sub(since)))
+            }
             Some(target) => {
                 self.in_flight.fetch_add(1, Ordering::AcqRel);
                 CancelTarget::Server(target)
@@ -147,8 +180,11 @@ enum CancelTarget {
     /// No query on a server: kept for a request that has not reached one (dropped by the
     /// client's next request, see `CancelSlot::begin_request`).
     Kept,
-    /// A server connection is taken but the query not yet written to it.
-    NotSentYet,
+    /// A server connection is taken but the query not yet written to it (None: until it is),
+    /// or written only just (for this long more, see `ARRIVAL_GRACE`).
+    Wait(Option<Duration>),
+    /// The request it arrived for is over (the client has started another): dropped.
+    Over,
 }
 
 /// All live clients' keys.
@@ -208,12 +244,13 @@ impl CancelRegistry {
         };
         let deadline = tokio::time::Instant::now() + CANCEL_DELIVERY;
         let mut force = false;
+        let mut arrived = None;
         let (addr, key) = loop {
             let sent = slot.sent.notified();
             tokio::pin!(sent);
             // Registered before the slot is read: a write marked after the read wakes us.
             sent.as_mut().enable();
-            match slot.take_cancel(force) {
+            match slot.take_cancel(&mut arrived, force) {
                 CancelTarget::Server(target) => break target,
                 CancelTarget::Kept => {
                     // A request waiting for a pool slot, or one between its checkout and
@@ -222,8 +259,15 @@ impl CancelRegistry {
                     tracing::debug!(pid, "cancel request with no query on a server");
                     return;
                 }
-                CancelTarget::NotSentYet => {
+                CancelTarget::Over => return,
+                CancelTarget::Wait(None) => {
                     force = tokio::time::timeout_at(deadline, sent).await.is_err();
+                }
+                CancelTarget::Wait(Some(hold)) => {
+                    // Then forwarded if the request still runs; if it ended, nothing is.
+                    let until = deadline.min(tokio::time::Instant::now() + hold);
+                    let _ = tokio::time::timeout_at(until, sent).await;
+                    force = tokio::time::Instant::now() >= deadline;
                 }
             }
         };
@@ -267,7 +311,10 @@ mod tests {
         let slot = CancelSlot::default();
         let (addr, key) = server();
         slot.begin_request();
-        assert!(matches!(slot.take_cancel(false), CancelTarget::Kept));
+        assert!(matches!(
+            slot.take_cancel(&mut None, false),
+            CancelTarget::Kept
+        ));
         assert!(slot.cancel_pending());
         assert_eq!(slot.start_on(&addr, key), Err(CancelledBeforeStart));
     }
@@ -276,7 +323,10 @@ mod tests {
     fn a_cancel_sent_while_idle_does_not_stop_the_next_request() {
         let slot = CancelSlot::default();
         let (addr, key) = server();
-        assert!(matches!(slot.take_cancel(false), CancelTarget::Kept));
+        assert!(matches!(
+            slot.take_cancel(&mut None, false),
+            CancelTarget::Kept
+        ));
         slot.begin_request();
         assert!(!slot.cancel_pending());
         assert_eq!(slot.start_on(&addr, key), Ok(()));
@@ -288,9 +338,16 @@ mod tests {
         let (addr, key) = server();
         slot.begin_request();
         assert_eq!(slot.start_on(&addr, key), Ok(()));
-        assert!(matches!(slot.take_cancel(false), CancelTarget::NotSentYet));
+        assert!(matches!(
+            slot.take_cancel(&mut None, false),
+            CancelTarget::Wait(None)
+        ));
         slot.mark_sent();
-        match slot.take_cancel(false) {
+        assert!(matches!(
+            slot.take_cancel(&mut None, false),
+            CancelTarget::Wait(Some(d)) if d <= ARRIVAL_GRACE
+        ));
+        match slot.take_cancel(&mut None, true) {
             CancelTarget::Server((a, k)) => assert_eq!((a, k), (addr, key)),
             other => panic!("{other:?}"),
         }
@@ -305,7 +362,33 @@ mod tests {
         slot.begin_request();
         assert_eq!(slot.start_on(&addr, key), Ok(()));
         assert!(!slot.clear());
-        assert!(matches!(slot.take_cancel(false), CancelTarget::Kept));
+        assert!(matches!(
+            slot.take_cancel(&mut None, false),
+            CancelTarget::Kept
+        ));
+    }
+
+    #[test]
+    fn a_held_back_cancel_is_dropped_once_the_next_request_starts() {
+        let slot = CancelSlot::default();
+        let (addr, key) = server();
+        slot.begin_request();
+        assert_eq!(slot.start_on(&addr, key), Ok(()));
+        slot.mark_sent();
+        let mut arrived = None;
+        assert!(matches!(
+            slot.take_cancel(&mut arrived, false),
+            CancelTarget::Wait(Some(_))
+        ));
+        assert!(!slot.clear());
+        slot.begin_request();
+        assert_eq!(slot.start_on(&addr, key), Ok(()));
+        slot.mark_sent();
+        assert!(matches!(
+            slot.take_cancel(&mut arrived, true),
+            CancelTarget::Over
+        ));
+        assert!(!slot.clear(), "nothing was forwarded");
     }
 
     #[tokio::test]
@@ -317,7 +400,10 @@ mod tests {
             async move { slot.cancel_requested().await }
         });
         tokio::task::yield_now().await;
-        assert!(matches!(slot.take_cancel(false), CancelTarget::Kept));
+        assert!(matches!(
+            slot.take_cancel(&mut None, false),
+            CancelTarget::Kept
+        ));
         slot.waiting.notify_waiters();
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
