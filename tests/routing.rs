@@ -778,6 +778,51 @@ async fn a_read_beside_a_prepared_begin_is_a_plain_read() {
     .expect("test timed out");
 }
 
+/// JDBC with `prepareThreshold=1` sends a read-only transaction's `BEGIN READ ONLY` as a named
+/// Parse, Bind and Execute in front of its first query, in one request: the transaction is
+/// read-only and goes to a replica, as with the unnamed statement. Before, the Bind of a
+/// statement parsed in the same request counted as unknown (a write): the primary.
+#[tokio::test]
+async fn a_named_begin_read_only_bound_in_its_own_request_goes_to_a_replica() {
+    timeout(TEST_TIMEOUT, async {
+        let topology = Topology::builder().replicas(2).build().expect("topology");
+        let proxy = start_trust(
+            &topology,
+            ProxyOptions {
+                extra_yaml: "routing:\n  lag_check_interval_ms: 100\n".to_owned(),
+                ..ProxyOptions::default()
+            },
+        );
+        wait_routable(&proxy, 2, Duration::from_secs(15)).await;
+        let replicas: Vec<u16> = topology.shards[0]
+            .replicas
+            .iter()
+            .map(|r| r.port())
+            .collect();
+        let mut conn = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+        let t = Duration::from_secs(10);
+        let mut request = message(b'P', b"S_1\0BEGIN READ ONLY\0\0\0");
+        request.extend(message(b'B', b"\0S_1\0\0\0\0\0\0\0"));
+        request.extend(message(b'E', b"\0\0\0\0\0"));
+        request.extend(extended(
+            "SELECT inet_server_port(), current_setting('transaction_read_only')",
+        ));
+        request.extend(message(b'S', b""));
+        conn.send(&request).await;
+        let got = conn.until_ready(t).await;
+        assert_eq!(tags(&got), b"12C12DCZ".to_vec(), "{got:?}");
+        let port: u16 = first_column(&got[5].1).parse().expect("port");
+        assert!(
+            replicas.contains(&port),
+            "ran on {port}, replicas {replicas:?}"
+        );
+        assert_eq!(got[7].1, b"T".to_vec(), "in the transaction");
+        conn.run_ok("COMMIT", t).await;
+    })
+    .await
+    .expect("test timed out");
+}
+
 /// Sessions that each make one read spread over the replicas, with `round_robin` and with
 /// `least_busy` (idle replicas tie): a session's first read does not always pick the same one.
 #[tokio::test]

@@ -168,6 +168,10 @@ pub(crate) fn scan(
         ..Scanned::default()
     };
     let mut unnamed = unnamed.cloned();
+    // Named statements this request parses: a Bind later in it runs them (JDBC with
+    // prepareThreshold=1 sends `BEGIN READ ONLY` as a named Parse+Bind+Execute in front of
+    // the transaction's first query), before the session has recorded them.
+    let mut parsed_here: Vec<(&[u8], Arc<Classification>, SqlText)> = Vec::new();
     let mut pos = 0;
     let mut messages = 0;
     // For shardgate's own commands in the extended protocol: the bound command, and
@@ -226,11 +230,20 @@ pub(crate) fn scan(
                 if p.name.is_empty() {
                     unnamed = Some(c);
                     s.unnamed_parse = Some(pos..pos + h.len);
+                } else {
+                    let text = SqlText::Buffer(start..start + p.query.len());
+                    parsed_here.retain(|(name, _, _)| *name != p.name);
+                    parsed_here.push((p.name, c, text));
                 }
             }
             FrontendRef::Bind(b) => {
+                let here = parsed_here
+                    .iter()
+                    .find(|(name, _, _)| !b.statement.is_empty() && *name == b.statement);
                 let c = if b.statement.is_empty() {
                     unnamed.clone().map(|c| (c, SqlText::None))
+                } else if let Some((_, c, text)) = here {
+                    Some((c.clone(), text.clone()))
                 } else {
                     statements.get(b.statement).map(|p| {
                         (
