@@ -10,7 +10,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::errors::ClientError;
 use super::fanout::request_len;
-use super::params::SessionParams;
 use super::request::Scanned;
 use super::scatter_request::{refetch_error, refetched_scatter_portal};
 use super::session::{reserve, Session};
@@ -197,43 +196,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Which of the (quoted) names are aggregates, whether the database collates as C, and
     /// which columns and domains have a collation of their own that does not.
     async fn catalog(&self, snapshot: &Snapshot, quoted: &[String]) -> Option<Catalog> {
-        let mut conn = catalog_conn(snapshot, &self.user).await?;
-        let aggs = if quoted.is_empty() {
-            Ok(Vec::new())
-        } else {
-            let sql = format!(
-                "SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_aggregate a ON a.aggfnoid = p.oid WHERE p.proname IN ({})",
-                quoted.join(", ")
-            );
-            conn.first_column(&sql).await
+        let rt = snapshot.sharding.as_ref()?;
+        let lookup = async {
+            let _one = rt.catalog_lookup.lock().await;
+            let conn = catalog_conn(snapshot, &self.user).await?;
+            read_catalog(conn, quoted).await
         };
-        // datlocprovider (PostgreSQL 15+) read through to_jsonb so older servers answer too:
-        // with ICU as the database's provider, datcollate says nothing about text order.
-        let learned = match aggs {
-            Ok(aggs) => match (
-                first_value(&mut conn, DATABASE_COLLATION_SQL).await,
-                conn.first_column(COLLATED_NAMES_SQL).await,
-            ) {
-                (Ok(c), Ok(columns)) => Some((aggs, c.unwrap_or_default(), columns)),
-                _ => None,
-            },
-            Err(_) => None,
-        };
-        let Some((aggregates, collate, columns)) = learned else {
-            conn.discard();
-            return None;
-        };
-        conn.release();
-        // C.UTF-8 orders by code point, which for UTF-8 is byte order, as C does.
-        let collation_c = matches!(
-            collate.as_str(),
-            "c:C" | "c:POSIX" | "c:C.UTF-8" | "c:C.utf8" | "c:C.UTF8" | "c:ucs_basic"
-        );
-        Some(Catalog {
-            aggregates,
-            collation_c,
-            collated_names: columns.into_iter().collect(),
-        })
+        tokio::time::timeout(snapshot.checkout_timeout(), lookup)
+            .await
+            .ok()
+            .flatten()
     }
 
     pub(super) fn plan_once(&self, rt: &ShardingRuntime, scanned: &Scanned) -> RequestPlan {
@@ -249,45 +221,92 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Reads each table's key column type on the first shard's primary. A table that does
-    /// not exist yet stays unknown (its keys are read by the hash rule's text form).
+    /// not exist there, or a catalog that cannot be read, leaves the type unknown: a key whose
+    /// reading depends on it (bound in binary, say) is then refused, not guessed.
     async fn learn_key_types(&self, snapshot: &Snapshot, rt: &ShardingRuntime, tables: &[String]) {
-        let Some(mut conn) = catalog_conn(snapshot, &self.user).await else {
-            return;
-        };
-        for table in tables {
-            let Some(sql) = rt.key_type_sql(table) else {
-                continue;
+        let lookup = async {
+            let _one = rt.catalog_lookup.lock().await;
+            // Another session may have learned them while this one waited.
+            let tables: Vec<&String> = tables.iter().filter(|t| rt.key_type(t).is_none()).collect();
+            if tables.is_empty() {
+                return;
+            }
+            let Some(mut conn) = catalog_conn(snapshot, &self.user).await else {
+                return;
             };
-            match first_value(&mut conn, &sql).await {
-                Ok(Some(v)) => {
-                    if let Ok(oid) = v.parse::<u32>() {
-                        rt.learn_key_type(table, oid);
+            for table in tables {
+                let Some(sql) = rt.key_type_sql(table) else {
+                    continue;
+                };
+                match first_value(&mut conn, &sql).await {
+                    Ok(Some(v)) => {
+                        if let Ok(oid) = v.parse::<u32>() {
+                            rt.learn_key_type(table, oid);
+                        }
                     }
-                }
-                Ok(None) => {}
-                Err(_) => {
-                    conn.discard();
-                    return;
+                    Ok(None) => {}
+                    Err(_) => return,
                 }
             }
-        }
-        conn.release();
+        };
+        // Bounded like a checkout: the statement waits no longer for the catalog than for a
+        // connection.
+        let _ = tokio::time::timeout(snapshot.checkout_timeout(), lookup).await;
     }
 }
 
-/// A connection to the first shard's primary for catalog lookups, at the server's default
-/// settings: what it learns is shared by every client, so a table name must resolve the same
-/// for all of them, not through whatever `search_path` the connection's last client set.
-async fn catalog_conn(snapshot: &Snapshot, user: &str) -> Option<shardgate_pool::PooledConn> {
-    let pool = snapshot.shards[0].primary.pool(user).cloned()?;
-    let mut conn = pool.checkout(snapshot.checkout_timeout()).await.ok()?;
-    match super::relay::apply_session_state(&mut conn, &SessionParams::default()).await {
-        Ok(None) => Some(conn),
-        _ => {
-            conn.discard();
-            None
-        }
-    }
+/// A connection of its own to the first shard's primary for catalog lookups, outside the
+/// pool's slots: the session asking may hold that node's only pooled connection in its
+/// transaction (pool.size 1), and waiting for a slot would wait for itself. A new connection
+/// is at the server's default settings, so a table name resolves the same for every client
+/// (what it learns is shared), not through whatever `search_path` a client set. Opened per
+/// lookup (lookups are rare: once per table and snapshot) and closed when dropped.
+async fn catalog_conn(snapshot: &Snapshot, user: &str) -> Option<shardgate_pool::ServerConn> {
+    let pool = snapshot.shards[0].primary.pool(user)?;
+    shardgate_pool::ServerConn::connect(
+        pool.addr(),
+        pool.credentials(),
+        snapshot.checkout_timeout(),
+        0,
+    )
+    .await
+    .ok()
+}
+
+/// See [`Session::catalog`], over `conn` (closed when done).
+async fn read_catalog(mut conn: shardgate_pool::ServerConn, quoted: &[String]) -> Option<Catalog> {
+    let aggs = if quoted.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let sql = format!(
+            "SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_aggregate a ON a.aggfnoid = p.oid WHERE p.proname IN ({})",
+            quoted.join(", ")
+        );
+        conn.first_column(&sql).await
+    };
+    // datlocprovider (PostgreSQL 15+) read through to_jsonb so older servers answer too:
+    // with ICU as the database's provider, datcollate says nothing about text order.
+    let learned = match aggs {
+        Ok(aggs) => match (
+            first_value(&mut conn, DATABASE_COLLATION_SQL).await,
+            conn.first_column(COLLATED_NAMES_SQL).await,
+        ) {
+            (Ok(c), Ok(columns)) => Some((aggs, c.unwrap_or_default(), columns)),
+            _ => None,
+        },
+        Err(_) => None,
+    };
+    let (aggregates, collate, columns) = learned?;
+    // C.UTF-8 orders by code point, which for UTF-8 is byte order, as C does.
+    let collation_c = matches!(
+        collate.as_str(),
+        "c:C" | "c:POSIX" | "c:C.UTF-8" | "c:C.utf8" | "c:C.UTF8" | "c:ucs_basic"
+    );
+    Some(Catalog {
+        aggregates,
+        collation_c,
+        collated_names: columns.into_iter().collect(),
+    })
 }
 
 /// The first column of the first row of a simple query (if any).

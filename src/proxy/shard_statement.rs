@@ -22,11 +22,21 @@ pub(super) fn plan_one(
         if t.is_none() && !missing.contains(&table) {
             missing.push(table.clone());
         }
-        t.unwrap_or(0)
+        t
     } else {
-        0
+        Some(0)
     };
-    let mut resolve = |src: &KeySource| resolve_key(src, bound, column_type);
+    // Set when a key could not be read exactly because the column's type is unknown.
+    let untyped = std::cell::Cell::new(None::<String>);
+    let mut resolve = |src: &KeySource| {
+        resolve_key(src, bound, column_type).map_err(|e| match e {
+            KeyProblem::Value(why) => why,
+            KeyProblem::UnknownType(why) => {
+                untyped.set(Some(why.clone()));
+                why
+            }
+        })
+    };
     let first = shardgate_sql::leading_keywords(stmt);
     let kind = first.get(0).unwrap_or("");
     if kind == "INSERT"
@@ -66,6 +76,19 @@ pub(super) fn plan_one(
         }
     }
     planned.map_err(|mut r| {
+        if let Some(why) = untyped.take() {
+            let column = a.key_column.as_deref().unwrap_or("its shard key");
+            r.code = shardgate_router::FEATURE_NOT_SUPPORTED;
+            r.message = format!(
+                "shardgate: cannot read the type of the shard key {column} of {table} from the \
+                 first shard's catalog, and {why}: shardgate will not guess its shard"
+            );
+            r.hint = "Retry once the first shard's primary answers, or send the key in text \
+                      format as the column stores it (a plain integer such as 42, a lowercase \
+                      uuid), or pin it with /* shardgate: shard=<name> */."
+                .to_owned();
+            return r;
+        }
         let insert = shardgate_sql::leading_keywords(stmt).get(0) == Some("INSERT");
         let select = stmt.windows(6).any(|w| w.eq_ignore_ascii_case(b"SELECT"));
         if insert && a.insert.is_none() && select {
@@ -106,27 +129,42 @@ fn cast_oid(cast: &str) -> Option<u32> {
     })
 }
 
+/// Why a key value could not be read.
+enum KeyProblem {
+    /// The value itself is malformed or missing.
+    Value(String),
+    /// Its reading depends on the key column's type, which is unknown (the catalog lookup
+    /// failed or the table is missing on the first shard).
+    UnknownType(String),
+}
+
 fn resolve_key(
     src: &KeySource,
     bound: &Bound<'_>,
-    column_type: u32,
-) -> Result<Option<KeyValue>, String> {
+    column_type: Option<u32>,
+) -> Result<Option<KeyValue>, KeyProblem> {
+    let value_err = |e: shardgate_router::KeyError| KeyProblem::Value(e.to_string());
     match src {
         KeySource::Literal { text, cast } => {
-            let oid = cast.as_deref().and_then(cast_oid).unwrap_or(column_type);
-            KeyValue::from_param(oid, 0, text.as_bytes())
-                .map(Some)
-                .map_err(|e| e.to_string())
+            match cast.as_deref().and_then(cast_oid).or(column_type) {
+                Some(oid) => KeyValue::from_param(oid, 0, text.as_bytes())
+                    .map(Some)
+                    .map_err(value_err),
+                None => untyped_text(text).map(Some),
+            }
         }
         KeySource::Param(n) => {
             let Some(bind) = &bound.bind else {
-                return Err(format!("parameter ${n} has no value in this request"));
+                return Err(KeyProblem::Value(format!(
+                    "parameter ${n} has no value in this request"
+                )));
             };
-            let i = usize::from(*n).checked_sub(1).ok_or("parameter $0")?;
-            let value = bind
-                .params()
-                .nth(i)
-                .ok_or_else(|| format!("parameter ${n} has no value in the Bind"))?;
+            let i = usize::from(*n)
+                .checked_sub(1)
+                .ok_or_else(|| KeyProblem::Value("parameter $0".to_owned()))?;
+            let value = bind.params().nth(i).ok_or_else(|| {
+                KeyProblem::Value(format!("parameter ${n} has no value in the Bind"))
+            })?;
             let formats: Vec<i16> = bind.param_formats().collect();
             let format = match formats.len() {
                 0 => 0,
@@ -134,21 +172,50 @@ fn resolve_key(
                 _ => formats.get(i).copied().unwrap_or(0),
             };
             let declared = bound.types.get(i).copied().unwrap_or(0);
-            match value {
-                None => Ok(None),
-                Some(bytes) => {
-                    let oid = if declared != 0 {
-                        declared
-                    } else {
-                        undeclared_oid(column_type, format, bytes.len())
-                    };
-                    KeyValue::from_param(oid, format, bytes)
-                        .map(Some)
-                        .map_err(|e| e.to_string())
+            let Some(bytes) = value else {
+                return Ok(None);
+            };
+            let oid = match (declared, column_type) {
+                (0, Some(column_type)) => undeclared_oid(column_type, format, bytes.len()),
+                (0, None) if format == 0 => {
+                    let text = std::str::from_utf8(bytes).map_err(|_| {
+                        KeyProblem::Value("malformed shard-key parameter: not UTF-8".to_owned())
+                    })?;
+                    return untyped_text(text).map(Some);
                 }
+                // Four bytes may be an int4 or four characters: only the type tells.
+                (0, None) => {
+                    return Err(KeyProblem::UnknownType(format!(
+                        "parameter ${n} is bound in binary with no type declared"
+                    )))
+                }
+                (declared, _) => declared,
+            };
+            KeyValue::from_param(oid, format, bytes)
+                .map(Some)
+                .map_err(value_err)
+        }
+    }
+}
+
+/// A key in text form whose column type is unknown: read as the hash rule reads text, which
+/// is exact only when an integer or uuid column would read it the same (`42`, `abc`, a
+/// lowercase uuid; not `042` or an uppercase uuid).
+fn untyped_text(text: &str) -> Result<KeyValue, KeyProblem> {
+    const INT8: u32 = 20;
+    const UUID: u32 = 2950;
+    let as_text = KeyValue::from_text(text);
+    for oid in [INT8, UUID] {
+        if let Ok(typed) = KeyValue::from_param(oid, 0, text.as_bytes()) {
+            if typed != as_text {
+                return Err(KeyProblem::UnknownType(format!(
+                    "its value '{text}' reads differently as text and as {}",
+                    if oid == INT8 { "an integer" } else { "a uuid" }
+                )));
             }
         }
     }
+    Ok(as_text)
 }
 
 /// The type to decode a parameter the Parse left undeclared: the key column's, except that a

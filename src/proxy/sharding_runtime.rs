@@ -36,6 +36,9 @@ pub(crate) struct ShardingRuntime {
     /// Names of the table and view columns and domains (any schema) whose own collation does
     /// not order text bytewise: the merge cannot compare text they give their collation to.
     pub(crate) collated_names: Mutex<Option<HashSet<String>>>,
+    /// One catalog lookup at a time: each opens its own connection to the first shard, and a
+    /// burst of cold sessions must not open one each.
+    pub(crate) catalog_lookup: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,6 +95,7 @@ impl ShardingRuntime {
             aggregates: Mutex::new(HashMap::new()),
             collation_c: Mutex::new(None),
             collated_names: Mutex::new(None),
+            catalog_lookup: tokio::sync::Mutex::new(()),
         })
     }
 
