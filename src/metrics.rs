@@ -281,12 +281,20 @@ impl Metrics {
             match &node.health {
                 Some(h) => {
                     let st = h.status();
-                    self.lag_bytes
-                        .get_or_create(&labels)
-                        .set(st.lag_bytes.unwrap_or(0) as i64);
-                    self.lag_seconds
-                        .get_or_create(&labels)
-                        .set(st.lag_ms.unwrap_or(0) as f64 / 1000.0);
+                    // An unknown lag (replica down, not measured yet) has no sample rather
+                    // than a 0 that reads as "caught up".
+                    if let Some(b) = st.lag_bytes {
+                        self.lag_bytes.get_or_create(&labels).set(b as i64);
+                    } else {
+                        self.lag_bytes.remove(&labels);
+                    }
+                    if let Some(ms) = st.lag_ms {
+                        self.lag_seconds
+                            .get_or_create(&labels)
+                            .set(ms as f64 / 1000.0);
+                    } else {
+                        self.lag_seconds.remove(&labels);
+                    }
                     self.lag_transitions
                         .get_or_create(&labels)
                         .set(h.transitions() as i64);
