@@ -92,13 +92,16 @@ async fn a_binary_key_on_a_cold_catalog_lands_on_its_shard_while_the_session_hol
         let proxy = start(&topology, &dir.path().join("2pc.log"));
         let client = proxy.connect(&topology).await;
 
-        // Key 1 is on s0: the transaction then holds s0's only connection. The following
+        // Key 1 is on s0, written pinned (no key type needed): the transaction then holds s0's
+        // only connection. The following
         // statements are prepared inside it (as asyncpg does), so the key type is first needed
         // there; tokio-postgres sends an int4 parameter in binary, its type left undeclared.
         assert_eq!(shard_of_int(1), 0, "key 1 must be on s0 for this test");
         client.batch_execute("BEGIN").await.expect("begin");
         client
-            .batch_execute("INSERT INTO orders (user_id, note) VALUES (1, 'cold')")
+            .batch_execute(
+                "/* shardgate: shard=s0 */ INSERT INTO orders (user_id, note) VALUES (1, 'cold')",
+            )
             .await
             .expect("insert key 1");
         let insert = client
