@@ -193,7 +193,16 @@ async fn metrics_has_every_family() {
             .batch_execute("CREATE TABLE t (x int)")
             .await
             .expect("write");
-        let (status, text) = proxy.admin_get("/metrics");
+        // A replica's lag samples appear once the lag monitor has measured it.
+        let mut scrape = proxy.admin_get("/metrics");
+        for _ in 0..50 {
+            if scrape.0 != 200 || scrape.1.contains("shardgate_replica_lag_seconds") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            scrape = proxy.admin_get("/metrics");
+        }
+        let (status, text) = scrape;
         assert_eq!(status, 200);
         for family in [
             "shardgate_replica_lag_bytes",
