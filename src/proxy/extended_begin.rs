@@ -97,9 +97,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !matches!(self.cbuf.first(), Some(&tag::PARSE | &tag::BIND)) {
             return Ok(None);
         }
-        let classifier = self.shared.snapshot.load().classifier.clone();
         let is_begin = |sql: &[u8]| {
-            let c = classifier.classify(sql);
+            // Every extended request passes here: a first word that cannot start a BEGIN
+            // ends the look before any lexing.
+            if !super::params::may_start_with(sql, &[b"BEGIN", b"START"]) {
+                return false;
+            }
+            let c = self.shared.snapshot.load().classifier.classify(sql);
             c.statements == 1
                 && c.write.is_none()
                 && matches!(c.txn.as_slice(), [TxnControl::Begin { .. }])
