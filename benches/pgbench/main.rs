@@ -81,7 +81,7 @@ struct Settings {
     /// Whether to measure a bare TCP relay too (`SG_BENCH_RELAY`, default on).
     relay: bool,
     /// Server connections per worker thread of the multiplexing relay (`SG_BENCH_MUX`,
-    /// default 1; 0 leaves it out).
+    /// default 4; 0 leaves it out).
     mux: usize,
 }
 
@@ -138,7 +138,7 @@ impl Settings {
             }
         };
         let mux = match std::env::var("SG_BENCH_MUX") {
-            Err(_) => 1,
+            Err(_) => 4,
             Ok(value) => value.trim().parse().map_err(|_| BenchError::Setting {
                 var: "SG_BENCH_MUX",
                 value,
