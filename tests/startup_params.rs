@@ -551,3 +551,46 @@ async fn discard_all_returns_to_the_startup_values_as_on_a_direct_connection() {
         .expect("other");
     c.query(SHOW_ALL).await;
 }
+
+/// `SET LOCAL x TO DEFAULT` of a startup parameter gives the startup value for the rest of the
+/// transaction, as on PostgreSQL (the hunt of session 10 found the server's default: another
+/// `search_path`); outside a transaction block it warns, and through the extended protocol
+/// still holds until the Sync, as there.
+#[tokio::test]
+async fn set_local_to_default_gives_the_startup_value_as_on_a_direct_connection() {
+    let topo = Topology::builder().auth("trust").build().expect("topology");
+    let proxy = trust_proxy(&topo);
+    let mut c = Twins::login(&topo, &proxy, &STARTUP).await;
+    let other = proxy.connect(&topo).await;
+
+    c.query(SET_ALL).await;
+    let got = c
+        .query("BEGIN; SET LOCAL search_path TO DEFAULT; SHOW search_path")
+        .await;
+    assert!(
+        got.contains(&('D', "\0\u{1}\0\0\0\u{2}s1".to_owned())),
+        "{got:?}"
+    );
+    let got = c.query("SET LOCAL DateStyle = DEFAULT").await;
+    assert_eq!(reported(&got, "DateStyle"), ["SQL, DMY"]);
+    c.query(SHOW_ALL).await;
+    c.query("COMMIT").await;
+    c.query(SHOW_ALL).await;
+    // In the implicit block of a longer text; alone outside a block, a warning and no change.
+    c.query("SET LOCAL search_path TO DEFAULT; SHOW search_path")
+        .await;
+    c.query("SET LOCAL search_path TO DEFAULT").await;
+    c.query(SHOW_ALL).await;
+    other.batch_execute("SELECT 1").await.expect("other");
+
+    // The extended protocol: in a block, then outside one.
+    let mut local = support::raw::extended("SET LOCAL search_path TO DEFAULT");
+    local.extend(support::raw::extended("SHOW search_path"));
+    local.extend(sync());
+    c.query("BEGIN").await;
+    c.same(&local, "extended SET LOCAL in a block").await;
+    c.query("SHOW search_path").await;
+    c.query("ROLLBACK").await;
+    c.same(&local, "extended SET LOCAL outside a block").await;
+    c.query(SHOW_ALL).await;
+}

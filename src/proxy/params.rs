@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 use shardgate_sql::{
-    for_each_statement, session_command, session_command_with, transaction_command, LexOptions,
-    SessionCommand, TransactionCommand,
+    for_each_statement, session_command, session_command_with, set_local_default,
+    transaction_command, LexOptions, SessionCommand, TransactionCommand,
 };
 
 /// Startup parameters that are protocol plumbing, not session settings.
@@ -84,6 +84,9 @@ pub(crate) struct SessionParams {
 pub(crate) enum Op {
     Session(SessionCommand),
     Transaction(TransactionCommand),
+    /// `SET LOCAL name TO DEFAULT`: a [`SessionCommand::Local`] that puts `name` back to the
+    /// server connection's reset value, not this client's, for the rest of the transaction.
+    LocalDefault(String),
 }
 
 impl Op {
@@ -96,6 +99,7 @@ impl Op {
             }
             Op::Session(SessionCommand::Deallocate { .. }) => tag.starts_with(b"DEALLOCATE"),
             Op::Session(_) => matches!(tag, b"SET" | b"RESET" | b"SET CONSTRAINTS"),
+            Op::LocalDefault(_) => tag == b"SET",
             Op::Transaction(T::Begin) => matches!(tag, b"BEGIN" | b"START TRANSACTION"),
             // A COMMIT of a failed transaction answers ROLLBACK.
             Op::Transaction(T::Commit { .. }) => matches!(tag, b"COMMIT" | b"ROLLBACK"),
@@ -108,6 +112,15 @@ impl Op {
 
     fn changes_settings(&self) -> bool {
         matches!(self, Op::Session(cmd) if *cmd != SessionCommand::Local)
+    }
+
+    /// A `SET LOCAL` of any kind: statements parsed until the transaction ends may be analysed
+    /// under settings no fingerprint describes.
+    fn is_local(&self) -> bool {
+        matches!(
+            self,
+            Op::Session(SessionCommand::Local) | Op::LocalDefault(_)
+        )
     }
 }
 
@@ -133,7 +146,12 @@ fn tracked_tag(tag: &[u8]) -> bool {
 fn tracked_commands(sql: &[u8], opts: LexOptions, mut f: impl FnMut(Op, usize)) {
     let mut one = |stmt: &[u8], end: usize| {
         if let Some(cmd) = session_command_with(stmt, opts) {
-            f(Op::Session(cmd), end);
+            let op = match cmd {
+                SessionCommand::Local => set_local_default(stmt, opts)
+                    .map_or(Op::Session(SessionCommand::Local), Op::LocalDefault),
+                cmd => Op::Session(cmd),
+            };
+            f(op, end);
         } else if let Some(cmd) = transaction_command(stmt) {
             f(Op::Transaction(cmd), end);
         }
@@ -424,7 +442,7 @@ impl SessionParams {
             .chain(&self.implicit)
             .chain(self.queued.iter().filter_map(|(_, op, _)| match op {
                 Op::Session(cmd) => Some(cmd),
-                Op::Transaction(_) => None,
+                Op::Transaction(_) | Op::LocalDefault(_) => None,
             }));
         for cmd in pending {
             backslash = match cmd {
@@ -491,7 +509,8 @@ impl SessionParams {
     /// right after it on the same connection, in its transaction. The server's own reset values
     /// are those of shardgate's login, not the client's, where a direct connection resets to the
     /// startup packet's (session 8 showed the server's default until the transaction ended).
-    fn restore_sql(&self, cmd: &SessionCommand) -> Option<String> {
+    /// `is_local`: for the rest of the transaction only (`SET LOCAL x TO DEFAULT`).
+    fn restore_sql(&self, cmd: &SessionCommand, is_local: bool) -> Option<String> {
         if self.startup.is_empty() {
             return None;
         }
@@ -521,12 +540,45 @@ impl SessionParams {
             .into_iter()
             .map(|(name, value)| {
                 format!(
-                    "pg_catalog.set_config({}, {value}, false)",
+                    "pg_catalog.set_config({}, {value}, {is_local})",
                     quote_literal(name)
                 )
             })
             .collect();
         Some(format!("SELECT {}", calls.join(", ")))
+    }
+
+    /// [`SessionParams::restore_sql`] for a tracked command; `more`: more may run in its
+    /// transaction even outside a transaction block (a simple Query of several statements, which
+    /// PostgreSQL runs as one implicit block, or an Execute, whose transaction lasts until Sync).
+    fn restore_for(&self, op: &Op, more: bool) -> Option<String> {
+        match op {
+            Op::Session(cmd) => self.restore_sql(cmd, false),
+            // A lone SET LOCAL outside a block warns and its value ends with it: nothing to
+            // restore, and a restore in the text would make it a block and drop the warning.
+            Op::LocalDefault(name) if more || self.in_block_once_queued_run() => self.restore_sql(
+                &SessionCommand::Reset {
+                    name: name.to_owned(),
+                },
+                true,
+            ),
+            Op::LocalDefault(_) | Op::Transaction(_) => None,
+        }
+    }
+
+    /// Whether a transaction block is open once what is queued so far has run (if it succeeds).
+    fn in_block_once_queued_run(&self) -> bool {
+        use TransactionCommand as T;
+        let mut open = self.block.is_some();
+        for (_, op, _) in &self.queued {
+            match op {
+                Op::Transaction(T::Begin | T::Savepoint { .. }) => open = true,
+                Op::Transaction(T::Commit { chain } | T::Rollback { chain }) => open = *chain,
+                Op::Transaction(T::Prepare) => open = false,
+                _ => {}
+            }
+        }
+        open
     }
 
     /// Looks for tracked commands in a simple-protocol Query, which runs them now; what must
@@ -539,10 +591,7 @@ impl SessionParams {
         let mut after_discard = None;
         let lone = ops.len() == 1 && single_statement(sql).is_some();
         for (op, end) in ops {
-            let restore = match &op {
-                Op::Session(cmd) => self.restore_sql(cmd),
-                Op::Transaction(_) => None,
-            };
+            let restore = self.restore_for(&op, !lone);
             let in_text_restore = match restore {
                 // In a longer text DISCARD ALL fails, and so would the text around a restore.
                 Some(restore) if op == Op::Session(SessionCommand::DiscardAll) => {
@@ -592,7 +641,7 @@ impl SessionParams {
     }
 
     fn queue(&mut self, op: Op, restore_follows: bool) {
-        if op == Op::Session(SessionCommand::Local) {
+        if op.is_local() {
             self.local_in_transaction = true;
         }
         if op.changes_settings() {
@@ -610,7 +659,7 @@ impl SessionParams {
     pub(crate) fn observe_parse(&mut self, name: &[u8], sql: &[u8]) {
         let mut found = None;
         tracked_commands(sql, self.lex_options(), |op, _| found = Some(op));
-        if found == Some(Op::Session(SessionCommand::Local)) {
+        if found.as_ref().is_some_and(Op::is_local) {
             self.local_in_transaction = true;
         }
         match found {
@@ -654,10 +703,7 @@ impl SessionParams {
             return None;
         }
         let op = self.portal_commands.get(portal).cloned()?;
-        let restore = match &op {
-            Op::Session(cmd) => self.restore_sql(cmd),
-            Op::Transaction(_) => None,
-        };
+        let restore = self.restore_for(&op, true);
         self.queue(op, false);
         restore
     }
@@ -771,7 +817,7 @@ impl SessionParams {
     fn apply(&mut self, op: Op, tag: &[u8]) {
         use TransactionCommand as T;
         match op {
-            Op::Session(SessionCommand::Local) => {}
+            Op::Session(SessionCommand::Local) | Op::LocalDefault(_) => {}
             // Not transactional: they take effect at once, whatever follows.
             Op::Session(
                 cmd @ (SessionCommand::Deallocate { .. }
@@ -1378,6 +1424,41 @@ mod tests {
         let mut p = startup();
         p.observe_parse(b"r", b"RESET ALL");
         p.observe_bind(b"", b"r");
+        assert_eq!(p.observe_execute(b"").as_deref(), Some(app));
+    }
+
+    #[test]
+    fn set_local_to_default_gets_the_startup_value_back_for_the_transaction() {
+        let app = "SELECT pg_catalog.set_config('application_name', 'it''s', true)";
+        let in_text = |end: usize| Some(Restore::InText(vec![(end, app.to_owned())]));
+        let mut p = startup();
+        query(&mut p, "BEGIN", &["BEGIN"], b'T');
+        for (sql, want) in [
+            ("SET LOCAL application_name TO DEFAULT", in_text(37)),
+            ("set local application_name = default;", in_text(36)),
+            ("SET LOCAL application_name = 'x'", None),
+            ("SET LOCAL statement_timeout TO DEFAULT", None),
+        ] {
+            assert_eq!(p.clone().observe(sql.as_bytes()), want, "{sql}");
+        }
+        // Outside a transaction block a lone SET LOCAL changes nothing; in a longer text it
+        // runs in the text's implicit block, or in the block a BEGIN before it opens.
+        let mut p = startup();
+        assert_eq!(p.observe(b"SET LOCAL application_name TO DEFAULT"), None);
+        assert_eq!(
+            startup().observe(b"SET LOCAL application_name TO DEFAULT; SHOW x"),
+            in_text(37)
+        );
+        let mut p = startup();
+        p.observe(b"BEGIN");
+        assert_eq!(
+            p.observe(b"SET LOCAL application_name TO DEFAULT"),
+            in_text(37)
+        );
+        // Through the extended protocol, in a block or not: the value holds until the Sync.
+        let mut p = startup();
+        p.observe_parse(b"l", b"SET LOCAL application_name TO DEFAULT");
+        p.observe_bind(b"", b"l");
         assert_eq!(p.observe_execute(b"").as_deref(), Some(app));
     }
 

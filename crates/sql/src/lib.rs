@@ -48,7 +48,8 @@ pub use scatter::{
     SortCol, Unsupported,
 };
 pub use session::{
-    session_command, session_command_with, transaction_command, SessionCommand, TransactionCommand,
+    session_command, session_command_with, set_local_default, transaction_command, SessionCommand,
+    TransactionCommand,
 };
 pub use shard_keys::{
     analyze, analyze_with, colocated_insert_select, splice_insert, AnalysisCache, InsertRows,

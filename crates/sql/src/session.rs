@@ -123,6 +123,26 @@ pub enum TransactionCommand {
     },
 }
 
+/// The parameter a `SET LOCAL name {TO | =} DEFAULT` (or `SET LOCAL TIME ZONE LOCAL` and the
+/// like) puts back to its reset value for the rest of the transaction; `None` for any other
+/// statement, a `SET LOCAL` to a value included. [`session_command`] reads every `SET LOCAL` as
+/// [`SessionCommand::Local`], which has nothing to track; a pooler that gives a client reset
+/// values of its own needs the name.
+pub fn set_local_default(stmt: &[u8], opts: LexOptions) -> Option<String> {
+    let mut c = Cursor {
+        src: stmt,
+        lexer: Lexer::new(stmt, opts),
+    };
+    let first = c.next()?;
+    if !c.is(first, "SET") || !c.eat("LOCAL") {
+        return None;
+    }
+    match parse_set(&mut c)? {
+        SessionCommand::Reset { name } => Some(name),
+        _ => None,
+    }
+}
+
 /// `Some(cmd)` if `stmt` (one statement) is a [`TransactionCommand`]. `COMMIT PREPARED` and
 /// `ROLLBACK PREPARED` are not: they end another, prepared transaction. The options of `BEGIN`
 /// are not checked; the server's answer says whether it ran.
