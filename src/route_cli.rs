@@ -2,6 +2,8 @@
 //! config, before reloading it. Offline, so no lag check runs: every replica is
 //! assumed healthy and caught up.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -24,9 +26,11 @@ pub(crate) fn run(path: &Path, sql: &str) -> ExitCode {
     let snapshot = Snapshot::build(config, 0, &Metrics::new(), None);
     assume_replicas_healthy(&snapshot);
     let e = explain_route(&snapshot, None, sql);
-    println!("kind:   {}", e.kind.as_str());
+    // Written in one go, and a closed pipe (`| head`) is no error: println! would panic.
+    let mut out = String::new();
+    let _ = writeln!(out, "kind:   {}", e.kind.as_str());
     let shards: Vec<&str> = e.shards.iter().map(|s| &**s).collect();
-    println!("shard:  {}", shards.join(", "));
+    let _ = writeln!(out, "shard:  {}", shards.join(", "));
     match (e.node, e.role) {
         (Some(node), Some(role)) => {
             let role = if role == Role::Primary {
@@ -34,15 +38,21 @@ pub(crate) fn run(path: &Path, sql: &str) -> ExitCode {
             } else {
                 "replica"
             };
-            println!("node:   {node} ({role})");
+            let _ = writeln!(out, "node:   {node} ({role})");
         }
-        _ => println!("node:   none"),
+        _ => {
+            let _ = writeln!(out, "node:   none");
+        }
     }
-    println!("reason: {}", e.reason);
+    let _ = writeln!(out, "reason: {}", e.reason);
     if !e.class.parsed {
-        println!("note:   the SQL parser could not read this statement; it goes to the primary");
+        let _ = writeln!(
+            out,
+            "note:   the SQL parser could not read this statement; it goes to the primary"
+        );
     }
-    println!("(offline: replicas are assumed healthy and caught up)");
+    let _ = writeln!(out, "(offline: replicas are assumed healthy and caught up)");
+    let _ = std::io::stdout().write_all(out.as_bytes());
     ExitCode::SUCCESS
 }
 
