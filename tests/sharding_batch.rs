@@ -388,3 +388,63 @@ async fn a_failing_row_of_a_batch_rolls_back_every_shard_and_skips_the_rest() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn a_batch_that_parses_a_named_statement_creates_it_once_per_shard() {
+    timeout(TEST_TIMEOUT, async {
+        let s = sharded_setup(None).await;
+        let proxy = start_trust(&s.topology, sharded_options(None));
+        let (a, b) = (int_keys_on(0, 1, 2), int_keys_on(1, 1, 2));
+        let mut conn = login_trust(proxy.addr(), s.topology.user(), s.topology.database()).await;
+        let insert = "INSERT INTO orders (user_id, note) VALUES ($1, 'pp')";
+
+        // psycopg 3 pipeline with prepare_threshold=0: Parse _pg3_1 once, then Bind _pg3_1,
+        // Describe, Execute per statement (keys on s0 and s1), one Sync. As on one server:
+        // one ParseComplete, both rows written (was 42P05 "_pg3_1" already exists, from s0).
+        let mut req = parse("_pg3_1", insert);
+        req.extend(unit("_pg3_1", &[&a[0].to_string()]));
+        req.extend(unit("_pg3_1", &[&b[0].to_string()]));
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"12nC2nCZ", "{got:?}");
+        assert_eq!(got[got.len() - 1].1, b"I");
+        assert_eq!(notes_on(&s.direct, "pp").await, [1, 1]);
+
+        // The statement is the client's now: a later batch binds it without a Parse.
+        let mut req = unit("_pg3_1", &[&b[1].to_string()]);
+        req.extend(unit("_pg3_1", &[&a[1].to_string()]));
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"2nC2nCZ", "{got:?}");
+        assert_eq!(notes_on(&s.direct, "pp").await, [2, 2]);
+
+        // A read pipeline parsing its own named statement: rows from each key's shard.
+        let read = "SELECT user_id FROM orders WHERE user_id = $1 AND note = 'pp'";
+        let mut req = parse("_pg3_2", read);
+        req.extend(unit("_pg3_2", &[&b[0].to_string()]));
+        req.extend(unit("_pg3_2", &[&a[0].to_string()]));
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"12TDC2TDCZ", "{got:?}");
+        assert_eq!(rows_of(&got), [b[0].to_string(), a[0].to_string()]);
+
+        // Parsing the name again is PostgreSQL's 42P05, once, and nothing runs.
+        let mut req = parse("_pg3_1", insert);
+        req.extend(unit("_pg3_1", &[&a[1].to_string()]));
+        req.extend(unit("_pg3_1", &[&b[1].to_string()]));
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"EZ", "{got:?}");
+        assert_eq!(error_field(&got[0].1, b'C').as_deref(), Some("42P05"));
+        let msg = error_field(&got[0].1, b'M').unwrap_or_default();
+        assert!(msg.contains("\"_pg3_1\""), "{msg}");
+        assert_eq!(notes_on(&s.direct, "pp").await, [2, 2]);
+        conn.run_ok("SELECT 1", STEP).await;
+    })
+    .await
+    .expect("test timed out");
+}

@@ -141,7 +141,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.record_legs(&snapshot, &legs, &scanned, &plan.why, in_txn);
         let request = self.cbuf.split_to(req_len).freeze();
-        if skip_parse || legs.iter().any(|l| l.request.is_some()) {
+        // A batch sends the client's own Parses to every shard: translating them records them
+        // (into the session's statements on the first leg, into copies on the others), and
+        // recording them before would make each shard refuse the name with 42P05.
+        if batch.is_empty() && (skip_parse || legs.iter().any(|l| l.request.is_some())) {
             self.register_parses(&request, &snapshot)?;
         }
         for leg in legs.iter_mut().skip(1) {
