@@ -389,6 +389,17 @@ async fn a_failing_row_of_a_batch_rolls_back_every_shard_and_skips_the_rest() {
     .expect("test timed out");
 }
 
+/// Reads exactly `n` messages; none may be ReadyForQuery (the client has not synced yet).
+async fn next_n(conn: &mut RawConn, n: usize) -> Vec<(u8, Vec<u8>)> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let m = conn.next(STEP).await.expect("connection closed");
+        assert_ne!(m.0, b'Z', "ReadyForQuery before the Sync: {got:?}");
+        got.push(m);
+    }
+    got
+}
+
 #[tokio::test]
 async fn a_batch_that_parses_a_named_statement_creates_it_once_per_shard() {
     timeout(TEST_TIMEOUT, async {
@@ -443,6 +454,71 @@ async fn a_batch_that_parses_a_named_statement_creates_it_once_per_shard() {
         let msg = error_field(&got[0].1, b'M').unwrap_or_default();
         assert!(msg.contains("\"_pg3_1\""), "{msg}");
         assert_eq!(notes_on(&s.direct, "pp").await, [2, 2]);
+        conn.run_ok("SELECT 1", STEP).await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn psycopg_executemany_returning_ends_with_flush_then_sync() {
+    timeout(TEST_TIMEOUT, async {
+        let s = sharded_setup(None).await;
+        let proxy = start_trust(&s.topology, sharded_options(None));
+        let (a, b) = (int_keys_on(0, 1, 2), int_keys_on(1, 1, 2));
+        let keys = alternating_keys();
+        let mut conn = login_trust(proxy.addr(), s.topology.user(), s.topology.database()).await;
+        let insert = "INSERT INTO orders (user_id, note) VALUES ($1, $2) RETURNING user_id";
+        let flush = message(b'H', b"");
+
+        // The Flush right before the Sync, both sent together: one batch, as without the Flush.
+        let mut req = parse("", insert);
+        for k in &keys {
+            req.extend(unit("", &[k, "f1"]));
+        }
+        req.extend(&flush);
+        req.extend(sync());
+        conn.send(&req).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"12TDC2TDC2TDC2TDCZ", "{got:?}");
+        assert_eq!(rows_of(&got), keys);
+        assert_eq!(got[got.len() - 1].1, b"I");
+        assert_eq!(notes_on(&s.direct, "f1").await, [2, 2]);
+
+        // What psycopg 3.1 sends (captured): Parse _pg3_0, Bind/Describe/Execute per row,
+        // Flush; its Sync only after it has read every reply. Keys on one shard: answered
+        // before the Sync.
+        let mut req = parse("_pg3_0", insert);
+        req.extend(unit("_pg3_0", &[&a[0].to_string(), "f2"]));
+        req.extend(unit("_pg3_0", &[&a[1].to_string(), "f2"]));
+        req.extend(&flush);
+        conn.send(&req).await;
+        let got = next_n(&mut conn, 9).await;
+        assert_eq!(tags(&got), b"12TDC2TDC", "{got:?}");
+        conn.send(&sync()).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"Z", "{got:?}");
+        assert_eq!(notes_on(&s.direct, "f2").await, [2, 0]);
+
+        // Keys on two shards: the documented 0A000 at once (no wait for a Sync that comes only
+        // after the replies), saying what works; nothing written; the Sync ends it.
+        let mut req = parse("_pg3_1", insert);
+        req.extend(unit("_pg3_1", &[&a[0].to_string(), "f3"]));
+        req.extend(unit("_pg3_1", &[&b[0].to_string(), "f3"]));
+        req.extend(&flush);
+        conn.send(&req).await;
+        let got = next_n(&mut conn, 1).await;
+        assert_eq!(tags(&got), b"E", "{got:?}");
+        assert_eq!(error_field(&got[0].1, b'C').as_deref(), Some("0A000"));
+        let msg = error_field(&got[0].1, b'M').unwrap_or_default();
+        assert!(msg.contains("Flush"), "{msg}");
+        let hint = error_field(&got[0].1, b'H').unwrap_or_default();
+        assert!(hint.contains("returning"), "{hint}");
+        conn.send(&sync()).await;
+        let got = conn.until_ready(STEP).await;
+        assert_eq!(tags(&got), b"Z", "{got:?}");
+        assert_eq!(got[0].1, b"I");
+        assert_eq!(notes_on(&s.direct, "f3").await, [0, 0]);
         conn.run_ok("SELECT 1", STEP).await;
     })
     .await

@@ -44,6 +44,14 @@ pub(super) fn request_len(
     Ok(None)
 }
 
+/// A whole Sync message.
+const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+
+/// Whether `buf` starts with a Sync.
+pub(super) fn starts_with_sync(buf: &[u8]) -> bool {
+    buf.starts_with(&SYNC)
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Runs the buffered request on several shards and answers the client with the combined
     /// replies. Outside a transaction a write runs inside a transaction on each shard, committed
@@ -123,13 +131,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         else {
             return Ok(());
         };
-        let (req_len, flushed) = match request_len(&self.cbuf, self.max_len)? {
+        let (mut req_len, mut flushed) = match request_len(&self.cbuf, self.max_len)? {
             Some(r) => r,
             None => {
                 self.put_back(legs);
                 return Err(ClientError::Protocol("incomplete request"));
             }
         };
+        if flushed && self.cbuf.get(req_len..).is_some_and(starts_with_sync) {
+            // A Flush right before the request's Sync asks for nothing the Sync does not.
+            (req_len, flushed) = (req_len + SYNC.len(), false);
+        }
         if flushed {
             self.put_back(legs);
             let fields = ErrorFields::new(

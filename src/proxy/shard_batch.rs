@@ -42,7 +42,8 @@ pub(crate) type ShardRequests = Vec<(usize, BytesMut)>;
 /// The per-shard requests of the batch at the start of `buf` (shards in ascending order), and
 /// its steps; `units` is the shard of each Bind in order. None if it is not a batch shardgate
 /// can split: anything but Parse, Bind, Describe, Execute, Close before the Sync, an Execute of
-/// a portal bound outside the request, or a Flush (the client waits for replies before Sync).
+/// a portal bound outside the request, or a Flush not right before the Sync (the client waits
+/// for replies before it syncs: see [`flush_ended`]).
 pub(super) fn batch_requests(
     buf: &[u8],
     max_len: usize,
@@ -77,6 +78,10 @@ pub(super) fn batch_requests(
                 }
                 (Reply::CloseComplete, Runs::Every)
             }
+            // Right before the Sync, a Flush asks for nothing the Sync does not.
+            FrontendRef::Flush if buf.get(pos..).is_some_and(super::fanout::starts_with_sync) => {
+                continue
+            }
             FrontendRef::Sync => {
                 for (_, r) in &mut requests {
                     r.extend_from_slice(frame);
@@ -92,6 +97,24 @@ pub(super) fn batch_requests(
         }
         steps.push(step);
     }
+}
+
+/// Whether the request at the start of `buf` ends with a Flush that no Sync follows yet: the
+/// client (psycopg's `executemany(..., returning=True)`) reads the replies before it syncs, so
+/// a batch's shards would have to answer before the batch may commit or roll back as a whole.
+pub(super) fn flush_ended(buf: &[u8], max_len: usize) -> bool {
+    let mut pos = 0;
+    while let Ok(Some(h)) = peek_header(&buf[pos..], max_len) {
+        pos += h.len;
+        match h.tag {
+            tag::FLUSH => {
+                return !buf.get(pos..).is_some_and(super::fanout::starts_with_sync);
+            }
+            b'S' | b'Q' | b'F' => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// One shard's client-bound replies to its part of a batch.
@@ -205,6 +228,15 @@ mod tests {
         flush.truncate(flush.len() - 5);
         frontend::flush(&mut flush);
         assert!(batch_requests(&flush, usize::MAX, &[1, 0, 1]).is_none());
+        assert!(flush_ended(&flush, usize::MAX));
+        assert!(!flush_ended(&req, usize::MAX));
+        // A Flush right before the Sync (psycopg's executemany with returning, sent at once):
+        // the same batch, without the Flush.
+        let mut flush_sync = flush.clone();
+        frontend::sync(&mut flush_sync);
+        assert!(!flush_ended(&flush_sync, usize::MAX));
+        let (same, _) = batch_requests(&flush_sync, usize::MAX, &[1, 0, 1]).unwrap();
+        assert_eq!(same, requests);
         let mut stray = BytesMut::new();
         frontend::execute(b"p", 0, &mut stray);
         frontend::sync(&mut stray);

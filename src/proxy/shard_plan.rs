@@ -11,7 +11,7 @@ use shardgate_sql::{for_each_statement, Hint, LexOptions, ShardAnalysis};
 use shardgate_wire::{peek_header, BindRef, FrontendRef, ParseRef};
 
 use super::routing::SessionRouting;
-use super::shard_batch::{batch_requests, Step};
+use super::shard_batch::{batch_requests, flush_ended, Step};
 use super::shard_combine::Combined;
 use super::shard_split::split_requests;
 use super::shard_statement::plan_one;
@@ -322,7 +322,9 @@ fn batch_plan(
     if units.iter().all(|&s| s == first) || acc.refused.is_some() || !acc.missing.is_empty() {
         return None;
     }
-    let (requests, steps) = batch_requests(buf, max_len, &units)?;
+    let Some((requests, steps)) = batch_requests(buf, max_len, &units) else {
+        return flush_ended(buf, max_len).then(|| flush_refusal(rt, &units));
+    };
     let names: Vec<&str> = requests
         .iter()
         .filter_map(|(s, _)| rt.names.get(*s).map(|n| &**n))
@@ -342,6 +344,30 @@ fn batch_plan(
         missing_types: Vec::new(),
         write: acc.write,
     })
+}
+
+/// The refusal of a batch over several shards whose client reads the replies before it syncs.
+fn flush_refusal(rt: &ShardingRuntime, units: &[usize]) -> RequestPlan {
+    let mut shards = units.to_vec();
+    shards.sort_unstable();
+    shards.dedup();
+    let names: Vec<&str> = shards
+        .iter()
+        .filter_map(|s| rt.names.get(*s).map(|n| &**n))
+        .collect();
+    let fields = refusal_fields(Refusal {
+        code: shardgate_router::FEATURE_NOT_SUPPORTED,
+        message: format!(
+            "shardgate: a batch whose statements need different shards ({}) must end with Sync, \
+             not Flush: it commits or rolls back on every shard at its Sync",
+            names.join(", ")
+        ),
+        hint: "psycopg's executemany(..., returning=True) ends with Flush: use returning=False, \
+               or run the statements with execute() in a `with conn.pipeline():` block and read \
+               their results after the block; or keep each executemany's rows on one shard."
+            .to_owned(),
+    });
+    RequestPlan::new(Need::Refuse(fields), String::new())
 }
 
 /// The plan of a read merged across `shards` (a single statement), or its refusal.
