@@ -7,7 +7,7 @@
 //! Both directions forward runs of frames they need not touch straight from the read
 //! buffer; only rewritten or dropped frames break a run.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use shardgate_config::PoolMode;
@@ -56,6 +56,10 @@ enum Expect {
     HiddenParse(u128),
     /// shardgate's own Close of the unnamed statement: its CloseComplete is dropped.
     HiddenClose,
+    /// shardgate's own Close of a statement's copy on this connection, whose shape is the one
+    /// keyed (see `ServerConn::prepared`), ahead of a Parse analysing it again (see
+    /// [`Flight::replace_copy`]): its CloseComplete is dropped. Skipped, the copy stays.
+    ReplaceClose(u128, u64),
     /// shardgate's own Describe of a statement the client just parsed: its shape is learnt
     /// (see [`super::statements::Shape`]), its replies dropped.
     ShapeProbe(u128),
@@ -207,7 +211,7 @@ pub(crate) struct ClientSide<'a> {
 
 /// The parts of a server connection the translation touches.
 pub(crate) struct ServerSide<'a> {
-    pub(crate) prepared: &'a mut HashSet<u128>,
+    pub(crate) prepared: &'a mut HashMap<u128, u64>,
     /// Whose unnamed statement the connection holds (see `ServerConn::unnamed_owner`).
     pub(crate) unnamed_owner: &'a mut u128,
 }
@@ -373,12 +377,19 @@ impl Flight {
                         );
                         let id = prepared.id;
                         to_server.extend_from_slice(&input[run_start..pos]);
-                        if server.prepared.contains(&id) {
+                        let on_server = server.prepared.get(&id).copied();
+                        if let (Some(key), true) = (on_server, check_shapes) {
+                            // The copy here was analysed at an earlier Parse, maybe another
+                            // client's, maybe before its tables changed: as on one server, the
+                            // client's own Parse is analysed now and defines its shape.
+                            self.replace_copy(&prepared, key, to_server);
+                        }
+                        if on_server.is_some() && !check_shapes {
                             self.expect
                                 .push_back(Expect::Synthetic(Synthetic::ParseComplete));
                         } else {
                             to_server.extend_from_slice(&prepared.parse);
-                            server.prepared.insert(id);
+                            server.prepared.insert(id, 0);
                             self.expect.push_back(Expect::Parse(Some(id)));
                         }
                         self.named.push_back(NamedParse {
@@ -614,7 +625,7 @@ impl Flight {
         &mut self,
         p: &ParseRef<'_>,
         old: &Prepared,
-        server_prepared: &mut HashSet<u128>,
+        server_prepared: &mut HashMap<u128, u64>,
         to_server: &mut BytesMut,
     ) {
         self.ensure_prepared(old, server_prepared, to_server);
@@ -641,29 +652,40 @@ impl Flight {
     }
 
     /// Before a Bind or Describe of `prep`: a connection that lacks it gets it re-created (unless
-    /// it is stale: see [`STALE_NAME`]). A statement whose shape is not known yet (its Parse was
-    /// answered locally, or went to a fan-out leg) gets a Describe of shardgate's own that
-    /// learns it. One whose shape is known and that was re-created gets one too, and translation
-    /// stops in front of the client's message until the server has answered (the Flush asks it
-    /// to). The server analyses the text against its tables as they are now; a changed shape
-    /// makes the statement stale (see [`Expect::ShapeCheck`]), so that the client gets
-    /// PostgreSQL's 0A000 rather than rows it would decode with the old description. Returns
-    /// whether translation waits. A statement the connection has costs one set lookup, as
-    /// before.
+    /// it is stale: see [`STALE_NAME`]). So does one whose copy returns another row shape than
+    /// the client was told, or whose shape the client was never told (its Parse was answered
+    /// locally): that copy was analysed for another client's Parse, maybe before its tables
+    /// changed, and using it could fail with the server's 0A000 where the client's own statement
+    /// would not (see [`Flight::replace_copy`]). A statement whose shape is not known yet gets
+    /// a Describe of shardgate's own that learns it. One whose shape is known and that was
+    /// re-created gets one too, and translation stops in front of the client's message until
+    /// the server has answered (the Flush asks it to). The server analyses the text against its
+    /// tables as they are now; a changed shape makes the statement stale (see
+    /// [`Expect::ShapeCheck`]), so that the client gets PostgreSQL's 0A000 rather than rows it
+    /// would decode with the old description. Returns whether translation waits. A statement
+    /// the connection has costs one map lookup.
     fn prepare_checked(
         &mut self,
         prep: &Prepared,
         check_shapes: bool,
-        server_prepared: &mut HashSet<u128>,
+        server_prepared: &mut HashMap<u128, u64>,
         to_server: &mut BytesMut,
     ) -> bool {
         if prep.stale {
             return false;
         }
-        let created = server_prepared.insert(prep.id);
+        let on_server = server_prepared.get(&prep.id).copied();
+        // A copy of unknown shape (0: re-created by a fan-out leg, or its probe unanswered) is
+        // used as it is.
+        let replace = check_shapes && on_server.is_some_and(|k| k != 0 && k != prep.shape_key);
+        if let (Some(key), true) = (on_server, replace) {
+            self.replace_copy(prep, key, to_server);
+        }
+        let created = on_server.is_none() || replace;
         if created {
             to_server.extend_from_slice(&prep.parse);
             self.expect.push_back(Expect::HiddenParse(prep.id));
+            server_prepared.insert(prep.id, 0);
         }
         if !check_shapes {
             return false;
@@ -687,13 +709,23 @@ impl Flight {
         true
     }
 
+    /// Closes the connection's copy of `prep` (whose shape has key `key`), so that a Parse
+    /// behind it analyses the text against the tables as they are now. Other clients' copies
+    /// elsewhere are untouched; one that later finds this copy's shape differing from what it
+    /// was told gets a copy of its own analysis, checked as any re-created one.
+    fn replace_copy(&mut self, prep: &Prepared, key: u64, to_server: &mut BytesMut) {
+        frontend::close(b'S', &prep.name, to_server);
+        self.expect.push_back(Expect::ReplaceClose(prep.id, key));
+    }
+
     fn ensure_prepared(
         &mut self,
         prep: &Prepared,
-        server_prepared: &mut HashSet<u128>,
+        server_prepared: &mut HashMap<u128, u64>,
         to_server: &mut BytesMut,
     ) {
-        if server_prepared.insert(prep.id) {
+        if let std::collections::hash_map::Entry::Vacant(copy) = server_prepared.entry(prep.id) {
+            copy.insert(0);
             to_server.extend_from_slice(&prep.parse);
             self.expect.push_back(Expect::HiddenParse(prep.id));
         }
@@ -829,7 +861,7 @@ fn for_server<'s>(
     statements: &'s mut ClientStatements,
     name: &[u8],
     params: &SessionParams,
-    server_prepared: &HashSet<u128>,
+    server_prepared: &HashMap<u128, u64>,
     plan_epoch: u64,
 ) -> Option<&'s Prepared> {
     if rename && !name.is_empty() {

@@ -2,7 +2,7 @@
 //! message it answers expects, so that shardgate's own replies are dropped, synthetic
 //! ones are inserted in order, probes are read, and ReadyForQuery ends a cycle.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use bytes::BytesMut;
 use shardgate_wire::peek_header;
@@ -69,7 +69,7 @@ impl Flight {
         body: &[u8],
         params: &mut SessionParams,
         statements: &mut ClientStatements,
-        server_prepared: &mut HashSet<u128>,
+        server_prepared: &mut HashMap<u128, u64>,
         result: &mut Relayed,
     ) -> bool {
         let Some(head) = self.expect.front().copied() else {
@@ -100,7 +100,7 @@ impl Flight {
         body: &[u8],
         params: &mut SessionParams,
         statements: &mut ClientStatements,
-        server_prepared: &mut HashSet<u128>,
+        server_prepared: &mut HashMap<u128, u64>,
         result: &mut Relayed,
     ) -> bool {
         if head == Expect::HiddenSync {
@@ -159,6 +159,9 @@ impl Flight {
                 b'T' | b'n' => {
                     self.pop_expect();
                     let shape = crate::proxy::statements::shape_of(tag, body);
+                    if let Some(key) = server_prepared.get_mut(&id) {
+                        *key = crate::proxy::statements::shape_key(&shape);
+                    }
                     if head == Expect::ShapeProbe(id) {
                         statements.learn_shape(id, &shape);
                     } else if statements.check_shape(id, &shape) {
@@ -225,6 +228,8 @@ impl Flight {
                     head,
                     Expect::Query | Expect::RefusedQuery | Expect::RestoringQuery { .. }
                 ) {
+                    // Copies whose Close was skipped: they stay, whatever their Parse did.
+                    let mut kept = Vec::new();
                     // The server skips to the next Sync: so do the expectations.
                     while let Some(e) = self.expect.front().copied() {
                         if e == Expect::Sync {
@@ -232,6 +237,9 @@ impl Flight {
                         }
                         if let Expect::Parse(Some(id)) | Expect::HiddenParse(id) = e {
                             server_prepared.remove(&id);
+                        }
+                        if let Expect::ReplaceClose(id, key) = e {
+                            kept.push((id, key));
                         }
                         let Some((_, named)) = self.pop_expect() else {
                             break;
@@ -251,6 +259,7 @@ impl Flight {
                             _ => {}
                         }
                     }
+                    server_prepared.extend(kept);
                 }
                 forward
             }
@@ -273,7 +282,7 @@ impl Flight {
                 }
                 _ => true,
             },
-            b'3' if head == Expect::HiddenClose => {
+            b'3' if matches!(head, Expect::HiddenClose | Expect::ReplaceClose(..)) => {
                 self.pop_expect();
                 false
             }
@@ -307,7 +316,7 @@ impl Flight {
         body: &[u8],
         params: &mut SessionParams,
         statements: &mut ClientStatements,
-        server_prepared: &mut HashSet<u128>,
+        server_prepared: &mut HashMap<u128, u64>,
         result: &mut Relayed,
     ) {
         let status = body.first().copied().unwrap_or(b'I');

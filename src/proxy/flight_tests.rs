@@ -1,7 +1,7 @@
 //! Unit tests for the flight bookkeeping: what reaches the server, what reaches the
 //! client, and in which order, without any IO.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use bytes::BytesMut;
 use shardgate_config::PoolMode;
@@ -13,7 +13,7 @@ struct Harness {
     flight: Flight,
     statements: ClientStatements,
     params: SessionParams,
-    prepared: HashSet<u128>,
+    prepared: HashMap<u128, u64>,
     unnamed_owner: u128,
     classifier: Classifier,
     plan_epoch: u64,
@@ -26,7 +26,7 @@ impl Harness {
             flight: Flight::default(),
             statements: ClientStatements::default(),
             params: SessionParams::default(),
-            prepared: HashSet::new(),
+            prepared: HashMap::new(),
             unnamed_owner: 0,
             classifier: Classifier::new(64, &[]),
             plan_epoch: 0,

@@ -36,6 +36,8 @@ pub(crate) struct Prepared {
     /// The row shape the server gave the client's Parse (see [`Shape`]): what a re-created copy
     /// must still return. None until the server answers.
     pub(crate) shape: Option<Shape>,
+    /// [`shape_key`] of `shape` (0: not known), compared with that of a connection's copy.
+    pub(crate) shape_key: u64,
     /// A re-created copy returned another row shape: as on a single server, every Bind and
     /// Describe of the statement fails with 0A000 until the client prepares it again.
     pub(crate) stale: bool,
@@ -88,6 +90,37 @@ pub(crate) fn same_shape(a: &[u8], b: &[u8]) -> bool {
         (Some((b'n', _)), Some((b'n', _))) => true,
         _ => false,
     }
+}
+
+/// A key of what [`same_shape`] compares of `shape`: shapes the same have the same key. Never
+/// 0, which stands for a shape not known (see `ServerConn::prepared`).
+pub(crate) fn shape_key(shape: &[u8]) -> u64 {
+    let mut h = Xxh3::new();
+    let mut rest = shape;
+    if let Some((b'T', body)) = shape.split_first() {
+        if let Some(count) = body.get(..2) {
+            h.update(count);
+            rest = &body[2..];
+            let count = i16::from_be_bytes([count[0], count[1]]);
+            for _ in 0..count {
+                let Some(end) = memchr::memchr(0, rest) else {
+                    break;
+                };
+                let (Some(name), Some(types)) = (rest.get(..=end), rest.get(end + 7..end + 17))
+                else {
+                    break;
+                };
+                h.update(name);
+                h.update(types);
+                rest = rest.get(end + 19..).unwrap_or_default();
+            }
+        }
+        // Whatever does not parse as columns counts whole.
+        h.update(rest);
+    } else {
+        h.update(shape.get(..1).unwrap_or_default());
+    }
+    h.digest().max(1)
 }
 
 /// A counter in every internal name, moved on whenever a server reports that a statement
@@ -163,6 +196,7 @@ impl Prepared {
             settings,
             epoch,
             shape: None,
+            shape_key: 0,
             stale: false,
         }
     }
@@ -176,6 +210,7 @@ impl Prepared {
         let types = self.parse.get(self.query.end + 1..).unwrap_or_default();
         Prepared {
             shape: self.shape.clone(),
+            shape_key: self.shape_key,
             stale: self.stale,
             ..Prepared::build(query, types, self.class.clone(), settings, epoch)
         }
@@ -261,14 +296,14 @@ impl ClientStatements {
     pub(crate) fn for_server(
         &mut self,
         client_name: &[u8],
-        on_server: &std::collections::HashSet<u128>,
+        on_server: &std::collections::HashMap<u128, u64>,
         settings: impl FnOnce() -> u64,
         epoch: u64,
     ) -> Option<&Prepared> {
         let prep = self.by_name.get_mut(client_name)?;
         // Settings first: they almost always match, and then the server set is not hashed.
         let now = settings();
-        if (now != prep.settings || epoch != prep.epoch) && !on_server.contains(&prep.id) {
+        if (now != prep.settings || epoch != prep.epoch) && !on_server.contains_key(&prep.id) {
             *prep = prep.under(now, epoch);
         }
         Some(prep)
@@ -280,6 +315,7 @@ impl ClientStatements {
         for prep in self.by_name.values_mut() {
             if prep.id == id && prep.shape.is_none() {
                 prep.shape = Some(Bytes::copy_from_slice(shape));
+                prep.shape_key = shape_key(shape);
             }
         }
     }
@@ -308,7 +344,7 @@ impl ClientStatements {
 
 #[cfg(test)]
 mod shape_tests {
-    use super::{same_shape, shape_of};
+    use super::{same_shape, shape_key, shape_of};
 
     /// A RowDescription body: (name, table OID, column number, type OID, type modifier).
     fn row_description(columns: &[(&str, u32, i16, u32, i32)], format: i16) -> Vec<u8> {
@@ -340,7 +376,10 @@ mod shape_tests {
             shape_of(b'n', b"").to_vec(),
         ] {
             assert!(!same_shape(&before, &changed), "{changed:?}");
+            assert_ne!(shape_key(&before), shape_key(&changed), "{changed:?}");
         }
+        assert_eq!(shape_key(&before), shape_key(&readded));
+        assert_ne!(shape_key(&shape_of(b'n', b"")), 0);
         assert!(same_shape(&shape_of(b'n', b""), &shape_of(b'n', b"")));
         // A truncated description is never the same.
         assert!(!same_shape(&before, &before[..before.len() - 3]));

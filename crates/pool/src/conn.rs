@@ -1,7 +1,7 @@
 //! One server connection: connect (TCP or Unix socket), startup, backend authentication, and the
 //! per-connection state the proxy keeps (prepared statements, applied session state).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,8 +51,10 @@ pub struct ServerConn {
     pub addr: Arc<NodeAddr>,
     /// ParameterStatus values the server reported at startup, in its order.
     pub params: Vec<(String, String)>,
-    /// Internal prepared-statement ids that exist on this connection.
-    pub prepared: HashSet<u128>,
+    /// Internal prepared-statement ids that exist on this connection, each with the key of the
+    /// row shape the server gave this copy (0: not known), so that a client that was told
+    /// another shape gets a copy of its own analysis rather than this one.
+    pub prepared: HashMap<u128, u64>,
     /// Fingerprint of the client session state last applied here (0: server defaults).
     pub state_fingerprint: u64,
     /// Whose unnamed prepared statement this connection holds, as the proxy's clients name
@@ -85,7 +87,7 @@ impl ServerConn {
             key: BackendKey { pid: 0, secret: 0 },
             addr: addr.clone(),
             params: Vec::new(),
-            prepared: HashSet::new(),
+            prepared: HashMap::new(),
             state_fingerprint: 0,
             unnamed_owner: 0,
             id,
