@@ -1,6 +1,6 @@
 //! Cancel requests: each client gets its own BackendKeyData; a CancelRequest carrying
-//! it is forwarded to the server connection running that client's query, and to
-//! nothing else.
+//! it is forwarded to the server connections running that client's query (one, or one per
+//! shard for a request that runs on several), and to nothing else.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
@@ -38,13 +38,18 @@ pub(crate) struct CancelSlot {
     /// idle backend drops one. Such a cancel waits (on `sent`) until `mark_sent`.
     unsent: AtomicBool,
     sent: tokio::sync::Notify,
-    /// Cancels on their way to the server connection in `target` (counted under its lock).
+    /// Cancels on their way to the server connections in `targets` (counted under its lock).
     in_flight: AtomicU32,
 }
 
+/// A server connection a cancel goes to: its node and its backend's key.
+pub(crate) type CancelTargetConn = (Arc<NodeAddr>, BackendKey);
+
 #[derive(Debug, Default)]
 struct SlotState {
-    target: Option<(Arc<NodeAddr>, BackendKey)>,
+    /// Every server connection the client's query runs on: one, or one per shard leg of a
+    /// request that runs on several at once (each gets its own CancelRequest).
+    targets: Vec<CancelTargetConn>,
     /// A cancel arrived while no query of this client ran on a server. Kept, not just
     /// signalled, so that a request between its checkout and `start_on` still sees it;
     /// `begin_request` drops it, as PostgreSQL drops a cancel that finds its backend idle.
@@ -67,7 +72,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl CancelSlot {
     pub(crate) fn set(&self, addr: &Arc<NodeAddr>, key: BackendKey) {
         let mut state = lock(&self.state);
-        state.target = Some((Arc::clone(addr), key));
+        state.targets.clear();
+        state.targets.push((Arc::clone(addr), key));
         state.written_at = None;
         self.unsent.store(false, Ordering::Release);
     }
@@ -109,13 +115,43 @@ impl CancelSlot {
         addr: &Arc<NodeAddr>,
         key: BackendKey,
     ) -> Result<(), CancelledBeforeStart> {
+        self.start_on_all(std::iter::once((Arc::clone(addr), key)))
+    }
+
+    /// The request is about to take the server connections it runs on (several shards'): until
+    /// `start_on_all`, a cancel finds no query on a server and is kept for it, as one arriving
+    /// before a single connection's `start_on` is. Inside a transaction this takes the target
+    /// away from the transaction's current connection, where the request may not run at all:
+    /// whoever gives the legs back sets it again (`set`, or `clear` outside a transaction).
+    pub(crate) fn begin_legs(&self) {
+        let mut state = lock(&self.state);
+        state.targets.clear();
+        state.written_at = None;
+        self.unsent.store(false, Ordering::Release);
+    }
+
+    /// `start_on` for a request that runs on several server connections at once: a cancel
+    /// from now on goes to every one of them (once `mark_sent` says the request is written to
+    /// all). Refused, with no target taken, if a cancel already came for the request.
+    pub(crate) fn start_on_all(
+        &self,
+        legs: impl IntoIterator<Item = CancelTargetConn>,
+    ) -> Result<(), CancelledBeforeStart> {
         let mut state = lock(&self.state);
         if state.cancel_pending {
             return Err(CancelledBeforeStart);
         }
-        state.target = Some((Arc::clone(addr), key));
+        state.targets.clear();
+        state.targets.extend(legs);
+        state.written_at = None;
         self.unsent.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Whether a cancel is still on its way to a server connection of this client (which must
+    /// then be closed rather than pooled). Unlike `clear`, the targets stay.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
     }
 
     /// The request `start_on` was for has been written to its server connection: a cancel
@@ -132,7 +168,7 @@ impl CancelSlot {
     /// to another client, whose query the late cancel would stop.
     pub(crate) fn clear(&self) -> bool {
         let mut state = lock(&self.state);
-        state.target = None;
+        state.targets.clear();
         state.written_at = None;
         if self.unsent.swap(false, Ordering::AcqRel) {
             // A cancel waiting for the write finds no query now, as PostgreSQL's would.
@@ -149,34 +185,29 @@ impl CancelSlot {
         if *arrived.get_or_insert(state.generation) != state.generation {
             return CancelTarget::Over;
         }
-        match state.target.clone() {
-            Some(_) if !force && self.unsent.load(Ordering::Acquire) => CancelTarget::Wait(None),
-            Some(_)
-                if !force
-                    && state
-                        .written_at
-                        .is_some_and(|t| t.elapsed() < ARRIVAL_GRACE) =>
-            {
-                let since = state.written_at.map_or(Duration::ZERO, |t| t.elapsed());
-                CancelTarget::Wait(Some(ARRIVAL_GRACE.saturating_sub(since)))
-            }
-            Some(target) => {
-                self.in_flight.fetch_add(1, Ordering::AcqRel);
-                CancelTarget::Server(target)
-            }
-            None => {
-                state.cancel_pending = true;
-                CancelTarget::Kept
-            }
+        if state.targets.is_empty() {
+            state.cancel_pending = true;
+            return CancelTarget::Kept;
         }
+        if !force && self.unsent.load(Ordering::Acquire) {
+            return CancelTarget::Wait(None);
+        }
+        let since = state.written_at.map(|t| t.elapsed());
+        if let Some(since) = since.filter(|s| !force && *s < ARRIVAL_GRACE) {
+            return CancelTarget::Wait(Some(ARRIVAL_GRACE.saturating_sub(since)));
+        }
+        // One count for all the targets: `clear` then says every leg must be closed.
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        CancelTarget::Server(state.targets.clone())
     }
 }
 
 /// What a cancel does, decided under the slot's lock.
 #[derive(Debug)]
 enum CancelTarget {
-    /// Forwarded to the server connection running the client's query (counted in flight).
-    Server((Arc<NodeAddr>, BackendKey)),
+    /// Forwarded to every server connection running the client's query (counted in flight
+    /// once, until every one is delivered).
+    Server(Vec<CancelTargetConn>),
     /// No query on a server: kept for a request that has not reached one (dropped by the
     /// client's next request, see `CancelSlot::begin_request`).
     Kept,
@@ -245,13 +276,13 @@ impl CancelRegistry {
         let deadline = tokio::time::Instant::now() + CANCEL_DELIVERY;
         let mut force = false;
         let mut arrived = None;
-        let (addr, key) = loop {
+        let targets = loop {
             let sent = slot.sent.notified();
             tokio::pin!(sent);
             // Registered before the slot is read: a write marked after the read wakes us.
             sent.as_mut().enable();
             match slot.take_cancel(&mut arrived, force) {
-                CancelTarget::Server(target) => break target,
+                CancelTarget::Server(targets) => break targets,
                 CancelTarget::Kept => {
                     // A request waiting for a pool slot, or one between its checkout and
                     // `start_on`, finds the cancel kept and fails with 57014.
@@ -271,26 +302,37 @@ impl CancelRegistry {
                 }
             }
         };
-        let mut buf = BytesMut::with_capacity(16);
-        StartupRequest::Cancel {
-            pid: key.pid,
-            secret: key.secret,
+        // Every leg at once: each shard's backend stops as soon as its own cancel lands.
+        let mut deliveries = tokio::task::JoinSet::new();
+        for (addr, key) in targets {
+            deliveries.spawn(forward(addr, key));
         }
-        .encode(&mut buf);
-        match shardgate_pool::BackendStream::connect(&addr).await {
-            Ok(mut s) => {
-                if let Err(e) = s.write_all(&buf).await {
-                    tracing::warn!(node = %addr, error = %e, "forwarding cancel request failed");
-                } else {
-                    // The postmaster signals the backend, then closes the connection: until
-                    // then the cancel may still land on whatever the backend runs next.
-                    let mut byte = [0u8; 1];
-                    let _ = tokio::time::timeout(CANCEL_DELIVERY, s.read(&mut byte)).await;
-                }
-            }
-            Err(e) => tracing::warn!(node = %addr, error = %e, "forwarding cancel request failed"),
-        }
+        while deliveries.join_next().await.is_some() {}
         slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Sends one CancelRequest for backend `key` on `addr` and waits until the postmaster has
+/// acted on it (or `CANCEL_DELIVERY` passed).
+async fn forward(addr: Arc<NodeAddr>, key: BackendKey) {
+    let mut buf = BytesMut::with_capacity(16);
+    StartupRequest::Cancel {
+        pid: key.pid,
+        secret: key.secret,
+    }
+    .encode(&mut buf);
+    match shardgate_pool::BackendStream::connect(&addr).await {
+        Ok(mut s) => {
+            if let Err(e) = s.write_all(&buf).await {
+                tracing::warn!(node = %addr, error = %e, "forwarding cancel request failed");
+            } else {
+                // The postmaster signals the backend, then closes the connection: until
+                // then the cancel may still land on whatever the backend runs next.
+                let mut byte = [0u8; 1];
+                let _ = tokio::time::timeout(CANCEL_DELIVERY, s.read(&mut byte)).await;
+            }
+        }
+        Err(e) => tracing::warn!(node = %addr, error = %e, "forwarding cancel request failed"),
     }
 }
 
@@ -348,7 +390,7 @@ mod tests {
             CancelTarget::Wait(Some(d)) if d <= ARRIVAL_GRACE
         ));
         match slot.take_cancel(&mut None, true) {
-            CancelTarget::Server((a, k)) => assert_eq!((a, k), (addr, key)),
+            CancelTarget::Server(targets) => assert_eq!(targets, vec![(addr, key)]),
             other => panic!("{other:?}"),
         }
         // Counted in flight: the connection must not go to another client.
@@ -409,5 +451,49 @@ mod tests {
             .await
             .expect("woken")
             .expect("join");
+    }
+
+    #[test]
+    fn a_cancel_goes_to_every_leg_and_keeps_them_all_from_the_pool() {
+        let slot = CancelSlot::default();
+        let (addr, key) = server();
+        let other = BackendKey { pid: 8, secret: 10 };
+        slot.begin_request();
+        slot.begin_legs();
+        assert_eq!(
+            slot.start_on_all([(addr.clone(), key), (addr.clone(), other)]),
+            Ok(())
+        );
+        assert!(matches!(
+            slot.take_cancel(&mut None, false),
+            CancelTarget::Wait(None)
+        ));
+        slot.mark_sent();
+        match slot.take_cancel(&mut None, true) {
+            CancelTarget::Server(targets) => {
+                assert_eq!(targets, vec![(addr.clone(), key), (addr, other)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(slot.in_flight());
+        assert!(slot.clear(), "every leg must be closed");
+    }
+
+    #[test]
+    fn a_cancel_while_the_legs_are_taken_is_kept_for_them() {
+        let slot = CancelSlot::default();
+        let (addr, key) = server();
+        // Inside a transaction: the current connection is the target between requests.
+        slot.set(&addr, key);
+        slot.begin_legs();
+        assert!(matches!(
+            slot.take_cancel(&mut None, false),
+            CancelTarget::Kept
+        ));
+        assert_eq!(
+            slot.start_on_all([(addr.clone(), key)]),
+            Err(CancelledBeforeStart)
+        );
+        assert!(!slot.in_flight(), "nothing was forwarded");
     }
 }

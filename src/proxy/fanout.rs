@@ -151,6 +151,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return self.reject_request(fields).await;
         }
+        if !self.start_legs(&mut legs).await? {
+            return Ok(());
+        }
         self.record_legs(&snapshot, &legs, &scanned, &plan.why, in_txn);
         let request = self.cbuf.split_to(req_len).freeze();
         // A batch sends the client's own Parses to every shard: translating them records them
@@ -201,6 +204,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             sbuf.clear();
             sent.map_err(|source| server_io(conn, source))?;
         }
+        // The request is on every shard now: a cancel for it may follow it there.
+        self.registration.slot.mark_sent();
         for leg in &mut legs {
             let (statements, params) = match &mut leg.state {
                 Some((st, pa)) => (st, pa),

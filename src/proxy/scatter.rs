@@ -119,6 +119,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         else {
             return Ok(());
         };
+        if !self.start_legs(&mut legs).await? {
+            return Ok(());
+        }
         self.record_scatter(&snapshot, &legs, &scanned, &plan.why, in_txn);
         let request = self.cbuf.split_to(req_len).freeze();
         self.register_parses(&request, &snapshot)?;
@@ -163,6 +166,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 break;
             }
         }
+        // The query is on every shard now: a cancel for it may follow it there.
+        self.registration.slot.mark_sent();
         // Where this statement's reply starts in the output buffer, and whether any of it was
         // flushed: a failure before the first flush sends the error alone, no partial rows.
         let mark = self.out.len();
@@ -234,6 +239,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 // back a transaction's part there.
                 for leg in legs {
                     leg.co.conn.discard();
+                }
+                if !in_txn {
+                    // A cancel still on its way finds them closed; none goes anywhere else.
+                    self.registration.slot.clear();
                 }
                 if in_txn {
                     self.abort_locally().await;

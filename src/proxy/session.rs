@@ -27,7 +27,7 @@ use super::Shared;
 use crate::decisions::{Draft, Kind};
 
 /// The answer to a request cancelled before it reached a server: it never ran.
-fn cancelled_before_start() -> ErrorFields {
+pub(super) fn cancelled_before_start() -> ErrorFields {
     ErrorFields::new(
         "ERROR",
         super::sqlstate::QUERY_CANCELED,

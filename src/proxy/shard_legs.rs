@@ -1,5 +1,6 @@
 //! The connections a multi-shard request runs on: one leg per target shard, taken from the
 //! session (its current or a parked connection) or checked out anew, and given back after.
+//! While the request runs, the client's cancel goes to every leg (`start_legs`).
 
 use std::sync::Arc;
 
@@ -99,6 +100,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.reject_request(fields).await?;
             return Ok(None);
         }
+        // A cancel arriving while the legs are taken is kept for the request (`start_legs`),
+        // not sent to the transaction's current connection, which may not even run it.
+        self.registration.slot.begin_legs();
         let mut legs: Vec<Leg> = Vec::with_capacity(targets.len());
         for (shard, request) in targets {
             let leg = if self.server.as_ref().is_some_and(|c| c.shard == shard) {
@@ -178,8 +182,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// aborted shard becomes the current one, so that the next statement fails as it should).
     pub(super) fn finish_legs(&mut self, legs: Vec<Leg>, in_txn: bool) {
         if !in_txn {
+            // A cancel of the request may still be on its way to any leg: nobody else may get one.
+            let cancelling = self.registration.slot.clear();
             for leg in legs {
-                if leg.flight.idle() && leg.flight.tx_status == b'I' && !leg.unsettled {
+                if leg.flight.idle()
+                    && leg.flight.tx_status == b'I'
+                    && !leg.unsettled
+                    && !cancelling
+                {
                     leg.co.conn.release();
                 } else {
                     leg.co.conn.discard();
@@ -210,9 +220,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     replayed: self.txn.position(),
                 });
             }
-            self.registration
-                .slot
-                .set(&leg.co.conn.addr, leg.co.conn.key);
             self.flight = leg.flight;
             self.server = Some(leg.co);
         }
@@ -222,6 +229,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 tx_status: leg.flight.tx_status,
                 replayed,
             });
+        }
+        self.cancel_to_current();
+    }
+
+    /// The legs are about to be sent the request: from now on the client's cancel goes to every
+    /// one of them. False if a cancel already came for the request (while the legs were
+    /// taken): they went back, and the client was answered 57014 as for one connection.
+    pub(super) async fn start_legs(&mut self, legs: &mut Vec<Leg>) -> Result<bool, ClientError> {
+        let targets = legs
+            .iter()
+            .map(|l| (Arc::clone(&l.co.conn.addr), l.co.conn.key));
+        if self.registration.slot.start_on_all(targets).is_ok() {
+            return Ok(true);
+        }
+        self.put_back(std::mem::take(legs));
+        // Inside a transaction the rejection fails it, as a cancelled statement does.
+        self.reject_request(super::session::cancelled_before_start())
+            .await?;
+        Ok(false)
+    }
+
+    /// Between requests a cancel goes where a single connection's would: the transaction's
+    /// current connection, or nowhere outside one.
+    fn cancel_to_current(&self) {
+        match &self.server {
+            Some(c) => self.registration.slot.set(&c.conn.addr, c.conn.key),
+            None => {
+                self.registration.slot.clear();
+            }
         }
     }
 
@@ -241,6 +277,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 LegOrigin::New => leg.co.conn.release(),
             }
         }
+        // None of them ran the request: no cancel was sent to any (`begin_legs`).
+        self.cancel_to_current();
     }
 
     /// A server connection on `shard`: a replica if `replica_ok` and routing picks one, else

@@ -246,8 +246,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.registration.slot.set(&c.conn.addr, c.conn.key);
             }
         }
+        // A parked connection ran a multi-shard request: a cancel of it may still be on its way.
+        let cancelling = self.registration.slot.in_flight();
         for p in std::mem::take(&mut self.parked) {
-            p.co.roll_back_and_release(false).await;
+            p.co.roll_back_and_release(cancelling).await;
         }
     }
 
