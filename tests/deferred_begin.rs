@@ -10,7 +10,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shardgate_testkit::Topology;
-use support::raw::{error_field, extended, login_trust, message, query, RawConn};
+use support::raw::{
+    bind, describe, error_field, execute, extended, login_trust, message, parse, query, sync,
+    RawConn,
+};
 use support::{start_trust, wait_routable, Proxy, ProxyOptions};
 use tokio::time::timeout;
 
@@ -369,42 +372,21 @@ async fn a_held_back_begin_a_node_refuses_fails_the_statement() {
     .expect("test timed out");
 }
 
-/// Parse of `sql` as statement `name`, no declared parameter types.
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
-}
-
-/// Bind of statement `name` to the unnamed portal, no parameters, default result formats.
-fn bind(name: &str) -> Vec<u8> {
-    message(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes())
-}
-
-/// Describe of a statement (`b'S'`) or portal (`b'P'`).
-fn describe(kind: u8, name: &str) -> Vec<u8> {
-    let mut body = vec![kind];
-    body.extend_from_slice(name.as_bytes());
-    body.push(0);
-    message(b'D', &body)
-}
-
-/// Execute of the unnamed portal, all rows.
-fn execute() -> Vec<u8> {
-    message(b'E', b"\0\0\0\0\0")
-}
-
-fn sync() -> Vec<u8> {
-    message(b'S', b"")
-}
-
 /// pgjdbc's shape of a statement with no metadata wanted (its BEGIN): Parse, Bind, Execute.
 fn pbe(sql: &str) -> Vec<u8> {
-    [parse("", sql), bind(""), execute()].concat()
+    [parse("", sql), bind("", "", &[]), execute("", 0)].concat()
 }
 
 /// libpq's `PQsendQueryParams` (psycopg 3), or pgjdbc's query: Parse, Bind, Describe portal,
 /// Execute.
 fn pbde(sql: &str) -> Vec<u8> {
-    [parse("", sql), bind(""), describe(b'P', ""), execute()].concat()
+    [
+        parse("", sql),
+        bind("", "", &[]),
+        describe(b'P', ""),
+        execute("", 0),
+    ]
+    .concat()
 }
 
 /// Every reply, in order: message types, with command tags, SQLSTATEs, first columns and the
@@ -462,9 +444,9 @@ async fn extended_begin_shapes_match_postgres() {
                     [
                         parse("", "START TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
                         describe(b'S', ""),
-                        bind(""),
+                        bind("", "", &[]),
                         describe(b'P', ""),
-                        execute(),
+                        execute("", 0),
                         pbde("SHOW transaction_isolation"),
                         sync(),
                     ]
@@ -477,14 +459,14 @@ async fn extended_begin_shapes_match_postgres() {
                 vec![
                     [
                         parse("S_1", "BEGIN"),
-                        bind("S_1"),
-                        execute(),
+                        bind("", "S_1", &[]),
+                        execute("", 0),
                         pbde("SELECT 1"),
                         sync(),
                     ]
                     .concat(),
                     psycopg("ROLLBACK"),
-                    [bind("S_1"), execute(), pbde(INSERT), sync()].concat(),
+                    [bind("", "S_1", &[]), execute("", 0), pbde(INSERT), sync()].concat(),
                     psycopg("COMMIT"),
                 ],
             ),
@@ -501,7 +483,7 @@ async fn extended_begin_shapes_match_postgres() {
                 vec![
                     psycopg("BEGIN"),
                     [parse("q", "SELECT 1"), sync()].concat(),
-                    [bind("q"), execute(), sync()].concat(),
+                    [bind("", "q", &[]), execute("", 0), sync()].concat(),
                     psycopg("ROLLBACK"),
                 ],
             ),
@@ -509,10 +491,16 @@ async fn extended_begin_shapes_match_postgres() {
                 "the unnamed BEGIN bound again in a later request",
                 vec![
                     psycopg("BEGIN"),
-                    [parse("c", "COMMIT"), bind("c"), execute(), sync()].concat(),
-                    [bind(""), execute(), sync()].concat(),
+                    [
+                        parse("c", "COMMIT"),
+                        bind("", "c", &[]),
+                        execute("", 0),
+                        sync(),
+                    ]
+                    .concat(),
+                    [bind("", "", &[]), execute("", 0), sync()].concat(),
                     psycopg(INSERT),
-                    [bind("c"), execute(), sync()].concat(),
+                    [bind("", "c", &[]), execute("", 0), sync()].concat(),
                 ],
             ),
         ];

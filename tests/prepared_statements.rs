@@ -9,19 +9,11 @@ mod support;
 use std::time::Duration;
 
 use shardgate_testkit::Topology;
-use support::raw::{error_field, login_trust, message, query, tags, RawConn};
+use support::raw::{describe, error_field, login_trust, message, parse, query, tags, RawConn};
 use support::ProxyOptions;
 
 /// Bound for any single step that should be quick.
 const STEP: Duration = Duration::from_secs(10);
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
-}
-
-fn describe_statement(name: &str) -> Vec<u8> {
-    message(b'D', format!("S{name}\0").as_bytes())
-}
 
 /// Bind of `name` (no parameters) to the unnamed portal, Execute, Sync.
 fn run_statement(name: &str) -> Vec<u8> {
@@ -122,7 +114,7 @@ async fn a_statement_changed_by_alter_table_works_once_prepared_again() {
     let prepare_and_run = |name: &str| {
         [
             parse(name, "SELECT * FROM ddl_t"),
-            describe_statement(name),
+            describe(b'S', name),
             run_statement(name),
         ]
         .concat()
@@ -282,7 +274,7 @@ async fn each_client_runs_its_own_unnamed_statement_across_requests() {
     let proxy = one_connection(&topo);
     let mut a = client(&proxy, &topo).await;
     let mut b = client(&proxy, &topo).await;
-    let prepare = |sql: &str| [parse("", sql), describe_statement(""), message(b'S', b"")].concat();
+    let prepare = |sql: &str| [parse("", sql), describe(b'S', ""), message(b'S', b"")].concat();
     a.send(&prepare("SELECT 'client A statement'")).await;
     assert_eq!(rows_and_error(&a.until_ready(STEP).await), (vec![], None));
     b.send(&prepare("SELECT 'client B statement'")).await;
@@ -448,7 +440,7 @@ async fn a_recreated_statement_with_renamed_columns_fails_as_on_one_server() {
         vec!["0"],
         "the INSERT was rolled back"
     );
-    user.send(&[describe_statement("s"), message(b'S', b"")].concat())
+    user.send(&[describe(b'S', "s"), message(b'S', b"")].concat())
         .await;
     assert_result_type_changed(&user.until_ready(STEP).await, b'I');
     // In a transaction block the error aborts it, as the server's would.
@@ -463,7 +455,7 @@ async fn a_recreated_statement_with_renamed_columns_fails_as_on_one_server() {
         &[
             message(b'C', b"Ss\0"),
             parse("s", "SELECT * FROM shape_t WHERE id = 1"),
-            describe_statement("s"),
+            describe(b'S', "s"),
             run_statement("s"),
         ]
         .concat(),
@@ -511,12 +503,7 @@ async fn a_recreated_statement_with_the_same_columns_runs() {
 
 /// Parse, Describe, Bind, Execute and Sync of `name`: how asyncpg and pgjdbc prepare and run.
 fn prepare_and_run(name: &str, sql: &str) -> Vec<u8> {
-    [
-        parse(name, sql),
-        describe_statement(name),
-        run_statement(name),
-    ]
-    .concat()
+    [parse(name, sql), describe(b'S', name), run_statement(name)].concat()
 }
 
 /// The fresh hunt's false 0A000: clients prepared a text, the table was dropped and created
@@ -567,15 +554,8 @@ async fn a_fresh_parse_after_the_table_was_recreated_gets_the_new_columns() {
             "{got:?}"
         );
         // asyncpg's way: Parse, Describe, Flush now, Bind and Execute later.
-        new.send(
-            &[
-                parse("s2", sql),
-                describe_statement("s2"),
-                message(b'H', b""),
-            ]
-            .concat(),
-        )
-        .await;
+        new.send(&[parse("s2", sql), describe(b'S', "s2"), message(b'H', b"")].concat())
+            .await;
         let mut described = Vec::new();
         while described.last().map(|(t, _)| *t) != Some(b'T') {
             described.push(new.next(STEP).await.expect("a reply to the Flush"));

@@ -10,44 +10,16 @@ mod support;
 
 use std::time::Duration;
 
-use support::raw::{error_field, first_column, login_trust, message, query, tags, RawConn};
+use support::raw::{
+    bind, describe, error_field, execute, first_column, flush, login_trust, message, parse, query,
+    sync, tags, RawConn,
+};
 use support::sharded::{int_keys_on, notes_on, sharded_options, sharded_setup};
 use support::start_trust;
 use tokio::time::timeout;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 const STEP: Duration = Duration::from_secs(10);
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
-}
-
-/// Bind of `statement` into `portal` with text parameters and results.
-fn bind(portal: &str, statement: &str, params: &[&str]) -> Vec<u8> {
-    let mut body = format!("{portal}\0{statement}\0").into_bytes();
-    body.extend_from_slice(&0i16.to_be_bytes());
-    body.extend_from_slice(&i16::try_from(params.len()).expect("few").to_be_bytes());
-    for p in params {
-        body.extend_from_slice(&i32::try_from(p.len()).expect("short").to_be_bytes());
-        body.extend_from_slice(p.as_bytes());
-    }
-    body.extend_from_slice(&0i16.to_be_bytes());
-    message(b'B', &body)
-}
-
-fn describe_portal(portal: &str) -> Vec<u8> {
-    message(b'D', format!("P{portal}\0").as_bytes())
-}
-
-fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
-    let mut body = format!("{portal}\0").into_bytes();
-    body.extend_from_slice(&max_rows.to_be_bytes());
-    message(b'E', &body)
-}
-
-fn sync() -> Vec<u8> {
-    message(b'S', b"")
-}
 
 /// Seeds `n` rows with note `note` on each shard; returns their keys, sorted.
 async fn seed(s: &support::sharded::Sharded, note: &str, n: usize) -> Vec<i64> {
@@ -131,7 +103,7 @@ async fn a_row_limited_scatter_portal_fetched_again_gets_0a000_not_34000() {
         conn.run_ok("BEGIN", STEP).await;
         let mut first = parse("", sql);
         first.extend(bind("C_1", "", &[]));
-        first.extend(describe_portal("C_1"));
+        first.extend(describe(b'P', "C_1"));
         first.extend(execute("C_1", 10));
         first.extend(sync());
         conn.send(&first).await;
@@ -193,7 +165,7 @@ async fn a_row_limited_scatter_portal_fetched_again_gets_0a000_not_34000() {
 /// pgjdbc and psycopg send it), Execute.
 fn unit(statement: &str, params: &[&str]) -> Vec<u8> {
     let mut out = bind("", statement, params);
-    out.extend(describe_portal(""));
+    out.extend(describe(b'P', ""));
     out.extend(execute("", 0));
     out
 }
@@ -391,12 +363,11 @@ async fn a_failing_row_of_a_batch_rolls_back_every_shard_and_skips_the_rest() {
 
 /// Reads exactly `n` messages; none may be ReadyForQuery (the client has not synced yet).
 async fn next_n(conn: &mut RawConn, n: usize) -> Vec<(u8, Vec<u8>)> {
-    let mut got = Vec::new();
-    for _ in 0..n {
-        let m = conn.next(STEP).await.expect("connection closed");
-        assert_ne!(m.0, b'Z', "ReadyForQuery before the Sync: {got:?}");
-        got.push(m);
-    }
+    let got = conn.read_n(n, STEP).await;
+    assert!(
+        got.iter().all(|(tag, _)| *tag != b'Z'),
+        "ReadyForQuery before the Sync: {got:?}"
+    );
     got
 }
 
@@ -469,7 +440,7 @@ async fn psycopg_executemany_returning_ends_with_flush_then_sync() {
         let keys = alternating_keys();
         let mut conn = login_trust(proxy.addr(), s.topology.user(), s.topology.database()).await;
         let insert = "INSERT INTO orders (user_id, note) VALUES ($1, $2) RETURNING user_id";
-        let flush = message(b'H', b"");
+        let flush = flush();
 
         // The Flush right before the Sync, both sent together: one batch, as without the Flush.
         let mut req = parse("", insert);

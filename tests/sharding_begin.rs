@@ -9,7 +9,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::raw::{error_field, first_column, login_trust, message, RawConn};
+use support::raw::{
+    bind, describe, error_field, execute, first_column, login_trust, parse, sync, RawConn,
+};
 use support::sharded::{int_keys_on, seed_with_decoys, sharded_options, sharded_setup};
 use support::start_trust;
 use tokio::time::timeout;
@@ -17,40 +19,10 @@ use tokio::time::timeout;
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 const STEP: Duration = Duration::from_secs(10);
 
-/// Parse of `sql` as statement `name`, no declared parameter types.
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
-}
-
-/// Bind of statement `name` to the unnamed portal with text parameters.
-fn bind(name: &str, params: &[&str]) -> Vec<u8> {
-    let mut body = format!("\0{name}\0").into_bytes();
-    body.extend_from_slice(&0i16.to_be_bytes());
-    body.extend_from_slice(&i16::try_from(params.len()).expect("few").to_be_bytes());
-    for p in params {
-        body.extend_from_slice(&i32::try_from(p.len()).expect("short").to_be_bytes());
-        body.extend_from_slice(p.as_bytes());
-    }
-    body.extend_from_slice(&0i16.to_be_bytes());
-    message(b'B', &body)
-}
-
-fn describe_portal() -> Vec<u8> {
-    message(b'D', b"P\0")
-}
-
-fn execute() -> Vec<u8> {
-    message(b'E', b"\0\0\0\0\0")
-}
-
-fn sync() -> Vec<u8> {
-    message(b'S', b"")
-}
-
 /// pgjdbc's BEGIN (it asks for no metadata): Parse, Bind, Execute, through the unnamed
 /// statement.
 fn jdbc_begin(begin: &str) -> Vec<u8> {
-    [parse("", begin), bind("", &[]), execute()].concat()
+    [parse("", begin), bind("", "", &[]), execute("", 0)].concat()
 }
 
 /// pgjdbc's query, or libpq's `PQsendQueryParams` (psycopg 3) without the Sync: Parse, Bind,
@@ -58,9 +30,9 @@ fn jdbc_begin(begin: &str) -> Vec<u8> {
 fn pbde(sql: &str, params: &[&str]) -> Vec<u8> {
     [
         parse("", sql),
-        bind("", params),
-        describe_portal(),
-        execute(),
+        bind("", "", params),
+        describe(b'P', ""),
+        execute("", 0),
     ]
     .concat()
 }
@@ -157,13 +129,19 @@ async fn a_pipelined_extended_begin_lets_a_scatter_run_first() {
         // bound in the next ones.
         let first = [
             parse("S_1", "BEGIN"),
-            bind("S_1", &[]),
-            execute(),
+            bind("", "S_1", &[]),
+            execute("", 0),
             pbde(count, &[]),
             sync(),
         ]
         .concat();
-        let again = [bind("S_1", &[]), execute(), pbde(count, &[]), sync()].concat();
+        let again = [
+            bind("", "S_1", &[]),
+            execute("", 0),
+            pbde(count, &[]),
+            sync(),
+        ]
+        .concat();
         for (what, request) in [("prepared", first), ("bound again", again)] {
             let got = replies(&mut conn, &request).await;
             let begin_replies: &[&str] = if what == "prepared" {

@@ -42,22 +42,10 @@ fn bind_execute_sync(name: &str, params: &[&str], max_rows: i32) -> Vec<u8> {
     out
 }
 
-/// Reads exactly `n` messages (each within [`STEP`]); a missing one fails the test.
-async fn read_n(conn: &mut RawConn, n: usize) -> Vec<(u8, Vec<u8>)> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match conn.next(STEP).await {
-            Some(m) => got.push(m),
-            None => panic!("connection closed; got {got:?}"),
-        }
-    }
-    got
-}
-
 /// Prepares `sql` as `name` the asyncpg way and checks the answer to the Flush.
 async fn prepare(conn: &mut RawConn, name: &str, sql: &str) {
     conn.send(&prepare_flush(name, sql)).await;
-    let got = read_n(conn, 3).await;
+    let got = conn.read_n(3, STEP).await;
     assert_eq!(tags(&got), b"1tT", "prepare of {sql}: {got:?}");
 }
 

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use shardgate_testkit::Topology;
-use support::raw::{startup_message, RawConn};
+use support::raw::{startup_message, sync, RawConn};
 use support::{Proxy, ProxyOptions};
 use tokio::time::timeout;
 use tokio_postgres::error::SqlState;
@@ -352,10 +352,6 @@ impl Twins {
     async fn query(&mut self, sql: &str) -> Vec<(char, String)> {
         self.same(&support::raw::query(sql), sql).await
     }
-}
-
-fn sync() -> Vec<u8> {
-    support::raw::message(b'S', b"")
 }
 
 /// Parse of a named statement, then Sync.

@@ -11,15 +11,11 @@ mod support;
 use std::time::Duration;
 
 use shardgate_testkit::Topology;
-use support::raw::{error_field, login_trust, message, query, RawConn};
+use support::raw::{describe, error_field, login_trust, message, parse, query, sync, RawConn};
 use support::ProxyOptions;
 
 /// Bound for any single step that should be quick.
 const STEP: Duration = Duration::from_secs(10);
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
-}
 
 fn bind_execute(name: &str) -> Vec<u8> {
     [
@@ -27,10 +23,6 @@ fn bind_execute(name: &str) -> Vec<u8> {
         message(b'E', b"\0\0\0\0\0"),
     ]
     .concat()
-}
-
-fn sync() -> Vec<u8> {
-    message(b'S', b"")
 }
 
 fn close_statement(name: &str) -> Vec<u8> {
@@ -290,10 +282,6 @@ async fn sql_prepare_twice_fails_as_directly() {
     );
 }
 
-fn describe_portal() -> Vec<u8> {
-    message(b'D', b"P\0")
-}
-
 /// `DEALLOCATE` of a protocol-level statement in other shapes than libpq's, and `DEALLOCATE
 /// PREPARE`, `DEALLOCATE ALL`: each as directly.
 #[tokio::test]
@@ -316,12 +304,12 @@ async fn deallocate_in_every_shape_matches_postgres() {
     );
 
     // Unnamed statement without Describe; with Describe of the portal.
-    for (name, describe) in [("b", false), ("c", true)] {
+    for (name, described) in [("b", false), ("c", true)] {
         c.step(&prepare(name)).await;
         let mut req = parse("", &format!("DEALLOCATE {name}"));
         req.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
-        if describe {
-            req.extend(describe_portal());
+        if described {
+            req.extend(describe(b'P', ""));
         }
         req.extend(message(b'E', b"\0\0\0\0\0"));
         req.extend(sync());

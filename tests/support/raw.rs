@@ -136,6 +136,18 @@ impl RawConn {
         }
     }
 
+    /// Reads exactly `n` messages, each within `timeout`; a close before them fails the test.
+    pub async fn read_n(&mut self, n: usize, timeout: Duration) -> Vec<(u8, Vec<u8>)> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match self.next(timeout).await {
+                Some(m) => got.push(m),
+                None => panic!("connection closed; got {got:?}"),
+            }
+        }
+        got
+    }
+
     /// Runs `sql` as a simple query, which must not fail; returns its messages.
     pub async fn run_ok(&mut self, sql: &str, timeout: Duration) -> Vec<(u8, Vec<u8>)> {
         self.send(&query(sql)).await;
@@ -178,6 +190,48 @@ pub async fn login_trust(addr: SocketAddr, user: &str, database: &str) -> RawCon
         "expected BackendKeyData"
     );
     conn
+}
+
+/// Parse of `sql` as statement `name` (empty: the unnamed one), no declared parameter types.
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+}
+
+/// Bind of `statement` into `portal` (empty: the unnamed ones) with text parameters and
+/// default (text) result formats.
+pub fn bind(portal: &str, statement: &str, params: &[&str]) -> Vec<u8> {
+    let mut body = format!("{portal}\0{statement}\0").into_bytes();
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&i16::try_from(params.len()).expect("few").to_be_bytes());
+    for p in params {
+        body.extend_from_slice(&i32::try_from(p.len()).expect("short").to_be_bytes());
+        body.extend_from_slice(p.as_bytes());
+    }
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(b'B', &body)
+}
+
+/// Describe of a statement (`b'S'`) or portal (`b'P'`).
+pub fn describe(kind: u8, name: &str) -> Vec<u8> {
+    let mut body = vec![kind];
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    message(b'D', &body)
+}
+
+/// Execute of `portal`, at most `max_rows` rows (0: all).
+pub fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
+    let mut body = format!("{portal}\0").into_bytes();
+    body.extend_from_slice(&max_rows.to_be_bytes());
+    message(b'E', &body)
+}
+
+pub fn sync() -> Vec<u8> {
+    message(b'S', b"")
+}
+
+pub fn flush() -> Vec<u8> {
+    message(b'H', b"")
 }
 
 /// Parse, Bind and Execute of `sql` (no parameters) through the unnamed statement and portal.
