@@ -8,7 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::raw::{error_field, first_column, login_trust, message, query, tags, RawConn};
+use support::raw::{
+    bind, describe, error_field, execute, first_column, flush, login_trust, parse, query, sync,
+    tags, RawConn,
+};
 use support::sharded::{int_keys_on, notes_on, seed_with_decoys, sharded_options, sharded_setup};
 use support::start_trust;
 use tokio::time::timeout;
@@ -18,28 +21,12 @@ const STEP: Duration = Duration::from_secs(10);
 
 /// Parse of `sql` as statement `name` (no declared types), Describe of it, Flush.
 fn prepare_flush(name: &str, sql: &str) -> Vec<u8> {
-    let mut out = message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
-    out.extend(message(b'D', format!("S{name}\0").as_bytes()));
-    out.extend(message(b'H', b""));
-    out
+    [parse(name, sql), describe(b'S', name), flush()].concat()
 }
 
 /// Bind of statement `name` with text parameters, Execute of at most `max_rows` (0: all), Sync.
 fn bind_execute_sync(name: &str, params: &[&str], max_rows: i32) -> Vec<u8> {
-    let mut body = format!("\0{name}\0").into_bytes();
-    body.extend_from_slice(&0i16.to_be_bytes());
-    body.extend_from_slice(&i16::try_from(params.len()).expect("few").to_be_bytes());
-    for p in params {
-        body.extend_from_slice(&i32::try_from(p.len()).expect("short").to_be_bytes());
-        body.extend_from_slice(p.as_bytes());
-    }
-    body.extend_from_slice(&0i16.to_be_bytes());
-    let mut out = message(b'B', &body);
-    let mut exec = b"\0".to_vec();
-    exec.extend_from_slice(&max_rows.to_be_bytes());
-    out.extend(message(b'E', &exec));
-    out.extend(message(b'S', b""));
-    out
+    [bind("", name, params), execute("", max_rows), sync()].concat()
 }
 
 /// Prepares `sql` as `name` the asyncpg way and checks the answer to the Flush.
