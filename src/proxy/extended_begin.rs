@@ -18,6 +18,8 @@ use super::session::Session;
 struct HeadBegin {
     /// The BEGIN text, in PostgreSQL's exact grammar.
     sql: Bytes,
+    /// It is spelled START TRANSACTION (the command tag says so).
+    start: bool,
     /// Where its Execute ends.
     end: usize,
     /// A Sync follows the Execute: the request is the BEGIN alone.
@@ -39,7 +41,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(false);
         };
         let classifier = self.shared.snapshot.load().classifier.clone();
-        let start = shardgate_sql::strict_begin(&head.sql).is_some_and(|b| b.start);
         let messages = self.cbuf.split_to(head.end).freeze();
         let mut pos = 0;
         while let Some(h) = peek_header(&messages[pos..], self.max_len)? {
@@ -66,7 +67,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 FrontendRef::Bind(b) => self.params.observe_bind(b.portal, b.statement),
                 FrontendRef::Execute { .. } => backend::command_complete(
-                    if start { "START TRANSACTION" } else { "BEGIN" },
+                    if head.start {
+                        "START TRANSACTION"
+                    } else {
+                        "BEGIN"
+                    },
                     &mut self.out,
                 ),
                 _ => {}
@@ -97,21 +102,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !matches!(self.cbuf.first(), Some(&tag::PARSE | &tag::BIND)) {
             return Ok(None);
         }
-        let is_begin = |sql: &[u8]| {
+        // Whether `sql` is a BEGIN (and spelled START TRANSACTION).
+        let begin_start = |sql: &[u8]| {
             // Every extended request passes here: a first word that cannot start a BEGIN
             // ends the look before any lexing.
             if !super::params::may_start_with(sql, &[b"BEGIN", b"START"]) {
-                return false;
+                return None;
             }
             let c = self.shared.snapshot.load().classifier.classify(sql);
-            c.statements == 1
+            let one_begin = c.statements == 1
                 && c.write.is_none()
-                && matches!(c.txn.as_slice(), [TxnControl::Begin { .. }])
-                && shardgate_sql::strict_begin(sql).is_some()
+                && matches!(c.txn.as_slice(), [TxnControl::Begin { .. }]);
+            one_begin
+                .then(|| shardgate_sql::strict_begin(sql))
+                .flatten()
+                .map(|b| b.start)
         };
         let mut pos = 0;
         let mut parsed: Option<&[u8]> = None;
-        let mut sql: Option<Bytes> = None;
+        let mut sql: Option<(Bytes, bool)> = None;
         let mut bound = false;
         loop {
             let Some(h) = peek_header(&self.cbuf[pos..], self.max_len)? else {
@@ -124,11 +133,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             match msg {
                 FrontendRef::Parse(p) if pos == 0 => {
                     let taken = !p.name.is_empty() && self.statements.get(p.name).is_some();
-                    if taken || !p.param_types.is_empty() || !is_begin(p.query) {
+                    if taken || !p.param_types.is_empty() {
                         return Ok(None);
                     }
+                    let Some(start) = begin_start(p.query) else {
+                        return Ok(None);
+                    };
                     parsed = Some(p.name);
-                    sql = Some(Bytes::copy_from_slice(p.query));
+                    sql = Some((Bytes::copy_from_slice(p.query), start));
                 }
                 FrontendRef::Describe { kind: b'S', name } if !bound && parsed == Some(name) => {}
                 FrontendRef::Bind(b) if !bound => {
@@ -147,10 +159,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                                 return Ok(None);
                             };
                             let text = prep.parse.slice(prep.query.clone());
-                            if !is_begin(&text) {
+                            let Some(start) = begin_start(&text) else {
                                 return Ok(None);
-                            }
-                            sql = Some(text);
+                            };
+                            sql = Some((text, start));
                         }
                     }
                     bound = true;
@@ -165,8 +177,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     if !matches!(next, tag::SYNC | tag::PARSE | tag::BIND) {
                         return Ok(None);
                     }
-                    return Ok(sql.map(|sql| HeadBegin {
+                    return Ok(sql.map(|(sql, start)| HeadBegin {
                         sql,
+                        start,
                         end,
                         alone: next == tag::SYNC,
                     }));

@@ -110,7 +110,7 @@ pub(super) fn flush_ended(buf: &[u8], max_len: usize) -> bool {
             tag::FLUSH => {
                 return !buf.get(pos..).is_some_and(super::fanout::starts_with_sync);
             }
-            b'S' | b'Q' | b'F' => return false,
+            tag::SYNC | tag::QUERY | tag::FUNCTION_CALL => return false,
             _ => {}
         }
     }
