@@ -141,14 +141,8 @@ async fn a_cancel_between_checkout_and_query_start_is_never_lost() {
             cancel_at_hand_over(&holder, &waiter, delay, round).await;
         }
         // Neither session is harmed: both still run queries, the waiter with its settings.
-        let rows = waiter
-            .simple_query("SELECT current_setting('cancel_test.s5999')")
-            .await
-            .expect("waiter after");
-        let value = rows.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        });
+        let value =
+            support::first_cell(&waiter, "SELECT current_setting('cancel_test.s5999')").await;
         assert_eq!(value.as_deref(), Some("v5999"));
         holder
             .batch_execute("SELECT 1")
@@ -181,14 +175,9 @@ async fn a_cancel_before_the_first_statement_of_a_transaction_aborts_it() {
                 .expect_err("the transaction is aborted");
             assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err}");
             waiter.batch_execute("ROLLBACK").await.expect("rollback");
-            let rows = waiter
-                .simple_query("SELECT current_setting('transaction_isolation')")
-                .await
-                .expect("after rollback");
-            let level = rows.iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                _ => None,
-            });
+            let level =
+                support::first_cell(&waiter, "SELECT current_setting('transaction_isolation')")
+                    .await;
             assert_eq!(level.as_deref(), Some("read committed"), "round {round}");
         }
         holder

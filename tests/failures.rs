@@ -263,14 +263,7 @@ async fn disconnect_mid_transaction(abrupt: bool) {
     );
     // A simple query starts its own transaction: now() is this statement's start, not an
     // older transaction's.
-    let fresh = b
-        .simple_query("SELECT now() = statement_timestamp()")
-        .await
-        .expect("simple query");
-    let fresh = fresh.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-        _ => None,
-    });
+    let fresh = support::first_cell(&b, "SELECT now() = statement_timestamp()").await;
     assert_eq!(
         fresh.as_deref(),
         Some("t"),

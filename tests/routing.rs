@@ -369,12 +369,8 @@ async fn hints_and_the_shardgate_target_setting() {
         let c = &s.client;
         let read = format!("SELECT {WHERE}");
         let show = || async {
-            let msgs = c.simple_query("SHOW shardgate.target").await.expect("SHOW");
-            msgs.iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                    _ => None,
-                })
+            support::first_cell(c, "SHOW shardgate.target")
+                .await
                 .expect("SHOW returns a row")
         };
 

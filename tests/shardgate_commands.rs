@@ -8,20 +8,12 @@ use std::time::Duration;
 use shardgate_testkit::Topology;
 use support::{Proxy, ProxyOptions};
 use tokio::time::timeout;
-use tokio_postgres::SimpleQueryMessage;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 async fn show_simple(client: &tokio_postgres::Client) -> String {
-    let msgs = client
-        .simple_query("SHOW shardgate.target")
+    support::first_cell(client, "SHOW shardgate.target")
         .await
-        .expect("SHOW");
-    msgs.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
         .expect("a row")
 }
 

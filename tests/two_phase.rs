@@ -451,12 +451,8 @@ async fn a_set_in_a_two_shard_transaction_follows_its_end() {
         let started = Started::new().await;
         let Started { a, b, client, .. } = &started;
         let tz = || async {
-            let rows = client.simple_query("SHOW TimeZone").await.expect("show");
-            rows.iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                    _ => None,
-                })
+            support::first_cell(client, "SHOW TimeZone")
+                .await
                 .expect("a row")
         };
         let before = tz().await;

@@ -362,6 +362,19 @@ where
     }
 }
 
+/// The first column of the first row `sql` returns through the simple protocol (None: no row,
+/// or NULL). Panics if the statement fails.
+pub async fn first_cell(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    let msgs = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
 /// Runs `sql` with the simple protocol and returns the `port` column of every row, in order
 /// (name the `inet_server_port()` column `port`).
 pub async fn ports(client: &tokio_postgres::Client, sql: &str) -> Vec<u16> {
