@@ -80,6 +80,7 @@ pub(crate) struct Metrics {
     pub(crate) clients: Gauge,
     pub(crate) pinned_sessions: Gauge,
     pub(crate) transactions: LaneCounter,
+    pub(crate) multiplexed: LaneCounter,
     query_duration: LaneHistogram,
     server_connections: Family<ServerLabels, Gauge>,
     routed: Family<RoutedLabels, LaneCounter>,
@@ -112,6 +113,12 @@ impl Metrics {
             "transactions",
             "Server connection checkouts returned clean (transactions in transaction mode)",
             transactions.clone(),
+        );
+        let multiplexed = LaneCounter::default();
+        registry.register(
+            "multiplexed",
+            "Requests sent down a server connection behind another client's request (pool.multiplex)",
+            multiplexed.clone(),
         );
         // 50 µs .. ~26 s
         let query_duration = LaneHistogram::new(
@@ -222,6 +229,7 @@ impl Metrics {
             clients,
             pinned_sessions,
             transactions,
+            multiplexed,
             query_duration,
             server_connections,
             routed,

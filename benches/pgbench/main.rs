@@ -83,6 +83,9 @@ struct Settings {
     /// Server connections per worker thread of the multiplexing relay (`SG_BENCH_MUX`,
     /// default 4; 0 leaves it out).
     mux: usize,
+    /// shardgate's `pool.multiplex` for a second shardgate target, `shardgate-mux`
+    /// (`SG_BENCH_MULTIPLEX`, default 4; 0 leaves it out).
+    multiplex: u32,
 }
 
 impl Settings {
@@ -145,9 +148,18 @@ impl Settings {
                 why: "expected server connections per worker (0: leave the mux relay out)",
             })?,
         };
+        let multiplex = match std::env::var("SG_BENCH_MULTIPLEX") {
+            Err(_) => 4,
+            Ok(value) => value.trim().parse().map_err(|_| BenchError::Setting {
+                var: "SG_BENCH_MULTIPLEX",
+                value,
+                why: "expected shardgate's pool.multiplex (0: leave shardgate-mux out)",
+            })?,
+        };
         Ok(Settings {
             relay,
             mux,
+            multiplex,
             backends,
             rounds: usize::try_from(rounds).unwrap_or(usize::MAX),
             seconds,
@@ -246,9 +258,23 @@ fn run_select_only(
             targets.push(Target::proxy("mux", mux.port(), Some(mux.pid())));
             muxes.push(mux);
         }
-        let proxy = shardgate::Shardgate::start_over(&topology, POOL_SIZE, backend)?;
+        let proxy = shardgate::Shardgate::start_over(&topology, POOL_SIZE, backend, 0)?;
         targets.push(Target::proxy(sg_name, proxy.port(), Some(proxy.pid())));
         proxies.push(proxy);
+        if settings.multiplex > 0 && matches!(backend, Backend::Tcp) {
+            let proxy = shardgate::Shardgate::start_over(
+                &topology,
+                POOL_SIZE,
+                backend,
+                settings.multiplex,
+            )?;
+            targets.push(Target::proxy(
+                "shardgate-mux",
+                proxy.port(),
+                Some(proxy.pid()),
+            ));
+            proxies.push(proxy);
+        }
         if let Some(bin) = &bouncer_bin {
             let b = pgbouncer::Pgbouncer::start(bin, &topology, POOL_SIZE, backend)?;
             targets.push(Target::proxy(pgb_name, b.port(), b.pid()));

@@ -25,13 +25,15 @@ impl Shardgate {
         Self::start_with(topology, pool_size, "")
     }
 
-    /// As [`Shardgate::start`], reaching the nodes over `backend`.
+    /// As [`Shardgate::start`], reaching the nodes over `backend`, with `pool.multiplex` set
+    /// to `multiplex`.
     pub(crate) fn start_over(
         topology: &Topology,
         pool_size: u32,
         backend: Backend,
+        multiplex: u32,
     ) -> Result<Shardgate, BenchError> {
-        Self::launch(topology, pool_size, backend, "")
+        Self::launch(topology, pool_size, backend, multiplex, "")
     }
 
     /// As [`Shardgate::start`], with `extra_yaml` (whole top-level sections, such as
@@ -41,20 +43,21 @@ impl Shardgate {
         pool_size: u32,
         extra_yaml: &str,
     ) -> Result<Shardgate, BenchError> {
-        Self::launch(topology, pool_size, Backend::Tcp, extra_yaml)
+        Self::launch(topology, pool_size, Backend::Tcp, 0, extra_yaml)
     }
 
     fn launch(
         topology: &Topology,
         pool_size: u32,
         backend: Backend,
+        multiplex: u32,
         extra_yaml: &str,
     ) -> Result<Shardgate, BenchError> {
         let port = free_port();
         let admin_port = free_port();
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("proxy.yaml");
-        let mut yaml = config_yaml(topology, port, admin_port, pool_size);
+        let mut yaml = config_yaml(topology, port, admin_port, pool_size, multiplex);
         if backend == Backend::Unix {
             yaml = topology.over_unix_sockets(&yaml);
         }
@@ -99,7 +102,13 @@ impl Drop for Shardgate {
 
 /// The generated config; `SG_BENCH_BUSY_POLL_US`, when set, becomes its `busy_poll_us` (to
 /// compare with polling off, `0`, or another window).
-fn config_yaml(topology: &Topology, port: u16, admin_port: u16, pool_size: u32) -> String {
+fn config_yaml(
+    topology: &Topology,
+    port: u16,
+    admin_port: u16,
+    pool_size: u32,
+    multiplex: u32,
+) -> String {
     let busy_poll = match std::env::var("SG_BENCH_BUSY_POLL_US") {
         Ok(us) => format!("busy_poll_us: {us}\n"),
         Err(_) => String::new(),
@@ -109,7 +118,7 @@ fn config_yaml(topology: &Topology, port: u16, admin_port: u16, pool_size: u32) 
          admin_listen: 127.0.0.1:{admin_port}\n\
          database: {db}\n\
          users:\n  - name: {user}\n    password: {password}\n\
-         pool:\n  mode: transaction\n  size: {pool_size}\n\
+         pool:\n  mode: transaction\n  size: {pool_size}\n  multiplex: {multiplex}\n\
          {shards}",
         db = topology.database(),
         user = topology.user(),

@@ -130,6 +130,10 @@ pub(crate) struct Flight {
     /// An [`Expect::ShapeCheck`] is unanswered: the client's Bind or Describe that needed it
     /// is translated once it is, as a stale statement's or as usual.
     shape_pending: bool,
+    /// The connection carries other sessions' requests behind this one's (multiplexing):
+    /// relaying stops at the ReadyForQuery that makes the flight idle, and what follows is
+    /// theirs.
+    pub(crate) stop_at_idle: bool,
 }
 
 /// A client's named Parse awaiting its answer.
@@ -163,6 +167,7 @@ impl Default for Flight {
             named: VecDeque::new(),
             rewritten: BytesMut::new(),
             shape_pending: false,
+            stop_at_idle: false,
         }
     }
 }

@@ -53,6 +53,9 @@ impl Flight {
                 self.emit_ready_synthetics(to_client);
             }
             pos = end;
+            if self.stop_at_idle && self.idle() {
+                break;
+            }
         }
         result.consumed = pos;
         result.direct = !copying_from_start && run_start == 0;

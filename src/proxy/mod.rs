@@ -13,6 +13,7 @@ mod listener;
 mod local;
 mod merge;
 mod mirror;
+mod multiplex;
 mod params;
 mod pinning;
 mod relay;

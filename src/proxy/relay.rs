@@ -110,6 +110,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             self.sbuf.clear();
             self.cbuf.advance(t.consumed);
+            if t.consumed > 0 && std::mem::take(&mut self.may_host) {
+                self.open_host();
+            }
             if !self.out.is_empty() {
                 self.client.write_all(&self.out).await?;
                 self.out.clear();
@@ -120,11 +123,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if self.release_if_done() {
                 return Ok(true);
             }
+            // Riders' requests that came meanwhile go out before the wait.
+            self.send_riders().await?;
             // Wait for either side.
             let Some(checkout) = self.server.as_mut() else {
                 return Ok(true);
             };
             let conn = &mut *checkout.conn;
+            let host = checkout.host.as_ref().and_then(|g| g.host());
             reserve(&mut conn.rbuf);
             reserve(&mut self.cbuf);
             // While the server owes only replies, read just the server: polling the client
@@ -161,6 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         return Ok(false);
                     }
                 }
+                () = super::multiplex::riders_arrived(host), if host.is_some() => {}
                 () = signal.as_mut(), if watch_shutdown => return Err(ClientError::Shutdown),
             }
         }
@@ -173,7 +180,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(checkout) = self.server.as_mut() else {
             return;
         };
-        if self.flight.idle() && checkout.conn.rbuf.is_empty() {
+        // A hosted connection's next replies (riders') may already be on their way.
+        if self.flight.idle() && checkout.conn.rbuf.is_empty() && checkout.host.is_none() {
             let _ = checkout
                 .conn
                 .stream
@@ -242,6 +250,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// its own plan: the planned one goes; a pipelined one behind it goes now only if it needs
     /// this same shard, else it waits until the server is idle and is planned then.
     fn translate_limit(&mut self) -> Result<usize, ClientError> {
+        if self.server.as_ref().is_some_and(|c| c.host.is_some()) {
+            // Riders' requests follow this one on the connection: nothing more of this
+            // client's may, until the connection is taken anew.
+            return Ok(0);
+        }
         let sharded = self
             .server
             .as_ref()
@@ -515,7 +528,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Handles what the server sent and forwards it to the client.
-    async fn forward_server_data(&mut self) -> Result<(), ClientError> {
+    pub(super) async fn forward_server_data(&mut self) -> Result<(), ClientError> {
         let Some(checkout) = self.server.as_mut() else {
             return Ok(());
         };
@@ -530,15 +543,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             },
             &mut self.out,
         )?;
-        if r.direct {
+        let written = if r.direct {
             if r.consumed > 0 {
-                self.client.write_all(&conn.rbuf[..r.consumed]).await?;
+                self.client.write_all(&conn.rbuf[..r.consumed]).await
+            } else {
+                Ok(())
             }
         } else {
-            self.client.write_all(&self.out).await?;
+            let written = self.client.write_all(&self.out).await;
             self.out.clear();
-        }
+            written
+        };
+        // Consumed even when the client is gone: the flight has moved past these frames, and
+        // on a multiplexed connection what follows them is others' (see `multiplex`).
         conn.rbuf.advance(r.consumed);
+        written?;
         if r.stale_statement && self.mode == PoolMode::Transaction {
             // In session mode the client's own statement failed, as on a direct connection.
             self.shared.plan_epoch.advance();
@@ -572,7 +591,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Gives the connection back when nothing is in flight and no transaction is open
     /// (transaction mode). True if it was released.
-    fn release_if_done(&mut self) -> bool {
+    pub(super) fn release_if_done(&mut self) -> bool {
         if self.mode != PoolMode::Transaction
             || self.pinned.is_some()
             || !self.flight.idle()
@@ -581,15 +600,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return false;
         }
         if let Some(checkout) = self.server.take() {
-            if self.registration.slot.clear() {
+            let cancelling = self.registration.slot.clear();
+            match checkout.host {
+                Some(guard) => {
+                    // The next rider's reply follows; a cancel of this client's query still
+                    // on its way may stop that request (see docs/design/multiplexing.md).
+                    self.flight.stop_at_idle = false;
+                    guard.finish(checkout.conn, 0, cancelling);
+                }
                 // A cancel of this client's query may still arrive: nobody else may get it.
-                checkout.conn.discard();
-            } else {
-                checkout.conn.release();
+                None if cancelling => checkout.conn.discard(),
+                None => checkout.conn.release(),
             }
             self.shared.metrics.transactions.inc();
         }
         true
+    }
+
+    /// Opens the connection to riders once this session's request is on it, if that request
+    /// may host them (see `Session::may_ride`) and nothing else is in flight or buffered.
+    fn open_host(&mut self) {
+        let Some(checkout) = self.server.as_mut() else {
+            return;
+        };
+        if checkout.host.is_some()
+            || !self.cbuf.is_empty()
+            || !self.flight.awaiting_replies_only()
+            || self.flight.tx_status != b'I'
+            || self.probe_pending
+            || checkout.conn.state_fingerprint != self.params.fingerprint()
+        {
+            return;
+        }
+        let pool = checkout.conn.pool().clone();
+        checkout.host = Some(super::multiplex::HostGuard::open(
+            &pool,
+            self.params.fingerprint(),
+        ));
+        self.flight.stop_at_idle = true;
+    }
+
+    /// Writes the requests riders queued on this session's connection since it last looked.
+    /// Not cancel safe.
+    pub(super) async fn send_riders(&mut self) -> Result<(), ClientError> {
+        let Some(checkout) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let Some(host) = checkout.host.as_ref().and_then(|g| g.host()) else {
+            return Ok(());
+        };
+        if !host.take_outgoing(&mut self.sbuf) {
+            return Ok(());
+        }
+        let conn = &mut *checkout.conn;
+        let sent = conn.stream.write_all(&self.sbuf).await;
+        self.sbuf.clear();
+        sent.map_err(|source| server_io(conn, source))
     }
 }
 

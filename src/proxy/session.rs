@@ -16,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::cancel::Registration;
 use super::errors::ClientError;
-use super::flight::Flight;
+use super::flight::{ClientSide, Flight, ServerSide};
+use super::multiplex::{Host, HostGuard, Pick};
 use super::params::SessionParams;
 use super::request::{scan, Scanned};
 use super::routing::{choose, kind_of, Chosen, SessionRouting};
@@ -54,6 +55,8 @@ pub(super) struct Checkout {
     pub(super) shard: usize,
     /// The config version the transaction started with; it finishes on it.
     pub(super) snapshot: Arc<Snapshot>,
+    /// Other sessions' requests ride on the connection behind this one's (multiplexing).
+    pub(super) host: Option<HostGuard>,
 }
 
 impl Checkout {
@@ -102,6 +105,8 @@ pub(crate) struct Session<S> {
     pub(super) probe_after_idle: bool,
     /// The buffered request was already planned when its server was taken.
     pub(super) fresh_checkout: bool,
+    /// The request just checked out for may host riders once it is sent (multiplexing).
+    pub(super) may_host: bool,
     /// Transaction mode: the session left state on its server connection (why) and keeps
     /// that connection until it ends (see `pinning`).
     pub(super) pinned: Option<&'static str>,
@@ -181,6 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             probe_pending: false,
             probe_after_idle: false,
             fresh_checkout: false,
+            may_host: false,
             pinned: None,
             close_at_end: false,
             deferred_failed: false,
@@ -208,6 +214,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         for p in std::mem::take(&mut self.parked) {
             // Mid-transaction: closing is the rollback.
             p.co.conn.discard();
+        }
+        if let Some(Checkout {
+            conn,
+            host: Some(guard),
+            ..
+        }) = self.server.take_if(|c| c.host.is_some())
+        {
+            // Riders wait behind this session's request: past its reply the connection is
+            // theirs, unless it failed.
+            if matches!(result, Err(ClientError::Backend(_))) {
+                drop(conn);
+                drop(guard);
+            } else {
+                guard.finish(conn, u32::from(!self.flight.idle()), cancelling);
+            }
         }
         if let Some(Checkout { mut conn, .. }) = self.server.take() {
             let clean = self.flight.idle() && self.flight.tx_status == b'I';
@@ -398,6 +419,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     || scanned.first_txn == Some(TxnControl::SetTransactionReadOnly));
             scanned.view.begins = Some(read_only);
         }
+        let multiplex = snapshot.config.pool.multiplex;
+        let ride_ok =
+            multiplex > 0 && self.may_ride(&snapshot, &scanned, in_transaction || abort_first);
         let mut failed_replicas = 0;
         let (chosen, conn) = loop {
             let chosen = if self.mode == PoolMode::Session {
@@ -441,8 +465,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     user: self.user.clone(),
                 });
             };
+            let mut fallback = None;
+            if ride_ok {
+                match super::multiplex::pick(&pool, self.params.fingerprint(), multiplex) {
+                    Pick::Ride(host) => {
+                        return self.ride(host, chosen, snapshot, scanned, &pool).await;
+                    }
+                    Pick::Otherwise(host) => fallback = host,
+                }
+            }
             if let Some(conn) = pool.try_checkout() {
                 break (chosen, conn);
+            }
+            if let Some(host) = fallback {
+                return self.ride(host, chosen, snapshot, scanned, &pool).await;
             }
             let slot = self.registration.slot.clone();
             let checkout = tokio::select! {
@@ -564,14 +600,136 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
         }
         self.fresh_checkout = true;
+        self.may_host = ride_ok;
         self.server = Some(Checkout {
             conn,
             node: chosen.node,
             role: chosen.role,
             shard: chosen.shard,
             snapshot,
+            host: None,
         });
         Ok(true)
+    }
+
+    /// Whether the buffered request may ride on another session's server connection, or
+    /// host riders on its own (see `multiplex`): transaction pooling without sharding, by a
+    /// session that holds nothing and has no transaction or setting change under way.
+    fn may_ride(&self, snapshot: &Snapshot, scanned: &Scanned, in_transaction: bool) -> bool {
+        self.mode == PoolMode::Transaction
+            && snapshot.sharding.is_none()
+            && !in_transaction
+            && self.pinned.is_none()
+            && self.deferred_begin.is_none()
+            && self.parked.is_empty()
+            && !self.txn.active()
+            && self.flight.idle()
+            && self.flight.tx_status == b'I'
+            && !self.params.unsettled()
+            && super::multiplex::may_ride(scanned, &self.cbuf, scanned.sql.bytes(&self.cbuf))
+    }
+
+    /// Sends the buffered request down `host`'s connection behind the requests already there,
+    /// then waits for the connection to be handed over and relays the reply as its holder.
+    /// False if the request was answered here (or already fully relayed).
+    async fn ride(
+        &mut self,
+        host: Arc<Host>,
+        chosen: Chosen,
+        snapshot: Arc<Snapshot>,
+        mut scanned: Scanned,
+        pool: &Arc<shardgate_pool::NodePool>,
+    ) -> Result<bool, ClientError> {
+        if self.registration.slot.cancel_pending() {
+            self.reject_request(cancelled_before_start()).await?;
+            return Ok(false);
+        }
+        let lost = || {
+            ClientError::Backend(shardgate_pool::BackendError::Closed {
+                addr: pool.addr().clone(),
+            })
+        };
+        // The request depends on nothing a connection holds (see `multiplex::may_ride`): it
+        // is translated against an empty one.
+        let mut prepared = std::collections::HashMap::new();
+        let mut unnamed_owner = 0;
+        let classifier = snapshot.classifier.clone();
+        let t = self.flight.translate(
+            &self.cbuf,
+            self.max_len,
+            self.mode,
+            ClientSide {
+                statements: &mut self.statements,
+                params: &mut self.params,
+                classifier: &classifier,
+                plan_epoch: self.shared.plan_epoch.current(),
+                check_shapes: false,
+            },
+            ServerSide {
+                prepared: &mut prepared,
+                unnamed_owner: &mut unnamed_owner,
+            },
+            &mut self.sbuf,
+            &mut self.out,
+        )?;
+        let whole = t.consumed == self.cbuf.len() && !t.terminate;
+        let boarded = if whole && self.flight.awaiting_replies_only() {
+            let bytes = if t.direct {
+                &self.cbuf[..t.consumed]
+            } else {
+                &self.sbuf[..]
+            };
+            host.board(bytes)
+        } else {
+            None
+        };
+        self.sbuf.clear();
+        self.cbuf.advance(t.consumed);
+        let Some(handover) = boarded else {
+            // Not reached: `pick` found the host open with room, and nothing ran since.
+            return Err(lost());
+        };
+        if !self.out.is_empty() {
+            self.client.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.cycle_started = Some(Instant::now());
+        self.shared.metrics.multiplexed.inc();
+        self.note_routed(&snapshot, &scanned, chosen.shard, chosen.role, false);
+        self.unnamed = scanned.unnamed.take();
+        let conn = handover.await.map_err(|_| lost())?;
+        let (addr, key) = (conn.addr.clone(), conn.key);
+        self.fresh_checkout = false;
+        self.flight.stop_at_idle = true;
+        self.server = Some(Checkout {
+            conn,
+            node: chosen.node,
+            role: chosen.role,
+            shard: chosen.shard,
+            snapshot,
+            host: Some(HostGuard::adopt(host)),
+        });
+        self.send_riders().await?;
+        // The request runs on the server now, or will once the one ahead of it ends.
+        let slot = &self.registration.slot;
+        if slot.start_on(&addr, key).is_err() {
+            // Cancelled while it waited behind another: it cannot be taken back, so the
+            // cancel goes to the server that runs it.
+            slot.set(&addr, key);
+            let registry = self.shared.cancel.clone();
+            let own = self.registration.key;
+            tokio::spawn(async move { registry.cancel(own.pid, own.secret).await });
+        } else {
+            slot.mark_sent();
+        }
+        let buffered = self
+            .server
+            .as_ref()
+            .is_some_and(|c| !c.conn.rbuf.is_empty());
+        if buffered {
+            self.forward_server_data().await?;
+        }
+        Ok(!self.release_if_done())
     }
 
     /// What a routed request changes in the session: stickiness, whether the open

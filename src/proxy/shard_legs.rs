@@ -342,6 +342,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             role,
             shard,
             snapshot: snapshot.clone(),
+            host: None,
         })
     }
 }

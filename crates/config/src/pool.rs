@@ -12,6 +12,11 @@ pub struct PoolConfig {
     pub size: u32,
     pub checkout_timeout_ms: u64,
     pub max_client_connections: u32,
+    /// Multiplexing (0: off): once a worker thread has this many server connections to a node
+    /// busy with lone reads, a further lone read from another client is sent down one of them
+    /// behind the read already there, instead of taking a connection of its own (see
+    /// `docs/design/multiplexing.md`). Transaction mode only.
+    pub multiplex: u32,
 }
 
 impl Default for PoolConfig {
@@ -21,6 +26,7 @@ impl Default for PoolConfig {
             size: 20,
             checkout_timeout_ms: 5000,
             max_client_connections: 10_000,
+            multiplex: 0,
         }
     }
 }
@@ -60,14 +66,35 @@ pub(crate) fn read(value: &Value, path: &str, problems: &mut Problems) -> Option
         problems,
         read_u32,
     );
+    let multiplex = table.or_default(
+        "multiplex",
+        defaults.multiplex,
+        problems,
+        |v, p, problems| {
+            let n = tree::integer(v, p, 0, u64::from(MAX_MULTIPLEX), problems)?;
+            u32::try_from(n).ok()
+        },
+    );
     table.finish(problems);
+    if let (Some(PoolMode::Session), Some(1..)) = (mode, multiplex) {
+        problems.push(
+            &format!("{path}.multiplex"),
+            "multiplexing shares server connections between transactions: it needs pool.mode \
+             transaction (set multiplex to 0, or drop it, for session pooling)",
+        );
+        return None;
+    }
     Some(PoolConfig {
         mode: mode?,
         size: size?,
         checkout_timeout_ms: checkout_timeout_ms?,
         max_client_connections: max_client_connections?,
+        multiplex: multiplex?,
     })
 }
+
+/// The most connections per worker and node `multiplex` may name.
+const MAX_MULTIPLEX: u32 = 1024;
 
 /// A count that must be at least 1 and fit in a `u32`.
 fn read_u32(value: &Value, path: &str, problems: &mut Problems) -> Option<u32> {

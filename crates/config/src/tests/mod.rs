@@ -68,6 +68,7 @@ fn expected_example() -> Config {
             size: 20,
             checkout_timeout_ms: 5000,
             max_client_connections: 10_000,
+            multiplex: 0,
         },
         shards: vec![ShardConfig {
             name: "s0".into(),

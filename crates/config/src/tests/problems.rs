@@ -43,7 +43,7 @@ fn unknown_keys_list_what_was_expected() {
     assert_one(
         &valid_with("pool: {sise: 5}"),
         "pool.sise",
-        "unknown key \"sise\" (expected one of: mode, size, checkout_timeout_ms, max_client_connections)",
+        "unknown key \"sise\" (expected one of: mode, size, checkout_timeout_ms, max_client_connections, multiplex)",
     );
     assert_one(
         &valid_with("sharing: {}"),
@@ -235,6 +235,25 @@ fn numbers_out_of_range() {
         "pool.max_client_connections",
         "must be at least 1",
     );
+    assert_one(
+        &valid_with("pool: {multiplex: 1025}"),
+        "pool.multiplex",
+        "must be at most 1024",
+    );
+}
+
+#[test]
+fn multiplexing_needs_transaction_pooling() {
+    assert_one(
+        &valid_with("pool: {mode: session, multiplex: 2}"),
+        "pool.multiplex",
+        "needs pool.mode transaction",
+    );
+    let config = Config::from_yaml_str(&valid_with("pool: {mode: session, multiplex: 0}"))
+        .expect("multiplex 0 is off");
+    assert_eq!(config.pool.multiplex, 0);
+    let config = Config::from_yaml_str(&valid_with("pool: {multiplex: 4}")).expect("valid");
+    assert_eq!(config.pool.multiplex, 4);
 }
 
 #[test]
