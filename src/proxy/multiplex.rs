@@ -53,6 +53,9 @@ struct HostState {
     outgoing: BytesMut,
     /// Each queued rider, in the order its request was queued, waiting for the connection.
     riders: VecDeque<oneshot::Sender<PooledConn>>,
+    /// A cancel for a request on the connection may still be on its way to it: when the last
+    /// rider is done, the connection is closed, not pooled (as without multiplexing).
+    cancel_in_flight: bool,
 }
 
 thread_local! {
@@ -194,6 +197,9 @@ impl HostGuard {
         let Some(host) = self.0.take() else {
             return;
         };
+        if close {
+            lock(&host.state).cancel_in_flight = true;
+        }
         if owed == 0 {
             if let Some(conn) = hand_over(&host, conn, close) {
                 tokio::spawn(drain_then_hand_over(host, conn, 1, close));
@@ -224,7 +230,10 @@ fn hand_over(host: &Arc<Host>, mut conn: PooledConn, close: bool) -> Option<Pool
     // Every request on it parsed its own unnamed statement: whose it holds now is nobody's
     // the sessions track.
     conn.unnamed_owner = 0;
-    let next = lock(&host.state).riders.pop_front();
+    let (next, cancel_in_flight) = {
+        let mut state = lock(&host.state);
+        (state.riders.pop_front(), state.cancel_in_flight)
+    };
     match next {
         Some(rider) => {
             let gone = rider.send(conn).err();
@@ -235,7 +244,7 @@ fn hand_over(host: &Arc<Host>, mut conn: PooledConn, close: bool) -> Option<Pool
         }
         None => {
             host.close();
-            if close {
+            if close || cancel_in_flight {
                 conn.discard();
             } else {
                 conn.release();
@@ -423,6 +432,59 @@ mod tests {
         frontend::parse(b"", b"SELECT 1", &[], &mut flushed);
         frontend::flush(&mut flushed);
         assert!(!self_contained(&flushed));
+    }
+
+    fn pool() -> Arc<NodePool> {
+        NodePool::new(
+            shardgate_config::NodeAddr {
+                host: "127.0.0.1".into(),
+                port: 5432,
+            },
+            shardgate_pool::Credentials {
+                user: "app".into(),
+                password: "pw".into(),
+                database: "app".into(),
+            },
+            4,
+        )
+    }
+
+    fn rides_on(pick: Pick) -> Option<Arc<Host>> {
+        match pick {
+            Pick::Ride(h) => Some(h),
+            Pick::Otherwise(_) => None,
+        }
+    }
+
+    #[test]
+    fn requests_ride_once_the_worker_hosts_enough_and_only_with_equal_settings() {
+        let (a, b) = (pool(), pool());
+        let first = HostGuard::open(&a, 7);
+        assert!(rides_on(pick(&a, 7, 2)).is_none(), "one host of two wanted");
+        assert!(matches!(pick(&a, 7, 2), Pick::Otherwise(Some(_))));
+        let second = HostGuard::open(&a, 7);
+        let host = rides_on(pick(&a, 7, 2)).expect("two hosts: ride");
+        // Other settings, or another pool (node or user): never.
+        assert!(matches!(pick(&a, 8, 2), Pick::Otherwise(None)));
+        assert!(matches!(pick(&b, 7, 1), Pick::Otherwise(None)));
+        // The least loaded host is picked; a full one is not.
+        let mut queued = Vec::new();
+        for _ in 0..MAX_RIDERS {
+            queued.push(host.board(b"Q").expect("room"));
+        }
+        assert!(host.board(b"Q").is_none(), "full");
+        let other = rides_on(pick(&a, 7, 2)).expect("the other host");
+        assert!(!Arc::ptr_eq(&other, &host));
+        let mut bytes = BytesMut::new();
+        assert!(host.take_outgoing(&mut bytes));
+        assert_eq!(bytes.len(), MAX_RIDERS);
+        // A host whose holder is gone fails its riders and is never picked again.
+        drop(second);
+        drop(first);
+        assert!(matches!(pick(&a, 7, 1), Pick::Otherwise(None)));
+        for mut rx in queued {
+            assert!(rx.try_recv().is_err());
+        }
     }
 
     #[test]
