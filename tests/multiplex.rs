@@ -329,3 +329,57 @@ async fn a_lost_server_connection_fails_its_riders_and_the_pool_recovers() {
         );
     }
 }
+
+/// PostgreSQL's postmaster signals a backend twice for one CancelRequest; on a multiplexed
+/// connection the second signal could stop the request queued behind the cancelled one. A
+/// cancel for a request there is sent as `pg_cancel_backend` (one signal): the requests around
+/// it never fail. Both a holder's cancel and a queued rider's, over several rounds.
+#[tokio::test]
+async fn a_cancel_never_stops_the_requests_queued_around_it() {
+    let topology = Topology::builder().build().expect("topology");
+    let proxy = start(&topology, 2);
+    let before = rides(&proxy);
+    let clients = [
+        proxy.connect(&topology).await,
+        proxy.connect(&topology).await,
+        proxy.connect(&topology).await,
+    ];
+    let clients: Vec<_> = clients.into_iter().map(std::sync::Arc::new).collect();
+    for round in 0..16 {
+        // Who is cancelled: the first (holding the connection) or the second (queued).
+        let victim = round % 2;
+        // The cancelled query runs long enough for its cancel to land in it; the others not.
+        let sleeps = if victim == 0 {
+            ["2", "0.05", "0.05"]
+        } else {
+            ["0.2", "2", "0.05"]
+        };
+        let mut tasks = Vec::new();
+        for (i, client) in clients.iter().enumerate() {
+            let client = client.clone();
+            let sql = format!("SELECT 'c{i}' FROM pg_sleep({})", sleeps[i]);
+            tasks.push(tokio::spawn(
+                async move { cell_or_code(&client, &sql).await },
+            ));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        clients[victim]
+            .cancel_token()
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .expect("cancel");
+        for (i, t) in tasks.into_iter().enumerate() {
+            let got = t.await.expect("client");
+            if i == victim {
+                assert_eq!(
+                    got,
+                    Err("57014".to_owned()),
+                    "round {round}: the cancelled one"
+                );
+            } else {
+                assert_eq!(got, Ok(format!("c{i}")), "round {round}: client {i}");
+            }
+        }
+    }
+    assert!(rides(&proxy) - before >= 16.0, "the requests did not ride");
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use shardgate_config::NodeAddr;
-use shardgate_pool::BackendKey;
+use shardgate_pool::{BackendKey, Credentials};
 use shardgate_wire::StartupRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -59,6 +59,10 @@ struct SlotState {
     generation: u64,
     /// When the request `start_on` was for was written to the server (see `ARRIVAL_GRACE`).
     written_at: Option<std::time::Instant>,
+    /// The one target is a multiplexed connection, with other clients' requests queued behind
+    /// the query: a cancel goes by `pg_cancel_backend` from a connection logged in with these
+    /// credentials, which signals the backend once (see `cancel_by_sql`).
+    hosted: Option<Credentials>,
 }
 
 /// The request was cancelled before it reached a server: answer it with 57014.
@@ -75,6 +79,7 @@ impl CancelSlot {
         state.targets.clear();
         state.targets.push((Arc::clone(addr), key));
         state.written_at = None;
+        state.hosted = None;
         self.unsent.store(false, Ordering::Release);
     }
 
@@ -127,6 +132,7 @@ impl CancelSlot {
         let mut state = lock(&self.state);
         state.targets.clear();
         state.written_at = None;
+        state.hosted = None;
         self.unsent.store(false, Ordering::Release);
     }
 
@@ -144,6 +150,7 @@ impl CancelSlot {
         state.targets.clear();
         state.targets.extend(legs);
         state.written_at = None;
+        state.hosted = None;
         self.unsent.store(true, Ordering::Release);
         Ok(())
     }
@@ -163,6 +170,17 @@ impl CancelSlot {
         }
     }
 
+    /// The query's one server connection carries other clients' requests behind it
+    /// (multiplexing): a cancel for it signals the backend once, from a connection logged in
+    /// with `creds`, so that it cannot stop the next request too (until `set`, `start_on` or
+    /// `clear` says otherwise).
+    pub(crate) fn set_hosted(&self, creds: &Credentials) {
+        let mut state = lock(&self.state);
+        if state.targets.len() == 1 {
+            state.hosted = Some(creds.clone());
+        }
+    }
+
     /// The client's query no longer runs on a server. True if a cancel for it may still be
     /// on its way to that server connection: the connection must then be closed, not handed
     /// to another client, whose query the late cancel would stop.
@@ -170,6 +188,7 @@ impl CancelSlot {
         let mut state = lock(&self.state);
         state.targets.clear();
         state.written_at = None;
+        state.hosted = None;
         if self.unsent.swap(false, Ordering::AcqRel) {
             // A cancel waiting for the write finds no query now, as PostgreSQL's would.
             self.sent.notify_waiters();
@@ -198,7 +217,7 @@ impl CancelSlot {
         }
         // One count for all the targets: `clear` then says every leg must be closed.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        CancelTarget::Server(state.targets.clone())
+        CancelTarget::Server(state.targets.clone(), state.hosted.clone())
     }
 }
 
@@ -207,7 +226,8 @@ impl CancelSlot {
 enum CancelTarget {
     /// Forwarded to every server connection running the client's query (counted in flight
     /// once, until every one is delivered).
-    Server(Vec<CancelTargetConn>),
+    /// With credentials: the one target is a multiplexed connection (see `set_hosted`).
+    Server(Vec<CancelTargetConn>, Option<Credentials>),
     /// No query on a server: kept for a request that has not reached one (dropped by the
     /// client's next request, see `CancelSlot::begin_request`).
     Kept,
@@ -276,13 +296,13 @@ impl CancelRegistry {
         let deadline = tokio::time::Instant::now() + CANCEL_DELIVERY;
         let mut force = false;
         let mut arrived = None;
-        let targets = loop {
+        let (targets, hosted) = loop {
             let sent = slot.sent.notified();
             tokio::pin!(sent);
             // Registered before the slot is read: a write marked after the read wakes us.
             sent.as_mut().enable();
             match slot.take_cancel(&mut arrived, force) {
-                CancelTarget::Server(targets) => break targets,
+                CancelTarget::Server(targets, hosted) => break (targets, hosted),
                 CancelTarget::Kept => {
                     // A request waiting for a pool slot, or one between its checkout and
                     // `start_on`, finds the cancel kept and fails with 57014.
@@ -305,10 +325,33 @@ impl CancelRegistry {
         // Every leg at once: each shard's backend stops as soon as its own cancel lands.
         let mut deliveries = tokio::task::JoinSet::new();
         for (addr, key) in targets {
-            deliveries.spawn(forward(addr, key));
+            match &hosted {
+                Some(creds) => deliveries.spawn(cancel_by_sql(addr, key, creds.clone())),
+                None => deliveries.spawn(forward(addr, key)),
+            };
         }
         while deliveries.join_next().await.is_some() {}
         slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Cancels the query of backend `key` on `addr` with one signal: `pg_cancel_backend` run
+/// from a new connection logged in with `creds` (the pool's user, whose backends it may
+/// signal). A CancelRequest makes the postmaster signal the backend twice (the process, then
+/// its process group); when the first has already ended the query, the second stops whatever
+/// the backend runs next, which on a multiplexed connection is another client's request,
+/// already waiting in its socket. Falls back to a CancelRequest if that fails.
+async fn cancel_by_sql(addr: Arc<NodeAddr>, key: BackendKey, creds: Credentials) {
+    let sql = format!("SELECT pg_cancel_backend({})", key.pid);
+    let done = match shardgate_pool::ServerConn::connect(&addr, &creds, CANCEL_DELIVERY, 0).await {
+        Ok(mut conn) => tokio::time::timeout(CANCEL_DELIVERY, conn.run_discarding(&sql))
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        Err(_) => false,
+    };
+    if !done {
+        tracing::warn!(node = %addr, "cancelling by pg_cancel_backend failed; sending a CancelRequest");
+        forward(addr, key).await;
     }
 }
 
@@ -390,7 +433,7 @@ mod tests {
             CancelTarget::Wait(Some(d)) if d <= ARRIVAL_GRACE
         ));
         match slot.take_cancel(&mut None, true) {
-            CancelTarget::Server(targets) => assert_eq!(targets, vec![(addr, key)]),
+            CancelTarget::Server(targets, None) => assert_eq!(targets, vec![(addr, key)]),
             other => panic!("{other:?}"),
         }
         // Counted in flight: the connection must not go to another client.
@@ -470,7 +513,7 @@ mod tests {
         ));
         slot.mark_sent();
         match slot.take_cancel(&mut None, true) {
-            CancelTarget::Server(targets) => {
+            CancelTarget::Server(targets, None) => {
                 assert_eq!(targets, vec![(addr.clone(), key), (addr, other)]);
             }
             other => panic!("{other:?}"),

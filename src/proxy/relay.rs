@@ -637,6 +637,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             &pool,
             self.params.fingerprint(),
         ));
+        // A cancel for this request must not stop the riders queued behind it.
+        self.registration.slot.set_hosted(pool.credentials());
         self.flight.stop_at_idle = true;
     }
 

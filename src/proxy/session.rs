@@ -716,10 +716,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // Cancelled while it waited behind another: it cannot be taken back, so the
             // cancel goes to the server that runs it.
             slot.set(&addr, key);
+            slot.set_hosted(pool.credentials());
             let registry = self.shared.cancel.clone();
             let own = self.registration.key;
             tokio::spawn(async move { registry.cancel(own.pid, own.secret).await });
         } else {
+            slot.set_hosted(pool.credentials());
             slot.mark_sent();
         }
         let buffered = self
