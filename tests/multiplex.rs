@@ -244,43 +244,6 @@ async fn clients_killed_mid_request_leave_the_others_their_replies() {
 }
 
 #[tokio::test]
-async fn a_cancelled_rider_stops_its_own_query_only() {
-    let topology = Topology::builder().build().expect("topology");
-    let proxy = start(&topology, 2);
-    let holder = proxy.connect(&topology).await;
-    let rider = proxy.connect(&topology).await;
-    let behind = proxy.connect(&topology).await;
-    let before = rides(&proxy);
-    let first =
-        tokio::spawn(
-            async move { cell_or_code(&holder, "SELECT 'holder' FROM pg_sleep(0.6)").await },
-        );
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let token = rider.cancel_token();
-    let cancelled = tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        let got = cell_or_code(&rider, "SELECT 'rider' FROM pg_sleep(10)").await;
-        (got, started.elapsed())
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let last = tokio::spawn(async move { cell_or_code(&behind, "SELECT 'behind'").await });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    token
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .expect("send cancel");
-    assert_eq!(first.await.expect("holder"), Ok("holder".to_owned()));
-    let (got, took) = cancelled.await.expect("rider");
-    assert_eq!(got, Err("57014".to_owned()));
-    assert!(
-        took < std::time::Duration::from_secs(5),
-        "cancel took {took:?}"
-    );
-    assert_eq!(last.await.expect("behind"), Ok("behind".to_owned()));
-    assert!(rides(&proxy) - before >= 2.0, "the requests did not ride");
-}
-
-#[tokio::test]
 async fn a_lost_server_connection_fails_its_riders_and_the_pool_recovers() {
     let topology = Topology::builder().build().expect("topology");
     let proxy = start(&topology, 2);
@@ -330,10 +293,11 @@ async fn a_lost_server_connection_fails_its_riders_and_the_pool_recovers() {
     }
 }
 
-/// PostgreSQL's postmaster signals a backend twice for one CancelRequest; on a multiplexed
-/// connection the second signal could stop the request queued behind the cancelled one. A
-/// cancel for a request there is sent as `pg_cancel_backend` (one signal): the requests around
-/// it never fail. Both a holder's cancel and a queued rider's, over several rounds.
+/// A cancel for a request on a multiplexed connection stops that request only: a holder's
+/// cancel and a queued rider's (kept until its turn, then sent), with requests queued around
+/// them, over several rounds. The postmaster's double signal for a CancelRequest, which this
+/// guards against by cancelling with `pg_cancel_backend`, did not show here with the fix taken
+/// out (two runs): the hunt's script that shows it (2 of 40 rounds) is timing-bound.
 #[tokio::test]
 async fn a_cancel_never_stops_the_requests_queued_around_it() {
     let topology = Topology::builder().build().expect("topology");

@@ -195,9 +195,7 @@ async fn a_batch_whose_rows_live_on_several_shards_runs_each_on_its_shard_in_ord
         for (i, k) in keys.iter().enumerate() {
             req.extend(unit("", &[k, &i.to_string()]));
         }
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"12TDC2TDC2TDC2TDCZ", "{got:?}");
         assert_eq!(rows_of(&got), keys);
         assert_eq!(got[got.len() - 1].1, b"I");
@@ -217,9 +215,7 @@ async fn a_batch_whose_rows_live_on_several_shards_runs_each_on_its_shard_in_ord
             req.extend(bind("", "ins", &[k, "10"]));
             req.extend(execute("", 0));
         }
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"2DC2DC2DC2DCZ", "{got:?}");
         assert_eq!(rows_of(&got), keys);
         assert_eq!(notes_on(&s.direct, "10").await, [2, 2]);
@@ -231,17 +227,14 @@ async fn a_batch_whose_rows_live_on_several_shards_runs_each_on_its_shard_in_ord
             req.extend(parse("", read));
             req.extend(unit("", &[k]));
         }
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req.clone()).await;
         assert_eq!(tags(&got), b"12TDDC12TDDC12TDDC12TDDCZ", "{got:?}");
         // Text order: "1" < "10" < "2".
         assert_eq!(rows_of(&got), ["10", "3", "10", "2", "1", "10", "0", "10"]);
 
         // Inside a transaction, reads spread over shards join it; the status says so.
         conn.run_ok("BEGIN", STEP).await;
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"12TDDC12TDDC12TDDC12TDDCZ", "{got:?}");
         assert_eq!(got[got.len() - 1].1, b"T");
         // A batch writing on two shards would make the transaction span them: refused
@@ -250,9 +243,7 @@ async fn a_batch_whose_rows_live_on_several_shards_runs_each_on_its_shard_in_ord
         for k in &keys {
             req.extend(unit("", &[k, "20"]));
         }
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"EZ", "{got:?}");
         assert_eq!(error_field(&got[0].1, b'C').as_deref(), Some("0A000"));
         assert_eq!(got[1].1, b"E");
@@ -279,9 +270,7 @@ async fn a_failing_row_of_a_batch_rolls_back_every_shard_and_skips_the_rest() {
         for (k, note) in keys.iter().zip(["1", "2", "x", "4"]) {
             req.extend(unit("", &[k, note]));
         }
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"12nC2nCEZ", "{got:?}");
         let err = &got[got.len() - 2].1;
         assert_eq!(error_field(err, b'C').as_deref(), Some("22P02"));
@@ -301,9 +290,7 @@ async fn a_failing_row_of_a_batch_rolls_back_every_shard_and_skips_the_rest() {
         for (k, note) in keys.iter().zip(["x", "2", "3", "4"]) {
             req.extend(unit("", &[k, note]));
         }
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"1EZ", "{got:?}");
         assert_eq!(error_field(&got[1].1, b'C').as_deref(), Some("22P02"));
         assert_eq!(notes_on(&s.direct, "4").await, [0, 0]);
@@ -321,9 +308,7 @@ async fn a_failing_row_of_a_batch_rolls_back_every_shard_and_skips_the_rest() {
         for k in &keys {
             req.extend(unit("", &[k]));
         }
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"12nC2nC2nEZ", "{got:?}");
         assert_eq!(error_field(&got[9].1, b'C').as_deref(), Some("23505"));
         let users: Vec<(i64, String)> = s
@@ -345,9 +330,7 @@ async fn a_failing_row_of_a_batch_rolls_back_every_shard_and_skips_the_rest() {
         let mut req = parse("", multi);
         req.extend(unit("", &[&keys[0], &keys[1]]));
         req.extend(unit("", &[&keys[2], &keys[3]]));
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"EZ", "{got:?}");
         assert_eq!(error_field(&got[0].1, b'C').as_deref(), Some("0A000"));
         let hint = error_field(&got[0].1, b'H').unwrap_or_default();
@@ -359,6 +342,13 @@ async fn a_failing_row_of_a_batch_rolls_back_every_shard_and_skips_the_rest() {
     })
     .await
     .expect("test timed out");
+}
+
+/// Ends `req` with a Sync, sends it and reads the replies up to ReadyForQuery.
+async fn synced(conn: &mut RawConn, mut req: Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    req.extend(sync());
+    conn.send(&req).await;
+    conn.until_ready(STEP).await
 }
 
 /// Reads exactly `n` messages; none may be ReadyForQuery (the client has not synced yet).
@@ -386,9 +376,7 @@ async fn a_batch_that_parses_a_named_statement_creates_it_once_per_shard() {
         let mut req = parse("_pg3_1", insert);
         req.extend(unit("_pg3_1", &[&a[0].to_string()]));
         req.extend(unit("_pg3_1", &[&b[0].to_string()]));
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"12nC2nCZ", "{got:?}");
         assert_eq!(got[got.len() - 1].1, b"I");
         assert_eq!(notes_on(&s.direct, "pp").await, [1, 1]);
@@ -396,9 +384,7 @@ async fn a_batch_that_parses_a_named_statement_creates_it_once_per_shard() {
         // The statement is the client's now: a later batch binds it without a Parse.
         let mut req = unit("_pg3_1", &[&b[1].to_string()]);
         req.extend(unit("_pg3_1", &[&a[1].to_string()]));
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"2nC2nCZ", "{got:?}");
         assert_eq!(notes_on(&s.direct, "pp").await, [2, 2]);
 
@@ -407,9 +393,7 @@ async fn a_batch_that_parses_a_named_statement_creates_it_once_per_shard() {
         let mut req = parse("_pg3_2", read);
         req.extend(unit("_pg3_2", &[&b[0].to_string()]));
         req.extend(unit("_pg3_2", &[&a[0].to_string()]));
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"12TDC2TDCZ", "{got:?}");
         assert_eq!(rows_of(&got), [b[0].to_string(), a[0].to_string()]);
 
@@ -417,9 +401,7 @@ async fn a_batch_that_parses_a_named_statement_creates_it_once_per_shard() {
         let mut req = parse("_pg3_1", insert);
         req.extend(unit("_pg3_1", &[&a[1].to_string()]));
         req.extend(unit("_pg3_1", &[&b[1].to_string()]));
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"EZ", "{got:?}");
         assert_eq!(error_field(&got[0].1, b'C').as_deref(), Some("42P05"));
         let msg = error_field(&got[0].1, b'M').unwrap_or_default();
@@ -448,9 +430,7 @@ async fn psycopg_executemany_returning_ends_with_flush_then_sync() {
             req.extend(unit("", &[k, "f1"]));
         }
         req.extend(&flush);
-        req.extend(sync());
-        conn.send(&req).await;
-        let got = conn.until_ready(STEP).await;
+        let got = synced(&mut conn, req).await;
         assert_eq!(tags(&got), b"12TDC2TDC2TDC2TDCZ", "{got:?}");
         assert_eq!(rows_of(&got), keys);
         assert_eq!(got[got.len() - 1].1, b"I");

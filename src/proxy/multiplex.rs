@@ -19,19 +19,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BytesMut};
 use shardgate_pool::{NodePool, PooledConn};
-use shardgate_wire::{peek_header, tag, FrontendRef};
+use shardgate_wire::{peek_header, tag, FrontendRef, DEFAULT_MAX_MESSAGE_LEN};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, Notify};
 
+use super::flight::SERVER_MAX_MESSAGE;
 use super::request::Scanned;
 use super::session::reserve;
 
 /// The most riders queued on one connection: a slow request delays every rider behind it, so
 /// past this a request takes (or waits for) a connection of its own.
 const MAX_RIDERS: usize = 16;
-
-/// The longest server message a drain accepts.
-const DRAIN_MAX_MESSAGE: usize = 1 << 30;
 
 /// A server connection carrying riders, shared by its holder and the riders queued on it.
 #[derive(Debug)]
@@ -125,14 +123,19 @@ impl Host {
         Some(rx)
     }
 
-    /// Moves the riders' bytes not yet written into `to`. False if there were none.
+    /// Moves the riders' bytes not yet written to the end of `to` (swapping the buffers when
+    /// `to` is empty, as it is on the relay path, instead of copying). False if there were none.
     pub(super) fn take_outgoing(&self, to: &mut BytesMut) -> bool {
         let mut state = lock(&self.state);
         if state.outgoing.is_empty() {
             return false;
         }
-        to.extend_from_slice(&state.outgoing);
-        state.outgoing.clear();
+        if to.is_empty() {
+            std::mem::swap(&mut state.outgoing, to);
+        } else {
+            to.extend_from_slice(&state.outgoing);
+            state.outgoing.clear();
+        }
         true
     }
 
@@ -286,7 +289,7 @@ async fn drain_then_hand_over(host: Arc<Host>, mut conn: PooledConn, mut owed: u
 async fn drain(conn: &mut PooledConn, mut owed: u32) -> bool {
     let conn = &mut **conn;
     while owed > 0 {
-        match peek_header(&conn.rbuf, DRAIN_MAX_MESSAGE) {
+        match peek_header(&conn.rbuf, SERVER_MAX_MESSAGE) {
             Ok(Some(h)) if conn.rbuf.len() >= h.len => {
                 conn.rbuf.advance(h.len);
                 if h.tag == b'Z' {
@@ -356,7 +359,7 @@ fn self_contained(buf: &[u8]) -> bool {
     let mut pos = 0;
     let mut parsed = false;
     let mut executed = false;
-    while let Ok(Some(h)) = peek_header(&buf[pos..], DRAIN_MAX_MESSAGE) {
+    while let Ok(Some(h)) = peek_header(&buf[pos..], DEFAULT_MAX_MESSAGE_LEN) {
         if buf.len() - pos < h.len {
             return false;
         }

@@ -420,8 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             scanned.view.begins = Some(read_only);
         }
         let multiplex = snapshot.config.pool.multiplex;
-        let ride_ok =
-            multiplex > 0 && self.may_ride(&snapshot, &scanned, in_transaction || abort_first);
+        let ride_ok = multiplex > 0 && self.may_ride(&snapshot, &scanned);
         let mut failed_replicas = 0;
         let (chosen, conn) = loop {
             let chosen = if self.mode == PoolMode::Session {
@@ -615,10 +614,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Whether the buffered request may ride on another session's server connection, or
     /// host riders on its own (see `multiplex`): transaction pooling without sharding, by a
     /// session that holds nothing and has no transaction or setting change under way.
-    fn may_ride(&self, snapshot: &Snapshot, scanned: &Scanned, in_transaction: bool) -> bool {
+    fn may_ride(&self, snapshot: &Snapshot, scanned: &Scanned) -> bool {
         self.mode == PoolMode::Transaction
             && snapshot.sharding.is_none()
-            && !in_transaction
             && self.pinned.is_none()
             && self.deferred_begin.is_none()
             && self.parked.is_empty()
@@ -686,7 +684,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.sbuf.clear();
         self.cbuf.advance(t.consumed);
         let Some(handover) = boarded else {
-            // Not reached: `pick` found the host open with room, and nothing ran since.
+            // Not reached: `may_ride` admits only whole requests the flight sends as they are,
+            // and `pick` found the host open with room, with nothing run since.
+            tracing::error!(
+                "shardgate could not queue a request behind another on its server connection"
+            );
             return Err(lost());
         };
         if !self.out.is_empty() {
