@@ -30,6 +30,13 @@ fn start(topology: &Topology, pool_size: u32) -> Proxy {
     Proxy::start_yaml(&format!("workers: 1\n{yaml}"), port, admin_port)
 }
 
+async fn direct_to_primary(topology: &Topology) -> tokio_postgres::Client {
+    let primary = &topology.shards[0].primary;
+    support::connect(&support::direct_conn_str(topology, primary))
+        .await
+        .expect("direct")
+}
+
 fn rides(proxy: &Proxy) -> f64 {
     proxy
         .metric("shardgate_multiplexed_total")
@@ -247,10 +254,7 @@ async fn clients_killed_mid_request_leave_the_others_their_replies() {
 async fn a_lost_server_connection_fails_its_riders_and_the_pool_recovers() {
     let topology = Topology::builder().build().expect("topology");
     let proxy = start(&topology, 2);
-    let primary = &topology.shards[0].primary;
-    let direct = support::connect(&support::direct_conn_str(&topology, primary))
-        .await
-        .expect("direct");
+    let direct = direct_to_primary(&topology).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
         clients.push(proxy.connect(&topology).await);
@@ -346,4 +350,66 @@ async fn a_cancel_never_stops_the_requests_queued_around_it() {
         }
     }
     assert!(rides(&proxy) - before >= 16.0, "the requests did not ride");
+}
+
+/// A request that changes its connection's settings where shardgate cannot see it (a function
+/// calling `set_config(name, value, false)`) while reads ride behind it: the riders never answer
+/// under its settings (they fail with 08006, as when a connection is lost, and the connection
+/// is closed), its client keeps the setting, as on a direct connection, and nobody else sees it.
+#[tokio::test]
+async fn riders_behind_a_request_that_changes_settings_unseen_fail_rather_than_share_them() {
+    let topology = Topology::builder().build().expect("topology");
+    let proxy = start(&topology, 2);
+    let direct = direct_to_primary(&topology).await;
+    direct
+        .batch_execute(
+            "CREATE FUNCTION sg_slow_zone(zone text) RETURNS text LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(0.5); RETURN pg_catalog.set_config('TimeZone', zone, false); END $$",
+        )
+        .await
+        .expect("create function");
+    let holder = proxy.connect(&topology).await;
+    let default_zone = cell_or_code(&holder, "SHOW TimeZone").await.expect("zone");
+    assert_ne!(default_zone, "Asia/Tokyo");
+    let mut riders = Vec::new();
+    for _ in 0..3 {
+        riders.push(proxy.connect(&topology).await);
+    }
+    let before = rides(&proxy);
+    let changing = tokio::spawn(async move {
+        let got = cell_or_code(&holder, "SELECT sg_slow_zone('Asia/Tokyo')").await;
+        (holder, got)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let mut tasks = Vec::new();
+    for rider in riders {
+        tasks.push(tokio::spawn(async move {
+            let got = cell_or_code(&rider, "SELECT current_setting('TimeZone')").await;
+            (rider, got)
+        }));
+    }
+    let (holder, got) = changing.await.expect("holder");
+    assert_eq!(got, Ok("Asia/Tokyo".to_owned()));
+    assert!(rides(&proxy) > before, "no request rode");
+    for t in tasks {
+        let (_rider, got) = t.await.expect("rider");
+        assert_ne!(
+            got,
+            Ok("Asia/Tokyo".to_owned()),
+            "a rider ran under another's setting"
+        );
+        // As when the connection is lost: the rider's session ends.
+        assert_eq!(got, Err("08006".to_owned()));
+    }
+    assert_eq!(
+        cell_or_code(&holder, "SHOW TimeZone").await,
+        Ok("Asia/Tokyo".to_owned())
+    );
+    let other = proxy.connect(&topology).await;
+    for _ in 0..4 {
+        assert_eq!(
+            cell_or_code(&other, "SHOW TimeZone").await,
+            Ok(default_zone.clone())
+        );
+    }
 }

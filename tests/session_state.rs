@@ -640,3 +640,80 @@ async fn a_set_after_a_backslash_quote_is_kept_when_the_database_turns_standard_
     assert_eq!(show(&b, "search_path").await, default_path, "leaked");
     assert_eq!(show(&a, "search_path").await, "scs_db");
 }
+
+/// A function that changes a setting for the session (`set_config(name, value, false)` in its
+/// body, where shardgate cannot see it): the change stays with its client, as on a direct
+/// connection, and never reaches the next client of the server connection. PostgreSQL reports
+/// such changes of the settings it reports (TimeZone, DateStyle, application_name, ...) in a
+/// ParameterStatus, which is what shardgate follows.
+#[tokio::test]
+async fn a_setting_a_function_changes_stays_with_its_client() {
+    let topo = Topology::builder().build().expect("topology");
+    let proxy = one_server(&topo);
+    let direct = support::direct_conn_str(&topo, &topo.shards[0].primary);
+    let setup = support::connect(&direct).await.expect("direct");
+    setup
+        .batch_execute(
+            "CREATE FUNCTION sg_set(name text, value text, is_local bool DEFAULT false) \
+             RETURNS text LANGUAGE plpgsql AS \
+             $$ BEGIN RETURN pg_catalog.set_config(name, value, is_local); END $$",
+        )
+        .await
+        .expect("create function");
+    const REPORTED: [&str; 3] = ["TimeZone", "DateStyle", "application_name"];
+    let scenarios: [&[&str]; 8] = [
+        &["SELECT sg_set('TimeZone', 'Asia/Tokyo')"],
+        &["SELECT sg_set('application_name', 'by-function'); SELECT 1"],
+        &["BEGIN; SELECT sg_set('DateStyle', 'SQL, DMY'); COMMIT"],
+        &[
+            "BEGIN",
+            "SELECT sg_set('TimeZone', 'Asia/Tokyo')",
+            "ROLLBACK",
+        ],
+        &[
+            "BEGIN",
+            "SELECT sg_set('TimeZone', 'Asia/Tokyo', true)",
+            "COMMIT",
+        ],
+        &[
+            "SET TimeZone = 'Europe/Paris'",
+            "SELECT sg_set('TimeZone', 'Asia/Tokyo')",
+            "SELECT sg_set('DateStyle', 'German')",
+            "RESET TimeZone",
+        ],
+        &[
+            "BEGIN",
+            "SAVEPOINT s",
+            "SELECT sg_set('TimeZone', 'Asia/Tokyo')",
+            "ROLLBACK TO SAVEPOINT s",
+            "SELECT sg_set('application_name', 'kept')",
+            "COMMIT",
+        ],
+        &[
+            "SELECT sg_set('TimeZone', 'Asia/Tokyo')",
+            "SELECT sg_set('TimeZone', 'America/Lima'); SELECT 1/0",
+        ],
+    ];
+    for steps in scenarios {
+        let d = support::connect(&direct).await.expect("direct");
+        let (a, b) = (proxy.connect(&topo).await, proxy.connect(&topo).await);
+        let mut defaults = Vec::new();
+        for name in REPORTED {
+            defaults.push(show(&b, name).await);
+        }
+        for step in steps {
+            let on_direct = d.batch_execute(step).await.map_err(|e| e.code().cloned());
+            let on_proxy = a.batch_execute(step).await.map_err(|e| e.code().cloned());
+            assert_eq!(on_proxy, on_direct, "{steps:?}: {step}");
+        }
+        for (name, default) in REPORTED.iter().zip(&defaults) {
+            // The other client takes the only server connection, then the first gets it back.
+            assert_eq!(&show(&b, name).await, default, "{steps:?}: {name} leaked");
+            assert_eq!(
+                show(&a, name).await,
+                show(&d, name).await,
+                "{steps:?}: {name}"
+            );
+        }
+    }
+}

@@ -77,6 +77,9 @@ impl Flight {
     ) -> bool {
         let Some(head) = self.expect.front().copied() else {
             // Notices, notifications, parameter changes: asynchronous, always forwarded.
+            if tag == b'S' {
+                params.observe_parameter_status(body);
+            }
             return true;
         };
         let forward = self.expect_server_message(
@@ -109,7 +112,10 @@ impl Flight {
         if head == Expect::HiddenSync {
             if tag != b'Z' {
                 // Nothing but ReadyForQuery answers a Sync after a complete run; pass
-                // anything else (a notice) on.
+                // anything else (a notice, the run's parameter changes) on.
+                if tag == b'S' {
+                    params.observe_parameter_status(body);
+                }
                 return true;
             }
             self.pop_expect();
@@ -265,6 +271,10 @@ impl Flight {
                     server_prepared.extend(kept);
                 }
                 forward
+            }
+            b'S' => {
+                params.observe_parameter_status(body);
+                true
             }
             b'C' => {
                 params.observe_command_tag(body);

@@ -233,6 +233,19 @@ fn hand_over(host: &Arc<Host>, mut conn: PooledConn, close: bool) -> Option<Pool
     // Every request on it parsed its own unnamed statement: whose it holds now is nobody's
     // the sessions track.
     conn.unnamed_owner = 0;
+    if conn.state_fingerprint != host.fingerprint {
+        // The request just answered changed the connection's settings where no command showed
+        // it (a function's set_config, seen in a ParameterStatus): the requests queued behind
+        // it ran, or would run, under settings their sessions do not have. They fail (08006)
+        // rather than answer under another session's settings.
+        tracing::warn!(
+            "a request on a multiplexed connection changed its settings unseen; the requests \
+             queued behind it fail and the connection is closed"
+        );
+        host.close();
+        conn.discard();
+        return None;
+    }
     let (next, cancel_in_flight) = {
         let mut state = lock(&host.state);
         (state.riders.pop_front(), state.cancel_in_flight)
@@ -268,11 +281,21 @@ async fn drain_then_hand_over(host: Arc<Host>, mut conn: PooledConn, mut owed: u
             || tokio::io::AsyncWriteExt::write_all(&mut conn.stream, &pending)
                 .await
                 .is_ok();
-        if !sent || !drain(&mut conn, owed).await {
+        let drained = if sent {
+            drain(&mut conn, owed).await
+        } else {
+            Drained::Failed
+        };
+        if drained == Drained::Failed {
             tracing::debug!("a multiplexed connection failed while replies were read past");
             conn.discard();
             host.close();
             return;
+        }
+        if drained == Drained::SettingsChanged {
+            // Nobody read that reply's parameter changes: the connection's settings are
+            // unknown (see `hand_over`).
+            conn.state_fingerprint = 0;
         }
         match hand_over(&host, conn, close) {
             None => return,
@@ -284,29 +307,41 @@ async fn drain_then_hand_over(host: Arc<Host>, mut conn: PooledConn, mut owed: u
     }
 }
 
+/// How reading past replies (`drain`) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    Done,
+    /// Done, and a ParameterStatus went by: a setting of the connection changed.
+    SettingsChanged,
+    /// The connection failed or sent something unreadable.
+    Failed,
+}
+
 /// Reads and drops server messages on `conn` until `owed` ReadyForQuery messages have gone by.
-/// False if the connection failed or sent something unreadable.
-async fn drain(conn: &mut PooledConn, mut owed: u32) -> bool {
+async fn drain(conn: &mut PooledConn, mut owed: u32) -> Drained {
     let conn = &mut **conn;
+    let mut done = Drained::Done;
     while owed > 0 {
         match peek_header(&conn.rbuf, SERVER_MAX_MESSAGE) {
             Ok(Some(h)) if conn.rbuf.len() >= h.len => {
                 conn.rbuf.advance(h.len);
-                if h.tag == b'Z' {
-                    owed -= 1;
+                match h.tag {
+                    b'Z' => owed -= 1,
+                    b'S' => done = Drained::SettingsChanged,
+                    _ => {}
                 }
                 continue;
             }
             Ok(_) => {}
-            Err(_) => return false,
+            Err(_) => return Drained::Failed,
         }
         reserve(&mut conn.rbuf);
         match conn.stream.read_buf(&mut conn.rbuf).await {
             Ok(n) if n > 0 => {}
-            _ => return false,
+            _ => return Drained::Failed,
         }
     }
-    true
+    done
 }
 
 /// Whether a buffered request may ride (or host riders): one whole request and nothing after

@@ -25,6 +25,43 @@ const PER_TRANSACTION: &[&str] = &[
     "transaction_deferrable",
 ];
 
+/// Reported settings (PostgreSQL marks them GUC_REPORT: a change shows in a ParameterStatus)
+/// that a session may change for itself and that `SET name TO 'reported value'` gives back.
+/// One changed where shardgate saw no command change it (`set_config(name, value, false)` in a
+/// function) is taken into the client's settings, as PgBouncer takes the ones it tracks.
+const ADOPTED_REPORTS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "default_transaction_read_only",
+    "standard_conforming_strings",
+];
+
+/// Reported facts about the server rather than settings of a session.
+const SERVER_REPORTS: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "in_hot_standby",
+];
+
+/// Reported settings that follow the session's identity: `SET ROLE` and `SET SESSION
+/// AUTHORIZATION` change them.
+const IDENTITY_REPORTS: &[&str] = &["is_superuser", "session_authorization", "role"];
+
+/// What the commands of the cycle under way (up to its ReadyForQuery) changed, to tell a
+/// ParameterStatus they explain from one they do not.
+#[derive(Debug, Default, Clone)]
+struct Touched {
+    /// Every setting may have changed: RESET ALL, DISCARD ALL, a rollback, a `SET LOCAL` in
+    /// the transaction.
+    all: bool,
+    /// The settings SET or RESET by name.
+    names: Vec<String>,
+}
+
 /// What a completed cycle (up to ReadyForQuery) asks the session to do besides SETs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Effects {
@@ -77,6 +114,8 @@ pub(crate) struct SessionParams {
     statement_commands: HashMap<Vec<u8>, Op>,
     /// The tracked command each bound portal runs when executed, by portal name.
     portal_commands: HashMap<Vec<u8>, Op>,
+    /// What the cycle under way changed (see [`SessionParams::observe_parameter_status`]).
+    touched: Touched,
 }
 
 /// A statement whose outcome decides the settings a session has once its transaction ends.
@@ -816,6 +855,7 @@ impl SessionParams {
     /// What a tracked command does once the server completed it with `tag`.
     fn apply(&mut self, op: Op, tag: &[u8]) {
         use TransactionCommand as T;
+        self.touch(&op, tag);
         match op {
             Op::Session(SessionCommand::Local) | Op::LocalDefault(_) => {}
             // Not transactional: they take effect at once, whatever follows.
@@ -866,6 +906,87 @@ impl SessionParams {
         }
     }
 
+    /// Notes what `op`, completed with `tag`, may have changed in the cycle under way.
+    fn touch(&mut self, op: &Op, tag: &[u8]) {
+        use TransactionCommand as T;
+        match op {
+            Op::Session(SessionCommand::Set { name, .. } | SessionCommand::Reset { name }) => {
+                self.touched.names.push(name.clone());
+            }
+            Op::Session(
+                SessionCommand::ResetAll | SessionCommand::DiscardAll | SessionCommand::Local,
+            )
+            | Op::LocalDefault(_)
+            | Op::Transaction(T::Rollback { .. } | T::RollbackTo { .. }) => {
+                self.touched.all = true;
+            }
+            // A failed transaction's COMMIT answers ROLLBACK.
+            Op::Transaction(T::Commit { .. } | T::Prepare) => {
+                self.touched.all |= tag == b"ROLLBACK";
+            }
+            Op::Session(SessionCommand::Deallocate { .. } | SessionCommand::Discard)
+            | Op::Transaction(T::Begin | T::Savepoint { .. } | T::Release { .. }) => {}
+        }
+    }
+
+    /// Whether a change of the reported setting `name` (lowercased) is one a command this
+    /// cycle explains: one completed (see `touch`), or one sent and not answered yet (servers
+    /// before PostgreSQL 14 report a change as it happens, before its CommandComplete).
+    fn explains(&self, name: &str) -> bool {
+        let same = |n: &str| {
+            n == name || (IDENTITY_REPORTS.contains(&n) && IDENTITY_REPORTS.contains(&name))
+        };
+        self.touched.all
+            || self.local_in_transaction
+            || self.touched.names.iter().any(|n| same(n))
+            || self.queued.iter().any(|(_, op, _)| match op {
+                Op::Session(
+                    SessionCommand::Set { name: n, .. } | SessionCommand::Reset { name: n },
+                ) => same(n),
+                Op::Session(SessionCommand::ResetAll | SessionCommand::DiscardAll)
+                | Op::LocalDefault(_)
+                | Op::Transaction(_) => true,
+                Op::Session(_) => false,
+            })
+    }
+
+    /// A ParameterStatus (`body`) the server sent with a reply for this client: a reported
+    /// setting changed. A change no command of the cycle explains was made where shardgate
+    /// cannot see (a function calling `set_config(name, value, false)`): the value is taken
+    /// into the client's settings, in the transaction under way as a SET would be, so that the
+    /// connection's settings stay the ones the client's fingerprint describes and the client
+    /// keeps them on its next connection, as on a direct one. A change of the session's
+    /// identity, or of a setting not re-applied that way, leaves the connection's settings
+    /// unknown: the next checkout re-applies from scratch.
+    pub(crate) fn observe_parameter_status(&mut self, body: &[u8]) {
+        let mut fields = body.split(|&b| b == 0);
+        let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
+            return;
+        };
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        if SERVER_REPORTS.contains(&name.as_str()) || self.explains(&name) {
+            return;
+        }
+        if !ADOPTED_REPORTS.contains(&name.as_str()) {
+            self.lost_track();
+            return;
+        }
+        let value = String::from_utf8_lossy(value);
+        tracing::debug!(
+            name,
+            value = %value,
+            "a setting changed where shardgate saw no command change it; the session keeps it"
+        );
+        let cmd = SessionCommand::Set {
+            value: quote_literal(&value),
+            name,
+        };
+        match self.block.as_mut().and_then(|levels| levels.last_mut()) {
+            Some((_, cmds)) => cmds.push(cmd),
+            None => self.implicit.push(cmd),
+        }
+    }
+
     /// The level of the innermost savepoint called `name`.
     fn savepoint(&self, name: &str) -> Option<usize> {
         let levels = self.block.as_ref()?;
@@ -912,6 +1033,8 @@ impl SessionParams {
     /// Called at each ReadyForQuery with its status: what the request's commands did.
     pub(crate) fn end_cycle(&mut self, status: u8) -> Effects {
         self.drop_answered(true);
+        self.touched.all = false;
+        self.touched.names.clear();
         self.requests_answered += 1;
         if status == b'I' {
             self.local_in_transaction = false;
@@ -1013,6 +1136,77 @@ mod tests {
         let sql = p.sync_sql();
         let (_, tail) = sql.rsplit_once("SET search_path TO ")?;
         Some(tail.split(';').next()?.to_owned())
+    }
+
+    fn report(p: &mut SessionParams, name: &str, value: &str) {
+        p.observe_parameter_status(format!("{name}\0{value}\0").as_bytes());
+    }
+
+    #[test]
+    fn a_reported_change_no_command_explains_is_kept_where_a_set_would_be() {
+        // Outside a transaction: kept at ReadyForQuery, and re-applied on other connections.
+        let mut p = startup();
+        let before = p.fingerprint();
+        p.observe(b"SELECT f()");
+        report(&mut p, "TimeZone", "Asia/Tokyo");
+        let effects = p.end_cycle(b'I');
+        assert!(!effects.server_reset);
+        assert_ne!(p.fingerprint(), before);
+        assert!(
+            p.sync_sql().ends_with(";SET TIME ZONE 'Asia/Tokyo'"),
+            "{}",
+            p.sync_sql()
+        );
+        // In a transaction that rolls back: gone, and the server's report of the old value
+        // back is the rollback's.
+        let kept = p.fingerprint();
+        query(&mut p, "BEGIN", &["BEGIN"], b'T');
+        p.observe(b"SELECT f()");
+        report(&mut p, "DateStyle", "SQL, DMY");
+        p.end_cycle(b'T');
+        p.observe(b"ROLLBACK");
+        p.observe_command_tag(b"ROLLBACK\0");
+        report(&mut p, "DateStyle", "ISO, MDY");
+        p.end_cycle(b'I');
+        assert_eq!(p.fingerprint(), kept);
+        // Explained by the SET or RESET of the cycle: nothing taken.
+        p.observe(b"SET application_name = 'x'");
+        p.observe_command_tag(b"SET\0");
+        report(&mut p, "application_name", "x");
+        p.end_cycle(b'I');
+        assert!(
+            p.sync_sql().contains(";SET application_name TO 'x'"),
+            "{}",
+            p.sync_sql()
+        );
+        // Before PostgreSQL 14 the report comes before the CommandComplete.
+        p.observe(b"RESET application_name");
+        report(&mut p, "application_name", "it's");
+        p.observe_command_tag(b"RESET\0");
+        p.end_cycle(b'I');
+        assert!(
+            !p.sync_sql().contains("SET application_name"),
+            "{}",
+            p.sync_sql()
+        );
+        // Facts about the server are not settings.
+        let now = p.fingerprint();
+        report(&mut p, "in_hot_standby", "off");
+        assert!(!p.end_cycle(b'I').server_reset);
+        assert_eq!(p.fingerprint(), now);
+    }
+
+    #[test]
+    fn a_reported_change_of_identity_or_of_an_unknown_setting_leaves_the_connection_unknown() {
+        let mut p = startup();
+        report(&mut p, "is_superuser", "off");
+        assert!(p.end_cycle(b'I').server_reset);
+        p.observe(b"SET ROLE nobody");
+        p.observe_command_tag(b"SET\0");
+        report(&mut p, "is_superuser", "off");
+        assert!(!p.end_cycle(b'I').server_reset);
+        report(&mut p, "search_path", "a, b");
+        assert!(p.end_cycle(b'I').server_reset);
     }
 
     #[test]

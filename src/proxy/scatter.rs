@@ -535,6 +535,11 @@ pub(super) async fn next_frame(leg: &mut Leg) -> Result<(u8, Bytes), Failure> {
         if leg.skip_replies > 0 && (frame.tag != b'E' || !leg.replay_begins) {
             continue;
         }
+        if frame.tag == b'S' {
+            // A setting changed where no command showed it (a function's set_config): the
+            // connection's settings are unknown, so it is closed rather than pooled.
+            leg.unsettled = true;
+        }
         return Ok((frame.tag, frame.body));
     }
 }
