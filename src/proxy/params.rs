@@ -933,13 +933,20 @@ impl SessionParams {
     /// cycle explains: one completed (see `touch`), or one sent and not answered yet (servers
     /// before PostgreSQL 14 report a change as it happens, before its CommandComplete).
     fn explains(&self, name: &str) -> bool {
+        // `SET "TimeZone"` keeps its case.
         let same = |n: &str| {
-            n == name || (IDENTITY_REPORTS.contains(&n) && IDENTITY_REPORTS.contains(&name))
+            n.eq_ignore_ascii_case(name)
+                || (IDENTITY_REPORTS.contains(&n) && IDENTITY_REPORTS.contains(&name))
         };
+        // Only the request being answered: a pipelined request behind it explains nothing yet.
+        let mut current = self
+            .queued
+            .iter()
+            .take_while(|(request, _, _)| *request <= self.requests_answered);
         self.touched.all
             || self.local_in_transaction
             || self.touched.names.iter().any(|n| same(n))
-            || self.queued.iter().any(|(_, op, _)| match op {
+            || current.any(|(_, op, _)| match op {
                 Op::Session(
                     SessionCommand::Set { name: n, .. } | SessionCommand::Reset { name: n },
                 ) => same(n),
@@ -1189,6 +1196,14 @@ mod tests {
             "{}",
             p.sync_sql()
         );
+        // A pipelined request behind explains nothing of the one being answered.
+        let before = p.fingerprint();
+        p.observe(b"SELECT f()");
+        p.observe(b"RESET ALL");
+        report(&mut p, "IntervalStyle", "iso_8601");
+        p.end_cycle(b'I');
+        assert_ne!(p.fingerprint(), before);
+        answer(&mut p, &["RESET"], b'I');
         // Facts about the server are not settings.
         let now = p.fingerprint();
         report(&mut p, "in_hot_standby", "off");
