@@ -661,7 +661,21 @@ async fn a_setting_a_function_changes_stays_with_its_client() {
         .await
         .expect("create function");
     const REPORTED: [&str; 3] = ["TimeZone", "DateStyle", "application_name"];
-    let scenarios: [&[&str]; 8] = [
+    let scenarios: [&[&str]; 11] = [
+        // Found by the hunt of session 12: the function's value is the one COMMIT keeps.
+        &[
+            "BEGIN",
+            "SET LOCAL TimeZone = 'Europe/Paris'",
+            "SELECT sg_set('TimeZone', 'Asia/Tokyo')",
+            "COMMIT",
+        ],
+        &[
+            "BEGIN",
+            "SELECT sg_set('TimeZone', 'Asia/Tokyo')",
+            "SET LOCAL TimeZone = 'Europe/Paris'",
+            "COMMIT",
+        ],
+        &["SET TimeZone = 'Europe/Paris'; SELECT sg_set('TimeZone', 'Asia/Tokyo')"],
         &["SELECT sg_set('TimeZone', 'Asia/Tokyo')"],
         &["SELECT sg_set('application_name', 'by-function'); SELECT 1"],
         &["BEGIN; SELECT sg_set('DateStyle', 'SQL, DMY'); COMMIT"],

@@ -958,32 +958,33 @@ impl SessionParams {
     }
 
     /// A ParameterStatus (`body`) the server sent with a reply for this client: a reported
-    /// setting changed. A change no command of the cycle explains was made where shardgate
-    /// cannot see (a function calling `set_config(name, value, false)`): the value is taken
-    /// into the client's settings, in the transaction under way as a SET would be, so that the
-    /// connection's settings stay the ones the client's fingerprint describes and the client
-    /// keeps them on its next connection, as on a direct one. A change of the session's
-    /// identity, or of a setting not re-applied that way, leaves the connection's settings
-    /// unknown: the next checkout re-applies from scratch.
+    /// setting changed, maybe where shardgate cannot see (a function calling `set_config(name,
+    /// value, false)`). The server reports each change, at the ReadyForQuery after it, so the
+    /// last report is the connection's value: a re-appliable setting's reported value is taken
+    /// into the client's settings as a SET would be, in the transaction under way, whatever
+    /// else the request did (a SET LOCAL and a function's set_config in one transaction leave
+    /// the function's value, which no command of the client's shows). The connection's
+    /// settings stay the ones the client's fingerprint describes and the client keeps them on
+    /// its next connection, as on a direct one. A change of the session's identity, or of a
+    /// setting not re-applied that way, that no command of the request explains leaves the
+    /// connection's settings unknown: the next checkout re-applies from scratch.
     pub(crate) fn observe_parameter_status(&mut self, body: &[u8]) {
         let mut fields = body.split(|&b| b == 0);
         let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
             return;
         };
         let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-        if SERVER_REPORTS.contains(&name.as_str()) || self.explains(&name) {
+        if SERVER_REPORTS.contains(&name.as_str()) {
             return;
         }
         if !ADOPTED_REPORTS.contains(&name.as_str()) {
-            self.lost_track();
+            if !self.explains(&name) {
+                self.lost_track();
+            }
             return;
         }
         let value = String::from_utf8_lossy(value);
-        tracing::debug!(
-            name,
-            value = %value,
-            "a setting changed where shardgate saw no command change it; the session keeps it"
-        );
+        tracing::trace!(name, value = %value, "a reported setting changed");
         let cmd = SessionCommand::Set {
             value: quote_literal(&value),
             name,
@@ -1150,7 +1151,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reported_change_no_command_explains_is_kept_where_a_set_would_be() {
+    fn a_reported_change_is_kept_where_a_set_would_be() {
         // Outside a transaction: kept at ReadyForQuery, and re-applied on other connections.
         let mut p = startup();
         let before = p.fingerprint();
@@ -1175,8 +1176,29 @@ mod tests {
         p.observe_command_tag(b"ROLLBACK\0");
         report(&mut p, "DateStyle", "ISO, MDY");
         p.end_cycle(b'I');
-        assert_eq!(p.fingerprint(), kept);
-        // Explained by the SET or RESET of the cycle: nothing taken.
+        assert_ne!(p.fingerprint(), kept);
+        assert!(
+            p.sync_sql().contains(";SET datestyle TO 'ISO, MDY'"),
+            "{}",
+            p.sync_sql()
+        );
+        // A SET LOCAL, then a function's set_config: the server keeps the function's value at
+        // COMMIT, and reports nothing then.
+        query(&mut p, "BEGIN", &["BEGIN"], b'T');
+        p.observe(b"SET LOCAL TimeZone = 'Europe/Paris'");
+        p.observe_command_tag(b"SET\0");
+        report(&mut p, "TimeZone", "Europe/Paris");
+        p.end_cycle(b'T');
+        p.observe(b"SELECT f()");
+        report(&mut p, "TimeZone", "America/Lima");
+        p.end_cycle(b'T');
+        query(&mut p, "COMMIT", &["COMMIT"], b'I');
+        assert!(
+            p.sync_sql().contains(";SET TIME ZONE 'America/Lima'"),
+            "{}",
+            p.sync_sql()
+        );
+        // A SET's own report: the value as the server reports it.
         p.observe(b"SET application_name = 'x'");
         p.observe_command_tag(b"SET\0");
         report(&mut p, "application_name", "x");
