@@ -284,3 +284,62 @@ async fn a_limit_reached_after_a_shard_ran_out_returns() {
     .await
     .expect("bounded");
 }
+
+/// A scatter whose rows come from a function that changes a setting for the session
+/// (`set_config(name, value, false)`, reported by PostgreSQL in a ParameterStatus) leaves no
+/// shard's server connection to the next client with that setting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setting_changed_by_a_scattered_function_reaches_nobody_else() {
+    timeout(Duration::from_secs(60), async {
+        let topology = shardgate_testkit::Topology::builder()
+            .shards(2)
+            .build()
+            .expect("topology");
+        for d in support::sharded::primaries(&topology).await {
+            d.batch_execute(support::sharded::SCHEMA)
+                .await
+                .expect("schema");
+            d.batch_execute(
+                "CREATE FUNCTION sg_zone(zone text) RETURNS text LANGUAGE plpgsql AS \
+                 $$ BEGIN RETURN pg_catalog.set_config('TimeZone', zone, false); END $$",
+            )
+            .await
+            .expect("function");
+        }
+        // One server connection per shard: the next client gets the same ones.
+        let proxy = support::sharded::start_pool_of_one(&topology);
+        let a = proxy.connect(&topology).await;
+        for k in int_keys_on(0, 1, 2).iter().chain(&int_keys_on(1, 1, 2)) {
+            a.batch_execute(&format!(
+                "INSERT INTO orders (user_id, note) VALUES ({k}, 'n{k}')"
+            ))
+            .await
+            .expect("insert");
+        }
+        let b = proxy.connect(&topology).await;
+        let zone = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+            rows.iter().map(|r| r.get(0)).collect()
+        };
+        let before = zone(
+            b.query("SELECT current_setting('TimeZone') FROM orders", &[])
+                .await
+                .expect("zones"),
+        );
+        assert_eq!(before.len(), 4);
+        assert!(before.iter().all(|z| z != "Asia/Tokyo"), "{before:?}");
+        let set = zone(
+            a.query("SELECT sg_zone('Asia/Tokyo') FROM orders ORDER BY 1", &[])
+                .await
+                .expect("scatter"),
+        );
+        assert_eq!(set, vec!["Asia/Tokyo"; 4]);
+        let after = zone(
+            b.query("SELECT current_setting('TimeZone') FROM orders", &[])
+                .await
+                .expect("zones"),
+        );
+        assert_eq!(after, before, "another client's time zone reached this one");
+    })
+    .await
+    .expect("in time");
+}

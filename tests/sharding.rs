@@ -1021,13 +1021,7 @@ async fn key_types_are_learned_at_server_defaults() {
         let key = (1..200)
             .find(|k| shard_of_text(&format!("0{k}")) != shard_of_int(*k))
             .expect("a key that hashes apart");
-        let proxy = support::Proxy::start_with(
-            &topology,
-            support::ProxyOptions {
-                pool_size: 1,
-                ..support::sharded::sharded_options(None)
-            },
-        );
+        let proxy = support::sharded::start_pool_of_one(&topology);
         // A leaves its search_path on the only server connection to s0's primary.
         let a = proxy.connect(&topology).await;
         a.batch_execute("SET search_path TO other, public")

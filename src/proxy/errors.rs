@@ -38,6 +38,14 @@ pub(crate) enum ClientError {
     /// A pinned session lost the server connection that held its session state.
     #[error("the server connection holding this session's state (temporary tables, locks, LISTEN, ...) was lost")]
     PinLost,
+    /// A request queued on a multiplexed connection was dropped: the request ahead of it
+    /// changed the connection's settings where no command showed it (see `multiplex`).
+    #[error(
+        "the request ahead of this one on its shared server connection changed that \
+         connection's settings (a function calling set_config, say), so this request's answer, \
+         computed under them, was discarded; reconnect and retry"
+    )]
+    RideAbandoned,
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
     #[error(transparent)]
@@ -100,7 +108,9 @@ impl ClientError {
                 ),
                 false,
             )),
-            ClientError::PinLost => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
+            ClientError::PinLost | ClientError::RideAbandoned => {
+                fatal(sqlstate::CONNECTION_FAILURE, self.to_string())
+            }
             ClientError::Pool(e) => {
                 let code = match e {
                     PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,

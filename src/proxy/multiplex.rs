@@ -54,6 +54,9 @@ struct HostState {
     /// A cancel for a request on the connection may still be on its way to it: when the last
     /// rider is done, the connection is closed, not pooled (as without multiplexing).
     cancel_in_flight: bool,
+    /// A request changed the connection's settings unseen: the riders were dropped for that
+    /// (see `hand_over`), not for a lost connection.
+    settings_changed: bool,
 }
 
 thread_local! {
@@ -137,6 +140,12 @@ impl Host {
             state.outgoing.clear();
         }
         true
+    }
+
+    /// Whether the riders were dropped because a request changed the connection's settings
+    /// unseen (see `hand_over`).
+    pub(super) fn settings_changed(&self) -> bool {
+        lock(&self.state).settings_changed
     }
 
     /// Takes no more riders, fails those queued (their senders are dropped), and leaves this
@@ -236,12 +245,13 @@ fn hand_over(host: &Arc<Host>, mut conn: PooledConn, close: bool) -> Option<Pool
     if conn.state_fingerprint != host.fingerprint {
         // The request just answered changed the connection's settings where no command showed
         // it (a function's set_config, seen in a ParameterStatus): the requests queued behind
-        // it ran, or would run, under settings their sessions do not have. They fail (08006)
-        // rather than answer under another session's settings.
+        // it ran, or would run, under settings their sessions do not have. They fail (08006,
+        // `ClientError::RideAbandoned`) rather than answer under another session's settings.
         tracing::warn!(
             "a request on a multiplexed connection changed its settings unseen; the requests \
              queued behind it fail and the connection is closed"
         );
+        lock(&host.state).settings_changed = true;
         host.close();
         conn.discard();
         return None;

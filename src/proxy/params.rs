@@ -27,8 +27,8 @@ const PER_TRANSACTION: &[&str] = &[
 
 /// Reported settings (PostgreSQL marks them GUC_REPORT: a change shows in a ParameterStatus)
 /// that a session may change for itself and that `SET name TO 'reported value'` gives back.
-/// One changed where shardgate saw no command change it (`set_config(name, value, false)` in a
-/// function) is taken into the client's settings, as PgBouncer takes the ones it tracks.
+/// Every report of one is taken into the client's settings (see
+/// [`SessionParams::observe_parameter_status`]), as PgBouncer takes the ones it tracks.
 const ADOPTED_REPORTS: &[&str] = &[
     "application_name",
     "client_encoding",
@@ -1218,14 +1218,6 @@ mod tests {
             "{}",
             p.sync_sql()
         );
-        // A pipelined request behind explains nothing of the one being answered.
-        let before = p.fingerprint();
-        p.observe(b"SELECT f()");
-        p.observe(b"RESET ALL");
-        report(&mut p, "IntervalStyle", "iso_8601");
-        p.end_cycle(b'I');
-        assert_ne!(p.fingerprint(), before);
-        answer(&mut p, &["RESET"], b'I');
         // Facts about the server are not settings.
         let now = p.fingerprint();
         report(&mut p, "in_hot_standby", "off");
@@ -1244,6 +1236,17 @@ mod tests {
         assert!(!p.end_cycle(b'I').server_reset);
         report(&mut p, "search_path", "a, b");
         assert!(p.end_cycle(b'I').server_reset);
+        // A pipelined request behind explains nothing of the one being answered.
+        p.observe(b"SELECT f()");
+        p.observe(b"RESET ALL");
+        report(&mut p, "is_superuser", "on");
+        assert!(p.end_cycle(b'I').server_reset);
+        answer(&mut p, &["RESET"], b'I');
+        // The request being answered does, before its CommandComplete too (PostgreSQL < 14).
+        p.observe(b"SET ROLE other");
+        report(&mut p, "is_superuser", "off");
+        p.observe_command_tag(b"SET\0");
+        assert!(!p.end_cycle(b'I').server_reset);
     }
 
     #[test]

@@ -699,7 +699,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.shared.metrics.multiplexed.inc();
         self.note_routed(&snapshot, &scanned, chosen.shard, chosen.role, false);
         self.unnamed = scanned.unnamed.take();
-        let conn = handover.await.map_err(|_| lost())?;
+        let conn = handover.await.map_err(|_| {
+            if host.settings_changed() {
+                ClientError::RideAbandoned
+            } else {
+                lost()
+            }
+        })?;
         let (addr, key) = (conn.addr.clone(), conn.key);
         self.fresh_checkout = false;
         self.flight.stop_at_idle = true;

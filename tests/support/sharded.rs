@@ -44,6 +44,18 @@ pub fn sharded_options(map: Option<&str>) -> ProxyOptions {
     }
 }
 
+/// A sharded proxy (default map) with one server connection per node: every client gets the
+/// connections the one before it used.
+pub fn start_pool_of_one(topology: &Topology) -> Proxy {
+    Proxy::start_with(
+        topology,
+        ProxyOptions {
+            pool_size: 1,
+            ..sharded_options(None)
+        },
+    )
+}
+
 /// The whole config text of a running sharded `proxy` (same ports) with `map`, for
 /// [`Proxy::rewrite_config`].
 pub fn sharded_config(topology: &Topology, proxy: &Proxy, map: Option<&str>) -> String {
