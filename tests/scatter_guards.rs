@@ -287,7 +287,9 @@ async fn a_limit_reached_after_a_shard_ran_out_returns() {
 
 /// A scatter whose rows come from a function that changes a setting for the session
 /// (`set_config(name, value, false)`, reported by PostgreSQL in a ParameterStatus) leaves no
-/// shard's server connection to the next client with that setting.
+/// shard's server connection to the next client with that setting: outside a transaction, and
+/// inside one, where the connections stay with the transaction (and one of them runs a keyed
+/// statement after the scatter) until COMMIT pools them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_setting_changed_by_a_scattered_function_reaches_nobody_else() {
     timeout(Duration::from_secs(60), async {
@@ -309,7 +311,8 @@ async fn a_setting_changed_by_a_scattered_function_reaches_nobody_else() {
         // One server connection per shard: the next client gets the same ones.
         let proxy = support::sharded::start_pool_of_one(&topology);
         let a = proxy.connect(&topology).await;
-        for k in int_keys_on(0, 1, 2).iter().chain(&int_keys_on(1, 1, 2)) {
+        let on_s0 = int_keys_on(0, 1, 2);
+        for k in on_s0.iter().chain(&int_keys_on(1, 1, 2)) {
             a.batch_execute(&format!(
                 "INSERT INTO orders (user_id, note) VALUES ({k}, 'n{k}')"
             ))
@@ -326,19 +329,42 @@ async fn a_setting_changed_by_a_scattered_function_reaches_nobody_else() {
                 .expect("zones"),
         );
         assert_eq!(before.len(), 4);
-        assert!(before.iter().all(|z| z != "Asia/Tokyo"), "{before:?}");
-        let set = zone(
-            a.query("SELECT sg_zone('Asia/Tokyo') FROM orders ORDER BY 1", &[])
+        for (in_transaction, to) in [(false, "Asia/Tokyo"), (true, "America/Lima")] {
+            assert!(before.iter().all(|z| z != to), "{before:?}");
+            if in_transaction {
+                a.batch_execute("BEGIN").await.expect("begin");
+            }
+            let set = zone(
+                a.query(
+                    &format!("SELECT sg_zone('{to}') FROM orders ORDER BY 1"),
+                    &[],
+                )
                 .await
                 .expect("scatter"),
-        );
-        assert_eq!(set, vec!["Asia/Tokyo"; 4]);
-        let after = zone(
-            b.query("SELECT current_setting('TimeZone') FROM orders", &[])
-                .await
-                .expect("zones"),
-        );
-        assert_eq!(after, before, "another client's time zone reached this one");
+            );
+            assert_eq!(set, vec![to; 4]);
+            if in_transaction {
+                let keyed = zone(
+                    a.query(
+                        "SELECT current_setting('TimeZone') FROM orders WHERE user_id = $1",
+                        &[&on_s0[0]],
+                    )
+                    .await
+                    .expect("keyed"),
+                );
+                assert_eq!(keyed, vec![to], "the transaction's own setting");
+                a.batch_execute("COMMIT").await.expect("commit");
+            }
+            let after = zone(
+                b.query("SELECT current_setting('TimeZone') FROM orders", &[])
+                    .await
+                    .expect("zones"),
+            );
+            assert_eq!(
+                after, before,
+                "another client's time zone reached this one (in a transaction: {in_transaction})"
+            );
+        }
     })
     .await
     .expect("in time");

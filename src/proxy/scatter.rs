@@ -537,8 +537,11 @@ pub(super) async fn next_frame(leg: &mut Leg) -> Result<(u8, Bytes), Failure> {
         }
         if frame.tag == b'S' {
             // A setting changed where no command showed it (a function's set_config): the
-            // connection's settings are unknown, so it is closed rather than pooled.
+            // connection's settings are unknown. Outside a transaction it is closed rather
+            // than pooled; inside one it stays with the transaction, and the next checkout
+            // after it is pooled applies settings from scratch (`RESET ALL` first).
             leg.unsettled = true;
+            leg.co.conn.settings_unknown = true;
         }
         return Ok((frame.tag, frame.body));
     }

@@ -57,6 +57,12 @@ pub struct ServerConn {
     pub prepared: HashMap<u128, u64>,
     /// Fingerprint of the client session state last applied here (0: server defaults).
     pub state_fingerprint: u64,
+    /// A setting changed here that no client's settings describe (a scattered function's
+    /// `set_config`, seen in a ParameterStatus inside a transaction). The transaction goes on
+    /// with it, as it would on a server; when the connection goes back to its pool,
+    /// `state_fingerprint` is cleared, so that whoever gets it next applies their settings
+    /// from scratch.
+    pub settings_unknown: bool,
     /// Whose unnamed prepared statement this connection holds, as the proxy's clients name
     /// it (0: nobody's, or none). A simple query destroys the unnamed statement.
     pub unnamed_owner: u128,
@@ -89,6 +95,7 @@ impl ServerConn {
             params: Vec::new(),
             prepared: HashMap::new(),
             state_fingerprint: 0,
+            settings_unknown: false,
             unnamed_owner: 0,
             id,
             reactor: crate::lane::here().1,

@@ -605,9 +605,14 @@ impl PooledConn {
     /// Back to the pool for the next client, on the calling thread's lane. The caller
     /// vouches that the connection is at ReadyForQuery('I') with nothing in flight.
     pub fn release(mut self) {
-        let Some(conn) = self.conn.take() else {
+        let Some(mut conn) = self.conn.take() else {
             return;
         };
+        if conn.settings_unknown {
+            // Whoever gets it next applies their settings from scratch.
+            conn.state_fingerprint = 0;
+            conn.settings_unknown = false;
+        }
         let Some(slot) = self.slot.take() else {
             return;
         };
