@@ -405,3 +405,51 @@ async fn sigterm_drains_open_transaction_refuses_new_clients_and_exits_0() {
         .expect("join");
     assert_eq!(exit, Some(true), "shardgate should exit 0 after draining");
 }
+
+/// A backend ended by `pg_terminate_backend` while it runs a client's query: the client reads
+/// the server's own FATAL 57P01 and then the connection closes, as on a direct connection,
+/// with nothing of shardgate's after it (it once added an 08006). Other clients go on.
+#[tokio::test]
+async fn a_terminated_backend_s_fatal_is_the_client_s_last_message() {
+    use support::raw::{error_field, login_trust, query};
+    let topology = Topology::builder().build().expect("topology");
+    let proxy = support::start_trust(&topology, ProxyOptions::default());
+    let direct = connect(&support::direct_conn_str(
+        &topology,
+        &topology.shards[0].primary,
+    ))
+    .await
+    .expect("direct");
+    let mut raw = login_trust(proxy.addr(), topology.user(), topology.database()).await;
+    raw.send(&query("SELECT 'sg_doomed' FROM pg_sleep(30)"))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let killed = direct
+            .simple_query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE query LIKE '%sg_doomed%' AND pid <> pg_backend_pid()",
+            )
+            .await
+            .expect("terminate");
+        let rows = killed
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count();
+        if rows > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the query never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = raw.closed_within(WAIT).await.expect("closed");
+    let errors: Vec<_> = seen
+        .iter()
+        .filter(|(tag, _)| *tag == b'E')
+        .map(|(_, body)| error_field(body, b'C'))
+        .collect();
+    assert_eq!(errors, [Some("57P01".to_owned())], "{seen:?}");
+    assert_eq!(seen.last().map(|m| m.0), Some(b'E'), "{seen:?}");
+    let other = proxy.connect(&topology).await;
+    other.simple_query("SELECT 1").await.expect("others go on");
+}

@@ -115,6 +115,9 @@ pub(crate) struct Flight {
     prepares_only: bool,
     /// An ErrorResponse arrived since the last ReadyForQuery.
     had_error: bool,
+    /// The server sent the client a FATAL (or PANIC) ErrorResponse: it is closing the
+    /// connection, and the client has been told why.
+    pub(crate) server_fatal: bool,
     /// Transaction status from the last ReadyForQuery.
     pub(crate) tx_status: u8,
     /// The server is in copy-in mode and the client has not ended it: the server
@@ -161,6 +164,7 @@ impl Default for Flight {
             unsynced: false,
             prepares_only: true,
             had_error: false,
+            server_fatal: false,
             tx_status: b'I',
             copy_in: false,
             probe_lsn: None,

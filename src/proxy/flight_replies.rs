@@ -270,6 +270,10 @@ impl Flight {
                     }
                     server_prepared.extend(kept);
                 }
+                let severity = error_field(body, b'V').or_else(|| error_field(body, b'S'));
+                if forward && matches!(severity, Some(b"FATAL" | b"PANIC")) {
+                    self.server_fatal = true;
+                }
                 forward
             }
             b'S' => {
@@ -414,13 +418,18 @@ fn result_type_changed(out: &mut BytesMut) {
 
 /// The SQLSTATE of an ErrorResponse `body`.
 fn error_code(body: &[u8]) -> Option<&[u8]> {
+    error_field(body, b'C')
+}
+
+/// The field `code` of an ErrorResponse `body`.
+fn error_field(body: &[u8], code: u8) -> Option<&[u8]> {
     let mut rest = body;
     while let Some((&field, tail)) = rest.split_first() {
         if field == 0 {
             break;
         }
         let end = memchr::memchr(0, tail)?;
-        if field == b'C' {
+        if field == code {
             return tail.get(..end);
         }
         rest = tail.get(end + 1..)?;

@@ -204,7 +204,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(crate) async fn run(mut self) -> Result<(), ClientError> {
         let result = self.serve().await;
         if let Err(e) = &result {
-            if let Some((fields, _)) = e.to_response() {
+            // The server's own FATAL (57P01 from pg_terminate_backend, say) already told the
+            // client why its connection ends, and PostgreSQL sends nothing after it.
+            let told = self.flight.server_fatal
+                && matches!(
+                    e,
+                    ClientError::Backend(
+                        shardgate_pool::BackendError::Closed { .. }
+                            | shardgate_pool::BackendError::Io { .. }
+                    )
+                );
+            if let Some((fields, _)) = e.to_response().filter(|_| !told) {
                 let mut out = BytesMut::new();
                 backend::error_response(&fields, &mut out);
                 let _ = self.client.write_all(&out).await;
