@@ -731,3 +731,65 @@ async fn a_setting_a_function_changes_stays_with_its_client() {
         }
     }
 }
+
+/// A startup `role` through `DISCARD ALL`, `SET ROLE NONE` and `RESET ROLE`, with another client
+/// taking the one server connection in between: each step shows the user and role a direct
+/// connection shows (PostgreSQL 15 keeps the startup role through `DISCARD ALL`, and gives it
+/// back after `SET ROLE NONE` and `DISCARD ALL`).
+#[tokio::test]
+async fn a_startup_role_through_discard_all_matches_a_direct_connection() {
+    let topo = Topology::builder().build().expect("topology");
+    let direct = support::direct_conn_str(&topo, &topo.shards[0].primary);
+    topo.shards[0]
+        .primary
+        .sql(
+            topo.database(),
+            &format!(
+                "CREATE ROLE sg_startup_role NOLOGIN; GRANT sg_startup_role TO {}",
+                topo.user()
+            ),
+        )
+        .expect("role");
+    let proxy = one_server(&topo);
+    let role = "options='-c role=sg_startup_role'";
+    async fn steps(a: &Client, b: &Client) -> Vec<String> {
+        let who = "SELECT current_user || ' / ' || current_setting('role')";
+        let mut seen = Vec::new();
+        for (client, sql) in [
+            (a, ""),
+            (a, "DISCARD ALL"),
+            (b, ""),
+            (a, ""),
+            (a, "SET ROLE NONE"),
+            (b, ""),
+            (a, "DISCARD ALL"),
+            (b, ""),
+            (a, ""),
+            (a, "BEGIN; SET LOCAL ROLE NONE; DISCARD PLANS; COMMIT"),
+            (a, "RESET ROLE"),
+            (b, ""),
+            (a, ""),
+        ] {
+            if !sql.is_empty() {
+                exec(client, sql).await;
+            }
+            let row = client.query_one(who, &[]).await.expect("who");
+            seen.push(format!("{sql} -> {}", row.get::<_, String>(0)));
+        }
+        seen
+    }
+    let d_a = support::connect(&format!("{direct} {role}"))
+        .await
+        .expect("direct a");
+    let d_b = support::connect(&direct).await.expect("direct b");
+    let want = steps(&d_a, &d_b).await;
+    assert!(
+        want[1].ends_with("sg_startup_role / sg_startup_role"),
+        "{want:?}"
+    );
+    let a = support::connect(&format!("{} {role}", proxy.conn_str(&topo)))
+        .await
+        .expect("a");
+    let b = proxy.connect(&topo).await;
+    assert_eq!(steps(&a, &b).await, want);
+}

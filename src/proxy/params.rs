@@ -557,9 +557,10 @@ impl SessionParams {
             SessionCommand::Reset { name } => {
                 vec![self.startup.get_key_value(name.as_str())?]
             }
-            // Not the role, as RESET ALL. What DISCARD ALL (whose SET SESSION AUTHORIZATION
-            // DEFAULT drops the current role) does to a startup `role` is not compared with a
-            // direct connection (docs/pooling.md, "Known gaps").
+            // Not the role, as RESET ALL. After DISCARD ALL the connection's settings are
+            // re-applied from scratch, startup role included, before the next request; that
+            // matches a direct connection step by step (tests/session_state.rs,
+            // `a_startup_role_through_discard_all_matches_a_direct_connection`).
             SessionCommand::ResetAll | SessionCommand::DiscardAll => self
                 .startup
                 .iter()
