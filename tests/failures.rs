@@ -423,25 +423,10 @@ async fn a_terminated_backend_s_fatal_is_the_client_s_last_message() {
     let mut raw = login_trust(proxy.addr(), topology.user(), topology.database()).await;
     raw.send(&query("SELECT 'sg_doomed' FROM pg_sleep(30)"))
         .await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let killed = direct
-            .simple_query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE query LIKE '%sg_doomed%' AND pid <> pg_backend_pid()",
-            )
-            .await
-            .expect("terminate");
-        let rows = killed
-            .iter()
-            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-            .count();
-        if rows > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the query never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        support::terminate_backends_running(&direct, "sg_doomed", WAIT).await,
+        "the query never started"
+    );
     let seen = raw.closed_within(WAIT).await.expect("closed");
     let errors: Vec<_> = seen
         .iter()

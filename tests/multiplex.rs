@@ -274,14 +274,15 @@ async fn a_lost_server_connection_fails_its_riders_and_the_pool_recovers() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // The backend running the first request (the others wait behind it on its connection).
-    let killed = direct
-        .simple_query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE query LIKE '%marker0%' AND pid <> pg_backend_pid()",
+    assert!(
+        support::terminate_backends_running(
+            &direct,
+            "marker0",
+            std::time::Duration::from_millis(500)
         )
-        .await
-        .expect("terminate");
-    assert!(killed.len() >= 2, "nothing to terminate: {killed:?}");
+        .await,
+        "nothing to terminate"
+    );
     for t in tasks {
         let (c, got) = t.await.expect("client");
         eprintln!("client {c}: {got:?}");

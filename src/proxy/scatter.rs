@@ -537,10 +537,8 @@ pub(super) async fn next_frame(leg: &mut Leg) -> Result<(u8, Bytes), Failure> {
         }
         if frame.tag == b'S' {
             // A setting changed where no command showed it (a function's set_config): the
-            // connection's settings are unknown. Outside a transaction it is closed rather
-            // than pooled; inside one it stays with the transaction, and the next checkout
-            // after it is pooled applies settings from scratch (`RESET ALL` first).
-            leg.unsettled = true;
+            // connection's settings are unknown. It stays with its request (or transaction),
+            // and the next checkout after it is pooled applies settings from scratch.
             leg.co.conn.settings_unknown = true;
         }
         return Ok((frame.tag, frame.body));

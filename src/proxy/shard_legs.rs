@@ -57,8 +57,8 @@ pub(super) struct Leg {
     pub(super) last_status: u8,
     /// A scatter read this leg's ReadyForQuery.
     pub(super) done: bool,
-    /// shardgate's own COMMIT, ROLLBACK or probe failed here, or a scatter read a
-    /// ParameterStatus: the connection's state is unknown, so it is closed rather than pooled.
+    /// shardgate's own COMMIT, ROLLBACK or probe failed here: the connection's state is
+    /// unknown, so it is closed rather than pooled.
     pub(super) unsettled: bool,
 }
 

@@ -362,6 +362,26 @@ where
     }
 }
 
+/// Terminates, through `direct` (a connection straight to the server), every other backend
+/// whose query text holds `marker`, trying every 20 ms until there is one. False if there was
+/// none within `timeout`.
+pub async fn terminate_backends_running(
+    direct: &tokio_postgres::Client,
+    marker: &str,
+    timeout: Duration,
+) -> bool {
+    let sql = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
+    );
+    let sql = sql.as_str();
+    poll_until(timeout, || async move {
+        first_cell(direct, sql).await.is_some()
+    })
+    .await
+    .is_some()
+}
+
 /// The first column of the first row `sql` returns through the simple protocol (None: no row,
 /// or NULL). Panics if the statement fails.
 pub async fn first_cell(client: &tokio_postgres::Client, sql: &str) -> Option<String> {

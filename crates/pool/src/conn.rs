@@ -58,8 +58,9 @@ pub struct ServerConn {
     /// Fingerprint of the client session state last applied here (0: server defaults).
     pub state_fingerprint: u64,
     /// A setting changed here that no client's settings describe (a scattered function's
-    /// `set_config`, seen in a ParameterStatus inside a transaction). The transaction goes on
-    /// with it, as it would on a server; when the connection goes back to its pool,
+    /// `set_config`, seen in a ParameterStatus). The request, or its transaction, goes on
+    /// with it, as it would on a server (later cycles on the connection may set
+    /// `state_fingerprint` to the client's again); when the connection goes back to its pool,
     /// `state_fingerprint` is cleared, so that whoever gets it next applies their settings
     /// from scratch.
     pub settings_unknown: bool,
